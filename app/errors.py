@@ -1,0 +1,84 @@
+"""Domain errors, and the one mapping from Lua return codes to them."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ScriptCode(enum.IntEnum):
+    """Negative return codes shared by every script in ``lua/``."""
+
+    JOB_NOT_FOUND = -1
+    INVALID_COMMAND = -2
+    VERSION_MISMATCH = -3
+    ILLEGAL_TRANSITION = -4
+    STALE_READ = -5
+    IDEMPOTENCY_KEY_REUSED = -6
+    NOT_DUE = -7
+
+
+class KarmchariError(Exception):
+    """Base of the domain errors; ``code`` is the stable machine code of the API."""
+
+    code = "error"
+
+    def __init__(self, detail: str = "", **extra: object) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class JobNotFound(KarmchariError):
+    code = "job_not_found"
+
+
+class InvalidCommand(KarmchariError):
+    code = "invalid_command"
+
+
+class VersionMismatch(KarmchariError):
+    code = "version_mismatch"
+
+
+class IllegalTransition(KarmchariError):
+    code = "illegal_transition"
+
+
+class IdempotencyKeyReused(KarmchariError):
+    code = "idempotency_key_reused"
+
+
+class StaleRead(KarmchariError):
+    code = "stale_read"
+
+
+class NotDue(KarmchariError):
+    code = "not_due"
+
+
+class StoreUnavailable(KarmchariError):
+    """Redis cannot answer now (down, loading, busy, out of memory, read-only)."""
+
+    code = "store_unavailable"
+
+
+_BY_CODE: dict[ScriptCode, type[KarmchariError]] = {
+    ScriptCode.JOB_NOT_FOUND: JobNotFound,
+    ScriptCode.INVALID_COMMAND: InvalidCommand,
+    ScriptCode.VERSION_MISMATCH: VersionMismatch,
+    ScriptCode.ILLEGAL_TRANSITION: IllegalTransition,
+    ScriptCode.STALE_READ: StaleRead,
+    ScriptCode.IDEMPOTENCY_KEY_REUSED: IdempotencyKeyReused,
+    ScriptCode.NOT_DUE: NotDue,
+}
+
+
+def raise_for_code(reply: list) -> None:
+    """Raise the domain error for a script reply whose first element is negative."""
+    code = int(reply[0])
+    if code >= 0:
+        return
+    error = _BY_CODE[ScriptCode(code)]
+    if len(reply) >= 3:
+        raise error(f"the job is in state {reply[1]}", current_state=reply[1], version=int(reply[2]))
+    raise error()

@@ -1,0 +1,359 @@
+"""The only part of Karmchari that talks to Redis.
+
+Every change of data is one Lua script from ``lua/`` (validate first, then
+write); Python only reads, and builds the key names that go into ``KEYS``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import heapq
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import redis
+
+from app.errors import JobNotFound, NotDue, StaleRead, StoreUnavailable, raise_for_code
+from app.model import STATES, Job, is_job_id, new_job_id
+from app.store.connection import connect, is_transient, unavailable_on_redis_errors
+from app.store.keys import KeySchema
+from app.store.scripts import Scripts
+
+__all__ = ["JobStore", "JobFilter", "HeartbeatReport", "Page", "connect", "is_transient",
+           "StoreUnavailable"]
+
+HEARTBEAT_FIELDS = ("worker", "progress", "message", "observed_state")
+
+
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2]))
+
+
+@dataclass(frozen=True)
+class HeartbeatReport:
+    """What a worker reports; ``None`` means "not sent, keep the old value"."""
+
+    job_id: str
+    worker: str | None = None
+    progress: float | None = None
+    message: str | None = None
+    observed_state: str | None = None
+
+    def script_args(self) -> list[str]:
+        values = [self.worker, None if self.progress is None else repr(self.progress),
+                  self.message, self.observed_state]
+        mask = sum(1 << i for i, v in enumerate(values) if v is not None)
+        return [str(mask), *("" if v is None else v for v in values)]
+
+
+@dataclass(frozen=True)
+class HeartbeatAnswer:
+    job_id: str
+    found: bool
+    state: str = ""
+    version: int = 0
+    observed_state: str = ""
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    state: str | None = None
+    type: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    stalled: bool | None = None
+
+    def matches(self, job: Job, now_ms: int) -> bool:
+        return ((self.state is None or job.state == self.state)
+                and (self.type is None or job.type == self.type)
+                and all(job.labels.get(k) == v for k, v in self.labels)
+                and (self.stalled is None or job.stalled(now_ms) == self.stalled))
+
+
+@dataclass
+class Page:
+    jobs: list[Job]
+    next_cursor: str | None
+    now_ms: int
+    scanned: int = 0
+
+
+@dataclass(frozen=True)
+class _Position:
+    """Where a listing stopped: entries sort by (score, id), newest first."""
+
+    score: int
+    job_id: str
+
+    def encode(self) -> str:
+        return base64.urlsafe_b64encode(f"{self.score}.{self.job_id}".encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, cursor: str) -> _Position:
+        try:
+            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+            score, job_id = raw.split(".")
+            if is_job_id(job_id) and score.isdigit() and len(score) < 20:
+                return cls(int(score), job_id)
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            pass
+        raise ValueError("invalid cursor")
+
+
+@dataclass
+class JobStore:
+    client: redis.Redis
+    history_cap: int = 100
+    retention_seconds: int = 7 * 24 * 3600
+    idempotency_ttl: int = 24 * 3600
+    keys: KeySchema = field(default_factory=KeySchema)
+
+    def __post_init__(self) -> None:
+        self.scripts = Scripts(self.client)
+
+    # -- changes: one script each -------------------------------------------
+
+    def register(self, job_type: str, *, name: str = "", labels: dict[str, str] | None = None,
+                 heartbeat_timeout: int = 0, actor: str = "", idempotency_key: str | None = None,
+                 fingerprint: str = "") -> tuple[Job, bool]:
+        """Register a job; returns it and whether it was created now (False for
+        an Idempotency-Key replay)."""
+        labels = labels or {}
+        if idempotency_key is not None:
+            shard = self.keys.idempotency_shard(actor, idempotency_key)
+            job_id = new_job_id(shard.shard)
+            idem_key, idem_ttl = shard.idempotency(actor, idempotency_key), self.idempotency_ttl
+        else:
+            job_id = new_job_id()
+            shard = self.keys.for_job(job_id)
+            idem_key, idem_ttl = f"{shard.tag}:idem:-", 0
+        keys = [shard.job(job_id), shard.history(job_id), shard.all_jobs,
+                shard.state_index("start"), shard.type_index(job_type), shard.deadlines, idem_key,
+                *(shard.label_index(k, v) for k, v in sorted(labels.items()))]
+        args = [job_id, job_type, name, json.dumps(labels, sort_keys=True, separators=(",", ":")),
+                heartbeat_timeout, actor, self.history_cap, idem_ttl, fingerprint, shard.channel]
+        with unavailable_on_redis_errors():
+            reply = self.scripts.registerJob(keys, args)
+        raise_for_code(reply)
+        if reply[0] == 2:
+            return self.get(reply[1]), False
+        return Job.from_hash(_pairs(reply[1])), True
+
+    def apply_command(self, job_id: str, command: str, *, actor: str = "", reason: str = "",
+                      expected_version: int | None = None) -> tuple[Job, bool]:
+        """Apply a command; returns the job after it and whether the state changed."""
+        shard = self.keys.for_job(job_id)
+        keys = [shard.job(job_id), shard.history(job_id), *shard.state_indexes(),
+                shard.deadlines, shard.expiries]
+        args = [command, actor, reason, "" if expected_version is None else expected_version,
+                self.history_cap, self.retention_seconds, shard.channel]
+        with unavailable_on_redis_errors():
+            reply = self.scripts.applyCommand(keys, args)
+        raise_for_code(reply)
+        return Job.from_hash(_pairs(reply[1])), reply[0] == 1
+
+    def heartbeats(self, reports: Sequence[HeartbeatReport]) -> list[HeartbeatAnswer]:
+        """Record many heartbeats: one script call per shard touched, all of
+        them in one pipeline."""
+        by_shard: dict[str, list[int]] = {}
+        for index, report in enumerate(reports):
+            by_shard.setdefault(self.keys.for_job(report.job_id).shard, []).append(index)
+
+        def build(pipe):
+            for shard_name, indexes in by_shard.items():
+                shard = self.keys.shards[shard_name]
+                keys = [shard.deadlines, *(shard.job(reports[i].job_id) for i in indexes)]
+                args = [a for i in indexes for a in reports[i].script_args()]
+                self.scripts.recordHeartbeats.run_in_pipeline(pipe, keys, args)
+
+        with unavailable_on_redis_errors():
+            replies = self.scripts.run_pipeline(build)
+        answers: list[HeartbeatAnswer | None] = [None] * len(reports)
+        for indexes, reply in zip(by_shard.values(), replies):
+            for i, entry in zip(indexes, reply):
+                job_id = reports[i].job_id
+                answers[i] = (HeartbeatAnswer(job_id, False) if entry[0] == -1 else
+                              HeartbeatAnswer(job_id, True, entry[0], int(entry[1]), entry[2]))
+        return answers  # type: ignore[return-value]
+
+    def heartbeat(self, report: HeartbeatReport) -> HeartbeatAnswer:
+        shard = self.keys.for_job(report.job_id)
+        with unavailable_on_redis_errors():
+            reply = self.scripts.recordHeartbeats(
+                [shard.deadlines, shard.job(report.job_id)], report.script_args())
+        entry = reply[0]
+        if entry[0] == -1:
+            raise JobNotFound()
+        return HeartbeatAnswer(report.job_id, True, entry[0], int(entry[1]), entry[2])
+
+    def delete(self, job_id: str, *, sweep: bool = False) -> None:
+        """Delete a terminal job, its history and its index entries. The index
+        keys depend on the job's (immutable) type and labels, so they are read
+        first; the script checks them again."""
+        shard = self.keys.for_job(job_id)
+        for _ in range(3):
+            with unavailable_on_redis_errors():
+                job_type, labels = self.client.hmget(shard.job(job_id), "type", "labels")
+            if job_type is None:
+                raise JobNotFound()
+            keys = [shard.job(job_id), shard.history(job_id), shard.all_jobs,
+                    *(shard.state_index(s) for s in ("kill", "done", "failed")),
+                    shard.deadlines, shard.expiries, shard.type_index(job_type),
+                    shard.state_index("start"), shard.state_index("pause"),
+                    *(shard.label_index(k, v) for k, v in sorted(json.loads(labels).items()))]
+            args = [job_id, job_type, labels, "sweep" if sweep else "api", shard.channel]
+            with unavailable_on_redis_errors():
+                reply = self.scripts.deleteJob(keys, args)
+            try:
+                raise_for_code(reply)
+                return
+            except StaleRead:
+                continue
+        raise StaleRead("the job changed while it was being deleted")
+
+    def sweep_expired(self, batch: int = 200) -> int:
+        """Delete terminal jobs whose retention has run out; returns how many."""
+        now_ms = self.server_time_ms()
+        with unavailable_on_redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for shard in self.keys.shards.values():
+                pipe.zrangebyscore(shard.expiries, "-inf", now_ms, start=0, num=batch)
+            due = [job_id for ids in pipe.execute() for job_id in ids]
+        deleted = 0
+        for job_id in due:
+            try:
+                self.delete(job_id, sweep=True)
+                deleted += 1
+            except (JobNotFound, NotDue):
+                continue  # deleted meanwhile, or its retention was renewed
+        return deleted
+
+    # -- reads --------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job:
+        job, _ = self.get_with_time(job_id)
+        return job
+
+    def get_with_time(self, job_id: str) -> tuple[Job, int]:
+        """The job and the Redis server time, in one round trip."""
+        with unavailable_on_redis_errors():
+            now_ms, flat = self.scripts.readJob([self.keys.for_job(job_id).job(job_id)], [])
+        if not flat:
+            raise JobNotFound()
+        return Job.from_hash(_pairs(flat)), int(now_ms)
+
+    def history(self, job_id: str) -> list[dict]:
+        shard = self.keys.for_job(job_id)
+        with unavailable_on_redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.exists(shard.job(job_id))
+            pipe.lrange(shard.history(job_id), 0, -1)
+            exists, entries = pipe.execute()
+        if not exists:
+            raise JobNotFound()
+        return [json.loads(e) for e in entries]
+
+    def server_time_ms(self) -> int:
+        with unavailable_on_redis_errors():
+            seconds, micros = self.client.time()
+        return seconds * 1000 + micros // 1000
+
+    def list_jobs(self, where: JobFilter, *, limit: int = 50, cursor: str | None = None,
+                  max_scan: int = 1000) -> Page:
+        """Newest first. Entries come from one index (per shard) chosen from
+        the filter; other conditions are checked on the jobs read. Each call
+        reads at most ``max_scan`` jobs, so a page may be short but still carry
+        a cursor: its cost depends on the page, never on how many jobs exist."""
+        position = _Position.decode(cursor) if cursor else None
+        now_ms = self.server_time_ms()
+        index = self._index_for(where)
+        upper = now_ms if where.stalled else None
+        found: list[Job] = []
+        scanned = 0
+        exhausted = False
+        while len(found) < limit and scanned < max_scan:
+            want = min(limit - len(found), max_scan - scanned)
+            entries = self._merged_entries(index, position, upper, want)
+            jobs = self._read_jobs([job_id for _, job_id in entries])
+            for (score, job_id), job in zip(entries, jobs):
+                scanned += 1
+                position = _Position(score, job_id)
+                if job is not None and where.matches(job, now_ms):
+                    found.append(job)
+            if len(entries) < want:
+                exhausted = True
+                break
+        next_cursor = None if exhausted or position is None else position.encode()
+        return Page(found, next_cursor, now_ms, scanned)
+
+    def _index_for(self, where: JobFilter):
+        if where.stalled:
+            return lambda shard: shard.deadlines
+        if where.labels:
+            key, value = where.labels[0]
+            return lambda shard: shard.label_index(key, value)
+        if where.type:
+            return lambda shard: shard.type_index(where.type)
+        if where.state:
+            return lambda shard: shard.state_index(where.state)
+        return lambda shard: shard.all_jobs
+
+    def _merged_entries(self, index, position: _Position | None, upper: int | None,
+                        count: int) -> list[tuple[int, str]]:
+        """The next ``count`` entries after ``position`` over all shards."""
+        top = min(x for x in (position.score if position else None, upper) if x is not None) \
+            if (position or upper is not None) else "+inf"
+        with unavailable_on_redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for shard in self.keys.shards.values():
+                # One more than needed per shard covers an entry tied with the cursor.
+                pipe.zrevrangebyscore(index(shard), top, "-inf", start=0, num=count + 1,
+                                      withscores=True)
+            per_shard = pipe.execute()
+        streams = []
+        for entries in per_shard:
+            rows = [(int(score), job_id) for job_id, score in entries]
+            if position:
+                rows = [r for r in rows if (r[0], r[1]) < (position.score, position.job_id)]
+            streams.append(sorted(rows, reverse=True))
+        merged = heapq.merge(*streams, reverse=True)
+        return [row for _, row in zip(range(count), merged)]
+
+    def _read_jobs(self, job_ids: list[str]) -> list[Job | None]:
+        if not job_ids:
+            return []
+        with unavailable_on_redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.hgetall(self.keys.for_job(job_id).job(job_id))
+            hashes = pipe.execute()
+        return [Job.from_hash(h) if h else None for h in hashes]
+
+    def count_by_state(self) -> dict[str, int]:
+        with unavailable_on_redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for shard in self.keys.shards.values():
+                for state in STATES:
+                    pipe.zcard(shard.state_index(state))
+            counts = pipe.execute()
+        totals = dict.fromkeys(STATES, 0)
+        for i, count in enumerate(counts):
+            totals[STATES[i % len(STATES)]] += count
+        return totals
+
+    # -- health -------------------------------------------------------------
+
+    def ready(self) -> bool:
+        """Redis answers and every script is in its cache (loading them if not)."""
+        with unavailable_on_redis_errors():
+            if not self.scripts.all_loaded():
+                self.scripts.load_all()
+            return self.scripts.all_loaded()
+
+    def server_info(self) -> dict:
+        with unavailable_on_redis_errors():
+            info = self.client.info("server")
+            policy = self.client.config_get("maxmemory-policy").get("maxmemory-policy")
+        return {"version": info.get("valkey_version") or info.get("redis_version"),
+                "maxmemory_policy": policy}

@@ -1,0 +1,78 @@
+"""The Redis key schema (see docs/redis-keys.md).
+
+Every key of one job and every index entry it owns carry the hash tag of the
+job's shard, ``{<prefix>:<hex digit>}``, so each script call touches one
+cluster slot, and the listing indexes are spread over 16 slots.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from app.model import SHARDS, STATES, shard_of
+
+
+def _digest(text: str) -> str:
+    # Client-supplied text (labels, Idempotency-Key) never appears in a key
+    # name as such: only its SHA-1.
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class ShardKeys:
+    prefix: str
+    shard: str
+
+    @property
+    def tag(self) -> str:
+        return f"{{{self.prefix}:{self.shard}}}"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.tag}:job:{job_id}"
+
+    def history(self, job_id: str) -> str:
+        return f"{self.tag}:hist:{job_id}"
+
+    @property
+    def all_jobs(self) -> str:
+        return f"{self.tag}:idx:all"
+
+    def state_index(self, state: str) -> str:
+        return f"{self.tag}:idx:state:{state}"
+
+    def state_indexes(self) -> list[str]:
+        return [self.state_index(s) for s in STATES]
+
+    def type_index(self, job_type: str) -> str:
+        return f"{self.tag}:idx:type:{job_type}"
+
+    def label_index(self, key: str, value: str) -> str:
+        return f"{self.tag}:idx:label:{_digest(key + '=' + value)}"
+
+    @property
+    def deadlines(self) -> str:
+        return f"{self.tag}:deadline"
+
+    @property
+    def expiries(self) -> str:
+        return f"{self.tag}:expiry"
+
+    def idempotency(self, scope: str, key: str) -> str:
+        return f"{self.tag}:idem:{_digest(scope + chr(0) + key)}"
+
+    @property
+    def channel(self) -> str:
+        return f"{self.tag}:events"
+
+
+class KeySchema:
+    def __init__(self, prefix: str = "kc") -> None:
+        self.prefix = prefix
+        self.shards = {s: ShardKeys(prefix, s) for s in SHARDS}
+
+    def for_job(self, job_id: str) -> ShardKeys:
+        return self.shards[shard_of(job_id)]
+
+    def idempotency_shard(self, scope: str, key: str) -> ShardKeys:
+        return self.shards[_digest(scope + chr(0) + key)[0]]

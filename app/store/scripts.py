@@ -1,0 +1,95 @@
+"""Loads the Lua scripts of ``lua/`` and runs them.
+
+Files are named ``<verbNoun>-<numKeys>.lua`` (numKeys: the fixed keys; some
+scripts take more after them); the loader reads the count from the name and
+checks every call against it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import redis
+from redis.commands.core import Script
+
+_NAME_RE = re.compile(r"(?P<name>[a-zA-Z]+)-(?P<keys>\d+)\.lua\Z")
+
+
+def script_dir() -> Path:
+    """``lua/`` of a source checkout, or the copy installed as ``app/lua``."""
+    installed = Path(str(resources.files("app"))) / "lua"
+    if installed.is_dir():
+        return installed
+    return Path(__file__).resolve().parents[2] / "lua"
+
+
+@dataclass(frozen=True)
+class LuaScript:
+    name: str
+    num_keys: int
+    source: str
+    script: Script
+
+    def __call__(self, keys: list[str], args: list) -> list:
+        self.check(keys)
+        return self.script(keys=keys, args=args)
+
+    def check(self, keys: list[str]) -> None:
+        if len(keys) < self.num_keys:
+            raise ValueError(f"{self.name} takes at least {self.num_keys} keys, got {len(keys)}")
+
+    def run_in_pipeline(self, pipe: redis.client.Pipeline, keys: list[str], args: list) -> None:
+        """Queue an EVALSHA; ``run_pipeline`` reloads the script on NOSCRIPT."""
+        self.check(keys)
+        pipe.evalsha(self.script.sha, len(keys), *keys, *args)
+
+
+class Scripts:
+    """Every script of ``lua/``, registered once per client (redis-py's Script
+    runs EVALSHA and reloads the source on NOSCRIPT)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self.by_name: dict[str, LuaScript] = {}
+        for path in sorted(script_dir().glob("*.lua")):
+            match = _NAME_RE.match(path.name)
+            if not match:
+                raise ValueError(f"script file name must be <verbNoun>-<numKeys>.lua: {path.name}")
+            source = path.read_text(encoding="utf-8")
+            self.by_name[match["name"]] = LuaScript(
+                match["name"], int(match["keys"]), source, client.register_script(source)
+            )
+
+    def __getattr__(self, name: str) -> LuaScript:
+        try:
+            return self.by_name[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def load_all(self) -> None:
+        for lua in self.by_name.values():
+            self._client.script_load(lua.source)
+
+    def all_loaded(self) -> bool:
+        shas = [lua.script.sha for lua in self.by_name.values()]
+        return all(self._client.script_exists(*shas))
+
+    def run_pipeline(self, build) -> list:
+        """Run ``build(pipe)`` in one non-transactional pipeline (one round trip
+        per node); if a script was missing from the server's cache, load it and
+        run the pipeline once more. Scripts are idempotent for a replay."""
+        for attempt in (1, 2):
+            pipe = self._client.pipeline(transaction=False)
+            build(pipe)
+            results = pipe.execute(raise_on_error=False)
+            if attempt == 1 and any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
+                self.load_all()
+                continue
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
+            return results
+        raise AssertionError("unreachable")

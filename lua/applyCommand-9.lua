@@ -1,0 +1,83 @@
+#!lua
+--[[
+  Apply a command (start, pause, kill, done, fail) to a job.
+
+  Input:
+    KEYS[1]  job hash              kc:{s}:job:<id>
+    KEYS[2]  history list          kc:{s}:hist:<id>
+    KEYS[3]  index of state start  kc:{s}:idx:state:start
+    KEYS[4]  index of state pause  kc:{s}:idx:state:pause
+    KEYS[5]  index of state kill   kc:{s}:idx:state:kill
+    KEYS[6]  index of state done   kc:{s}:idx:state:done
+    KEYS[7]  index of state failed kc:{s}:idx:state:failed
+    KEYS[8]  heartbeat deadlines   kc:{s}:deadline
+    KEYS[9]  retention deadlines   kc:{s}:expiry
+
+    ARGV[1]  command
+    ARGV[2]  actor
+    ARGV[3]  reason
+    ARGV[4]  expected version ("" to skip the check; If-Match)
+    ARGV[5]  history cap
+    ARGV[6]  retention of terminal jobs in seconds
+    ARGV[7]  event channel (sharded pub/sub)
+
+  Output:
+    { 1, job hash as a flat array }   the state changed
+    { 0, job hash as a flat array }   repeated command: nothing changed
+    { -1 }                            no such job
+    { -2 }                            unknown command
+    { -3, state, version }            version differs from ARGV[4]
+    { -4, state, version }            transition not allowed from the current state
+]]
+local rcall = redis.call
+local jobKey, histKey = KEYS[1], KEYS[2]
+local stateIndex = { start = KEYS[3], pause = KEYS[4], kill = KEYS[5],
+                     done = KEYS[6], failed = KEYS[7] }
+local target = ({ start = "start", pause = "pause", kill = "kill",
+                  done = "done", fail = "failed" })[ARGV[1]]
+local terminal = { kill = true, done = true, failed = true }
+
+-- Preconditions, before the first write.
+local job = rcall("HMGET", jobKey, "id", "state", "version", "score", "heartbeat_timeout")
+local id, state, version = job[1], job[2], tonumber(job[3])
+if not id then
+  return { -1 }
+end
+if not target then
+  return { -2 }
+end
+if ARGV[4] ~= "" and tonumber(ARGV[4]) ~= version then
+  return { -3, state, version }
+end
+if state == target then
+  return { 0, rcall("HGETALL", jobKey) }
+end
+if terminal[state] then
+  return { -4, state, version }
+end
+
+local t = rcall("TIME")
+local nowMs = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+version = version + 1
+rcall("HSET", jobKey, "state", target, "version", version, "updated_at", nowMs)
+rcall("ZREM", stateIndex[state], id)
+rcall("ZADD", stateIndex[target], job[4], id)
+
+local timeout = tonumber(job[5])
+if target == "start" and timeout > 0 then
+  -- A resumed job gets a full timeout to report before it counts as stalled.
+  rcall("ZADD", KEYS[8], nowMs + timeout * 1000, id)
+else
+  rcall("ZREM", KEYS[8], id)
+end
+if terminal[target] then
+  rcall("HSET", jobKey, "ended_at", nowMs)
+  rcall("ZADD", KEYS[9], nowMs + tonumber(ARGV[6]) * 1000, id)
+end
+
+rcall("RPUSH", histKey, cjson.encode({
+  version = version, at = nowMs, command = ARGV[1], from = state, to = target,
+  actor = ARGV[2], reason = ARGV[3] }))
+rcall("LTRIM", histKey, -tonumber(ARGV[5]), -1)
+rcall("SPUBLISH", ARGV[7], id .. " " .. version .. " " .. target)
+return { 1, rcall("HGETALL", jobKey) }

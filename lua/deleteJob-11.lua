@@ -1,0 +1,62 @@
+#!lua
+--[[
+  Delete a job in a terminal state with its history and every index entry.
+  Used by DELETE /v1/jobs/{id} and by the retention sweep.
+
+  Input:
+    KEYS[1]  job hash              kc:{s}:job:<id>
+    KEYS[2]  history list          kc:{s}:hist:<id>
+    KEYS[3]  index of all jobs     kc:{s}:idx:all
+    KEYS[4]  index of state kill   kc:{s}:idx:state:kill
+    KEYS[5]  index of state done   kc:{s}:idx:state:done
+    KEYS[6]  index of state failed kc:{s}:idx:state:failed
+    KEYS[7]  heartbeat deadlines   kc:{s}:deadline
+    KEYS[8]  retention deadlines   kc:{s}:expiry
+    KEYS[9]  index of the type     kc:{s}:idx:type:<type>
+    KEYS[10] index of state start  kc:{s}:idx:state:start
+    KEYS[11] index of state pause  kc:{s}:idx:state:pause
+    KEYS[12..] label indexes       kc:{s}:idx:label:<sha1 of key=value>
+
+    ARGV[1]  job id
+    ARGV[2]  type the caller read (the index keys were built from it)
+    ARGV[3]  labels JSON the caller read
+    ARGV[4]  "sweep": delete only once the retention has run out; "api": now
+    ARGV[5]  event channel (sharded pub/sub)
+
+  Output:
+    { 1 }                    deleted
+    { -1 }                   no such job
+    { -4, state, version }   the job is not in a terminal state
+    { -5 }                   type or labels differ from ARGV[2..3]: read again
+    { -7 }                   sweep: the retention has not run out yet
+]]
+local rcall = redis.call
+local id = ARGV[1]
+local terminal = { kill = true, done = true, failed = true }
+
+-- Preconditions, before the first write.
+local job = rcall("HMGET", KEYS[1], "state", "version", "type", "labels")
+if not job[1] then
+  return { -1 }
+end
+if not terminal[job[1]] then
+  return { -4, job[1], tonumber(job[2]) }
+end
+if job[3] ~= ARGV[2] or job[4] ~= ARGV[3] then
+  return { -5 }
+end
+if ARGV[4] == "sweep" then
+  local t = rcall("TIME")
+  local nowMs = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local due = rcall("ZSCORE", KEYS[8], id)
+  if not due or tonumber(due) > nowMs then
+    return { -7 }
+  end
+end
+
+rcall("DEL", KEYS[1], KEYS[2])
+for i = 3, #KEYS do
+  rcall("ZREM", KEYS[i], id)
+end
+rcall("SPUBLISH", ARGV[5], id .. " 0 deleted")
+return { 1 }

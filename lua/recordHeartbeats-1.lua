@@ -1,0 +1,60 @@
+#!lua
+--[[
+  Record heartbeats of one or more jobs of one shard, and answer with each
+  job's current state: this is how a worker learns it must pause or stop.
+  Heartbeats never change the state or the version.
+
+  Input:
+    KEYS[1]     heartbeat deadlines   kc:{s}:deadline
+    KEYS[2..n]  job hashes            kc:{s}:job:<id>
+
+    ARGV, five per job, in the order of KEYS[2..n]:
+      mask            which of the next four were sent: 1 worker, 2 progress,
+                      4 message, 8 observed_state
+      worker, progress, message, observed_state   ("" when not sent)
+
+  Output: one entry per job, in the order of KEYS[2..n]:
+    { state, version, observed_state, heartbeat_timeout }   recorded
+    { -1 }                                                   no such job
+  Jobs in a terminal state are answered but not updated.
+]]
+local rcall = redis.call
+local fields = { "worker", "progress", "message", "observed_state" }
+local bits = { 1, 2, 4, 8 }
+
+-- Preconditions for every job, before the first write.
+local jobs = {}
+for i = 2, #KEYS do
+  jobs[i] = rcall("HMGET", KEYS[i], "id", "state", "version", "observed_state",
+                  "heartbeat_timeout")
+end
+
+local t = rcall("TIME")
+local nowMs = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local answers = {}
+for i = 2, #KEYS do
+  local job = jobs[i]
+  if not job[1] then
+    answers[i - 1] = { -1 }
+  else
+    local state, observed, timeout = job[2], job[4] or "", tonumber(job[5])
+    if state == "start" or state == "pause" then
+      local base = (i - 2) * 5
+      local mask = tonumber(ARGV[base + 1])
+      local update = { "heartbeat_at", nowMs }
+      for f = 1, 4 do
+        if math.floor(mask / bits[f]) % 2 == 1 then
+          update[#update + 1] = fields[f]
+          update[#update + 1] = ARGV[base + 1 + f]
+          if f == 4 then observed = ARGV[base + 5] end
+        end
+      end
+      rcall("HSET", KEYS[i], unpack(update))
+      if state == "start" and timeout > 0 then
+        rcall("ZADD", KEYS[1], nowMs + timeout * 1000, job[1])
+      end
+    end
+    answers[i - 1] = { state, tonumber(job[3]), observed, timeout }
+  end
+end
+return answers
