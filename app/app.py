@@ -1,0 +1,72 @@
+"""The Falcon application factory."""
+
+from __future__ import annotations
+
+import falcon
+
+from app.auth import AuthMiddleware, TokenRegistry
+from app.config import Config
+from app.errors import KarmchariError, StoreUnavailable
+from app.observability import Metrics, ObservabilityMiddleware
+from app.openapi import OpenApiDocument
+from app.problems import make_domain_error_handler, serialize_error
+from app.resources.health import Healthz, MetricsResource, Readyz
+from app.resources.jobs import JobCollection, JobCommands, JobHistory, JobItem
+from app.resources.legacy import JobState, RegisterJob
+from app.resources.workers import Heartbeats, JobHeartbeat
+from app.schemas import validators
+from app.store import JobStore, connect
+from app.store.events import ChangeNotifier
+
+
+def build_store(config: Config, url: str) -> JobStore:
+    client = connect(url, cluster=config.redis_cluster,
+                     max_connections=config.threads + 4,
+                     socket_timeout=config.redis_socket_timeout)
+    return JobStore(client, history_cap=config.history_cap,
+                    retention_seconds=config.retention_seconds,
+                    idempotency_ttl=config.idempotency_ttl)
+
+
+def create_app(config: Config | None = None, store: JobStore | None = None,
+               tokens: TokenRegistry | None = None) -> falcon.App:
+    config = config or Config()
+    if store is None:
+        store = build_store(config, config.store_url or "redis://127.0.0.1:6379/0")
+    if tokens is None:
+        tokens = TokenRegistry.load(config.tokens, config.tokens_file)
+    metrics = Metrics()
+    notifier = ChangeNotifier(store, config.waiter_limit)
+    notifier.start()
+    checks = validators(config)
+
+    app = falcon.App(middleware=[ObservabilityMiddleware(metrics), AuthMiddleware(tokens)])
+    app.req_options.strip_url_path_trailing_slash = True
+    app.set_error_serializer(serialize_error)
+    domain_errors = make_domain_error_handler(config.retry_after_seconds)
+
+    def handle_domain_error(req, resp, error, params):
+        if isinstance(error, StoreUnavailable):
+            metrics.redis_errors.inc()
+        domain_errors(req, resp, error, params)
+
+    app.add_error_handler(KarmchariError, handle_domain_error)
+
+    app.add_route("/registerJob", RegisterJob(store, config))
+    app.add_route("/jobState", JobState(store, config))
+    app.add_route("/v1/jobs", JobCollection(store, config, checks))
+    app.add_route("/v1/jobs/{job_id}", JobItem(store, config, notifier))
+    app.add_route("/v1/jobs/{job_id}/commands", JobCommands(store, config, checks))
+    app.add_route("/v1/jobs/{job_id}/history", JobHistory(store))
+    app.add_route("/v1/jobs/{job_id}/heartbeat", JobHeartbeat(store, config, checks))
+    app.add_route("/v1/heartbeats", Heartbeats(store, config, checks))
+    app.add_route("/healthz", Healthz())
+    app.add_route("/readyz", Readyz(store, config.retry_after_seconds))
+    app.add_route("/metrics", MetricsResource(store, metrics))
+    app.add_route("/openapi.json", OpenApiDocument(config))
+    return app
+
+
+def get_app() -> falcon.App:
+    """For ``waitress-serve --call app.app:get_app``: settings from the environment."""
+    return create_app(Config.from_env())

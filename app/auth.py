@@ -1,0 +1,133 @@
+"""Bearer-token authentication and role checks.
+
+Tokens come from ``KARMCHARI_TOKENS`` (``name:role:token,…``) and/or a file of
+``name role sha256-hex-of-token`` lines; only SHA-256 digests are kept, and a
+presented token is compared with every known digest in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from pathlib import Path
+
+import falcon
+
+ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
+    "admin": frozenset({"read", "register", "command", "finish", "heartbeat", "delete"}),
+    "operator": frozenset({"read", "register", "command", "finish"}),
+    "worker": frozenset({"read", "heartbeat", "finish"}),
+    "reader": frozenset({"read"}),
+}
+# Commands a worker may send: reporting the end of its own work.
+FINISH_COMMANDS = frozenset({"done", "fail"})
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    role: str
+
+    def can(self, permission: str) -> bool:
+        return permission in ROLE_PERMISSIONS[self.role]
+
+
+ANONYMOUS = Principal("", "admin")
+
+
+class TokenConfigError(ValueError):
+    pass
+
+
+class TokenRegistry:
+    def __init__(self, entries: list[tuple[str, str, bytes]] | None = None) -> None:
+        self._entries: list[tuple[bytes, Principal]] = []
+        for name, role, digest in entries or []:
+            if role not in ROLE_PERMISSIONS:
+                raise TokenConfigError(f"token {name!r}: unknown role {role!r}")
+            self._entries.append((digest, Principal(name, role)))
+
+    @classmethod
+    def load(cls, env_value: str = "", file_path: str = "") -> TokenRegistry:
+        entries: list[tuple[str, str, bytes]] = []
+        for item in filter(None, (p.strip() for p in env_value.split(","))):
+            parts = item.split(":", 2)
+            if len(parts) != 3 or not all(parts):
+                raise TokenConfigError("KARMCHARI_TOKENS entries are name:role:token")
+            entries.append((parts[0], parts[1], _digest(parts[2])))
+        if file_path:
+            for number, line in enumerate(Path(file_path).read_text().splitlines(), 1):
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                parts = line.split()
+                if len(parts) != 3:
+                    raise TokenConfigError(f"{file_path}:{number}: expected 'name role sha256hex'")
+                try:
+                    digest = bytes.fromhex(parts[2])
+                except ValueError:
+                    digest = b""
+                if len(digest) != 32:
+                    raise TokenConfigError(f"{file_path}:{number}: not a SHA-256 hex digest")
+                entries.append((parts[0], parts[1], digest))
+        return cls(entries)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._entries)
+
+    def authenticate(self, token: str) -> Principal | None:
+        presented = _digest(token)
+        found = None
+        for digest, principal in self._entries:
+            if hmac.compare_digest(digest, presented):
+                found = principal
+        return found
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+def _unauthorized() -> falcon.HTTPUnauthorized:
+    return falcon.HTTPUnauthorized(
+        title="Unauthorized", description="A valid bearer token is required.",
+        challenges=['Bearer realm="karmchari"'], code="unauthorized")
+
+
+def require(req: falcon.Request, permission: str) -> None:
+    """Refuse with 403 unless the caller may do ``permission``."""
+    if not req.context.principal.can(permission):
+        raise falcon.HTTPForbidden(
+            title="Forbidden",
+            description=f"role {req.context.principal.role!r} may not {permission}",
+            code="forbidden")
+
+
+class AuthMiddleware:
+    """Authenticates every request to a resource that declares
+    ``permissions = {"GET": "read", …}``; methods it does not list are open."""
+
+    def __init__(self, registry: TokenRegistry) -> None:
+        self._registry = registry
+
+    def process_resource(self, req, resp, resource, params) -> None:
+        req.context.principal = ANONYMOUS
+        permission = getattr(resource, "permissions", {}).get(req.method)
+        if permission is None or not self._registry.enabled:
+            return
+        if "access_token" in req.params or "token" in req.params:
+            raise falcon.HTTPBadRequest(
+                title="Token in query string",
+                description="Send the token in the Authorization header, never in the URL.",
+                code="token_in_query")
+        header = req.get_header("Authorization") or ""
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _unauthorized()
+        principal = self._registry.authenticate(token.strip())
+        if principal is None:
+            raise _unauthorized()
+        req.context.principal = principal
+        require(req, permission)

@@ -1,0 +1,103 @@
+"""Settings: defaults as class attributes, overridden by ``KARMCHARI_*``
+environment variables, then by command-line options."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from app.model import DEFAULT_JOB_TYPES
+
+DEFAULT_PORT = 51463
+
+
+def _default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or (
+        os.environ.get("LOCALAPPDATA") if os.name == "nt" else None
+    ) or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "karmchari")
+
+
+@dataclass
+class Config:
+    # Listening
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    threads: int = 16
+    workers: int = 1
+    # Store: redis_url (or shost) selects an external server; neither runs the embedded one.
+    redis_url: str = ""
+    shost: str = ""
+    redis_cluster: bool = False
+    redis_socket_timeout: float = 2.0
+    data_dir: str = field(default_factory=_default_data_dir)
+    key_prefix: str = "kc"
+    # Jobs
+    job_types: tuple[str, ...] = DEFAULT_JOB_TYPES
+    history_cap: int = 100
+    retention_seconds: int = 7 * 24 * 3600
+    idempotency_ttl: int = 24 * 3600
+    sweep_interval: float = 60.0
+    # Limits
+    max_body_bytes: int = 64 * 1024
+    max_header_bytes: int = 16 * 1024
+    max_labels: int = 16
+    max_label_chars: int = 256
+    max_text_chars: int = 1024
+    max_batch: int = 500
+    max_list_limit: int = 500
+    max_wait_seconds: float = 60.0
+    max_waiters: int = 0  # 0: half the threads
+    connection_limit: int = 200
+    channel_timeout: int = 60
+    retry_after_seconds: int = 1
+    # Security
+    tokens: str = ""
+    tokens_file: str = ""
+    allow_unauthenticated: bool = False
+    log_level: str = "info"
+
+    @property
+    def store_url(self) -> str:
+        """The external Redis to use, or "" for the embedded default."""
+        if self.redis_url:
+            return self.redis_url
+        if self.shost:
+            return f"redis://{self.shost}/0"
+        return ""
+
+    @property
+    def waiter_limit(self) -> int:
+        return self.max_waiters or max(1, self.threads // 2)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> Config:
+        """``KARMCHARI_<FIELD>`` for every field (``KARMCHARI_JOB_TYPES`` is a
+        comma-separated list); ``overrides`` win over the environment."""
+        environ = os.environ if environ is None else environ
+        values: dict = {}
+        for f in fields(cls):
+            raw = environ.get(f"KARMCHARI_{f.name.upper()}")
+            if raw is not None and raw != "":
+                values[f.name] = parse_value(f.name, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def parse_value(name: str, raw: str):
+    kind = {f.name: f.type for f in fields(Config)}[name]
+    if kind == "bool":
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"KARMCHARI_{name.upper()}: not a boolean: {raw!r}")
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
+        return float(raw)
+    if kind.startswith("tuple"):
+        return tuple(t.strip() for t in raw.split(",") if t.strip())
+    return raw

@@ -1,0 +1,137 @@
+"""Strict reading of request input: malformed input becomes a clear 4xx here,
+before anything reaches Redis."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import parse_qsl
+
+import falcon
+from jsonschema.protocols import Validator
+
+from app.problems import Problem, bad_request
+
+MAX_JSON_DEPTH = 8
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate member {key!r}")
+            seen.add(key)
+    return result
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _check_values(value: object, depth: int = 0) -> None:
+    """Nesting depth, and strings that UTF-8 can carry (no lone surrogates)."""
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError("JSON nested too deeply")
+    if isinstance(value, str):
+        value.encode("utf-8")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            key.encode("utf-8")
+            _check_values(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_values(item, depth + 1)
+
+
+def read_body(req: falcon.Request, max_bytes: int, media_types: tuple[str, ...]) -> bytes:
+    media = (req.content_type or "").split(";")[0].strip().lower()
+    if media not in media_types:
+        raise Problem(falcon.HTTP_415, "unsupported_media_type", "Unsupported media type",
+                      f"Content-Type must be {' or '.join(media_types)}")
+    charset = (req.content_type or "").lower().partition("charset=")[2].strip(' "')
+    if charset and charset not in ("utf-8", "utf8"):
+        raise Problem(falcon.HTTP_415, "unsupported_charset", "Unsupported charset",
+                      "the body must be UTF-8")
+    if req.content_length is not None and req.content_length > max_bytes:
+        raise too_large(max_bytes)
+    raw = req.bounded_stream.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise too_large(max_bytes)
+    return raw
+
+
+def too_large(max_bytes: int) -> Problem:
+    return Problem(falcon.HTTP_413, "body_too_large", "Request body too large",
+                   f"the body may be at most {max_bytes} bytes")
+
+
+def read_json(req: falcon.Request, validator: Validator, max_bytes: int,
+              required: bool = True) -> dict:
+    """The request's JSON object, validated against ``validator``'s schema."""
+    if not required and not req.content_length and not req.content_type:
+        data: object = {}
+    else:
+        raw = read_body(req, max_bytes, ("application/json",))
+        if not raw.strip():
+            if required:
+                raise bad_request("empty_body", "a JSON body is required")
+            data = {}
+        else:
+            try:
+                data = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys,
+                                  parse_constant=_reject_constant)
+                _check_values(data)
+            except UnicodeError:
+                raise bad_request("invalid_encoding", "the body is not valid UTF-8") from None
+            except RecursionError:
+                raise bad_request("malformed_json", "JSON nested too deeply") from None
+            except ValueError as error:
+                raise bad_request("malformed_json", f"malformed JSON: {error}") from None
+    error = next(iter(validator.iter_errors(data)), None)
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "body"
+        message = error.message if len(error.message) <= 200 else error.message[:200] + "…"
+        raise bad_request("invalid_request", f"{where}: {message}")
+    return data  # type: ignore[return-value]
+
+
+def read_form(req: falcon.Request, max_bytes: int, plain: bool = True) -> dict[str, str]:
+    """Query-string and form-body parameters, as Go's ``FormValue`` sees them,
+    but refusing duplicates and bytes that are not UTF-8."""
+    pairs: list[tuple[str, str]] = []
+    try:
+        if req.query_string:
+            pairs += parse_qsl(req.query_string, keep_blank_values=True, errors="strict")
+        if req.method == "POST" and (req.content_length or req.content_type):
+            raw = read_body(req, max_bytes, ("application/x-www-form-urlencoded",))
+            pairs += parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
+    except UnicodeError:
+        raise Problem(falcon.HTTP_400, "invalid_encoding", "Bad request",
+                      "Parameters are not valid UTF-8") from None
+    form: dict[str, str] = {}
+    for key, value in pairs:
+        if key in form:
+            raise Problem(falcon.HTTP_400, "duplicate_parameter", "Bad request",
+                          f"Parameter {key} is given more than once")
+        form[key] = value
+    return form
+
+
+def single_param(req: falcon.Request, name: str) -> str | None:
+    """One query parameter; repeated ones are refused."""
+    value = req.params.get(name)
+    if isinstance(value, list):
+        raise bad_request("duplicate_parameter", f"parameter {name} is given more than once")
+    return value
+
+
+def int_param(req: falcon.Request, name: str, *, minimum: int, maximum: int,
+              default: int | None = None) -> int | None:
+    raw = single_param(req, name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or len(raw) > 12 or not minimum <= int(raw) <= maximum:
+        raise bad_request("invalid_parameter",
+                          f"{name} must be an integer from {minimum} to {maximum}")
+    return int(raw)

@@ -1,0 +1,63 @@
+"""Request ids, access logs and Prometheus metrics."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+access_log = logging.getLogger("karmchari.access")
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:\-]{1,128}\Z")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("karmchari_http_requests", "HTTP requests",
+                                ["route", "method", "status"], registry=self.registry)
+        self.latency = Histogram("karmchari_http_request_duration_seconds",
+                                 "Time to answer a request", ["route", "method"],
+                                 registry=self.registry,
+                                 buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5,
+                                          5, 10, 30, 60))
+        self.redis_errors = Counter("karmchari_redis_errors", "Redis calls that failed",
+                                    registry=self.registry)
+        self.jobs = Gauge("karmchari_jobs", "Jobs stored, by state", ["state"],
+                          registry=self.registry)
+        self.waiters = Gauge("karmchari_long_poll_waiters", "Requests waiting in a long-poll",
+                             registry=self.registry)
+
+
+class ObservabilityMiddleware:
+    """First in the chain: gives every request an id (``X-Request-ID`` kept when
+    sane, else generated), marks the old endpoints for plain-text errors, and
+    records one access-log line and the metrics when the response is done."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def process_request(self, req, resp) -> None:
+        req.context.started = time.perf_counter()
+        given = req.get_header("X-Request-ID")
+        req.context.request_id = given if given and _REQUEST_ID_RE.match(given) \
+            else uuid.uuid4().hex
+        resp.set_header("X-Request-ID", req.context.request_id)
+
+    def process_resource(self, req, resp, resource, params) -> None:
+        req.context.plain_errors = getattr(resource, "plain_text_errors", False)
+
+    def process_response(self, req, resp, resource, req_succeeded) -> None:
+        route = req.uri_template or "unmatched"
+        elapsed = time.perf_counter() - req.context.started
+        status = resp.status_code
+        self._metrics.requests.labels(route, req.method, str(status)).inc()
+        self._metrics.latency.labels(route, req.method).observe(elapsed)
+        if access_log.isEnabledFor(logging.INFO):
+            principal = getattr(req.context, "principal", None)
+            access_log.info(
+                "%s %s %s %d %.1fms request_id=%s actor=%s", req.remote_addr, req.method,
+                req.path, status, elapsed * 1000, req.context.request_id,
+                principal.name if principal and principal.name else "-")

@@ -1,0 +1,206 @@
+"""The OpenAPI 3.1 document of every endpoint, built from the same schemas
+that validate requests."""
+
+from __future__ import annotations
+
+import falcon
+
+from app import __version__
+from app.config import Config
+from app.model import COMMANDS, STATES
+from app.schemas import RESPONSE_SCHEMAS, request_schemas
+
+_JOB_ID = {"name": "job_id", "in": "path", "required": True,
+           "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}
+_TEXT = {"text/plain": {"schema": {"type": "string"}}}
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(name: str) -> dict:
+    return {"application/json": {"schema": _ref(name)}}
+
+
+def _problem(description: str) -> dict:
+    return {"description": description,
+            "content": {"application/problem+json": {"schema": _ref("Problem")}}}
+
+
+_COMMON = {
+    "400": _problem("Malformed or invalid input"),
+    "401": _problem("Missing or unknown bearer token"),
+    "403": _problem("The token's role may not do this"),
+    "503": _problem("Redis is unavailable; retry after Retry-After seconds"),
+}
+_BODY_ERRORS = {"413": _problem("Body too large"), "415": _problem("Not JSON")}
+
+
+def _responses(ok: dict, **more: dict) -> dict:
+    return {**ok, **_COMMON, **more}
+
+
+def build_openapi(config: Config) -> dict:
+    schemas = {**request_schemas(config), **RESPONSE_SCHEMAS}
+    legacy_form = lambda props, required: {  # noqa: E731
+        "required": True,
+        "content": {"application/x-www-form-urlencoded": {"schema": {
+            "type": "object", "properties": props, "required": required}}}}
+    text_error = {"description": "Error, as plain text", "content": _TEXT}
+    job_not_found = _problem("No such job")
+    paths = {
+        "/registerJob": {"post": {
+            "summary": "Register a job (old API)", "tags": ["old API"],
+            "requestBody": legacy_form({"type": {"type": "string",
+                                                 "enum": list(config.job_types)}}, ["type"]),
+            "responses": {"200": {"description": "`Created! id = <id>`", "content": _TEXT},
+                          "400": text_error, "401": text_error, "403": text_error,
+                          "415": text_error, "413": text_error, "503": text_error}}},
+        "/jobState": {
+            "get": {"summary": "Read a job's state (old API)", "tags": ["old API"],
+                    "parameters": [{"name": "id", "in": "query", "required": True,
+                                    "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "`<id> -- <state>`", "content": _TEXT},
+                                  "400": text_error, "401": text_error, "403": text_error,
+                                  "404": text_error, "503": text_error}},
+            "post": {"summary": "Send a command to a job (old API)", "tags": ["old API"],
+                     "requestBody": legacy_form(
+                         {"id": {"type": "string"},
+                          "command": {"type": "string", "enum": list(COMMANDS)}},
+                         ["id", "command"]),
+                     "responses": {"200": {"description": "`<id> -- <command>`",
+                                           "content": _TEXT},
+                                   "400": text_error, "401": text_error, "403": text_error,
+                                   "404": text_error, "409": text_error, "413": text_error,
+                                   "415": text_error, "503": text_error}},
+        },
+        "/v1/jobs": {
+            "post": {
+                "summary": "Register a job", "tags": ["jobs"],
+                "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                                "schema": {"type": "string", "minLength": 1,
+                                           "maxLength": 255}}],
+                "requestBody": {"required": True, "content": _json("RegisterJob")},
+                "responses": _responses(
+                    {"201": {"description": "Registered", "content": _json("Job")},
+                     "200": {"description": "Idempotency-Key replay: the job registered "
+                                            "by the first request", "content": _json("Job")}},
+                    **_BODY_ERRORS, **{"422": _problem("Idempotency-Key used for "
+                                                       "another request")})},
+            "get": {
+                "summary": "List jobs, newest first", "tags": ["jobs"],
+                "parameters": [
+                    {"name": "state", "in": "query", "schema": {"type": "string",
+                                                                "enum": list(STATES)}},
+                    {"name": "type", "in": "query",
+                     "schema": {"type": "string", "enum": list(config.job_types)}},
+                    {"name": "label", "in": "query", "description": "key:value",
+                     "schema": {"type": "string"}},
+                    {"name": "stalled", "in": "query",
+                     "schema": {"type": "string", "enum": ["true", "false"]}},
+                    {"name": "limit", "in": "query",
+                     "schema": {"type": "integer", "minimum": 1,
+                                "maximum": config.max_list_limit}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": _responses({"200": {"description": "A page of jobs",
+                                                 "content": _json("JobList")}})},
+        },
+        "/v1/jobs/{job_id}": {
+            "parameters": [_JOB_ID],
+            "get": {
+                "summary": "Read a job; with wait, long-poll for a change", "tags": ["jobs"],
+                "parameters": [
+                    {"name": "wait", "in": "query",
+                     "schema": {"type": "number", "minimum": 0,
+                                "maximum": config.max_wait_seconds}},
+                    {"name": "version", "in": "query",
+                     "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}},
+                ],
+                "responses": _responses(
+                    {"200": {"description": "The job", "content": _json("Job")},
+                     "304": {"description": "Not modified"}},
+                    **{"404": job_not_found,
+                       "429": _problem("Too many long-poll requests waiting")})},
+            "delete": {"summary": "Delete a finished job", "tags": ["jobs"],
+                       "responses": _responses({"204": {"description": "Deleted"}},
+                                               **{"404": job_not_found,
+                                                  "409": _problem("The job is not finished")})},
+        },
+        "/v1/jobs/{job_id}/commands": {
+            "parameters": [_JOB_ID],
+            "post": {
+                "summary": "Send a command: start (resume), pause, kill, done, fail",
+                "tags": ["jobs"],
+                "parameters": [{"name": "If-Match", "in": "header",
+                                "schema": {"type": "string"}}],
+                "requestBody": {"required": True, "content": _json("Command")},
+                "responses": _responses(
+                    {"200": {"description": "The job after the command",
+                             "content": _json("CommandResult")}},
+                    **_BODY_ERRORS,
+                    **{"404": job_not_found, "409": _problem("Transition not allowed"),
+                       "412": _problem("If-Match names another version")})},
+        },
+        "/v1/jobs/{job_id}/history": {
+            "parameters": [_JOB_ID],
+            "get": {"summary": "The job's transitions", "tags": ["jobs"],
+                    "responses": _responses({"200": {"description": "History",
+                                                     "content": _json("History")}},
+                                            **{"404": job_not_found})},
+        },
+        "/v1/jobs/{job_id}/heartbeat": {
+            "parameters": [_JOB_ID],
+            "post": {"summary": "Report liveness and progress; answers the job's state",
+                     "tags": ["workers"],
+                     "requestBody": {"required": False, "content": _json("Heartbeat")},
+                     "responses": _responses(
+                         {"200": {"description": "The job's state",
+                                  "content": _json("HeartbeatAnswer")}},
+                         **_BODY_ERRORS, **{"404": job_not_found})},
+        },
+        "/v1/heartbeats": {
+            "post": {"summary": "Heartbeats of many jobs in one request", "tags": ["workers"],
+                     "requestBody": {"required": True, "content": _json("Heartbeats")},
+                     "responses": _responses(
+                         {"200": {"description": "One answer per job, in order",
+                                  "content": _json("HeartbeatAnswers")}}, **_BODY_ERRORS)},
+        },
+        "/healthz": {"get": {"summary": "The process is up", "tags": ["operations"],
+                             "security": [],
+                             "responses": {"200": {"description": "ok", "content": _TEXT}}}},
+        "/readyz": {"get": {"summary": "Redis answers and the scripts are loaded",
+                            "tags": ["operations"], "security": [],
+                            "responses": {"200": {"description": "ready", "content": _TEXT},
+                                          "503": {"description": "not ready",
+                                                  "content": _TEXT}}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "tags": ["operations"],
+                             "responses": {"200": {"description": "Prometheus text format",
+                                                   "content": _TEXT},
+                                           "401": _COMMON["401"], "403": _COMMON["403"]}}},
+        "/openapi.json": {"get": {"summary": "This document", "tags": ["operations"],
+                                  "security": [],
+                                  "responses": {"200": {"description": "OpenAPI 3.1",
+                                                        "content": {"application/json": {
+                                                            "schema": {"type": "object"}}}}}}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Karmchari", "version": __version__,
+                 "description": "Global state of long-running jobs: signal workers to pause, "
+                                "resume or kill a job, and keep track of them."},
+        "paths": paths,
+        "components": {"schemas": schemas,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"bearer": []}, {}],
+    }
+
+
+class OpenApiDocument:
+    def __init__(self, config: Config) -> None:
+        self._document = build_openapi(config)
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self._document

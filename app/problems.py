@@ -1,0 +1,73 @@
+"""Errors as RFC 9457 ``application/problem+json`` (plain text on the old
+endpoints), and the one mapping of domain errors to HTTP statuses."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import falcon
+
+from app.errors import (IdempotencyKeyReused, IllegalTransition, InvalidCommand, JobNotFound,
+                        KarmchariError, NotDue, StaleRead, StoreUnavailable, VersionMismatch)
+
+_STATUS_OF = {
+    JobNotFound: (falcon.HTTP_404, "Job not found"),
+    InvalidCommand: (falcon.HTTP_400, "Invalid command"),
+    IllegalTransition: (falcon.HTTP_409, "Transition not allowed"),
+    VersionMismatch: (falcon.HTTP_412, "Version mismatch"),
+    IdempotencyKeyReused: (falcon.HTTP_422, "Idempotency-Key reused"),
+    StaleRead: (falcon.HTTP_503, "Job changed meanwhile"),
+    NotDue: (falcon.HTTP_409, "Not due"),
+    StoreUnavailable: (falcon.HTTP_503, "Store unavailable"),
+}
+
+
+class Problem(falcon.HTTPError):
+    """An HTTP error with a stable machine ``code`` and extra members."""
+
+    def __init__(self, status: str, code: str, title: str, detail: str | None = None,
+                 headers: dict | None = None, **extra: object) -> None:
+        super().__init__(status, title=title, description=detail, headers=headers)
+        self.code = code
+        self.extra = extra
+
+
+def bad_request(code: str, detail: str) -> Problem:
+    return Problem(falcon.HTTP_400, code, "Bad request", detail)
+
+
+def make_domain_error_handler(retry_after: int):
+    def handle(req, resp, error: KarmchariError, params) -> None:
+        status, title = _STATUS_OF.get(type(error), (falcon.HTTP_500, "Internal error"))
+        headers = {"Retry-After": str(retry_after)} if status == falcon.HTTP_503 else None
+        if isinstance(error, StoreUnavailable):
+            detail = "Redis is not answering now; retry shortly."
+        elif isinstance(error, JobNotFound):
+            detail = "No job with this id."
+        else:
+            detail = error.detail or None
+        raise Problem(status, error.code, title, detail, headers, **error.extra)
+
+    return handle
+
+
+def _code_for(error: falcon.HTTPError) -> str:
+    code = getattr(error, "code", None)
+    if isinstance(code, str):
+        return code
+    return re.sub(r"[^a-z0-9]+", "_", (error.title or "error").lower()).strip("_")
+
+
+def serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:
+    if getattr(req.context, "plain_errors", False):
+        resp.content_type = falcon.MEDIA_TEXT
+        resp.text = error.description or error.title
+        return
+    body = {"type": "about:blank", "title": error.title, "status": error.status_code}
+    if error.description:
+        body["detail"] = error.description
+    body["code"] = _code_for(error)
+    body.update(getattr(error, "extra", {}))
+    resp.content_type = "application/problem+json"
+    resp.text = json.dumps(body)

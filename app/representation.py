@@ -1,0 +1,30 @@
+"""How jobs look in JSON."""
+
+from __future__ import annotations
+
+from app.model import Job, format_time
+
+
+def job_json(job: Job, now_ms: int) -> dict:
+    return {
+        "id": job.id,
+        "type": job.type,
+        "state": job.state,
+        "version": job.version,
+        "name": job.name,
+        "labels": job.labels,
+        "created_at": format_time(job.created_at),
+        "updated_at": format_time(job.updated_at),
+        "ended_at": format_time(job.ended_at),
+        "heartbeat_timeout": job.heartbeat_timeout,
+        "heartbeat_at": format_time(job.heartbeat_at),
+        "worker": job.worker,
+        "progress": job.progress,
+        "message": job.message,
+        "observed_state": job.observed_state,
+        "stalled": job.stalled(now_ms),
+    }
+
+
+def etag(job: Job) -> str:
+    return str(job.version)

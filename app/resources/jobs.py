@@ -1,0 +1,165 @@
+"""JSON API v1: jobs as resources."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import falcon
+
+from app.auth import FINISH_COMMANDS, require
+from app.config import Config
+from app.inputs import int_param, read_json, single_param
+from app.model import STATES, format_time, is_job_id
+from app.problems import Problem, bad_request
+from app.representation import etag, job_json
+from app.store import JobFilter, JobStore
+from app.store.events import ChangeNotifier, TooManyWaiters
+from app.store.keys import LABEL_KEY_RE
+
+
+def checked_id(job_id: str) -> str:
+    """Ids are checked before any Redis call: nothing else may reach a key name."""
+    if not is_job_id(job_id):
+        raise Problem(falcon.HTTP_404, "job_not_found", "Job not found",
+                      "a job id is 32 lowercase hexadecimal characters")
+    return job_id
+
+
+def _set_job(resp: falcon.Response, job, now_ms: int, body: dict | None = None) -> None:
+    resp.etag = etag(job)
+    resp.media = job_json(job, now_ms) if body is None else body
+
+
+class JobCollection:
+    permissions = {"POST": "register", "GET": "read"}
+
+    def __init__(self, store: JobStore, config: Config, validators: dict) -> None:
+        self._store = store
+        self._config = config
+        self._validator = validators["RegisterJob"]
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_json(req, self._validator, self._config.max_body_bytes)
+        key = req.get_header("Idempotency-Key")
+        if key is not None and not (0 < len(key) <= 255 and key.isprintable()):
+            raise bad_request("invalid_idempotency_key",
+                              "Idempotency-Key must be 1 to 255 printable characters")
+        fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        job, created = self._store.register(
+            body["type"], name=body.get("name", ""), labels=body.get("labels", {}),
+            heartbeat_timeout=body.get("heartbeat_timeout", 0),
+            actor=req.context.principal.name, idempotency_key=key, fingerprint=fingerprint)
+        resp.status = falcon.HTTP_201 if created else falcon.HTTP_200
+        resp.location = f"/v1/jobs/{job.id}"
+        _set_job(resp, job, job.created_at)
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        state = single_param(req, "state") or None
+        if state is not None and state not in STATES:
+            raise bad_request("invalid_parameter", f"state must be one of {', '.join(STATES)}")
+        job_type = single_param(req, "type") or None
+        if job_type is not None and job_type not in self._config.job_types:
+            raise bad_request("invalid_parameter", "unknown job type")
+        labels = []
+        raw_labels = req.params.get("label", [])
+        for item in [raw_labels] if isinstance(raw_labels, str) else raw_labels:
+            key, sep, value = item.partition(":")
+            if not sep or not LABEL_KEY_RE.match(key) or len(value) > self._config.max_label_chars:
+                raise bad_request("invalid_parameter", "label must be key:value")
+            labels.append((key, value))
+        stalled_raw = single_param(req, "stalled")
+        if stalled_raw not in (None, "", "true", "false"):
+            raise bad_request("invalid_parameter", "stalled must be true or false")
+        stalled = None if not stalled_raw else stalled_raw == "true"
+        limit = int_param(req, "limit", minimum=1, maximum=self._config.max_list_limit,
+                          default=50)
+        cursor = single_param(req, "cursor") or None
+        where = JobFilter(state=state, type=job_type, labels=tuple(labels[:8]), stalled=stalled)
+        try:
+            page = self._store.list_jobs(where, limit=limit, cursor=cursor)
+        except ValueError:
+            raise bad_request("invalid_cursor", "the cursor is not one this service gave") \
+                from None
+        resp.media = {"jobs": [job_json(j, page.now_ms) for j in page.jobs],
+                      "next_cursor": page.next_cursor}
+
+
+class JobItem:
+    permissions = {"GET": "read", "DELETE": "delete"}
+
+    def __init__(self, store: JobStore, config: Config, notifier: ChangeNotifier) -> None:
+        self._store = store
+        self._config = config
+        self._notifier = notifier
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
+        checked_id(job_id)
+        wait = single_param(req, "wait")
+        if wait:
+            try:
+                seconds = float(wait)
+            except ValueError:
+                seconds = -1.0
+            if not 0 <= seconds <= self._config.max_wait_seconds:
+                raise bad_request("invalid_parameter",
+                                  f"wait must be 0 to {self._config.max_wait_seconds:g} seconds")
+            version = int_param(req, "version", minimum=0, maximum=2**53)
+            try:
+                job, now_ms = self._notifier.wait_for_change(job_id, version, seconds)
+            except TooManyWaiters:
+                raise Problem(falcon.HTTP_429, "too_many_waiters", "Too many waiting requests",
+                              "the long-poll limit is reached; poll again shortly",
+                              headers={"Retry-After": str(self._config.retry_after_seconds)}) \
+                    from None
+        else:
+            job, now_ms = self._store.get_with_time(job_id)
+        if not wait and req.if_none_match and any(t == "*" or str(t) == etag(job)
+                                                 for t in req.if_none_match):
+            resp.status = falcon.HTTP_304
+            resp.etag = etag(job)
+            return
+        _set_job(resp, job, now_ms)
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
+        self._store.delete(checked_id(job_id))
+        resp.status = falcon.HTTP_204
+
+
+class JobCommands:
+    # Workers may send done/fail; other commands need the "command" permission.
+    permissions = {"POST": "finish"}
+
+    def __init__(self, store: JobStore, config: Config, validators: dict) -> None:
+        self._store = store
+        self._config = config
+        self._validator = validators["Command"]
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
+        checked_id(job_id)
+        body = read_json(req, self._validator, self._config.max_body_bytes)
+        if body["command"] not in FINISH_COMMANDS:
+            require(req, "command")
+        expected = None
+        if req.if_match and not any(t == "*" for t in req.if_match):
+            if len(req.if_match) != 1 or not str(req.if_match[0]).isdigit():
+                raise bad_request("invalid_if_match", "If-Match must be one job version")
+            expected = int(str(req.if_match[0]))
+        job, changed = self._store.apply_command(
+            job_id, body["command"], actor=req.context.principal.name,
+            reason=body.get("reason", ""), expected_version=expected)
+        _set_job(resp, job, job.updated_at,
+                 {"job": job_json(job, job.updated_at), "changed": changed})
+
+
+class JobHistory:
+    permissions = {"GET": "read"}
+
+    def __init__(self, store: JobStore) -> None:
+        self._store = store
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
+        entries = self._store.history(checked_id(job_id))
+        for entry in entries:
+            entry["at"] = format_time(entry["at"])
+        resp.media = {"id": job_id, "entries": entries}

@@ -1,0 +1,80 @@
+"""The old service's three endpoints, kept byte for byte: form in, text out."""
+
+from __future__ import annotations
+
+import falcon
+
+from app.auth import FINISH_COMMANDS, require
+from app.config import Config
+from app.errors import IllegalTransition, JobNotFound
+from app.inputs import read_form
+from app.model import COMMANDS, is_job_id
+from app.store import JobStore
+
+
+def _text(resp: falcon.Response, status: str, body: str) -> None:
+    resp.status = status
+    resp.content_type = falcon.MEDIA_TEXT
+    resp.text = body
+
+
+class RegisterJob:
+    permissions = {"POST": "register"}
+    plain_text_errors = True
+
+    def __init__(self, store: JobStore, config: Config) -> None:
+        self._store = store
+        self._config = config
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        job_type = read_form(req, self._config.max_body_bytes).get("type", "")
+        if not job_type:
+            return _text(resp, falcon.HTTP_400, "Type is required")
+        if job_type not in self._config.job_types:
+            return _text(resp, falcon.HTTP_400, "Type is invalid")
+        job, _ = self._store.register(job_type, actor=req.context.principal.name)
+        _text(resp, falcon.HTTP_200, f"Created! id = {job.id}")
+
+
+class JobState:
+    permissions = {"GET": "read", "POST": "finish"}
+    plain_text_errors = True
+
+    def __init__(self, store: JobStore, config: Config) -> None:
+        self._store = store
+        self._config = config
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        job_id = read_form(req, self._config.max_body_bytes).get("id", "")
+        if not job_id:
+            return _text(resp, falcon.HTTP_400, "ID is required")
+        if not is_job_id(job_id):
+            return _text(resp, falcon.HTTP_404, "Job not available")
+        try:
+            job = self._store.get(job_id)
+        except JobNotFound:
+            return _text(resp, falcon.HTTP_404, "Job not available")
+        _text(resp, falcon.HTTP_200, f"{job_id} -- {job.state}")
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        form = read_form(req, self._config.max_body_bytes)
+        job_id, command = form.get("id", ""), form.get("command", "")
+        if not job_id:
+            return _text(resp, falcon.HTTP_400, "ID is required")
+        if not command:
+            return _text(resp, falcon.HTTP_400, "Command is required")
+        if command not in COMMANDS:
+            return _text(resp, falcon.HTTP_400, "Command is invalid")
+        if command not in FINISH_COMMANDS:
+            require(req, "command")
+        if not is_job_id(job_id):
+            return _text(resp, falcon.HTTP_404, "Job not available")
+        try:
+            self._store.apply_command(job_id, command, actor=req.context.principal.name)
+        except JobNotFound:
+            return _text(resp, falcon.HTTP_404, "Job not available")
+        except IllegalTransition as refused:
+            state = refused.extra["current_state"]
+            return _text(resp, falcon.HTTP_409,
+                         f"Command refused: {job_id} -- {state}")
+        _text(resp, falcon.HTTP_200, f"{job_id} -- {command}")

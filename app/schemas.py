@@ -1,0 +1,152 @@
+"""JSON Schemas (2020-12) of request and response bodies: one source for
+request validation and for the OpenAPI document."""
+
+from __future__ import annotations
+
+from jsonschema import Draft202012Validator
+
+from app.config import Config
+from app.model import COMMANDS, STATES
+from app.store.keys import LABEL_KEY_RE
+
+LABEL_KEY_PATTERN = "^" + LABEL_KEY_RE.pattern.replace("\\Z", "$")
+
+
+def _text(max_chars: int) -> dict:
+    return {"type": "string", "maxLength": max_chars}
+
+
+def request_schemas(config: Config) -> dict[str, dict]:
+    text = _text(config.max_text_chars)
+    heartbeat_props = {
+        "progress": {"type": "number", "minimum": 0, "maximum": 100,
+                     "description": "Percent complete."},
+        "message": text,
+        "worker": _text(256),
+        "observed_state": {"type": "string", "enum": list(STATES),
+                           "description": "The state the worker says it is in."},
+    }
+    return {
+        "RegisterJob": {
+            "type": "object",
+            "required": ["type"],
+            "additionalProperties": False,
+            "properties": {
+                "type": {"type": "string", "enum": list(config.job_types)},
+                "name": _text(256),
+                "labels": {
+                    "type": "object",
+                    "maxProperties": config.max_labels,
+                    "propertyNames": {"pattern": LABEL_KEY_PATTERN},
+                    "additionalProperties": _text(config.max_label_chars),
+                },
+                "heartbeat_timeout": {"type": "integer", "minimum": 0, "maximum": 7 * 24 * 3600,
+                                      "description": "Seconds without a heartbeat after which "
+                                                     "a running job counts as stalled; 0: never."},
+            },
+        },
+        "Command": {
+            "type": "object",
+            "required": ["command"],
+            "additionalProperties": False,
+            "properties": {"command": {"type": "string", "enum": list(COMMANDS)},
+                           "reason": text},
+        },
+        "Heartbeat": {"type": "object", "additionalProperties": False,
+                      "properties": heartbeat_props},
+        "Heartbeats": {
+            "type": "object",
+            "required": ["heartbeats"],
+            "additionalProperties": False,
+            "properties": {"heartbeats": {
+                "type": "array", "minItems": 1, "maxItems": config.max_batch,
+                "items": {"type": "object", "required": ["id"], "additionalProperties": False,
+                          "properties": {"id": {"type": "string",
+                                                "pattern": "^[0-9a-f]{32}$"},
+                                         **heartbeat_props}},
+            }},
+        },
+    }
+
+
+def validators(config: Config) -> dict[str, Draft202012Validator]:
+    """Built once per app: compiling schemas per request would waste time."""
+    return {name: Draft202012Validator(schema)
+            for name, schema in request_schemas(config).items()}
+
+
+_TIME = {"type": ["string", "null"], "format": "date-time"}
+
+RESPONSE_SCHEMAS: dict[str, dict] = {
+    "Job": {
+        "type": "object",
+        "required": ["id", "type", "state", "version", "created_at", "updated_at", "stalled"],
+        "properties": {
+            "id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+            "type": {"type": "string"},
+            "state": {"type": "string", "enum": list(STATES)},
+            "version": {"type": "integer", "minimum": 1},
+            "name": {"type": "string"},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "created_at": {"type": "string", "format": "date-time"},
+            "updated_at": {"type": "string", "format": "date-time"},
+            "ended_at": _TIME,
+            "heartbeat_timeout": {"type": "integer"},
+            "heartbeat_at": _TIME,
+            "worker": {"type": "string"},
+            "progress": {"type": ["number", "null"]},
+            "message": {"type": "string"},
+            "observed_state": {"type": "string"},
+            "stalled": {"type": "boolean"},
+        },
+    },
+    "CommandResult": {
+        "type": "object",
+        "required": ["job", "changed"],
+        "properties": {"job": {"$ref": "#/components/schemas/Job"},
+                       "changed": {"type": "boolean"}},
+    },
+    "JobList": {
+        "type": "object",
+        "required": ["jobs", "next_cursor"],
+        "properties": {"jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
+                       "next_cursor": {"type": ["string", "null"]}},
+    },
+    "History": {
+        "type": "object",
+        "required": ["id", "entries"],
+        "properties": {
+            "id": {"type": "string"},
+            "entries": {"type": "array", "items": {
+                "type": "object",
+                "required": ["version", "at", "command", "from", "to", "actor", "reason"],
+                "properties": {"version": {"type": "integer"},
+                               "at": {"type": "string", "format": "date-time"},
+                               "command": {"type": "string"}, "from": {"type": "string"},
+                               "to": {"type": "string"}, "actor": {"type": "string"},
+                               "reason": {"type": "string"}}}},
+        },
+    },
+    "HeartbeatAnswer": {
+        "type": "object",
+        "required": ["id", "found"],
+        "properties": {"id": {"type": "string"}, "found": {"type": "boolean"},
+                       "state": {"type": "string", "enum": list(STATES)},
+                       "version": {"type": "integer"},
+                       "observed_state": {"type": "string"}},
+    },
+    "HeartbeatAnswers": {
+        "type": "object",
+        "required": ["results"],
+        "properties": {"results": {"type": "array", "items": {
+            "$ref": "#/components/schemas/HeartbeatAnswer"}}},
+    },
+    "Problem": {
+        "type": "object",
+        "required": ["type", "title", "status", "code"],
+        "properties": {"type": {"type": "string"}, "title": {"type": "string"},
+                       "status": {"type": "integer"}, "detail": {"type": "string"},
+                       "code": {"type": "string"}, "current_state": {"type": "string"},
+                       "version": {"type": "integer"}},
+    },
+}

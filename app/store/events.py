@@ -1,0 +1,104 @@
+"""Wakes long-poll requests when a job changes.
+
+The scripts announce each change on their shard's channel (sharded pub/sub,
+``SPUBLISH``). The state in Redis stays the truth: a waiter re-reads the job
+when woken and at least every ``poll_interval`` seconds, so a lost message (a
+reconnect, a failover) costs latency, never a missed change.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from app.store import JobStore
+from app.store.connection import unavailable_on_redis_errors
+
+log = logging.getLogger(__name__)
+
+
+class TooManyWaiters(Exception):
+    pass
+
+
+class ChangeNotifier:
+    def __init__(self, store: JobStore, max_waiters: int, poll_interval: float = 1.0) -> None:
+        self._store = store
+        self._poll_interval = poll_interval
+        self._slots = threading.BoundedSemaphore(max_waiters)
+        self._lock = threading.Lock()
+        self._events: dict[str, set[threading.Event]] = {}
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._listen, name="karmchari-events",
+                                            daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def wait_for_change(self, job_id: str, version: int | None, timeout: float):
+        """The job once its version differs from ``version`` (or its current
+        version when None), or after ``timeout`` seconds; with server time."""
+        if not self._slots.acquire(blocking=False):
+            raise TooManyWaiters()
+        event = threading.Event()
+        with self._lock:
+            self._events.setdefault(job_id, set()).add(event)
+        try:
+            deadline = time.monotonic() + timeout
+            job, now_ms = self._store.get_with_time(job_id)
+            if version is None:
+                version = job.version
+            while job.version == version:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stopping.is_set():
+                    break
+                event.wait(min(remaining, self._poll_interval))
+                event.clear()
+                job, now_ms = self._store.get_with_time(job_id)
+            return job, now_ms
+        finally:
+            with self._lock:
+                waiting = self._events.get(job_id)
+                if waiting is not None:
+                    waiting.discard(event)
+                    if not waiting:
+                        del self._events[job_id]
+            self._slots.release()
+
+    def _wake(self, job_id: str) -> None:
+        with self._lock:
+            for event in self._events.get(job_id, ()):
+                event.set()
+
+    def _listen(self) -> None:
+        channels = [shard.channel for shard in self._store.keys.shards.values()]
+        backoff = 0.1
+        while not self._stopping.is_set():
+            pubsub = None
+            try:
+                with unavailable_on_redis_errors():
+                    pubsub = self._store.client.pubsub(ignore_subscribe_messages=True)
+                    pubsub.ssubscribe(*channels)
+                    backoff = 0.1
+                    while not self._stopping.is_set():
+                        message = pubsub.get_sharded_message(timeout=1.0) \
+                            if hasattr(pubsub, "get_sharded_message") \
+                            else pubsub.get_message(timeout=1.0)
+                        if message and message.get("type") == "smessage":
+                            self._wake(message["data"].split(" ", 1)[0])
+            except Exception as error:  # noqa: BLE001 - keep listening whatever happens
+                log.debug("event listener: %s; reconnecting", error)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except Exception:  # noqa: BLE001
+                        pass
