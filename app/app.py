@@ -17,6 +17,7 @@ from app.resources.workers import Heartbeats, JobHeartbeat
 from app.schemas import validators
 from app.store import JobStore, connect
 from app.store.events import ChangeNotifier
+from app.store.keys import KeySchema
 
 
 def build_store(config: Config, url: str) -> JobStore:
@@ -25,7 +26,7 @@ def build_store(config: Config, url: str) -> JobStore:
                      socket_timeout=config.redis_socket_timeout)
     return JobStore(client, history_cap=config.history_cap,
                     retention_seconds=config.retention_seconds,
-                    idempotency_ttl=config.idempotency_ttl)
+                    idempotency_ttl=config.idempotency_ttl, keys=KeySchema(config.key_prefix))
 
 
 def create_app(config: Config | None = None, store: JobStore | None = None,

@@ -355,5 +355,6 @@ class JobStore:
         with unavailable_on_redis_errors():
             info = self.client.info("server")
             policy = self.client.config_get("maxmemory-policy").get("maxmemory-policy")
-        return {"version": info.get("valkey_version") or info.get("redis_version"),
+        flavor = "valkey" if "valkey_version" in info else "redis"
+        return {"flavor": flavor, "version": info.get(f"{flavor}_version"),
                 "maxmemory_policy": policy}

@@ -13,7 +13,6 @@ import threading
 import time
 
 from app.store import JobStore
-from app.store.connection import unavailable_on_redis_errors
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +81,15 @@ class ChangeNotifier:
         while not self._stopping.is_set():
             pubsub = None
             try:
-                with unavailable_on_redis_errors():
-                    pubsub = self._store.client.pubsub(ignore_subscribe_messages=True)
-                    pubsub.ssubscribe(*channels)
-                    backoff = 0.1
-                    while not self._stopping.is_set():
-                        message = pubsub.get_sharded_message(timeout=1.0) \
-                            if hasattr(pubsub, "get_sharded_message") \
-                            else pubsub.get_message(timeout=1.0)
-                        if message and message.get("type") == "smessage":
-                            self._wake(message["data"].split(" ", 1)[0])
+                pubsub = self._store.client.pubsub(ignore_subscribe_messages=True)
+                pubsub.ssubscribe(*channels)
+                backoff = 0.1
+                while not self._stopping.is_set():
+                    message = pubsub.get_sharded_message(timeout=1.0) \
+                        if hasattr(pubsub, "get_sharded_message") \
+                        else pubsub.get_message(timeout=1.0)
+                    if message and message.get("type") == "smessage":
+                        self._wake(message["data"].split(" ", 1)[0])
             except Exception as error:  # noqa: BLE001 - keep listening whatever happens
                 log.debug("event listener: %s; reconnecting", error)
                 self._stopping.wait(backoff)

@@ -1,0 +1,91 @@
+"""The ``karmchari`` command: ``serve`` runs the service; the other
+subcommands talk to a running service (see ``app/client_cli.py``).
+
+The old service's flags ``-port`` and ``-shost HOST:PORT`` work as written,
+and ``karmchari -port 51463`` without a subcommand means ``serve``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from app import __version__
+from app.config import Config
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    env = "(env KARMCHARI_%s)"
+    parser.add_argument("-port", "--port", type=int, help="port to listen on, default 51463 "
+                        + env % "PORT")
+    parser.add_argument("-shost", "--shost", metavar="HOST:PORT",
+                        help="use the Redis at HOST:PORT " + env % "SHOST")
+    parser.add_argument("--redis-url", metavar="URL",
+                        help="use the Redis at URL: redis://, rediss:// (TLS), unix:// "
+                        + env % "REDIS_URL")
+    parser.add_argument("--redis-cluster", action="store_true", default=None,
+                        help="the Redis URL is a Redis Cluster node " + env % "REDIS_CLUSTER")
+    parser.add_argument("--host", help="address to listen on, default 127.0.0.1 "
+                        + env % "HOST")
+    parser.add_argument("--threads", type=int, help="request threads per process, default 16 "
+                        + env % "THREADS")
+    parser.add_argument("--workers", type=int,
+                        help="processes sharing the listening socket (Linux), default 1 "
+                        + env % "WORKERS")
+    parser.add_argument("--data-dir", help="embedded store's data directory "
+                        + env % "DATA_DIR")
+    parser.add_argument("--tokens-file", metavar="PATH",
+                        help="lines of 'name role sha256-hex-of-token' " + env % "TOKENS_FILE")
+    parser.add_argument("--allow-unauthenticated", action="store_true", default=None,
+                        help="allow a non-loopback --host without tokens (dangerous) "
+                        + env % "ALLOW_UNAUTHENTICATED")
+    parser.add_argument("--job-types", type=lambda s: tuple(filter(None, s.split(","))),
+                        help="comma-separated job types, default upload,export,teams "
+                        + env % "JOB_TYPES")
+    parser.add_argument("--history-cap", type=int, help="history entries kept per job "
+                        + env % "HISTORY_CAP")
+    parser.add_argument("--retention-seconds", type=int,
+                        help="how long finished jobs are kept, default 7 days "
+                        + env % "RETENTION_SECONDS")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        help=env % "LOG_LEVEL")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    names = ("port", "shost", "redis_url", "redis_cluster", "host", "threads", "workers",
+             "data_dir", "tokens_file", "allow_unauthenticated", "job_types", "history_cap",
+             "retention_seconds", "log_level")
+    return Config.from_env(**{name: getattr(args, name) for name in names})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from app.client_cli import add_client_commands
+
+    parser = argparse.ArgumentParser(
+        prog="karmchari", allow_abbrev=False,
+        description="Karmchari: a REST job manager for long-running jobs.")
+    parser.add_argument("--version", action="version", version=f"karmchari {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser("serve", help="run the service", allow_abbrev=False)
+    add_serve_arguments(serve)
+    add_client_commands(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
+        argv = ["serve", *argv]  # the old service's command line
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        from app.server import StartupError, serve
+        try:
+            return serve(config_from_args(args))
+        except StartupError as error:
+            print(f"karmchari: {error}", file=sys.stderr)
+            return 2
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

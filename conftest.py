@@ -1,0 +1,86 @@
+"""Shared fixtures: every test runs against a real Redis server.
+
+``REDIS_URL`` (a CI service) is used when set; otherwise one throwaway
+``redis-server`` (or ``valkey-server``) is started on a free port in a
+temporary directory. Each test gets its own key prefix, so tests never flush a
+server, and nothing is ever deleted from a Redis the tests did not start.
+No Redis at all is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+import redis
+from falcon import testing
+
+from app.app import create_app
+from app.config import Config
+from app.store import JobStore, connect
+from app.store.keys import KeySchema
+from tests.servers import RedisProcess, ServiceProcess
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    if os.environ.get("REDIS_URL"):
+        url = os.environ["REDIS_URL"]
+        try:
+            redis.Redis.from_url(url, socket_timeout=5).ping()
+        except redis.exceptions.RedisError as error:
+            pytest.fail(f"REDIS_URL={url} does not answer: {error}")
+        yield url
+        return
+    try:
+        server = RedisProcess().start()
+    except RuntimeError as error:
+        pytest.fail(f"no Redis server for the tests: {error}")
+    yield server.url
+    server.close()
+
+
+@pytest.fixture
+def redis_client(redis_url):
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def key_prefix(redis_client):
+    """A fresh key namespace; its keys are deleted after the test."""
+    prefix = "t" + uuid.uuid4().hex[:12]
+    yield prefix
+    for key in redis_client.scan_iter(match=f"{{{prefix}:*", count=1000):
+        redis_client.delete(key)
+
+
+@pytest.fixture
+def config(redis_url, key_prefix):
+    return Config(redis_url=redis_url, key_prefix=key_prefix, threads=8)
+
+
+@pytest.fixture
+def store(config):
+    client = connect(config.redis_url, max_connections=64)
+    yield JobStore(client, history_cap=config.history_cap,
+                   retention_seconds=config.retention_seconds,
+                   keys=KeySchema(config.key_prefix))
+    client.close()
+
+
+@pytest.fixture
+def client(config, store):
+    """A Falcon test client of the whole app on the real store."""
+    return testing.TestClient(create_app(config, store))
+
+
+@pytest.fixture
+def live_service(redis_url, key_prefix):
+    """``karmchari serve`` as a subprocess on a free port."""
+    service = ServiceProcess("--redis-url", redis_url,
+                             env={"KARMCHARI_KEY_PREFIX": key_prefix}).start()
+    yield service
+    service.stop()

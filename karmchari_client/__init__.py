@@ -1,0 +1,9 @@
+"""Client side of Karmchari, for programs that talk to a running service.
+
+Standard library only, and a package name of its own, so that importing it
+into a worker program pulls in nothing else and clashes with nothing.
+"""
+
+from karmchari_client.client import ApiError, Client, ServiceUnavailable
+
+__all__ = ["ApiError", "Client", "ServiceUnavailable"]

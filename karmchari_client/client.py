@@ -1,0 +1,176 @@
+"""A small, thread-safe client of the JSON API (one keep-alive connection per
+thread)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import threading
+import urllib.parse
+from typing import Any
+
+
+class ApiError(Exception):
+    """The service answered with an error (RFC 9457 problem)."""
+
+    def __init__(self, status: int, problem: dict) -> None:
+        self.status = status
+        self.problem = problem
+        self.code = problem.get("code", "")
+        self.current_state = problem.get("current_state")
+        super().__init__(f"{status} {problem.get('title', '')}: "
+                         f"{problem.get('detail') or self.code}".rstrip(": "))
+
+
+class ServiceUnavailable(ApiError):
+    """The service cannot be reached, or answered 503/429: worth retrying."""
+
+    def __init__(self, reason: str, retry_after: float | None = None, status: int = 0) -> None:
+        super().__init__(status, {"title": "Service unavailable", "detail": reason,
+                                  "code": "unavailable"})
+        self.retry_after = retry_after
+
+
+class Client:
+    def __init__(self, url: str | None = None, token: str | None = None,
+                 timeout: float = 10.0) -> None:
+        url = url or os.environ.get("KARMCHARI_URL") or "http://127.0.0.1:51463"
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        self._parts = parts
+        self._token = token if token is not None else os.environ.get("KARMCHARI_TOKEN")
+        self._timeout = timeout
+        self._local = threading.local()
+
+    @property
+    def url(self) -> str:
+        return urllib.parse.urlunsplit(self._parts)
+
+    # -- jobs ---------------------------------------------------------------
+
+    def register(self, job_type: str, *, name: str | None = None,
+                 labels: dict[str, str] | None = None, heartbeat_timeout: int | None = None,
+                 idempotency_key: str | None = None) -> dict:
+        body: dict[str, Any] = {"type": job_type}
+        if name:
+            body["name"] = name
+        if labels:
+            body["labels"] = labels
+        if heartbeat_timeout is not None:
+            body["heartbeat_timeout"] = heartbeat_timeout
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self.request("POST", "/v1/jobs", body, headers=headers)
+
+    def get(self, job_id: str, *, wait: float | None = None,
+            version: int | None = None) -> dict:
+        query = {}
+        if wait is not None:
+            query["wait"] = f"{wait:g}"
+            if version is not None:
+                query["version"] = str(version)
+        timeout = self._timeout + (wait or 0)
+        return self.request("GET", f"/v1/jobs/{job_id}", query=query, timeout=timeout)
+
+    def command(self, job_id: str, command: str, *, reason: str | None = None,
+                if_match: int | None = None) -> dict:
+        body = {"command": command, **({"reason": reason} if reason else {})}
+        headers = {"If-Match": f'"{if_match}"'} if if_match is not None else {}
+        return self.request("POST", f"/v1/jobs/{job_id}/commands", body, headers=headers)
+
+    def history(self, job_id: str) -> list[dict]:
+        return self.request("GET", f"/v1/jobs/{job_id}/history")["entries"]
+
+    def list(self, *, state: str | None = None, type: str | None = None,
+             labels: dict[str, str] | None = None, stalled: bool | None = None,
+             limit: int | None = None, cursor: str | None = None) -> dict:
+        query: list[tuple[str, str]] = []
+        for name, value in (("state", state), ("type", type), ("limit", limit),
+                            ("cursor", cursor)):
+            if value is not None:
+                query.append((name, str(value)))
+        if stalled is not None:
+            query.append(("stalled", "true" if stalled else "false"))
+        query += [("label", f"{k}:{v}") for k, v in (labels or {}).items()]
+        return self.request("GET", "/v1/jobs", query=query)
+
+    def delete(self, job_id: str) -> None:
+        self.request("DELETE", f"/v1/jobs/{job_id}")
+
+    def heartbeat(self, job_id: str, **report: Any) -> dict:
+        body = {k: v for k, v in report.items() if v is not None}
+        return self.request("POST", f"/v1/jobs/{job_id}/heartbeat", body)
+
+    def heartbeats(self, reports: list[dict]) -> list[dict]:
+        return self.request("POST", "/v1/heartbeats", {"heartbeats": reports})["results"]
+
+    # -- transport ----------------------------------------------------------
+
+    def request(self, method: str, path: str, body: Any = None, *,
+                query: dict | list | None = None, headers: dict | None = None,
+                timeout: float | None = None) -> Any:
+        if query:
+            path += "?" + urllib.parse.urlencode(query)
+        sent_headers = {"Accept": "application/json", **(headers or {})}
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode("utf-8")
+            sent_headers["Content-Type"] = "application/json"
+        if self._token:
+            sent_headers["Authorization"] = f"Bearer {self._token}"
+        status, response_headers, data = self._send(method, path, payload, sent_headers,
+                                                    timeout or self._timeout)
+        parsed = json.loads(data) if data and response_headers.get(
+            "content-type", "").startswith(("application/json", "application/problem+json")) \
+            else None
+        if status in (429, 503):
+            retry_after = response_headers.get("retry-after")
+            raise ServiceUnavailable((parsed or {}).get("detail", f"HTTP {status}"),
+                                     float(retry_after) if retry_after else None, status)
+        if status >= 400:
+            raise ApiError(status, parsed or {"title": data.decode("utf-8", "replace")})
+        return parsed
+
+    def _send(self, method, path, payload, headers, timeout):
+        for attempt in (1, 2):
+            connection = self._connection(timeout)
+            try:
+                connection.request(method, self._parts.path.rstrip("/") + path, payload,
+                                   headers)
+                response = connection.getresponse()
+                data = response.read()
+                return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+            except (http.client.RemoteDisconnected, BrokenPipeError,
+                    ConnectionResetError) as error:
+                # A kept-alive connection the server had closed: reconnect once.
+                connection.close()
+                self._local.connection = None
+                if attempt == 2:
+                    raise ServiceUnavailable(str(error)) from error
+            except (OSError, http.client.HTTPException) as error:
+                connection.close()
+                self._local.connection = None
+                raise ServiceUnavailable(f"{self.url}: {error}") from error
+        raise AssertionError("unreachable")
+
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            kind = (http.client.HTTPSConnection if self._parts.scheme == "https"
+                    else http.client.HTTPConnection)
+            connection = kind(self._parts.hostname, self._parts.port, timeout=timeout)
+            self._local.connection = connection
+        connection.timeout = timeout
+        if connection.sock is not None:
+            connection.sock.settimeout(timeout)
+        return connection
+
+    def close(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
+
+__all__ = ["ApiError", "Client", "ServiceUnavailable"]

