@@ -25,6 +25,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         + env % "REDIS_URL")
     parser.add_argument("--redis-cluster", action="store_true", default=None,
                         help="the Redis URL is a Redis Cluster node " + env % "REDIS_CLUSTER")
+    parser.add_argument("--redis-socket-timeout", type=float, metavar="SECONDS",
+                        help="longest wait for one Redis reply or connection, default 2 "
+                        + env % "REDIS_SOCKET_TIMEOUT")
     parser.add_argument("--host", help="address to listen on, default 127.0.0.1 "
                         + env % "HOST")
     parser.add_argument("--threads", type=int, help="request threads per process, default 16 "
@@ -52,9 +55,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    names = ("port", "shost", "redis_url", "redis_cluster", "host", "threads", "workers",
-             "data_dir", "tokens_file", "allow_unauthenticated", "job_types", "history_cap",
-             "retention_seconds", "log_level")
+    names = ("port", "shost", "redis_url", "redis_cluster", "redis_socket_timeout", "host",
+             "threads", "workers", "data_dir", "tokens_file", "allow_unauthenticated",
+             "job_types", "history_cap", "retention_seconds", "log_level")
     return Config.from_env(**{name: getattr(args, name) for name in names})
 
 
