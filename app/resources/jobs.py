@@ -68,6 +68,9 @@ class JobCollection:
             if not sep or not LABEL_KEY_RE.match(key) or len(value) > self._config.max_label_chars:
                 raise bad_request("invalid_parameter", "label must be key:value")
             labels.append((key, value))
+        if len(labels) > self._config.max_labels:
+            raise bad_request("invalid_parameter",
+                              f"at most {self._config.max_labels} label filters")
         stalled_raw = single_param(req, "stalled")
         if stalled_raw not in (None, "", "true", "false"):
             raise bad_request("invalid_parameter", "stalled must be true or false")
@@ -75,7 +78,7 @@ class JobCollection:
         limit = int_param(req, "limit", minimum=1, maximum=self._config.max_list_limit,
                           default=50)
         cursor = single_param(req, "cursor") or None
-        where = JobFilter(state=state, type=job_type, labels=tuple(labels[:8]), stalled=stalled)
+        where = JobFilter(state=state, type=job_type, labels=tuple(labels), stalled=stalled)
         try:
             page = self._store.list_jobs(where, limit=limit, cursor=cursor)
         except ValueError:
@@ -142,9 +145,12 @@ class JobCommands:
             require(req, "command")
         expected = None
         if req.if_match and not any(t == "*" for t in req.if_match):
-            if len(req.if_match) != 1 or not str(req.if_match[0]).isdigit():
+            tag = req.if_match[0]
+            if len(req.if_match) != 1 or not str(tag).isdigit() or len(str(tag)) > 15:
                 raise bad_request("invalid_if_match", "If-Match must be one job version")
-            expected = int(str(req.if_match[0]))
+            # If-Match compares strongly (RFC 9110 §13.1.1): a weak tag never
+            # matches, and no job has version 0.
+            expected = 0 if tag.is_weak else int(str(tag))
         job, changed = self._store.apply_command(
             job_id, body["command"], actor=req.context.principal.name,
             reason=body.get("reason", ""), expected_version=expected)
