@@ -1,0 +1,113 @@
+"""Cluster safety of the key schema, checked on the calls the store really
+sends: every EVALSHA names all its keys in KEYS, and they share one slot."""
+
+from __future__ import annotations
+
+import pytest
+from redis.crc import key_slot
+
+from app.errors import JobNotFound
+from app.model import SHARDS, STATES
+from app.store import HeartbeatReport, JobFilter, JobStore, connect
+from app.store.keys import KeySchema
+from tests.monitoring import CommandMonitor
+from tests.servers import RedisProcess
+
+
+@pytest.fixture(scope="module")
+def server():
+    process = RedisProcess().start()
+    yield process
+    process.close()
+
+
+@pytest.fixture
+def monitor(server):
+    watcher = CommandMonitor(server.url)
+    yield watcher
+    watcher.close()
+
+
+@pytest.fixture
+def store(server, key_prefix):
+    client = connect(server.url)
+    yield JobStore(client, keys=KeySchema(key_prefix))
+    client.close()
+
+
+def script_calls(store: JobStore, commands) -> list[tuple[str, list[str]]]:
+    """(script name, KEYS) of each EVALSHA a client sent."""
+    by_sha = {lua.script.sha: name for name, lua in store.scripts.by_name.items()}
+    calls = []
+    for command in commands:
+        if command.from_script or command.name not in ("EVALSHA", "EVAL"):
+            continue
+        assert command.name == "EVALSHA", "scripts run by their SHA"
+        num_keys = int(command.args[2])
+        calls.append((by_sha[command.args[1]], list(command.args[3:3 + num_keys])))
+    return calls
+
+
+def slots(keys: list[str]) -> set[int]:
+    return {key_slot(key.encode()) for key in keys}
+
+
+def test_every_script_call_touches_one_slot(store, monitor):
+    first, _ = store.register("teams", name="nightly", labels={"team": "core", "env": "prod"},
+                              heartbeat_timeout=30)
+    store.register("export", labels={"team": "core"}, idempotency_key="retry-1", actor="ci")
+    store.register("export", labels={"team": "core"}, idempotency_key="retry-1", actor="ci")
+    store.apply_command(first.id, "pause", reason="maintenance")
+    store.apply_command(first.id, "start")
+    store.heartbeat(HeartbeatReport(first.id, worker="w1", progress=10.0))
+    store.get(first.id)
+    store.apply_command(first.id, "done")
+    store.delete(first.id)
+    with pytest.raises(JobNotFound):
+        store.get(first.id)
+
+    calls = script_calls(store, monitor.collect())
+    assert {name for name, _ in calls} == set(store.scripts.by_name)
+    for name, keys in calls:
+        assert keys, f"{name} was called without keys"
+        assert len(slots(keys)) == 1, f"{name} spans slots: {keys}"
+
+
+def test_a_heartbeat_batch_sends_one_single_slot_call_per_shard(store, monitor):
+    jobs = [store.register("upload")[0] for _ in range(60)]
+    monitor.collect()
+
+    answers = store.heartbeats([HeartbeatReport(job.id, progress=50.0) for job in jobs])
+
+    assert all(answer.found for answer in answers)
+    calls = [keys for name, keys in script_calls(store, monitor.collect())
+             if name == "recordHeartbeats"]
+    touched = {job.id[0] for job in jobs}
+    assert len(calls) == len(touched) > 1
+    for keys in calls:
+        assert len(slots(keys)) == 1, keys
+    assert len(set().union(*(slots(keys) for keys in calls))) == len(touched)
+
+
+def test_listing_indexes_are_spread_over_sixteen_slots(key_prefix):
+    schema = KeySchema(key_prefix)
+    per_shard = [
+        lambda s: s.all_jobs, lambda s: s.deadlines, lambda s: s.expiries,
+        lambda s: s.type_index("teams"), lambda s: s.label_index("team", "core"),
+        *(lambda s, state=state: s.state_index(state) for state in STATES),
+    ]
+    for index in per_shard:
+        keys = [index(schema.shards[shard]) for shard in SHARDS]
+        assert len(slots(keys)) == 16, keys
+
+
+def test_listing_reads_every_shard(store, monitor):
+    for _ in range(3):
+        store.register("teams")
+    monitor.collect()
+
+    store.list_jobs(JobFilter(), limit=10)
+
+    read = {command.args[1] for command in monitor.collect()
+            if command.name == "ZREVRANGEBYSCORE"}
+    assert len(slots(sorted(read))) == 16
