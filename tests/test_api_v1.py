@@ -616,3 +616,20 @@ def test_unknown_route_and_method_are_problems(client):
     response = client.simulate_put("/v1/jobs")
     assert response.status_code == 405
     assert response.headers["content-type"] == PROBLEM
+
+
+def test_list_walk_with_tied_scores_misses_nothing(client, store, redis_client):
+    # Deadlines have millisecond resolution: many stalled jobs can share one.
+    ids = {store.register("teams", heartbeat_timeout=1)[0].id for _ in range(40)}
+    for job_id in ids:
+        shard = store.keys.for_job(job_id)
+        redis_client.zadd(shard.deadlines, {job_id: 5000})
+        redis_client.hset(shard.job(job_id), "updated_at", 1000)
+    seen, cursor = [], None
+    while True:
+        page = listing(client, stalled="true", limit=1, **({"cursor": cursor} if cursor else {}))
+        seen += [j["id"] for j in page["jobs"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted(ids)

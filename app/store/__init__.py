@@ -301,21 +301,33 @@ class JobStore:
 
     def _merged_entries(self, index, position: _Position | None, upper: int | None,
                         count: int) -> list[tuple[int, str]]:
-        """The next ``count`` entries after ``position`` over all shards."""
-        top = min(x for x in (position.score if position else None, upper) if x is not None) \
-            if (position or upper is not None) else "+inf"
+        """The next ``count`` entries after ``position`` over all shards.
+
+        Entries tied with the cursor's score are read in full, then at most
+        ``count`` below it per shard: any number of ties pages correctly."""
+        tied = position is not None and (upper is None or position.score <= upper)
+        if tied:
+            below: int | str = f"({position.score}"
+        elif position is None and upper is None:
+            below = "+inf"
+        else:
+            below = upper
         with unavailable_on_redis_errors():
             pipe = self.client.pipeline(transaction=False)
             for shard in self.keys.shards.values():
-                # One more than needed per shard covers an entry tied with the cursor.
-                pipe.zrevrangebyscore(index(shard), top, "-inf", start=0, num=count + 1,
+                if tied:
+                    pipe.zrevrangebyscore(index(shard), position.score, position.score,
+                                          withscores=True)
+                pipe.zrevrangebyscore(index(shard), below, "-inf", start=0, num=count,
                                       withscores=True)
-            per_shard = pipe.execute()
+            replies = pipe.execute()
+        if tied:
+            replies = [replies[i] + replies[i + 1] for i in range(0, len(replies), 2)]
         streams = []
-        for entries in per_shard:
+        for entries in replies:
             rows = [(int(score), job_id) for job_id, score in entries]
-            if position:
-                rows = [r for r in rows if (r[0], r[1]) < (position.score, position.job_id)]
+            if tied:
+                rows = [r for r in rows if r < (position.score, position.job_id)]
             streams.append(sorted(rows, reverse=True))
         merged = heapq.merge(*streams, reverse=True)
         return [row for _, row in zip(range(count), merged)]
