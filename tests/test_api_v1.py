@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -137,6 +138,16 @@ def test_same_idempotency_key_gives_one_job(client, redis_client, key_prefix):
     assert second.headers["location"] == first.headers["location"]
     listed = client.simulate_get("/v1/jobs").json["jobs"]
     assert [job["id"] for job in listed] == [first.json["id"]]
+
+
+def test_concurrent_registrations_with_one_key_give_one_job(client):
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(
+            lambda _: register(client, {"type": "teams"}, {"Idempotency-Key": "race"}),
+            range(16)))
+    assert sorted(r.status_code for r in responses) == [200] * 15 + [201]
+    assert len({r.json["id"] for r in responses}) == 1
+    assert len(client.simulate_get("/v1/jobs").json["jobs"]) == 1
 
 
 def test_idempotency_replay_answers_the_current_job(client):
