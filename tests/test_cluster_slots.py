@@ -36,15 +36,16 @@ def store(server, key_prefix):
 
 
 def script_calls(store: JobStore, commands) -> list[tuple[str, list[str]]]:
-    """(script name, KEYS) of each EVALSHA a client sent."""
+    """(script name, KEYS) of each EVALSHA (or EVAL, after NOSCRIPT) a client sent."""
     by_sha = {lua.script.sha: name for name, lua in store.scripts.by_name.items()}
+    by_source = {lua.source: name for name, lua in store.scripts.by_name.items()}
     calls = []
     for command in commands:
         if command.from_script or command.name not in ("EVALSHA", "EVAL"):
             continue
-        assert command.name == "EVALSHA", "scripts run by their SHA"
+        names = by_sha if command.name == "EVALSHA" else by_source
         num_keys = int(command.args[2])
-        calls.append((by_sha[command.args[1]], list(command.args[3:3 + num_keys])))
+        calls.append((names[command.args[1]], list(command.args[3:3 + num_keys])))
     return calls
 
 

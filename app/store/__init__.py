@@ -160,15 +160,14 @@ class JobStore:
         for index, report in enumerate(reports):
             by_shard.setdefault(self.keys.for_job(report.job_id).shard, []).append(index)
 
-        def build(pipe):
-            for shard_name, indexes in by_shard.items():
-                shard = self.keys.shards[shard_name]
-                keys = [shard.deadlines, *(shard.job(reports[i].job_id) for i in indexes)]
-                args = [a for i in indexes for a in reports[i].script_args()]
-                self.scripts.recordHeartbeats.run_in_pipeline(pipe, keys, args)
-
+        calls = []
+        for shard_name, indexes in by_shard.items():
+            shard = self.keys.shards[shard_name]
+            keys = [shard.deadlines, *(shard.job(reports[i].job_id) for i in indexes)]
+            args = [a for i in indexes for a in reports[i].script_args()]
+            calls.append((self.scripts.recordHeartbeats, keys, args))
         with unavailable_on_redis_errors():
-            replies = self.scripts.run_pipeline(build)
+            replies = self.scripts.run_pipeline(calls)
         answers: list[HeartbeatAnswer | None] = [None] * len(reports)
         for indexes, reply in zip(by_shard.values(), replies):
             for i, entry in zip(indexes, reply):

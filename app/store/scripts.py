@@ -34,17 +34,27 @@ class LuaScript:
     script: Script
 
     def __call__(self, keys: list[str], args: list) -> list:
+        """EVALSHA, and EVAL when the server lost the script (a restart, SCRIPT
+        FLUSH): EVAL loads and runs in one step, so no flush can come between
+        (a SCRIPT LOAD then EVALSHA can meet a second NOSCRIPT)."""
         self.check(keys)
-        return self.script(keys=keys, args=args)
+        client = self.script.registered_client
+        try:
+            return client.evalsha(self.script.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            return client.eval(self.source, len(keys), *keys, *args)
 
     def check(self, keys: list[str]) -> None:
         if len(keys) < self.num_keys:
             raise ValueError(f"{self.name} takes at least {self.num_keys} keys, got {len(keys)}")
 
-    def run_in_pipeline(self, pipe: redis.client.Pipeline, keys: list[str], args: list) -> None:
-        """Queue an EVALSHA; ``run_pipeline`` reloads the script on NOSCRIPT."""
+    def queue(self, pipe: redis.client.Pipeline, keys: list[str], args: list, *,
+              by_source: bool = False) -> None:
         self.check(keys)
-        pipe.evalsha(self.script.sha, len(keys), *keys, *args)
+        if by_source:
+            pipe.eval(self.source, len(keys), *keys, *args)
+        else:
+            pipe.evalsha(self.script.sha, len(keys), *keys, *args)
 
 
 class Scripts:
@@ -77,16 +87,17 @@ class Scripts:
         shas = [lua.script.sha for lua in self.by_name.values()]
         return all(self._client.script_exists(*shas))
 
-    def run_pipeline(self, build) -> list:
-        """Run ``build(pipe)`` in one non-transactional pipeline (one round trip
-        per node); if a script was missing from the server's cache, load it and
-        run the pipeline once more. Scripts are idempotent for a replay."""
-        for attempt in (1, 2):
+    def run_pipeline(self, calls: list[tuple[LuaScript, list[str], list]]) -> list:
+        """Run (script, keys, args) calls in one non-transactional pipeline (one
+        round trip per node); if a script was missing from the server's cache,
+        run the pipeline once more with EVAL. Scripts are idempotent for a replay."""
+        for by_source in (False, True):
             pipe = self._client.pipeline(transaction=False)
-            build(pipe)
+            for lua, keys, args in calls:
+                lua.queue(pipe, keys, args, by_source=by_source)
             results = pipe.execute(raise_on_error=False)
-            if attempt == 1 and any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
-                self.load_all()
+            if not by_source and any(isinstance(r, redis.exceptions.NoScriptError)
+                                     for r in results):
                 continue
             for result in results:
                 if isinstance(result, Exception):
