@@ -1,7 +1,316 @@
-"""Client subcommands of ``karmchari`` (talk to a running service)."""
+"""Client subcommands of ``karmchari``: talk to the JSON API of a running
+service (``--url``, ``KARMCHARI_URL``; ``--token``, ``KARMCHARI_TOKEN``).
+
+Errors are one line on stderr and an exit code a script can test (see
+``EXIT_CODES_HELP``).
+"""
 
 from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+
+from app.config import DEFAULT_PORT
+from app.model import STATES, is_job_id
+from karmchari_client import ApiError, Client, ServiceUnavailable
+
+EXIT_OK = 0
+EXIT_ERROR = 1        # any other refusal, e.g. a missing token or a role that may not
+EXIT_BAD_INPUT = 2    # also argparse's code for a bad command line
+EXIT_NOT_FOUND = 3
+EXIT_REFUSED = 4      # a transition the job's state does not allow, or a stale --if-match
+EXIT_UNAVAILABLE = 5  # the service cannot be reached, or it says to retry later
+
+EXIT_CODES_HELP = f"""exit codes:
+  {EXIT_OK}  success
+  {EXIT_ERROR}  other error (e.g. missing token, role not allowed)
+  {EXIT_BAD_INPUT}  bad input
+  {EXIT_NOT_FOUND}  no such job
+  {EXIT_REFUSED}  refused: the job's state does not allow it, or --if-match is stale
+  {EXIT_UNAVAILABLE}  service down or unavailable"""
+
+DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+
+# The command sent by each subcommand that changes a job's state.
+STATE_COMMANDS = {"pause": "pause", "resume": "start", "kill": "kill", "done": "done",
+                  "fail": "fail"}
+
+
+class BadInput(Exception):
+    pass
+
+
+# -- output ------------------------------------------------------------------------
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=False)]
+    lines = [headers, *rows]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True))
+                     .rstrip() for line in lines)
+
+
+def _progress(job: dict) -> str:
+    return "" if job.get("progress") is None else f"{job['progress']:g}%"
+
+
+def _job_row(job: dict) -> list[str]:
+    return [job["id"], job["type"], job["state"], job.get("observed_state") or "-",
+            "yes" if job.get("stalled") else "", _progress(job), job.get("worker") or "",
+            job["updated_at"], job.get("name") or ""]
+
+
+JOB_HEADERS = ["ID", "TYPE", "STATE", "OBSERVED", "STALLED", "PROGRESS", "WORKER", "UPDATED",
+               "NAME"]
+
+
+def _print_job(job: dict) -> None:
+    labels = ", ".join(f"{k}={v}" for k, v in sorted(job.get("labels", {}).items()))
+    fields = [("id", job["id"]), ("type", job["type"]), ("state", job["state"]),
+              ("observed state", job.get("observed_state") or "-"),
+              ("stalled", "yes" if job.get("stalled") else "no"),
+              ("version", str(job["version"])), ("name", job.get("name") or ""),
+              ("labels", labels), ("worker", job.get("worker") or ""),
+              ("progress", _progress(job)), ("message", job.get("message") or ""),
+              ("heartbeat timeout", f"{job.get('heartbeat_timeout', 0)}s"),
+              ("heartbeat at", job.get("heartbeat_at") or ""),
+              ("created at", job["created_at"]), ("updated at", job["updated_at"]),
+              ("ended at", job.get("ended_at") or "")]
+    width = max(len(name) for name, _ in fields)
+    for name, value in fields:
+        print(f"{name + ':':<{width + 1}} {value}".rstrip())
+
+
+# -- input -------------------------------------------------------------------------
+
+
+def _job_id(value: str) -> str:
+    if not is_job_id(value):
+        raise argparse.ArgumentTypeError(
+            f"not a job id: {value!r} (32 lowercase hexadecimal characters)")
+    return value
+
+
+def _label(value: str) -> tuple[str, str]:
+    key, sep, label_value = value.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"a label is KEY=VALUE, not {value!r}")
+    return key, label_value
+
+
+def _labels(pairs: list[tuple[str, str]] | None) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for key, value in pairs or []:
+        if key in labels:
+            raise BadInput(f"label {key!r} given twice")
+        labels[key] = value
+    return labels
+
+
+# -- subcommands --------------------------------------------------------------------
+
+
+def run_register(args: argparse.Namespace, client: Client) -> int:
+    job = client.register(args.type, name=args.name, labels=_labels(args.label),
+                                 heartbeat_timeout=args.heartbeat_timeout,
+                                 idempotency_key=args.idempotency_key)
+    if args.json:
+        _print_json(job)
+    else:
+        print(job["id"])
+    return EXIT_OK
+
+
+def run_get(args: argparse.Namespace, client: Client) -> int:
+    job = client.get(args.job_id, wait=args.wait, version=args.version)
+    if args.json:
+        _print_json(job)
+    else:
+        _print_job(job)
+    return EXIT_OK
+
+
+def run_command(args: argparse.Namespace, client: Client) -> int:
+    result = client.command(args.job_id, STATE_COMMANDS[args.command],
+                                   reason=args.reason, if_match=args.if_match)
+    if args.json:
+        _print_json(result)
+    else:
+        job = result["job"]
+        change = "" if result["changed"] else " (already)"
+        print(f"{job['id']} -- {job['state']}{change}, version {job['version']}")
+    return EXIT_OK
+
+
+def run_list(args: argparse.Namespace, client: Client) -> int:
+    jobs: list[dict] = []
+    cursor = args.cursor
+    while True:
+        page = client.list(state=args.state, type=args.type, labels=_labels(args.label),
+                           stalled=args.stalled, limit=args.limit, cursor=cursor)
+        jobs += page["jobs"]
+        cursor = page["next_cursor"]
+        if not args.all or cursor is None:
+            break
+    if args.json:
+        _print_json({"jobs": jobs, "next_cursor": cursor})
+        return EXIT_OK
+    if jobs:
+        print(_table(JOB_HEADERS, [_job_row(job) for job in jobs]))
+    else:
+        print("no jobs", file=sys.stderr)
+    if cursor is not None:
+        print(f"more jobs: add --cursor {cursor}", file=sys.stderr)
+    return EXIT_OK
+
+
+def run_history(args: argparse.Namespace, client: Client) -> int:
+    entries = client.history(args.job_id)
+    if args.json:
+        _print_json(entries)
+        return EXIT_OK
+    rows = [[str(e["version"]), e["at"], e["command"], e["from"] or "-", e["to"],
+             e["actor"] or "-", e["reason"]] for e in entries]
+    print(_table(["VERSION", "AT", "COMMAND", "FROM", "TO", "ACTOR", "REASON"], rows))
+    return EXIT_OK
+
+
+def run_delete(args: argparse.Namespace, client: Client) -> int:
+    client.delete(args.job_id)
+    print(f"{args.job_id} deleted")
+    return EXIT_OK
+
+
+# -- errors --------------------------------------------------------------------------
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"karmchari: {message}", file=sys.stderr)
+    return code
+
+
+def _report(error: ApiError, args: argparse.Namespace) -> int:
+    detail = error.problem.get("detail") or error.problem.get("title") or f"HTTP {error.status}"
+    job = getattr(args, "job_id", None)
+    if error.status == 404:
+        return _fail(f"no job {job}" if job else detail, EXIT_NOT_FOUND)
+    if error.code == "illegal_transition":
+        return _fail(f"cannot {args.command} job {job}: it is in state {error.current_state}",
+                     EXIT_REFUSED)
+    if error.code == "version_mismatch":
+        return _fail(f"job {job} is at version {error.problem.get('version')}, not "
+                     f"{args.if_match}: nothing changed", EXIT_REFUSED)
+    if error.status in (400, 413, 415, 422):
+        return _fail(detail, EXIT_BAD_INPUT)
+    return _fail(f"{error.status} {detail}", EXIT_ERROR)
+
+
+def _guarded(run: Callable[[argparse.Namespace, Client], int]
+             ) -> Callable[[argparse.Namespace], int]:
+    """Connects, and turns every expected failure into one line on stderr and
+    its exit code."""
+    def guarded(args: argparse.Namespace) -> int:
+        try:
+            client = Client(args.url, args.token, timeout=args.timeout)
+        except ValueError as error:
+            return _fail(str(error), EXIT_BAD_INPUT)
+        try:
+            return run(args, client)
+        except BadInput as error:
+            return _fail(str(error), EXIT_BAD_INPUT)
+        except ServiceUnavailable as error:
+            detail = error.problem.get("detail") or f"HTTP {error.status}"
+            if error.status:
+                return _fail(f"service at {client.url} is unavailable: {detail}",
+                             EXIT_UNAVAILABLE)
+            return _fail(f"cannot reach the service at {client.url}: "
+                         f"{detail.removeprefix(client.url + ': ')}", EXIT_UNAVAILABLE)
+        except ApiError as error:
+            return _report(error, args)
+        except BrokenPipeError:
+            # The reader went away (``karmchari list | head``): no traceback.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_ERROR
+    return guarded
+
+
+# -- the command line ------------------------------------------------------------------
+
+
+def _connection_options() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_argument_group("connection")
+    group.add_argument("--url", help=f"the service, default {DEFAULT_URL} (env KARMCHARI_URL)")
+    group.add_argument("--token", help="bearer token (env KARMCHARI_TOKEN)")
+    group.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                       help="network timeout, default 10")
+    return options
 
 
 def add_client_commands(commands) -> None:
     """Registers the client subcommands; each sets ``run`` to its handler."""
+    common = _connection_options()
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON, for scripts")
+
+    def add(name: str, run, help_text: str, *parents: argparse.ArgumentParser):
+        parser = commands.add_parser(name, help=help_text, description=help_text,
+                                     parents=[*parents, common], epilog=EXIT_CODES_HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
+        parser.set_defaults(run=_guarded(run))
+        return parser
+
+    register = add("register", run_register, "register a job; prints its id", as_json)
+    register.add_argument("type", help="job type, e.g. upload, export, teams")
+    register.add_argument("--name", help="a human name")
+    register.add_argument("--label", type=_label, action="append", metavar="KEY=VALUE",
+                          help="a label (repeat for more)")
+    register.add_argument("--heartbeat-timeout", type=int, metavar="SECONDS",
+                          help="a running job without heartbeat this long counts as stalled")
+    register.add_argument("--idempotency-key", metavar="KEY",
+                          help="retrying with the same key returns the same job")
+
+    get = add("get", run_get, "show a job", as_json)
+    get.add_argument("job_id", type=_job_id, metavar="ID")
+    get.add_argument("--wait", type=float, metavar="SECONDS",
+                     help="wait up to SECONDS for the job to change (long-poll)")
+    get.add_argument("--version", type=int,
+                     help="with --wait: return once the version differs from this one")
+
+    for name, summary in (("pause", "ask the job's worker to pause"),
+                          ("resume", "ask the job's worker to resume a paused job"),
+                          ("kill", "ask the job's worker to stop the job for good"),
+                          ("done", "record that the job finished"),
+                          ("fail", "record that the job failed")):
+        state = add(name, run_command, summary, as_json)
+        state.add_argument("job_id", type=_job_id, metavar="ID")
+        state.add_argument("--reason", help="why, kept in the job's history")
+        state.add_argument("--if-match", type=int, metavar="VERSION",
+                           help="only if the job is still at this version")
+
+    listing = add("list", run_list, "list jobs, newest first", as_json)
+    listing.add_argument("--state", choices=STATES)
+    listing.add_argument("--type")
+    listing.add_argument("--label", type=_label, action="append", metavar="KEY=VALUE",
+                         help="only jobs with this label (repeat: all of them)")
+    stalled = listing.add_mutually_exclusive_group()
+    stalled.add_argument("--stalled", action="store_true", default=None,
+                         help="only running jobs whose heartbeat is overdue")
+    stalled.add_argument("--not-stalled", dest="stalled", action="store_false")
+    listing.add_argument("--limit", type=int, help="jobs per page, default 50")
+    listing.add_argument("--cursor", help="continue where a previous page ended")
+    listing.add_argument("--all", action="store_true", help="follow the cursor to the end")
+
+    history = add("history", run_history, "show a job's changes of state", as_json)
+    history.add_argument("job_id", type=_job_id, metavar="ID")
+
+    delete = add("delete", run_delete, "delete a finished job and its history")
+    delete.add_argument("job_id", type=_job_id, metavar="ID")

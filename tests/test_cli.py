@@ -1,0 +1,246 @@
+"""The ``karmchari`` command-line client, run as a real process against a live
+``karmchari serve``."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+
+import pytest
+
+from app.client_cli import (
+    EXIT_BAD_INPUT,
+    EXIT_ERROR,
+    EXIT_NOT_FOUND,
+    EXIT_REFUSED,
+    EXIT_UNAVAILABLE,
+)
+from tests.servers import ROOT, RedisProcess, ServiceProcess, free_port, karmchari_command
+
+
+def karmchari(*args: str, url: str | None = None, token: str | None = None,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items()
+               if k not in ("KARMCHARI_URL", "KARMCHARI_TOKEN")}
+    if url is not None:
+        environ["KARMCHARI_URL"] = url
+    if token is not None:
+        environ["KARMCHARI_TOKEN"] = token
+    environ.update(env or {})
+    return subprocess.run([*karmchari_command(), *args], env=environ, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def ok(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def one_line_error(result: subprocess.CompletedProcess, exit_code: int) -> str:
+    assert result.returncode == exit_code, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("karmchari: ")
+    return lines[0]
+
+
+@pytest.fixture
+def url(live_service):
+    return live_service.url
+
+
+def test_register_pause_resume_kill(url):
+    job_id = ok(karmchari("register", "teams", "--name", "nightly", url=url)).strip()
+    assert re.fullmatch(r"[0-9a-f]{32}", job_id)
+    assert ok(karmchari("pause", job_id, "--reason", "disk full", url=url)).strip() == \
+        f"{job_id} -- pause, version 2"
+    assert ok(karmchari("pause", job_id, url=url)).strip() == \
+        f"{job_id} -- pause (already), version 2"
+    assert ok(karmchari("resume", job_id, url=url)).strip() == f"{job_id} -- start, version 3"
+    assert ok(karmchari("kill", job_id, url=url)).strip() == f"{job_id} -- kill, version 4"
+    job = json.loads(ok(karmchari("get", job_id, "--json", url=url)))
+    assert (job["state"], job["version"], job["name"]) == ("kill", 4, "nightly")
+    shown = ok(karmchari("get", job_id, url=url))
+    assert re.search(r"^state:\s+kill$", shown, re.M)
+    assert re.search(r"^name:\s+nightly$", shown, re.M)
+
+    history = json.loads(ok(karmchari("history", job_id, "--json", url=url)))
+    assert [(e["command"], e["from"], e["to"]) for e in history] == [
+        ("register", "", "start"), ("pause", "start", "pause"), ("start", "pause", "start"),
+        ("kill", "start", "kill")]
+    table = ok(karmchari("history", job_id, url=url)).splitlines()
+    assert table[0].split() == ["VERSION", "AT", "COMMAND", "FROM", "TO", "ACTOR", "REASON"]
+    assert table[2].split()[2:] == ["pause", "start", "pause", "-", "disk", "full"]
+
+
+def test_url_option_and_environment(url):
+    assert ok(karmchari("list", "--url", url)) == ""
+    assert ok(karmchari("list", url=url)) == ""
+    assert karmchari("list", "--url", url).stderr.strip() == "no jobs"
+
+
+def test_list_table_and_json(url):
+    first = ok(karmchari("register", "upload", "--label", "team=data", "--heartbeat-timeout",
+                         "60", url=url)).strip()
+    second = ok(karmchari("register", "export", "--name", "report", url=url)).strip()
+    ok(karmchari("pause", second, url=url))
+    subprocess.run(["curl", "-sS", "-o", os.devnull, "-X", "POST",
+                    "-H", "Content-Type: application/json",
+                    "-d", '{"observed_state": "start", "progress": 40, "worker": "host-1"}',
+                    f"{url}/v1/jobs/{first}/heartbeat"], check=True, timeout=30)
+
+    lines = ok(karmchari("list", url=url)).splitlines()
+    assert lines[0].split() == ["ID", "TYPE", "STATE", "OBSERVED", "STALLED", "PROGRESS",
+                                "WORKER", "UPDATED", "NAME"]
+    rows = [line.split() for line in lines[1:]]
+    assert [row[0] for row in rows] == [second, first]  # newest first
+    assert rows[0][1:4] == ["export", "pause", "-"]
+    assert rows[0][-1] == "report"
+    assert rows[1][1:6] == ["upload", "start", "start", "40%", "host-1"]
+
+    listed = json.loads(ok(karmchari("list", "--json", url=url)))
+    assert [j["id"] for j in listed["jobs"]] == [second, first]
+    assert listed["next_cursor"] is None
+    assert listed["jobs"][1]["observed_state"] == "start"
+    assert listed["jobs"][1]["stalled"] is False
+
+    def ids(*filters):
+        return [j["id"] for j in json.loads(ok(karmchari("list", "--json", *filters,
+                                                         url=url)))["jobs"]]
+
+    assert ids("--state", "pause") == [second]
+    assert ids("--type", "upload") == [first]
+    assert ids("--label", "team=data") == [first]
+    assert ids("--stalled") == []
+    assert ids("--not-stalled") == [second, first]
+
+
+def test_list_pages_with_cursor_and_all(url):
+    ids = [ok(karmchari("register", "teams", url=url)).strip() for _ in range(3)]
+    page = karmchari("list", "--limit", "2", url=url)
+    assert [line.split()[0] for line in ok(page).splitlines()[1:]] == ids[::-1][:2]
+    cursor = re.fullmatch(r"more jobs: add --cursor (\S+)\n", page.stderr).group(1)
+    rest = json.loads(ok(karmchari("list", "--json", "--limit", "2", "--cursor", cursor,
+                                   url=url)))
+    assert [j["id"] for j in rest["jobs"]] == ids[:1]
+    every = json.loads(ok(karmchari("list", "--json", "--limit", "1", "--all", url=url)))
+    assert [j["id"] for j in every["jobs"]] == ids[::-1]
+
+
+def test_done_fail_and_delete(url):
+    done = ok(karmchari("register", "teams", url=url)).strip()
+    failed = ok(karmchari("register", "teams", url=url)).strip()
+    result = json.loads(ok(karmchari("done", done, "--json", url=url)))
+    assert (result["changed"], result["job"]["state"]) == (True, "done")
+    assert ok(karmchari("fail", failed, url=url)).startswith(f"{failed} -- failed")
+    assert ok(karmchari("delete", done, url=url)).strip() == f"{done} deleted"
+    one_line_error(karmchari("get", done, url=url), EXIT_NOT_FOUND)
+
+
+def test_if_match(url):
+    job_id = ok(karmchari("register", "teams", url=url)).strip()
+    ok(karmchari("pause", job_id, "--if-match", "1", url=url))
+    line = one_line_error(karmchari("kill", job_id, "--if-match", "1", url=url), EXIT_REFUSED)
+    assert line == f"karmchari: job {job_id} is at version 2, not 1: nothing changed"
+    assert json.loads(ok(karmchari("get", job_id, "--json", url=url)))["state"] == "pause"
+
+
+def test_unknown_job(url):
+    missing = "f" * 32
+    for args in (("get", missing), ("pause", missing), ("history", missing),
+                 ("delete", missing)):
+        assert one_line_error(karmchari(*args, url=url), EXIT_NOT_FOUND) == \
+            f"karmchari: no job {missing}"
+
+
+def test_refused_transition(url):
+    job_id = ok(karmchari("register", "teams", url=url)).strip()
+    ok(karmchari("kill", job_id, url=url))
+    assert one_line_error(karmchari("resume", job_id, url=url), EXIT_REFUSED) == \
+        f"karmchari: cannot resume job {job_id}: it is in state kill"
+    running = ok(karmchari("register", "teams", url=url)).strip()
+    assert one_line_error(karmchari("delete", running, url=url), EXIT_REFUSED) == \
+        f"karmchari: cannot delete job {running}: it is in state start"
+
+
+BAD_INPUT = [
+    ("register", "nope"),
+    ("register", "teams", "--label", "bad key=v"),
+    ("register", "teams", "--label", "k=1", "--label", "k=2"),
+    ("register", "teams", "--heartbeat-timeout", "-5"),
+    ("list", "--type", "nope"),
+    ("list", "--limit", "0"),
+    ("list", "--cursor", "garbage!"),
+]
+
+
+def test_bad_input_refused_by_the_service(url):
+    for args in BAD_INPUT:
+        line = one_line_error(karmchari(*args, url=url), EXIT_BAD_INPUT)
+        assert "Traceback" not in line
+    assert ok(karmchari("list", url=url)) == ""  # nothing was registered
+
+
+@pytest.mark.parametrize("args", [
+    ("get", "not-an-id"),
+    ("pause", "ABCDEF" * 6),
+    ("register", "teams", "--label", "novalue"),
+    ("list", "--state", "sleeping"),
+    ("list", "--stalled", "--not-stalled"),
+    ("frobnicate",),
+])
+def test_bad_command_line_is_refused_before_any_request(args):
+    result = karmchari(*args, url=f"http://127.0.0.1:{free_port()}")
+    assert result.returncode == EXIT_BAD_INPUT
+    assert result.stdout == ""
+    assert "error:" in result.stderr.splitlines()[-1]
+
+
+def test_bad_url():
+    assert one_line_error(karmchari("list", "--url", "ftp://example.org"), EXIT_BAD_INPUT) == \
+        "karmchari: not an http(s) URL: 'ftp://example.org'"
+
+
+def test_service_down():
+    down = f"http://127.0.0.1:{free_port()}"
+    line = one_line_error(karmchari("list", url=down), EXIT_UNAVAILABLE)
+    assert line.startswith(f"karmchari: cannot reach the service at {down}: ")
+    assert "refused" in line.lower()
+    one_line_error(karmchari("register", "teams", "--url", down), EXIT_UNAVAILABLE)
+
+
+def test_service_up_but_redis_down_is_unavailable():
+    redis_server = RedisProcess().start()
+    service = ServiceProcess("--redis-url", redis_server.url,
+                             "--redis-socket-timeout", "0.5").start()
+    try:
+        job_id = ok(karmchari("register", "teams", url=service.url)).strip()
+        redis_server.stop()
+        line = one_line_error(karmchari("get", job_id, url=service.url), EXIT_UNAVAILABLE)
+        assert line.startswith(f"karmchari: service at {service.url} is unavailable: ")
+    finally:
+        service.stop()
+        redis_server.close()
+
+
+def test_token_option_and_environment(redis_url, key_prefix):
+    service = ServiceProcess("--redis-url", redis_url,
+                             env={"KARMCHARI_KEY_PREFIX": key_prefix,
+                                  "KARMCHARI_TOKENS": "ops:operator:op-secret,"
+                                                      "viewer:reader:read-secret"}).start()
+    try:
+        url = service.url
+        line = one_line_error(karmchari("list", url=url), EXIT_ERROR)
+        assert line.startswith("karmchari: 401 ")
+        job_id = ok(karmchari("register", "teams", "--token", "op-secret", url=url)).strip()
+        ok(karmchari("pause", job_id, url=url, token="op-secret"))
+        assert one_line_error(karmchari("kill", job_id, url=url, token="read-secret"),
+                              EXIT_ERROR).startswith("karmchari: 403 ")
+        history = json.loads(ok(karmchari("history", job_id, "--json", url=url,
+                                          token="read-secret")))
+        assert [e["actor"] for e in history] == ["ops", "ops"]
+    finally:
+        service.stop()
