@@ -7,6 +7,7 @@ import falcon
 from app.auth import AuthMiddleware, TokenRegistry
 from app.config import Config
 from app.errors import KarmchariError, StoreUnavailable
+from app.inputs import QueryEncodingMiddleware
 from app.observability import Metrics, ObservabilityMiddleware
 from app.openapi import OpenApiDocument
 from app.problems import make_domain_error_handler, serialize_error
@@ -41,7 +42,8 @@ def create_app(config: Config | None = None, store: JobStore | None = None,
     notifier.start()
     checks = validators(config)
 
-    app = falcon.App(middleware=[ObservabilityMiddleware(metrics), AuthMiddleware(tokens)])
+    app = falcon.App(middleware=[ObservabilityMiddleware(metrics), QueryEncodingMiddleware(),
+                                 AuthMiddleware(tokens)])
     app.req_options.strip_url_path_trailing_slash = True
     app.set_error_serializer(serialize_error)
     domain_errors = make_domain_error_handler(config.retry_after_seconds)

@@ -4,7 +4,7 @@ before anything reaches Redis."""
 from __future__ import annotations
 
 import json
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 import falcon
 from jsonschema.protocols import Validator
@@ -116,6 +116,30 @@ def read_form(req: falcon.Request, max_bytes: int, plain: bool = True) -> dict[s
                           f"Parameter {key} is given more than once")
         form[key] = value
     return form
+
+
+class QueryEncodingMiddleware:
+    """Refuses a query string that is not UTF-8 on every route. Falcon would
+    decode it with replacement characters, turning bad input into plausible
+    values (a label filter, a cursor) that then reach Redis."""
+
+    def process_resource(self, req, resp, resource, params) -> None:
+        if req.query_string and not _is_utf8(req.query_string):
+            raise Problem(falcon.HTTP_400, "invalid_encoding", "Bad request",
+                          "the query string is not valid UTF-8")
+
+
+def _is_utf8(query_string: str) -> bool:
+    try:
+        # WSGI servers pass the raw bytes of the query decoded as latin-1.
+        raw = query_string.encode("latin-1")
+    except UnicodeEncodeError:
+        raw = query_string.encode("utf-8", "surrogatepass")
+    try:
+        unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def single_param(req: falcon.Request, name: str) -> str | None:
