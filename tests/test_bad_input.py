@@ -1,0 +1,624 @@
+"""Malformed input (issue 5, SPEC §7): every case is sent to every route that
+reads that kind of input, and each gets a clear 4xx while Redis sees nothing:
+no command at all (INFO commandstats of a server only this module uses) and
+every key under the prefix exactly as it was."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from urllib.parse import quote, urlencode
+
+import pytest
+import redis
+from falcon import testing
+
+from app.app import build_store, create_app
+from app.config import Config
+from app.store.keys import KeySchema
+from tests.servers import RedisProcess, ServiceProcess
+
+PREFIX = "bad"
+LIMITS = Config()
+JOB = "JOBID"  # replaced by the id of a real job in state start
+FORM = "application/x-www-form-urlencoded"
+JSON = "application/json"
+
+
+# -- the routes, each with a valid request that the cases spoil ---------------
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    query: dict = field(default_factory=dict)
+    form: dict | None = None
+    json: dict | None = None  # one string value is "SLOT", the place the JSON cases spoil
+    required: str = ""  # a required body member (JSON) or parameter (form)
+    plain: bool = False  # the old endpoints answer errors in plain text
+
+    @property
+    def template(self) -> bytes:
+        return json.dumps(self.json).encode()
+
+    @property
+    def valid_body(self) -> bytes | None:
+        if self.json is not None:
+            return self.template.replace(b"SLOT", b"ok")
+        return urlencode(self.form).encode() if self.form is not None else None
+
+    @property
+    def content_type(self) -> str | None:
+        return JSON if self.json is not None else FORM if self.form is not None else None
+
+
+ROUTES = {
+    "POST /registerJob": Route("POST", "/registerJob", form={"type": "teams"},
+                               required="type", plain=True),
+    "GET /jobState": Route("GET", "/jobState", query={"id": JOB}, required="id", plain=True),
+    "POST /jobState": Route("POST", "/jobState", form={"id": JOB, "command": "pause"},
+                            required="command", plain=True),
+    "POST /v1/jobs": Route("POST", "/v1/jobs", required="type",
+                           json={"type": "teams", "name": "SLOT", "labels": {"a": "b"}}),
+    "GET /v1/jobs": Route("GET", "/v1/jobs", query={"state": "start", "limit": "5"}),
+    "GET /v1/jobs/{id}": Route("GET", f"/v1/jobs/{JOB}", query={"wait": "0"}),
+    "DELETE /v1/jobs/{id}": Route("DELETE", f"/v1/jobs/{JOB}"),
+    "POST /v1/jobs/{id}/commands": Route("POST", f"/v1/jobs/{JOB}/commands", required="command",
+                                         json={"command": "pause", "reason": "SLOT"}),
+    "GET /v1/jobs/{id}/history": Route("GET", f"/v1/jobs/{JOB}/history"),
+    "POST /v1/jobs/{id}/heartbeat": Route("POST", f"/v1/jobs/{JOB}/heartbeat",
+                                          required="observed_state",
+                                          json={"progress": 5, "worker": "w1",
+                                                "message": "SLOT"}),
+    "POST /v1/heartbeats": Route("POST", "/v1/heartbeats", required="heartbeats",
+                                 json={"heartbeats": [{"id": JOB, "progress": 5,
+                                                       "message": "SLOT"}]}),
+}
+OPEN_ROUTES = ("/healthz", "/readyz", "/metrics", "/openapi.json")
+JSON_ROUTES = [name for name, r in ROUTES.items() if r.json is not None]
+FORM_ROUTES = [name for name, r in ROUTES.items() if r.form is not None]
+ID_ROUTES = [name for name in ROUTES if "{id}" in name or "jobState" in name]
+
+
+@dataclass(frozen=True)
+class Case:
+    route: str
+    status: int
+    code: str  # the problem's machine code, or a word of the plain-text answer
+    query: str | None = None
+    body: bytes | None = None
+    content_type: str | None = None
+    headers: dict = field(default_factory=dict)
+    path: str | None = None
+
+
+def _form_body(route: Route, **changes) -> bytes:
+    return urlencode({**route.form, **changes}).encode()
+
+
+def _json_text(value: dict) -> bytes:
+    return json.dumps(value).encode()
+
+
+# -- the cases ----------------------------------------------------------------
+
+# Each spoils one string value of a valid JSON body.
+JSON_SLOT_CASES = {
+    "invalid UTF-8": (b'"\xff\xfe"', "invalid_encoding"),
+    "overlong UTF-8": (b'"\xc0\xaf"', "invalid_encoding"),
+    "UTF-8 encoded surrogate": (b'"\xed\xa0\x80"', "invalid_encoding"),
+    "lone high surrogate": (b'"\\ud800"', "invalid_encoding"),
+    "lone low surrogate": (b'"x\\udfffx"', "invalid_encoding"),
+    "surrogate then letter": (b'"\\ud800\\u0041"', "invalid_encoding"),
+    "NaN": (b"NaN", "malformed_json"),
+    "Infinity": (b"Infinity", "malformed_json"),
+    "-Infinity": (b"-Infinity", "malformed_json"),
+    "number overflowing to infinity": (b"1e999", "invalid_request"),
+    "nested 20 deep": (b'{"a":' * 20 + b"1" + b"}" * 20, "malformed_json"),
+    "nested 30000 deep": (b"[" * 30_000 + b"]" * 30_000, "malformed_json"),
+    "huge integer": (b"9" * 5000, "malformed_json"),
+}
+
+
+def json_cases(name: str) -> list[tuple[str, Case]]:
+    route = ROUTES[name]
+    template = route.template
+    cases = [(label, Case(name, 400, code, body=template.replace(b'"SLOT"', fragment),
+                          content_type=JSON))
+             for label, (fragment, code) in JSON_SLOT_CASES.items()]
+    valid = route.valid_body
+    first = next(iter(route.json))
+    duplicated = b'{"%s": %s, ' % (first.encode(), json.dumps(route.json[first]).encode())
+    cases += [
+        ("duplicate JSON key", Case(name, 400, "malformed_json",
+                                    body=duplicated + valid[1:], content_type=JSON)),
+        ("empty required value", Case(name, 400, "invalid_request",
+                                      body=_json_text({**route.json, route.required: ""}),
+                                      content_type=JSON)),
+        ("unknown JSON field", Case(name, 400, "invalid_request",
+                                    body=_json_text({**route.json, "owner": "x"}),
+                                    content_type=JSON)),
+        ("not an object", Case(name, 400, "invalid_request", body=b"[]", content_type=JSON)),
+        ("null", Case(name, 400, "invalid_request", body=b"null", content_type=JSON)),
+        ("trailing garbage", Case(name, 400, "malformed_json", body=valid + b" x",
+                                  content_type=JSON)),
+        ("BOM", Case(name, 400, "malformed_json", body=b"\xef\xbb\xbf" + valid,
+                     content_type=JSON)),
+        ("text/plain", Case(name, 415, "unsupported_media_type", body=valid,
+                            content_type="text/plain")),
+        ("form Content-Type", Case(name, 415, "unsupported_media_type", body=valid,
+                                   content_type=FORM)),
+        ("no Content-Type", Case(name, 415, "unsupported_media_type", body=valid)),
+        ("JSON in latin-1", Case(name, 415, "unsupported_charset", body=valid,
+                                 content_type="application/json; charset=latin-1")),
+        ("oversized body", Case(name, 413, "body_too_large",
+                                body=template.replace(b"SLOT", b"a" * LIMITS.max_body_bytes),
+                                content_type=JSON)),
+    ]
+    if name != "POST /v1/jobs/{id}/heartbeat":  # the one JSON body that may be absent
+        cases.append(("empty body", Case(name, 400, "empty_body", body=b"",
+                                         content_type=JSON)))
+    if name == "POST /v1/heartbeats":
+        cases.append(("unknown field in an item", Case(
+            name, 400, "invalid_request", content_type=JSON,
+            body=_json_text({"heartbeats": [{"id": JOB, "owner": "x"}]}))))
+    return cases
+
+
+def form_cases(name: str) -> list[tuple[str, Case]]:
+    route = ROUTES[name]
+    valid = _form_body(route)
+    required = route.required.encode()
+
+    def spoiled(value: bytes) -> bytes:
+        return _form_body(route, **{route.required: ""}).replace(required + b"=",
+                                                                 required + b"=" + value)
+
+    return [
+        ("invalid UTF-8 in form body", Case(name, 400, "UTF-8", body=spoiled(b"\xff\xfe"),
+                                            content_type=FORM)),
+        ("percent-encoded invalid UTF-8 in form body", Case(
+            name, 400, "UTF-8", body=spoiled(b"%ff%fe"), content_type=FORM)),
+        ("encoded surrogate in form body", Case(
+            name, 400, "UTF-8", body=spoiled(b"%ed%a0%80"), content_type=FORM)),
+        ("duplicate form parameter", Case(name, 400, "more than once",
+                                          body=valid + b"&" + valid, content_type=FORM)),
+        ("parameter in query and body", Case(name, 400, "more than once", body=valid,
+                                             query=valid.decode(), content_type=FORM)),
+        ("empty required value", Case(name, 400, "required",
+                                      body=_form_body(route, **{route.required: ""}),
+                                      content_type=FORM)),
+        ("JSON Content-Type", Case(name, 415, "Content-Type", body=valid,
+                                   content_type=JSON)),
+        ("no Content-Type", Case(name, 415, "Content-Type", body=valid)),
+        ("form in latin-1", Case(name, 415, "UTF-8", body=valid,
+                                 content_type=FORM + "; charset=latin-1")),
+        ("oversized body", Case(name, 413, "at most",
+                                body=valid + b"&pad=" + b"a" * LIMITS.max_body_bytes,
+                                content_type=FORM)),
+    ]
+
+
+INVALID_UTF8_QUERIES = {
+    "0xff": "%ff",
+    "truncated sequence": "%c3%28",
+    "overlong": "%c0%af",
+    "encoded surrogate": "%ed%a0%80",
+}
+
+
+def query_cases(name: str) -> list[tuple[str, Case]]:
+    route = ROUTES[name]
+    plain = route.plain
+    bad_utf8 = "UTF-8" if plain else "invalid_encoding"
+    cases = []
+    for label, bad in INVALID_UTF8_QUERIES.items():
+        key = next(iter(route.query), "q")
+        cases.append((f"invalid UTF-8 in query ({label})",
+                      Case(name, 400, bad_utf8, query=f"{key}=x{bad}",
+                           body=route.valid_body, content_type=route.content_type)))
+    for key, value in route.query.items():
+        cases.append((f"duplicate query parameter {key}",
+                      Case(name, 400, "more than once" if plain else "duplicate_parameter",
+                           query=f"{key}={value}&{key}={value}")))
+    if route.plain:
+        params = {**(route.query or route.form), route.required: ""}
+        cases.append(("empty value in query", Case(name, 400, "required",
+                                                   query=urlencode(params))))
+    return cases
+
+
+BAD_IDS = {
+    "star": "*",
+    "hash tag": "{x}",
+    "colon": ":",
+    "key pattern": "kc:*",
+    "CR LF": "\r\n",
+    "id then CR LF": "0" * 32 + "\r\n",
+    "id then LF": "0" * 32 + "\n",
+    "LF then id": "\n" + "0" * 32,
+    "NUL": "\x00",
+    "id with NUL": "0" * 31 + "\x00",
+    "31 hex": "0" * 31,
+    "33 hex": "0" * 33,
+    "very long": "0" * 10_000,
+    "uppercase hex": "0123456789ABCDEF" * 2,
+    "Lua": "redis.call('FLUSHALL')",
+    "Lua in a hash tag": "{redis.call('FLUSHALL')}",
+    "space padded": " " + "0" * 31,
+    "Arabic-Indic digits": "\u0660" * 32,
+    "fullwidth hex": "\uff10" * 32,
+    "dot dot slash": "../" + "0" * 29,
+    "percent": "%s" * 16,
+}
+
+
+def id_cases(name: str) -> list[tuple[str, Case]]:
+    route = ROUTES[name]
+    cases = []
+    for label, bad in BAD_IDS.items():
+        if route.plain:
+            params = {**(route.form or route.query), "id": bad}
+            case = Case(name, 404, "Job not available", query=urlencode(params)) \
+                if route.method == "GET" else \
+                Case(name, 404, "Job not available", body=urlencode(params).encode(),
+                     content_type=FORM)
+        elif name == "POST /v1/heartbeats":
+            case = Case(name, 400, "invalid_request", content_type=JSON,
+                        body=_json_text({"heartbeats": [{"id": bad, "progress": 5}]}))
+        else:
+            if "/" in bad:
+                continue  # another path, not an id: routing answers 404 itself
+            case = Case(name, 404, "job_not_found",
+                        path=route.path.replace(JOB, quote(bad, safe="")),
+                        body=route.valid_body, content_type=route.content_type)
+        cases.append((f"id {label}", case))
+    return cases
+
+
+def limit_cases() -> list[tuple[str, Case]]:
+    register = "POST /v1/jobs"
+    labels = {f"k{i}": "v" for i in range(LIMITS.max_labels + 1)}
+    batch = [{"id": f"{i:032x}"} for i in range(LIMITS.max_batch + 1)]
+
+    def listing(query: str, code: str = "invalid_parameter") -> Case:
+        return Case("GET /v1/jobs", 400, code, query=query)
+
+    def long_poll(query: str) -> Case:
+        return Case("GET /v1/jobs/{id}", 400, "invalid_parameter", query=query)
+
+    cases = [
+        ("labels over the count limit", Case(register, 400, "invalid_request", content_type=JSON,
+                                             body=_json_text({"type": "teams",
+                                                              "labels": labels}))),
+        ("label value over the size limit", Case(
+            register, 400, "invalid_request", content_type=JSON,
+            body=_json_text({"type": "teams",
+                             "labels": {"k": "v" * (LIMITS.max_label_chars + 1)}}))),
+        ("label key too long", Case(register, 400, "invalid_request", content_type=JSON,
+                                    body=_json_text({"type": "teams",
+                                                     "labels": {"k" * 64: "v"}}))),
+        ("label key with a colon", Case(register, 400, "invalid_request", content_type=JSON,
+                                        body=_json_text({"type": "teams",
+                                                         "labels": {"a:b": "v"}}))),
+        ("label key ending in LF", Case(register, 400, "invalid_request", content_type=JSON,
+                                        body=_json_text({"type": "teams",
+                                                         "labels": {"a\n": "v"}}))),
+        ("label value not a string", Case(register, 400, "invalid_request", content_type=JSON,
+                                          body=_json_text({"type": "teams",
+                                                           "labels": {"a": 1}}))),
+        ("name over the size limit", Case(register, 400, "invalid_request", content_type=JSON,
+                                          body=_json_text({"type": "teams", "name": "n" * 257}))),
+        ("unknown job type", Case(register, 400, "invalid_request", content_type=JSON,
+                                  body=_json_text({"type": "teamz"}))),
+        ("heartbeat_timeout negative", Case(register, 400, "invalid_request", content_type=JSON,
+                                            body=_json_text({"type": "teams",
+                                                             "heartbeat_timeout": -1}))),
+        ("empty Idempotency-Key", Case(register, 400, "invalid_idempotency_key",
+                                       content_type=JSON, body=_json_text({"type": "teams"}),
+                                       headers={"Idempotency-Key": ""})),
+        ("Idempotency-Key too long", Case(register, 400, "invalid_idempotency_key",
+                                          content_type=JSON, body=_json_text({"type": "teams"}),
+                                          headers={"Idempotency-Key": "k" * 256})),
+        ("Idempotency-Key with a tab", Case(register, 400, "invalid_idempotency_key",
+                                            content_type=JSON,
+                                            body=_json_text({"type": "teams"}),
+                                            headers={"Idempotency-Key": "a\tb"})),
+        ("batch over the limit", Case("POST /v1/heartbeats", 400, "invalid_request",
+                                      content_type=JSON, body=_json_text({"heartbeats": batch}))),
+        ("empty batch", Case("POST /v1/heartbeats", 400, "invalid_request", content_type=JSON,
+                             body=_json_text({"heartbeats": []}))),
+        ("same job twice in a batch", Case("POST /v1/heartbeats", 400, "duplicate_job",
+                                           content_type=JSON, body=_json_text(
+                                               {"heartbeats": [{"id": JOB}, {"id": JOB}]}))),
+        ("progress over 100", Case("POST /v1/jobs/{id}/heartbeat", 400, "invalid_request",
+                                   content_type=JSON, body=_json_text({"progress": 101}))),
+        ("progress true", Case("POST /v1/jobs/{id}/heartbeat", 400, "invalid_request",
+                               content_type=JSON, body=_json_text({"progress": True}))),
+        ("reason over the size limit", Case(
+            "POST /v1/jobs/{id}/commands", 400, "invalid_request", content_type=JSON,
+            body=_json_text({"command": "pause", "reason": "r" * (LIMITS.max_text_chars + 1)}))),
+        ("unknown command", Case("POST /v1/jobs/{id}/commands", 400, "invalid_request",
+                                 content_type=JSON, body=_json_text({"command": "explode"}))),
+        ("If-Match not a version", Case("POST /v1/jobs/{id}/commands", 400, "invalid_if_match",
+                                        content_type=JSON,
+                                        body=_json_text({"command": "pause"}),
+                                        headers={"If-Match": '"abc"'})),
+        ("legacy unknown command", Case("POST /jobState", 400, "Command is invalid",
+                                        content_type=FORM,
+                                        body=_form_body(ROUTES["POST /jobState"],
+                                                        command="explode"))),
+        ("legacy unknown type", Case("POST /registerJob", 400, "Type is invalid",
+                                     content_type=FORM, body=b"type=teamz")),
+        ("long-poll wait over the limit",
+         long_poll(f"wait={LIMITS.max_wait_seconds + 1:g}")),
+        ("long-poll wait NaN", long_poll("wait=nan")),
+        ("long-poll wait infinite", long_poll("wait=inf")),
+        ("long-poll wait negative", long_poll("wait=-1")),
+        ("long-poll wait in hex", long_poll("wait=0x10")),
+        ("long-poll version not a number", long_poll("wait=1&version=v1")),
+        ("long-poll version negative", long_poll("wait=1&version=-1")),
+        ("too many label filters", listing("&".join(
+            f"label=k{i}:v" for i in range(LIMITS.max_labels + 1)))),
+        ("label filter value over the size limit",
+         listing("label=k:" + "v" * (LIMITS.max_label_chars + 1))),
+        ("label filter without a value", listing("label=k")),
+        ("label filter with a bad key", listing("label=%7Bx%7D:v")),
+        ("unknown state", listing("state=running")),
+        ("unknown type", listing("type=teamz")),
+        ("stalled not a boolean", listing("stalled=yes")),
+        ("limit over the maximum", listing(f"limit={LIMITS.max_list_limit + 1}")),
+        ("limit zero", listing("limit=0")),
+        ("limit not a number", listing("limit=ten")),
+        ("cursor not one of ours", listing("cursor=bm90LWEtY3Vyc29y", "invalid_cursor")),
+        ("cursor with a bad id", listing("cursor=" + quote("MTIzLnt4fQ"), "invalid_cursor")),
+        ("cursor of invalid base64", listing("cursor=%25%25%25", "invalid_cursor")),
+    ]
+    return cases
+
+
+def all_cases() -> list:
+    cases = []
+    for name in JSON_ROUTES:
+        cases += json_cases(name)
+    for name in FORM_ROUTES:
+        cases += form_cases(name)
+    for name in ROUTES:
+        cases += query_cases(name)
+    for name in ID_ROUTES:
+        cases += id_cases(name)
+    cases += limit_cases()
+    return [pytest.param(case, id=f"{case.route}: {label}") for label, case in cases]
+
+
+# -- fixtures -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def quiet_redis():
+    """A server for this module alone, so that its command counters count only
+    what these tests cause."""
+    server = RedisProcess().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def admin(quiet_redis):
+    client = quiet_redis.client()
+    yield client
+    client.close()
+
+
+def wait_until_subscribed(admin: redis.Redis, prefix: str) -> None:
+    """The app's change listener subscribes once, in the background: wait for
+    it, so that no command of its own is counted during a case."""
+    channels = [shard.channel for shard in KeySchema(prefix).shards.values()]
+    deadline = time.monotonic() + 20
+    while not all(count for _, count in admin.pubsub_shardnumsub(*channels)):
+        assert time.monotonic() < deadline, "the change listener did not subscribe"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def app_client(quiet_redis, admin):
+    config = Config(redis_url=quiet_redis.url, key_prefix=PREFIX, threads=4)
+    store = build_store(config, config.redis_url)
+    client = testing.TestClient(create_app(config, store))
+    wait_until_subscribed(admin, PREFIX)
+    yield client, store
+    store.client.close()
+
+
+@pytest.fixture(scope="module")
+def job_id(app_client):
+    """A job in state start that every case points at (none may change it)."""
+    return app_client[1].register("teams")[0].id
+
+
+def commands_served(admin: redis.Redis) -> dict[str, int]:
+    return {name: stats["calls"] for name, stats in admin.info("commandstats").items()
+            if name != "cmdstat_info"}
+
+
+def key_contents(admin: redis.Redis) -> dict:
+    read = {"hash": admin.hgetall, "list": lambda k: admin.lrange(k, 0, -1),
+            "zset": lambda k: admin.zrange(k, 0, -1, withscores=True), "string": admin.get,
+            "set": admin.smembers}
+    return {key: read[admin.type(key)](key) for key in admin.scan_iter(count=1000)}
+
+
+def send(client: testing.TestClient, case: Case, job_id: str):
+    route = ROUTES[case.route]
+    path = (case.path or route.path).replace(JOB, job_id)
+    query = case.query if case.query is not None else urlencode(route.query)
+    headers = dict(case.headers)
+    if case.content_type:
+        headers["Content-Type"] = case.content_type
+    body = case.body.replace(JOB.encode(), job_id.encode()) if case.body is not None else None
+    return client.simulate_request(route.method, path, query_string=query.replace(JOB, job_id),
+                                   headers=headers, body=body)
+
+
+def assert_refused(response, case: Case) -> None:
+    assert response.status_code == case.status, response.text
+    if ROUTES[case.route].plain:
+        assert response.headers["content-type"].startswith("text/plain")
+        assert case.code in response.text
+    else:
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json["code"] == case.code, response.json
+
+
+# -- the tests ----------------------------------------------------------------
+
+@pytest.mark.parametrize("case", all_cases())
+def test_malformed_input_is_refused_before_redis(case, app_client, job_id, admin):
+    client, _ = app_client
+    keys_before = key_contents(admin)
+    calls_before = commands_served(admin)
+    response = send(client, case, job_id)
+    calls_after = commands_served(admin)
+    assert_refused(response, case)
+    assert calls_after == calls_before, "the request reached Redis"
+    assert key_contents(admin) == keys_before
+
+
+def test_the_valid_requests_the_cases_spoil_are_accepted(app_client):
+    """The cases above fail for the reason they name, not because the request
+    they start from was wrong."""
+    client, store = app_client
+    job_id = store.register("teams")[0].id
+    expected = {"POST /v1/jobs": 201, "DELETE /v1/jobs/{id}": 409}
+    for name, route in ROUTES.items():
+        case = Case(name, 0, "", body=route.valid_body, content_type=route.content_type)
+        response = send(client, case, job_id)
+        assert response.status_code == expected.get(name, 200), (name, response.text)
+
+
+@pytest.mark.parametrize("path", OPEN_ROUTES)
+@pytest.mark.parametrize("bad", INVALID_UTF8_QUERIES.values())
+def test_invalid_utf8_query_on_open_routes(app_client, path, bad):
+    client, _ = app_client
+    response = client.simulate_get(path, query_string=f"q={bad}")
+    assert response.status_code == 400
+    assert response.json["code"] == "invalid_encoding"
+
+
+# -- through a real waitress server -------------------------------------------
+
+@pytest.fixture(scope="module")
+def service(quiet_redis, admin):
+    process = ServiceProcess("--redis-url", quiet_redis.url,
+                             env={"KARMCHARI_KEY_PREFIX": PREFIX + "w",
+                                  "KARMCHARI_SWEEP_INTERVAL": "3600"}).start()
+    # /readyz loads the scripts; after it the service only talks to Redis when asked to.
+    with urllib.request.urlopen(process.url + "/readyz", timeout=10) as response:
+        assert response.status == 200
+    wait_until_subscribed(admin, PREFIX + "w")
+    yield process
+    process.stop()
+
+
+def raw_exchange(port: int, request: bytes) -> bytes:
+    """Send bytes as they are (no client library cleaning them) and read the
+    whole answer; the request asks the server to close the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        try:
+            sock.sendall(request)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed before reading everything
+        chunks = []
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def status_of(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1])
+
+
+def _post(path: str, body: bytes, content_type: str = JSON, extra: bytes = b"") -> bytes:
+    return (b"POST %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: %s\r\n"
+            b"Content-Length: %d\r\n%s\r\n" % (path.encode(), content_type.encode(), len(body),
+                                               extra) + body)
+
+
+def _chunked(path: str, body: bytes) -> bytes:
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 8192]), body[i:i + 8192])
+                      for i in range(0, len(body), 8192))
+    return (b"POST %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: %s\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n" % (path.encode(), JSON.encode())
+            + chunks + b"0\r\n\r\n")
+
+
+def _get(target: bytes, extra: bytes = b"") -> bytes:
+    return b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n%s\r\n" % (target, extra)
+
+
+OVERSIZED = b'{"type": "teams", "name": "' + b"n" * LIMITS.max_body_bytes + b'"}'
+
+WAITRESS_CASES = {
+    "oversized JSON body": (_post("/v1/jobs", OVERSIZED), {413}),
+    "oversized chunked JSON body": (_chunked("/v1/jobs", OVERSIZED), {413}),
+    "oversized form body": (_post("/registerJob", b"type=teams&pad=" + b"p" * 70_000, FORM),
+                            {413}),
+    "Content-Length over the limit, body not sent": (
+        b"POST /v1/heartbeats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n{", {413}),
+    "header over the limit": (_get(b"/v1/jobs", b"X-Padding: " + b"h" * (LIMITS.max_header_bytes
+                                                                       + 1) + b"\r\n"),
+                              {431}),
+    "very long id in the path": (_get(b"/v1/jobs/" + b"0" * 100_000), {431, 414}),
+    "raw invalid UTF-8 in the query": (_get(b"/v1/jobs?label=a:\xff\xfe"), {400}),
+    "raw invalid UTF-8 in the legacy query": (_get(b"/jobState?id=\xff"), {400}),
+    "raw invalid UTF-8 in the path": (_get(b"/v1/jobs/\xff\xfe"), {400, 404}),
+    "percent-encoded NUL in the path": (_get(b"/v1/jobs/" + b"0" * 31 + b"%00"), {404}),
+    "percent-encoded CR LF in the path": (_get(b"/v1/jobs/%0d%0aSet-Cookie:%20x=1"), {404}),
+    "bad Content-Length": (b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                           b"Content-Type: application/json\r\nContent-Length: ten\r\n\r\n",
+                           {400}),
+    "invalid UTF-8 form body": (_post("/registerJob", b"type=\xff", FORM), {400}),
+    "lone surrogate in JSON": (_post("/v1/jobs", b'{"type": "teams", "name": "\\udc00"}'),
+                               {400}),
+}
+
+
+@pytest.mark.parametrize("request_bytes,statuses", WAITRESS_CASES.values(),
+                         ids=WAITRESS_CASES.keys())
+def test_malformed_requests_through_waitress(service, admin, request_bytes, statuses):
+    keys_before = key_contents(admin)
+    calls_before = commands_served(admin)
+    answer = raw_exchange(service.port, request_bytes)
+    calls_after = commands_served(admin)
+    assert status_of(answer) in statuses, answer[:500]
+    assert calls_after == calls_before, "the request reached Redis"
+    assert key_contents(admin) == keys_before
+
+
+def test_waitress_limits_come_from_the_configuration(quiet_redis):
+    """KARMCHARI_MAX_BODY_BYTES and KARMCHARI_MAX_HEADER_BYTES set both
+    waitress's limits and the app's own."""
+    process = ServiceProcess("--redis-url", quiet_redis.url,
+                             env={"KARMCHARI_KEY_PREFIX": PREFIX + "l",
+                                  "KARMCHARI_MAX_BODY_BYTES": "100",
+                                  "KARMCHARI_MAX_HEADER_BYTES": "2048"}).start()
+    try:
+        fits = _post("/v1/jobs", b'{"type": "teams"}')
+        assert status_of(raw_exchange(process.port, fits)) == 201
+        body = b'{"type": "teams", "name": "' + b"n" * 100 + b'"}'
+        answer = raw_exchange(process.port, _post("/v1/jobs", body))
+        assert status_of(answer) == 413
+        answer = raw_exchange(process.port, _get(b"/healthz", b"X-P: " + b"h" * 2100 + b"\r\n"))
+        assert status_of(answer) == 431
+        assert status_of(raw_exchange(process.port, _get(b"/healthz", b"X-P: h\r\n"))) == 200
+    finally:
+        process.stop()
