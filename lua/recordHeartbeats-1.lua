@@ -16,7 +16,9 @@
   Output: one entry per job, in the order of KEYS[2..n]:
     { state, version, observed_state, heartbeat_timeout }   recorded
     { -1 }                                                   no such job
-  Jobs in a terminal state are answered but not updated.
+  Jobs in a terminal state are answered but not updated, with one exception:
+  a killed job records observed_state "kill", the worker's acknowledgement
+  that it has stopped (so a reader can tell "kill requested" from "stopped").
 ]]
 local rcall = redis.call
 local fields = { "worker", "progress", "message", "observed_state" }
@@ -38,9 +40,9 @@ for i = 2, #KEYS do
     answers[i - 1] = { -1 }
   else
     local state, observed, timeout = job[2], job[4] or "", tonumber(job[5])
+    local base = (i - 2) * 5
+    local mask = tonumber(ARGV[base + 1])
     if state == "start" or state == "pause" then
-      local base = (i - 2) * 5
-      local mask = tonumber(ARGV[base + 1])
       local update = { "heartbeat_at", nowMs }
       for f = 1, 4 do
         if math.floor(mask / bits[f]) % 2 == 1 then
@@ -53,6 +55,9 @@ for i = 2, #KEYS do
       if state == "start" and timeout > 0 then
         rcall("ZADD", KEYS[1], nowMs + timeout * 1000, job[1])
       end
+    elseif state == "kill" and math.floor(mask / 8) % 2 == 1 and ARGV[base + 5] == "kill" then
+      rcall("HSET", KEYS[i], "observed_state", "kill")
+      observed = "kill"
     end
     answers[i - 1] = { state, tonumber(job[3]), observed, timeout }
   end
