@@ -12,12 +12,7 @@ from itertools import pairwise
 import pytest
 
 from tests.http_calls import Reply, call
-
-# SPEC §2, independent of the code under test.
-TARGET = {"start": "start", "pause": "pause", "kill": "kill", "done": "done", "fail": "failed"}
-ALLOWED = {("start", "pause"), ("start", "kill"), ("start", "done"), ("start", "fail"),
-           ("pause", "start"), ("pause", "kill"), ("pause", "done"), ("pause", "fail")}
-TERMINAL = {"kill", "done", "failed"}
+from tests.spec_table import ALLOWED, TARGET, TERMINAL
 
 
 def all_at_once(count: int, work) -> list:
