@@ -15,7 +15,7 @@ from pathlib import Path
 import waitress.server
 
 from app.app import build_store, create_app
-from app.auth import TokenRegistry
+from app.auth import TokenConfigError, TokenRegistry
 from app.config import Config
 from app.embedded import EmbeddedRedis
 from app.errors import StoreUnavailable
@@ -139,7 +139,10 @@ def _serve_process(config: Config, url: str, sock: socket.socket) -> None:
 def serve(config: Config) -> int:
     logging.basicConfig(level=config.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    tokens = TokenRegistry.load(config.tokens, config.tokens_file)
+    try:
+        tokens = TokenRegistry.load(config.tokens, config.tokens_file)
+    except (TokenConfigError, OSError) as error:
+        raise StartupError(f"cannot load tokens: {error}") from None
     check_exposure(config, tokens)
     embedded = None
     url = config.store_url
