@@ -1,0 +1,180 @@
+"""``python -m bench``: the whole benchmark in one command (docs/benchmarks.md).
+
+Starts a throwaway Redis on a unix socket and ``karmchari serve`` on
+127.0.0.1, preloads jobs, drives every endpoint with wrk, checks how many
+Redis commands each request sends, measures ``--workers`` scaling, runs the
+listing and signal-latency benchmarks, then writes bench/results/*.json, the
+plot and the generated part of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import RESULTS, ROOT
+from bench.http_load import ENDPOINTS, JobSets, measure, require_wrk, wrk_version
+from bench.roundtrips import count_round_trips, shown
+from bench.servers import BenchError, BenchRedis, BenchService
+
+# Benchmarks of their own, run as ``python -m bench.<name>``; each writes
+# bench/results/<name>.json.
+COMPANIONS = ("listing", "signal_latency")
+SCALING_ENDPOINT = "old_get_job_state"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3, help="measured rounds (default 3)")
+    parser.add_argument("--seconds", type=float, default=5, help="length of one wrk run")
+    parser.add_argument("--warmup", type=float, default=2, help="warm-up per endpoint, seconds")
+    parser.add_argument("--connections", type=int, default=16, help="wrk connections")
+    parser.add_argument("--threads", type=int, default=16, help="waitress threads per process")
+    parser.add_argument("--quick", action="store_true",
+                        help="one short round, no companions: to try the suite, not to publish")
+    parser.add_argument("--skip", action="append", default=[],
+                        choices=["endpoints", "roundtrips", "workers", "profile", *COMPANIONS],
+                        help="leave a part out (repeatable)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also sample the service with py-spy under load (needs ptrace "
+                             "rights: root, or kernel.yama.ptrace_scope=0)")
+    parser.add_argument("--no-docs", action="store_true",
+                        help="write bench/results only, not docs/benchmarks.md")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.runs, args.seconds, args.warmup = 1, 2, 1
+        args.skip += list(COMPANIONS)
+        args.no_docs = True
+    return args
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def git_commit() -> str:
+    run = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                         text=True)
+    return run.stdout.strip() or "unknown"
+
+
+def machine(redis_version: str) -> dict:
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "redis": redis_version,
+        "wrk": wrk_version(),
+        "commit": git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_average_before": os.getloadavg()[0],
+    }
+
+
+def run_companion(name: str, log) -> dict | None:
+    """Another benchmark of this package as a subprocess; None when it is not
+    there. Its results are read back from bench/results/<name>.json."""
+    if not (ROOT / "bench" / f"{name}.py").exists():
+        log(f"{name}: bench/{name}.py is not there; skipped")
+        return None
+    log(f"{name}: python -m bench.{name}")
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", f"bench.{name}"], cwd=ROOT)
+    if run.returncode != 0:
+        raise BenchError(f"python -m bench.{name} failed with exit status {run.returncode}")
+    log(f"{name}: done in {time.monotonic() - started:.0f} s")
+    return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    require_wrk()
+
+    def log(message: str) -> None:
+        print(message, flush=True)
+
+    started = time.monotonic()
+    if os.getloadavg()[0] > 0.5:
+        log(f"note: load average is {os.getloadavg()[0]:.2f}; figures from a busy machine "
+            "drift (the ratios to /healthz less than the absolute numbers)")
+    settings = {"runs": args.runs, "seconds": args.seconds, "warmup": args.warmup,
+                "connections": args.connections, "threads": args.threads, "wrk_threads": 1}
+    results: dict = {"settings": settings}
+    work = Path(tempfile.mkdtemp(prefix="karmchari-bench-jobs-"))
+    # A quick run is a try-out: its figures stay out of bench/results.
+    output = work if args.quick else RESULTS
+    output.mkdir(parents=True, exist_ok=True)
+    try:
+        with BenchRedis() as redis_server:
+            results["machine"] = machine(redis_server.version())
+            client = redis_server.client()
+            log(f"redis: {redis_server.url}; preloading jobs")
+            jobs = JobSets.preload(redis_server.url, work, toggle_slices=args.runs + 1)
+            with BenchService(redis_server.url, threads=args.threads,
+                              log_dir=work) as service:
+                log(f"karmchari serve: {service.base_url}, {args.threads} threads, 1 process")
+                if "roundtrips" not in args.skip:
+                    results["round_trips"] = count_round_trips(service, redis_server)
+                    log("redis commands per request:\n" + shown(results["round_trips"]))
+                if "endpoints" not in args.skip:
+                    log(f"endpoints: {args.runs} rounds of {args.seconds:g} s per endpoint")
+                    results["endpoints"] = measure(
+                        service, ENDPOINTS, jobs, client, runs=args.runs,
+                        seconds=args.seconds, warmup=args.warmup,
+                        connections=args.connections, log=log)
+                if args.profile and "profile" not in args.skip:
+                    from bench.profile import profile_endpoints
+                    results["profile"] = profile_endpoints(service, jobs, client,
+                                                           connections=args.connections,
+                                                           log=log)
+            if "workers" not in args.skip:
+                results["workers"] = {}
+                scaled = tuple(e for e in ENDPOINTS if e.key == SCALING_ENDPOINT)
+                for workers in (1, 2):
+                    with BenchService(redis_server.url, threads=args.threads, workers=workers,
+                                      log_dir=work) as service:
+                        log(f"workers: {workers} process(es)")
+                        results["workers"][str(workers)] = measure(
+                            service, scaled, jobs, client, runs=args.runs,
+                            seconds=args.seconds, warmup=args.warmup,
+                            connections=args.connections, log=log)
+            client.close()
+        results["machine"]["load_average_after"] = os.getloadavg()[0]
+        results["duration_s"] = round(time.monotonic() - started)
+        (output / "endpoints.json").write_text(json.dumps(results, indent=2) + "\n")
+        log(f"wrote {output / 'endpoints.json'}")
+        for name in COMPANIONS:
+            if name not in args.skip:
+                run_companion(name, log)
+    except BenchError as error:
+        print(f"bench: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if not args.quick:
+            shutil.rmtree(work, ignore_errors=True)
+    if not args.no_docs:
+        from bench.report import write_report
+        for path in write_report():
+            log(f"wrote {path}")
+    log(f"total {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

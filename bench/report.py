@@ -1,0 +1,171 @@
+"""Writes the results part of docs/benchmarks.md, and the plot, from
+bench/results/*.json. The prose around it is written by hand; this module
+replaces only the text between the two markers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench import RESULTS, ROOT
+from bench.plot import plot
+
+DOC = ROOT / "docs" / "benchmarks.md"
+PLOT = RESULTS / "benchmarks.png"
+BEGIN = "<!-- results: begin (rewritten by python -m bench; edit bench/report.py) -->"
+END = "<!-- results: end -->"
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> str:
+    """Markdown table: the first ``text_columns`` columns left-aligned, the
+    rest (numbers) right-aligned."""
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---" if i < text_columns else "---:"
+                            for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _n(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def machine_section(results: dict) -> str:
+    m, s = results["machine"], results["settings"]
+    return "\n".join([
+        f"Run of {m['date']}, commit `{m['commit']}`, {results['duration_s']} s.",
+        "",
+        f"- CPU: {m['cpu']}, {m['cores']} cores; {m['os']}",
+        f"- Python {m['python']}, {m['redis']} (unix socket, no persistence), {m['wrk']}",
+        f"- Load average (1 min) before / after: {m['load_average_before']:.2f} / "
+        f"{m['load_average_after']:.2f}",
+        f"- `karmchari serve`: 1 process, {s['threads']} threads; wrk: {s['wrk_threads']} "
+        f"thread, {s['connections']} connections; {s['runs']} rounds of {s['seconds']:g} s per "
+        f"endpoint after a {s['warmup']:g} s warm-up; medians of the rounds",
+    ])
+
+
+def endpoints_section(results: dict) -> str:
+    rows = []
+    for summary in results["endpoints"].values():
+        rows.append([
+            summary["label"], _n(summary["rps"]), f"{summary['rps_ratio']:.2f}",
+            f"{summary['p50_ms']:.2f}", f"{summary['p50_ratio']:.2f}",
+            f"{summary['p99_ms']:.2f}", f"{summary['p99_ratio']:.2f}",
+            f"{summary['service_cpu_us']:.0f}", f"{summary['redis_cpu_us']:.0f}",
+            str(summary["errors"]),
+        ])
+    return _table(["endpoint", "req/s", "× /healthz", "p50 ms", "× /healthz", "p99 ms",
+                   "× /healthz", "service CPU µs/req", "Redis CPU µs/req", "errors"], rows)
+
+
+def targets_section(results: dict, listing: dict | None) -> str:
+    rows = []
+    for summary in results["endpoints"].values():
+        if summary.get("target_ratio"):
+            met = summary["rps_ratio"] >= summary["target_ratio"]
+            rows.append([f"{summary['label']}: req/s × /healthz",
+                         f"≥ {summary['target_ratio']:.2f}", f"{summary['rps_ratio']:.2f}",
+                         "met" if met else "**missed**"])
+        if summary.get("job_updates_per_s"):
+            met = summary["job_updates_per_s"] >= summary["target_job_updates_per_s"]
+            rows.append([f"{summary['label']}: job updates/s",
+                         f"≥ {_n(summary['target_job_updates_per_s'])}",
+                         _n(summary["job_updates_per_s"]), "met" if met else "**missed**"])
+    for row in listing_target(listing):
+        rows.append(row)
+    return _table(["target", "wanted", "measured", ""], rows, text_columns=4)
+
+
+def listing_target(listing: dict | None) -> list[list[str]]:
+    """The listing target from bench/results/listing.json, when it is there."""
+    if not listing or "p99_ratio_1m_to_1k" not in listing:
+        return []
+    ratio = listing["p99_ratio_1m_to_1k"]
+    return [["listing p99 at 1,000,000 jobs ÷ p99 at 1,000", "≤ 1.5", f"{ratio:.2f}",
+             "met" if ratio <= 1.5 else "**missed**"]]
+
+
+def workers_section(results: dict) -> str:
+    rows = []
+    base = None
+    for count, summaries in sorted(results["workers"].items(), key=lambda kv: int(kv[0])):
+        key = next(k for k in summaries if k != "healthz")
+        summary = summaries[key]
+        base = base or summary["rps"]
+        rows.append([count, summary["label"], _n(summary["rps"]),
+                     f"{summary['rps'] / base:.2f}", _n(summaries["healthz"]["rps"]),
+                     f"{summary['p50_ms']:.2f}", f"{summary['p99_ms']:.2f}"])
+    return _table(["processes", "endpoint", "req/s", "× 1 process", "/healthz req/s",
+                   "p50 ms", "p99 ms"], rows, text_columns=2)
+
+
+def round_trips_section(results: dict) -> str:
+    rows = [[r["label"], f"{r['commands_per_request']:g}",
+             ", ".join(f"{k} {v // r['requests']}" for k, v in r["by_command"].items()),
+             r["note"]] for r in results["round_trips"]]
+    return _table(["request", "commands sent", "which", "note"], rows, text_columns=4)
+
+
+def profile_section(results: dict) -> str:
+    profile = results.get("profile")
+    if not profile:
+        return ""
+    categories = sorted({c for p in profile.values() for c in p["categories"]})
+    rows = [[p["label"], *(f"{p['categories'].get(c, 0):.0f}%" for c in categories)]
+            for p in profile.values()]
+    return _table(["endpoint", *categories], rows)
+
+
+def results_markdown(results: dict, listing: dict | None, signal: dict | None) -> str:
+    parts = ["### Machine and run", machine_section(results)]
+    if "endpoints" in results:
+        parts += ["### Targets", targets_section(results, listing),
+                  "### Endpoints",
+                  "Requests per second, latency, and each as a ratio to `GET /healthz` of the "
+                  "same server in the same round. CPU columns: CPU time of the service "
+                  "process and of Redis divided by the requests served.",
+                  endpoints_section(results),
+                  f"![Benchmark results]({Path('..') / PLOT.relative_to(ROOT)})"]
+    if "workers" in results:
+        parts += ["### `--workers` scaling", workers_section(results)]
+    if "round_trips" in results:
+        parts += ["### Redis commands per request (MONITOR)", round_trips_section(results)]
+    if results.get("profile"):
+        parts += ["### Where the service's time goes (py-spy, share of GIL-holding samples)",
+                  profile_section(results)]
+    if listing:
+        parts += ["### Listing and memory (bench/listing.py)", companion_section(listing)]
+    if signal:
+        parts += ["### Signal latency (bench/signal_latency.py)", companion_section(signal)]
+    return "\n\n".join(parts)
+
+
+def companion_section(data: dict) -> str:
+    """A companion benchmark's own summary table, when it gives one."""
+    return data.get("markdown") or "```json\n" + json.dumps(data, indent=2)[:3000] + "\n```"
+
+
+def write_report() -> list[Path]:
+    results = _load("endpoints")
+    if results is None:
+        return []
+    written = []
+    if "endpoints" in results:
+        written.append(plot(results, PLOT))
+    section = results_markdown(results, _load("listing"), _load("signal_latency"))
+    text = DOC.read_text() if DOC.exists() else ""
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        text = f"{head}{BEGIN}\n{section}\n{END}{tail}"
+    else:
+        text += f"\n{BEGIN}\n{section}\n{END}\n"
+    DOC.write_text(text)
+    written.append(DOC)
+    return written

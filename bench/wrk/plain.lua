@@ -1,0 +1,2 @@
+-- The same request each time (GET /healthz): the summary only.
+require "common"
