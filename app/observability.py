@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -57,7 +58,10 @@ class ObservabilityMiddleware:
         self._metrics.latency.labels(route, req.method).observe(elapsed)
         if access_log.isEnabledFor(logging.INFO):
             principal = getattr(req.context, "principal", None)
+            # One logfmt line; the path is quoted with its control characters
+            # escaped, so a %0d%0a in a URL cannot forge a second line.
             access_log.info(
-                "%s %s %s %d %.1fms request_id=%s actor=%s", req.remote_addr, req.method,
-                req.path, status, elapsed * 1000, req.context.request_id,
-                principal.name if principal and principal.name else "-")
+                "remote=%s method=%s path=%s status=%d ms=%.1f request_id=%s actor=%s",
+                req.remote_addr, json.dumps(req.method), json.dumps(req.path), status,
+                elapsed * 1000, req.context.request_id,
+                json.dumps(principal.name) if principal and principal.name else "-")
