@@ -8,6 +8,7 @@ import re
 import time
 import uuid
 
+import falcon
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 access_log = logging.getLogger("karmchari.access")
@@ -52,10 +53,13 @@ class ObservabilityMiddleware:
 
     def process_response(self, req, resp, resource, req_succeeded) -> None:
         route = req.uri_template or "unmatched"
+        # Any token is a method on the wire: a label per made-up method would
+        # let clients grow the metrics without bound.
+        method = req.method if req.method in falcon.COMBINED_METHODS else "other"
         elapsed = time.perf_counter() - req.context.started
         status = resp.status_code
-        self._metrics.requests.labels(route, req.method, str(status)).inc()
-        self._metrics.latency.labels(route, req.method).observe(elapsed)
+        self._metrics.requests.labels(route, method, str(status)).inc()
+        self._metrics.latency.labels(route, method).observe(elapsed)
         if access_log.isEnabledFor(logging.INFO):
             principal = getattr(req.context, "principal", None)
             # One logfmt line; the path is quoted with its control characters
