@@ -137,7 +137,7 @@ def test_idempotency_key_returns_the_first_job_and_writes_nothing_more(
 
 # -- applyCommand: every cell of the table -------------------------------------
 
-@pytest.mark.parametrize(("state", "command"), itertools.product(STATES, TARGET))
+@pytest.mark.parametrize(("state", "command"), list(itertools.product(STATES, TARGET)))
 def test_transition_table(store, raw, redis_client, key_prefix, state, command):
     job = job_in(store, state)
     before = snapshot(raw, key_prefix)
