@@ -363,9 +363,13 @@ class JobStore:
             return self.scripts.all_loaded()
 
     def server_info(self) -> dict:
+        """Flavor, version and eviction policy, from INFO alone: CONFIG may be
+        refused to a restricted ACL user, or renamed by a managed service."""
         with unavailable_on_redis_errors():
             info = self.client.info("server")
-            policy = self.client.config_get("maxmemory-policy").get("maxmemory-policy")
-        flavor = "valkey" if "valkey_version" in info else "redis"
-        return {"flavor": flavor, "version": info.get(f"{flavor}_version"),
-                "maxmemory_policy": policy}
+            memory = self.client.info("memory")
+        flavor = "valkey" if "valkey_version" in info or info.get("server_name") == "valkey" \
+            else "redis"
+        return {"flavor": flavor,
+                "version": info.get(f"{flavor}_version") or info.get("redis_version"),
+                "maxmemory_policy": memory.get("maxmemory_policy")}
