@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -52,6 +53,17 @@ def check_exposure(config: Config, tokens: TokenRegistry) -> None:
                 "kill jobs", config.host)
 
 
+def check_version(flavor: str, version: str | None) -> None:
+    """Refuse a server older than the supported minimum (Redis 7.0, Valkey 7.2)."""
+    numbers = re.match(r"(\d+)\.(\d+)", version or "")
+    found = (int(numbers[1]), int(numbers[2])) if numbers else (0, 0)
+    minimum = MIN_VALKEY if flavor == "valkey" else MIN_REDIS
+    if found < minimum:
+        name = "Valkey" if flavor == "valkey" else "Redis"
+        raise StartupError(f"{name} {version or '(unknown version)'} is too old: Karmchari "
+                           f"needs {name} {minimum[0]}.{minimum[1]} or newer")
+
+
 def check_store(store: JobStore, wait_seconds: float = 30.0) -> None:
     """Wait for Redis, refuse one that is too old, warn about eviction."""
     deadline = time.monotonic() + wait_seconds
@@ -64,11 +76,7 @@ def check_store(store: JobStore, wait_seconds: float = 30.0) -> None:
                 raise StartupError(f"Redis is not reachable: {error}") from None
             log.warning("waiting for Redis: %s", error)
             time.sleep(1)
-    version = tuple(int(p) for p in (info["version"] or "0").split(".")[:2])
-    minimum = MIN_VALKEY if info["flavor"] == "valkey" else MIN_REDIS
-    if version < minimum:
-        raise StartupError(f"{info['flavor']} {info['version']} is too old: Karmchari needs "
-                           f"{'.'.join(map(str, minimum))} or newer")
+    check_version(info["flavor"], info["version"])
     if info["maxmemory_policy"] not in (None, "noeviction"):
         log.warning("Redis maxmemory-policy is %s, not noeviction: Redis may evict jobs "
                     "under memory pressure", info["maxmemory_policy"])
