@@ -1,0 +1,63 @@
+"""Start-up checks of ``karmchari serve``: the Redis version, and a warning
+when Redis may evict keys (SPEC §5)."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.server import StartupError, check_version
+from tests.servers import RedisProcess, ServiceProcess
+
+EVICTION_WARNING = "maxmemory-policy is allkeys-lru, not noeviction"
+
+
+@pytest.mark.parametrize("flavor,version", [
+    ("redis", "7.0.0"), ("redis", "7.0.15"), ("redis", "7.2.4"), ("redis", "7.4.1"),
+    ("redis", "8.0.2"), ("redis", "10.0.0"), ("redis", "255.255.255"),
+    ("valkey", "7.2.5"), ("valkey", "8.1.1"), ("valkey", "10.0.0"),
+])
+def test_supported_versions_start(flavor, version):
+    check_version(flavor, version)
+
+
+@pytest.mark.parametrize("flavor,version,message", [
+    ("redis", "6.2.14", "Redis 6.2.14 is too old: Karmchari needs Redis 7.0 or newer"),
+    ("redis", "6.0.0", "Redis 6.0.0 is too old"),
+    ("redis", "5.0.14", "Redis 5.0.14 is too old"),
+    ("redis", "2.8.24", "Redis 2.8.24 is too old"),
+    ("valkey", "7.0.0", "Valkey 7.0.0 is too old: Karmchari needs Valkey 7.2 or newer"),
+    ("redis", None, "Redis (unknown version) is too old"),
+    ("redis", "", "Redis (unknown version) is too old"),
+    ("redis", "unstable", "Redis unstable is too old"),
+])
+def test_older_servers_are_refused_with_a_clear_message(flavor, version, message):
+    with pytest.raises(StartupError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_version(flavor, version)
+
+
+def test_server_info_of_a_real_server(store, redis_client):
+    info = store.server_info()
+    server = redis_client.info("server")
+    assert info["flavor"] in ("redis", "valkey")
+    assert info["version"] == (server.get("valkey_version") or server["redis_version"])
+    check_version(info["flavor"], info["version"])
+
+
+@pytest.mark.parametrize("policy", ["allkeys-lru", "noeviction"])
+def test_serve_warns_when_redis_may_evict(policy, key_prefix):
+    server = RedisProcess("--maxmemory-policy", policy).start()
+    service = ServiceProcess("--redis-url", server.url,
+                             env={"KARMCHARI_KEY_PREFIX": key_prefix})
+    try:
+        service.start()
+    finally:
+        service.stop()
+        server.close()
+    log = service.log()
+    assert "karmchari listening on" in log  # a warning, not a refusal
+    warnings = [line for line in log.splitlines() if "maxmemory-policy" in line]
+    if policy == "noeviction":
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and "WARNING" in warnings[0]
+        assert EVICTION_WARNING in warnings[0]
