@@ -66,6 +66,18 @@ def too_large(max_bytes: int) -> Problem:
                    f"the body may be at most {max_bytes} bytes")
 
 
+# jsonschema's messages begin with the offending value, which may be many
+# kilobytes: over a limit, name the limit instead.
+_LIMITS = {
+    "maxLength": "too long, at most {} characters",
+    "maxProperties": "too many members, at most {}",
+    "maxItems": "too many items, at most {}",
+    "minItems": "too few items, at least {}",
+    "maximum": "must be at most {}",
+    "minimum": "must be at least {}",
+}
+
+
 def read_json(req: falcon.Request, validator: Validator, max_bytes: int,
               required: bool = True) -> dict:
     """The request's JSON object, validated against ``validator``'s schema."""
@@ -91,7 +103,11 @@ def read_json(req: falcon.Request, validator: Validator, max_bytes: int,
     error = next(iter(validator.iter_errors(data)), None)
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "body"
-        message = error.message if len(error.message) <= 200 else error.message[:200] + "…"
+        limit = _LIMITS.get(error.validator)
+        if limit:
+            message = limit.format(error.validator_value)
+        else:
+            message = error.message if len(error.message) <= 200 else error.message[:200] + "…"
         raise bad_request("invalid_request", f"{where}: {message}")
     return data  # type: ignore[return-value]
 
