@@ -622,3 +622,61 @@ def test_waitress_limits_come_from_the_configuration(quiet_redis):
         assert status_of(raw_exchange(process.port, _get(b"/healthz", b"X-P: h\r\n"))) == 200
     finally:
         process.stop()
+
+
+# -- limits are configuration, and say which limit was hit ------------------------
+
+LIMIT_ENV = {
+    "KARMCHARI_MAX_BODY_BYTES": "300",
+    "KARMCHARI_MAX_HEADER_BYTES": "4096",
+    "KARMCHARI_MAX_LABELS": "2",
+    "KARMCHARI_MAX_LABEL_CHARS": "5",
+    "KARMCHARI_MAX_TEXT_CHARS": "10",
+    "KARMCHARI_MAX_BATCH": "3",
+    "KARMCHARI_MAX_LIST_LIMIT": "7",
+    "KARMCHARI_MAX_WAIT_SECONDS": "2.5",
+    "KARMCHARI_CONNECTION_LIMIT": "20",
+    "KARMCHARI_CHANNEL_TIMEOUT": "9",
+}
+
+
+def test_every_limit_is_a_karmchari_variable():
+    config = Config.from_env(LIMIT_ENV)
+    for name, value in LIMIT_ENV.items():
+        assert str(getattr(config, name.removeprefix("KARMCHARI_").lower())) == value
+
+
+def test_limits_follow_the_configuration_and_name_the_limit(redis_url, key_prefix):
+    config = Config.from_env(LIMIT_ENV, redis_url=redis_url, key_prefix=key_prefix)
+    store = build_store(config, redis_url)
+    client = testing.TestClient(create_app(config, store))
+    job_id = store.register("teams")[0].id
+
+    def refused(response, status: int, detail: str) -> None:
+        assert response.status_code == status, response.text
+        assert detail in response.json["detail"], response.json
+
+    two = {"a": "12345", "b": "v"}
+    assert client.simulate_post("/v1/jobs", json={"type": "teams", "labels": two}).status_code \
+        == 201
+    refused(client.simulate_post("/v1/jobs", json={"type": "teams", "labels": {**two, "c": ""}}),
+            400, "labels: too many members, at most 2")
+    refused(client.simulate_post("/v1/jobs", json={"type": "teams", "labels": {"a": "123456"}}),
+            400, "labels/a: too long, at most 5 characters")
+    refused(client.simulate_post(f"/v1/jobs/{job_id}/commands",
+                                 json={"command": "pause", "reason": "r" * 11}),
+            400, "reason: too long, at most 10 characters")
+    batch = [{"id": f"{i:032x}"} for i in range(4)]
+    refused(client.simulate_post("/v1/heartbeats", json={"heartbeats": batch}),
+            400, "heartbeats: too many items, at most 3")
+    assert client.simulate_post("/v1/heartbeats",
+                                json={"heartbeats": batch[:3]}).status_code == 200
+    refused(client.simulate_get(f"/v1/jobs/{job_id}", query_string="wait=2.6"),
+            400, "wait must be 0 to 2.5 seconds")
+    refused(client.simulate_get("/v1/jobs", query_string="limit=8"),
+            400, "limit must be an integer from 1 to 7")
+    refused(client.simulate_get("/v1/jobs", query_string="label=a:1&label=b:2&label=c:3"),
+            400, "at most 2 label filters")
+    refused(client.simulate_post("/v1/jobs", json={"type": "teams", "name": "n" * 300}),
+            413, "the body may be at most 300 bytes")
+    store.client.close()
