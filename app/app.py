@@ -31,14 +31,16 @@ def build_store(config: Config, url: str) -> JobStore:
 
 
 def create_app(config: Config | None = None, store: JobStore | None = None,
-               tokens: TokenRegistry | None = None) -> falcon.App:
+               tokens: TokenRegistry | None = None,
+               notifier: ChangeNotifier | None = None) -> falcon.App:
     config = config or Config()
     if store is None:
         store = build_store(config, config.store_url or "redis://127.0.0.1:6379/0")
     if tokens is None:
         tokens = TokenRegistry.load(config.tokens, config.tokens_file)
     metrics = Metrics()
-    notifier = ChangeNotifier(store, config.waiter_limit)
+    if notifier is None:
+        notifier = ChangeNotifier(store, config.waiter_limit)
     notifier.start()
     checks = validators(config)
 

@@ -21,6 +21,7 @@ from app.config import Config
 from app.embedded import EmbeddedRedis
 from app.errors import StoreUnavailable
 from app.store import JobStore
+from app.store.events import ChangeNotifier
 
 log = logging.getLogger("karmchari")
 
@@ -102,7 +103,11 @@ def _listen_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host.strip("[]"), port))
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as error:
+        sock.close()
+        raise StartupError(f"cannot listen on {host}:{port}: {error.strerror}") from None
     sock.listen(1024)
     return sock
 
@@ -110,7 +115,8 @@ def _listen_socket(host: str, port: int) -> socket.socket:
 def _serve_process(config: Config, url: str, sock: socket.socket) -> None:
     """One waitress server on ``sock`` until SIGTERM/SIGINT, then drain."""
     store = build_store(config, url)
-    app = create_app(config, store)
+    notifier = ChangeNotifier(store, config.waiter_limit)
+    app = create_app(config, store, notifier=notifier)
     stopping = threading.Event()
     start_sweeper(store, config.sweep_interval, stopping)
     server = waitress.server.create_server(
@@ -124,6 +130,7 @@ def _serve_process(config: Config, url: str, sock: socket.socket) -> None:
         if not stopping.is_set():
             log.info("shutting down: finishing requests in flight")
             stopping.set()
+            notifier.stop()  # long-polls answer now instead of holding the shutdown
             server.accepting = False
             server.del_channel()  # stop accepting; open connections carry on
 

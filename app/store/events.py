@@ -38,7 +38,13 @@ class ChangeNotifier:
             self._thread.start()
 
     def stop(self) -> None:
+        """Answer every waiting request now, with the job as it is: a service
+        shutting down must not wait for long-polls to run out."""
         self._stopping.set()
+        with self._lock:
+            for events in self._events.values():
+                for event in events:
+                    event.set()
 
     def wait_for_change(self, job_id: str, version: int | None, timeout: float):
         """The job once its version differs from ``version`` (or its current
