@@ -8,6 +8,8 @@ import json
 import os
 import re
 import signal
+import socket
+import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -18,7 +20,7 @@ import pytest
 import redis
 
 from app.store.keys import KeySchema
-from tests.servers import RedisProcess, ServiceProcess
+from tests.servers import ROOT, RedisProcess, ServiceProcess, karmchari_command
 
 EMBEDDED_LINE = re.compile(r"embedded store: started (?P<binary>\S+) \S+ \(pid (?P<pid>\d+)\) "
                            r"at unix://(?P<socket>\S+), AOF .* in (?P<dir>\S+)$")
@@ -178,3 +180,16 @@ def test_sigterm_lets_a_long_poll_in_flight_finish(live_service):
     connection.close()
     assert live_service.process.wait(30) == 0
     assert "shutting down" in live_service.log()
+
+
+def test_a_port_in_use_is_a_clear_error(redis_url):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = subprocess.run([*karmchari_command(), "serve", "--port", str(port),
+                              "--redis-url", redis_url], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60)
+    assert run.returncode == 2
+    assert f"karmchari: cannot listen on 127.0.0.1:{port}" in run.stderr
+    assert "Traceback" not in run.stderr
