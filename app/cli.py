@@ -83,7 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from app.server import StartupError, serve
         try:
-            return serve(config_from_args(args))
+            config = config_from_args(args)
+        except ValueError as error:  # a KARMCHARI_* variable that does not parse
+            print(f"karmchari: {error}", file=sys.stderr)
+            return 2
+        try:
+            return serve(config)
         except StartupError as error:
             print(f"karmchari: {error}", file=sys.stderr)
             return 2

@@ -94,10 +94,11 @@ def parse_value(name: str, raw: str):
         if lowered in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"KARMCHARI_{name.upper()}: not a boolean: {raw!r}")
-    if kind == "int":
-        return int(raw)
-    if kind == "float":
-        return float(raw)
+    if kind in ("int", "float"):
+        try:
+            return int(raw) if kind == "int" else float(raw)
+        except ValueError:
+            raise ValueError(f"KARMCHARI_{name.upper()}: not a number: {raw!r}") from None
     if kind.startswith("tuple"):
         return tuple(t.strip() for t in raw.split(",") if t.strip())
     return raw

@@ -193,3 +193,10 @@ def test_a_port_in_use_is_a_clear_error(redis_url):
     assert run.returncode == 2
     assert f"karmchari: cannot listen on 127.0.0.1:{port}" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_a_bad_environment_value_is_a_clear_error():
+    run = subprocess.run([*karmchari_command(), "serve"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "KARMCHARI_THREADS": "many"})
+    assert run.returncode == 2
+    assert run.stderr.strip() == "karmchari: KARMCHARI_THREADS: not a number: 'many'"
