@@ -18,7 +18,7 @@ import waitress.server
 from app.app import build_store, create_app
 from app.auth import TokenConfigError, TokenRegistry
 from app.config import Config
-from app.embedded import EmbeddedRedis
+from app.embedded import EmbeddedRedis, EmbeddedServerError
 from app.errors import StoreUnavailable
 from app.store import JobStore
 from app.store.events import ChangeNotifier
@@ -162,8 +162,11 @@ def serve(config: Config) -> int:
     embedded = None
     url = config.store_url
     if not url:
-        embedded = EmbeddedRedis(Path(config.data_dir))
-        url = embedded.start()
+        try:
+            embedded = EmbeddedRedis(Path(config.data_dir))
+            url = embedded.start()
+        except (EmbeddedServerError, OSError) as error:
+            raise StartupError(f"cannot start the embedded store: {error}") from None
     try:
         check_store(build_store(config, url))
         sock = _listen_socket(config.host, config.port)

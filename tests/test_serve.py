@@ -200,3 +200,13 @@ def test_a_bad_environment_value_is_a_clear_error():
                          text=True, timeout=60, env={**os.environ, "KARMCHARI_THREADS": "many"})
     assert run.returncode == 2
     assert run.stderr.strip() == "karmchari: KARMCHARI_THREADS: not a number: 'many'"
+
+
+def test_an_embedded_store_that_cannot_start_is_a_clear_error(tmp_path):
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    run = subprocess.run([*karmchari_command(), "serve", "--data-dir", str(not_a_directory)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert run.stderr.startswith("karmchari: cannot start the embedded store: ")
+    assert "Traceback" not in run.stderr
