@@ -210,3 +210,14 @@ def test_an_embedded_store_that_cannot_start_is_a_clear_error(tmp_path):
     assert run.returncode == 2
     assert run.stderr.startswith("karmchari: cannot start the embedded store: ")
     assert "Traceback" not in run.stderr
+
+
+def test_several_worker_processes_share_the_port_and_stop_on_sigterm(redis_url, key_prefix):
+    service = ServiceProcess("--redis-url", redis_url, "--workers", "2",
+                             env={"KARMCHARI_KEY_PREFIX": key_prefix}).start()
+    try:
+        job_ids = [register(service) for _ in range(10)]
+        assert all(read_state(service, job_id) == f"{job_id} -- start" for job_id in job_ids)
+        assert "2 processes" in service.log()
+    finally:
+        assert service.stop() == 0
