@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                         connections=args.connections, log=log)
                 if args.profile and "profile" not in args.skip:
                     from bench.profile import profile_endpoints
-                    results["profile"] = profile_endpoints(service, jobs, client,
+                    log("profile: py-spy, 8 s per endpoint")
+                    results["profile"] = profile_endpoints(service, jobs,
                                                            connections=args.connections,
                                                            log=log)
             if "workers" not in args.skip:
