@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import threading
 import urllib.parse
 from typing import Any
@@ -33,6 +34,9 @@ class ServiceUnavailable(ApiError):
 
 
 class Client:
+    """Thread-safe: each thread gets its own keep-alive connection; ``close()``
+    closes them all."""
+
     def __init__(self, url: str | None = None, token: str | None = None,
                  timeout: float = 10.0) -> None:
         url = url or os.environ.get("KARMCHARI_URL") or "http://127.0.0.1:51463"
@@ -43,6 +47,10 @@ class Client:
         self._token = token if token is not None else os.environ.get("KARMCHARI_TOKEN")
         self._timeout = timeout
         self._local = threading.local()
+        # Every thread's connection, and those in a request now; close() uses both.
+        self._connections: set[http.client.HTTPConnection] = set()
+        self._in_flight: set[http.client.HTTPConnection] = set()
+        self._connections_lock = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -143,15 +151,16 @@ class Client:
                 return response.status, {k.lower(): v for k, v in response.getheaders()}, data
             except (http.client.RemoteDisconnected, BrokenPipeError,
                     ConnectionResetError) as error:
-                # A kept-alive connection the server had closed: reconnect once.
-                connection.close()
-                self._local.connection = None
-                if attempt == 2:
+                # A kept-alive connection the server had closed: reconnect once,
+                # unless close() closed it.
+                if not self._drop(connection) or attempt == 2:
                     raise ServiceUnavailable(str(error)) from error
             except (OSError, http.client.HTTPException) as error:
-                connection.close()
-                self._local.connection = None
+                self._drop(connection)
                 raise ServiceUnavailable(f"{self.url}: {error}") from error
+            finally:
+                with self._connections_lock:
+                    self._in_flight.discard(connection)
         raise AssertionError("unreachable")
 
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
@@ -161,16 +170,39 @@ class Client:
                     else http.client.HTTPConnection)
             connection = kind(self._parts.hostname, self._parts.port, timeout=timeout)
             self._local.connection = connection
+        with self._connections_lock:
+            # Again after close(): http.client reopens a closed connection.
+            self._connections.add(connection)
+            self._in_flight.add(connection)
         connection.timeout = timeout
         if connection.sock is not None:
             connection.sock.settimeout(timeout)
         return connection
 
+    def _drop(self, connection: http.client.HTTPConnection) -> bool:
+        """Forget a broken connection; False when close() had closed it."""
+        connection.close()
+        self._local.connection = None
+        with self._connections_lock:
+            registered = connection in self._connections
+            self._connections.discard(connection)
+        return registered
+
     def close(self) -> None:
-        connection = getattr(self._local, "connection", None)
-        if connection is not None:
-            connection.close()
-            self._local.connection = None
+        """Close the connections of every thread. A request in flight in
+        another thread (a long-poll) fails at once with ServiceUnavailable."""
+        with self._connections_lock:
+            for connection in self._connections:
+                if connection not in self._in_flight:
+                    connection.close()
+                elif connection.sock is not None:
+                    # Wake the thread blocked reading it; that thread closes it
+                    # (http.client objects are not for two threads at once).
+                    try:
+                        connection.sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+            self._connections.clear()
 
 
 __all__ = ["ApiError", "Client", "ServiceUnavailable"]
