@@ -56,6 +56,8 @@ class Config:
     tokens: str = ""
     tokens_file: str = ""
     allow_unauthenticated: bool = False
+    # The address of a reverse proxy whose X-Forwarded-For/-Proto waitress may believe.
+    trusted_proxy: str = ""
     log_level: str = "info"
 
     @property

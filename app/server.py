@@ -112,6 +112,13 @@ def _listen_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _proxy_settings(config: Config) -> dict:
+    if not config.trusted_proxy:
+        return {}
+    return {"trusted_proxy": config.trusted_proxy,
+            "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto"}}
+
+
 def _serve_process(config: Config, url: str, sock: socket.socket) -> None:
     """One waitress server on ``sock`` until SIGTERM/SIGINT, then drain."""
     store = build_store(config, url)
@@ -124,7 +131,7 @@ def _serve_process(config: Config, url: str, sock: socket.socket) -> None:
         connection_limit=config.connection_limit, channel_timeout=config.channel_timeout,
         max_request_body_size=config.max_body_bytes,
         max_request_header_size=config.max_header_bytes,
-        clear_untrusted_proxy_headers=True)
+        clear_untrusted_proxy_headers=True, **_proxy_settings(config))
 
     def on_signal(signum, frame) -> None:
         if not stopping.is_set():
