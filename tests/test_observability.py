@@ -273,3 +273,19 @@ def test_request_id_on_answers_the_app_gives_before_any_resource(config, store):
     for status, response in cases:
         assert response.status_code == status
         assert response.headers["x-request-id"] == "pre-1"
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_client_address_from_a_trusted_proxy_only(redis_url, key_prefix, trusted):
+    env = {"KARMCHARI_KEY_PREFIX": key_prefix}
+    if trusted:
+        env["KARMCHARI_TRUSTED_PROXY"] = "127.0.0.1"
+    service = ServiceProcess("--redis-url", redis_url, env=env).start()
+    try:
+        status, _, _ = fetch(service.url + "/v1/jobs",
+                             headers={"X-Forwarded-For": "203.0.113.7", "X-Request-ID": "xff"})
+        assert status == 200
+    finally:
+        service.stop()
+    line = next(line for line in service.log().splitlines() if "request_id=xff" in line)
+    assert ("remote=203.0.113.7 " if trusted else "remote=127.0.0.1 ") in line
