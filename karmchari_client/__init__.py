@@ -5,5 +5,7 @@ into a worker program pulls in nothing else and clashes with nothing.
 """
 
 from karmchari_client.client import ApiError, Client, ServiceUnavailable
+from karmchari_client.worker import Backoff, JobEnded, JobKilled, Worker
 
-__all__ = ["ApiError", "Client", "ServiceUnavailable"]
+__all__ = ["ApiError", "Backoff", "Client", "JobEnded", "JobKilled", "ServiceUnavailable",
+           "Worker"]

@@ -1,0 +1,368 @@
+"""The worker side: run a job under Karmchari's control.
+
+::
+
+    from karmchari_client import JobKilled, Worker
+
+    try:
+        with Worker.register("export", heartbeat_timeout=30) as worker:
+            for step in range(100):
+                worker.checkpoint(progress=step)   # blocks while paused
+                do_one_step()
+    except JobKilled:
+        clean_up()
+
+A background thread heartbeats (progress, message, and the state the worker is
+in) and learns the job's state from each answer; another long-polls the job so
+that a command reaches the worker within milliseconds rather than at the next
+heartbeat. ``checkpoint()`` is where the program obeys: it returns at once
+while the job runs, blocks while it is paused (acknowledging the pause with
+``observed_state=pause``) and raises ``JobKilled`` once it is killed. Leaving
+the ``with`` block reports ``done``, or ``fail`` with the exception as reason,
+or, after a kill, acknowledges it (``observed_state=kill``).
+
+The service may restart at any time: every call is retried with exponential
+backoff and jitter, honouring ``Retry-After``, and the worker keeps going on
+what it last learned. A command sent meanwhile is not lost: it is the job's
+state, and the first answer after the restart carries it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from karmchari_client.client import ApiError, Client, ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+RUNNING, PAUSED, KILLED = "start", "pause", "kill"
+ENDED_STATES = frozenset({"kill", "done", "failed"})
+MAX_TEXT_CHARS = 1024  # the service's limit on message and reason
+
+
+class JobEnded(Exception):
+    """The job ended while this worker ran it: the program should stop.
+
+    ``state`` is the job's state (``done`` or ``failed`` when someone else
+    finished it), or None when the job no longer exists."""
+
+    def __init__(self, job_id: str, state: str | None) -> None:
+        self.job_id = job_id
+        self.state = state
+        super().__init__(f"job {job_id} " + (f"is {state}" if state else "no longer exists"))
+
+
+class JobKilled(JobEnded):
+    """The job was killed: clean up and stop. The worker acknowledges the kill
+    when the ``with`` block is left (or on ``finish()``)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id, KILLED)
+
+
+class Backoff:
+    """Exponential backoff with jitter: each delay is drawn from the upper half
+    of ``base * 2**n`` (capped), so retries never come in a tight loop and many
+    workers do not retry in step. A ``Retry-After`` from the service is a floor."""
+
+    def __init__(self, base: float = 0.5, cap: float = 30.0,
+                 rng: Callable[[], float] = random.random) -> None:
+        self.base, self.cap, self._rng = base, cap, rng
+        self._attempt = 0
+
+    def next(self, retry_after: float | None = None) -> float:
+        ceiling = min(self.cap, self.base * 2 ** min(self._attempt, 32))
+        self._attempt += 1
+        delay = ceiling / 2 + self._rng() * ceiling / 2
+        if retry_after:
+            delay = max(delay, min(retry_after, self.cap))
+        return delay
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_TEXT_CHARS else text[:MAX_TEXT_CHARS - 1] + "…"
+
+
+class Worker:
+    """Runs one job: heartbeats, obeys pause/resume/kill at ``checkpoint()``,
+    and reports how the job ended. Thread-safe: any thread may call
+    ``checkpoint()``; all of them block while the job is paused.
+
+    ``heartbeat_interval`` defaults to a third of the job's
+    ``heartbeat_timeout`` (so that two lost heartbeats do not make it look
+    stalled), at most 10 s. ``long_poll=False`` learns commands from the
+    heartbeats alone. ``on_state(state)`` is called from a background thread
+    each time the worker learns a new state. ``give_up_after`` bounds how long
+    the start and the final report are retried while the service is away.
+    """
+
+    def __init__(self, url: str | None, job_id: str, *, token: str | None = None,
+                 worker_name: str | None = None, heartbeat_interval: float | None = None,
+                 long_poll: bool = True, long_poll_wait: float = 30.0,
+                 on_state: Callable[[str | None], None] | None = None,
+                 max_backoff: float = 30.0, give_up_after: float = 300.0,
+                 client: Client | None = None) -> None:
+        self.job_id = job_id
+        self.worker_name = worker_name or f"{socket.gethostname()}:{os.getpid()}"
+        self._client = client or Client(url, token=token)
+        self._interval = heartbeat_interval
+        self._long_poll = long_poll
+        self._long_poll_wait = long_poll_wait
+        self._on_state = on_state
+        self._max_backoff = max_backoff
+        self._give_up_after = give_up_after
+        # Everything below is guarded by _changed's lock.
+        self._changed = threading.Condition()
+        self._state: str | None = RUNNING
+        self._version = 0
+        self._observed = RUNNING
+        self._progress: float | None = None
+        self._message: str | None = None
+        self._send_now = False
+        self._closing = False
+        self._heartbeat_thread: threading.Thread | None = None
+        self._long_poll_thread: threading.Thread | None = None
+
+    # -- starting a job -------------------------------------------------------
+
+    @classmethod
+    def register(cls, job_type: str, url: str | None = None, *, token: str | None = None,
+                 name: str | None = None, labels: dict[str, str] | None = None,
+                 heartbeat_timeout: int | None = None, **options: Any) -> Worker:
+        """Register a new job of ``job_type`` and return a Worker for it (not
+        started yet: use it in a ``with`` block). The registration is retried
+        under one Idempotency-Key, so a retry never creates a second job."""
+        client = options.pop("client", None) or Client(url, token=token)
+        key = uuid.uuid4().hex
+        job = _retrying(lambda: client.register(job_type, name=name, labels=labels,
+                                                heartbeat_timeout=heartbeat_timeout,
+                                                idempotency_key=key),
+                        Backoff(cap=options.get("max_backoff", 30.0)),
+                        options.get("give_up_after", 300.0))
+        return cls(url, job["id"], client=client, **options)
+
+    def __enter__(self) -> Worker:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        self.finish(exc)
+
+    def start(self) -> None:
+        """Send the first heartbeat (so that a wrong id or token fails here,
+        not in the background) and start the background threads."""
+        answer = self._retry(lambda: self._client.heartbeat(
+            self.job_id, worker=self.worker_name, observed_state=RUNNING))
+        self._learn(answer["state"], answer["version"])
+        if self._interval is None:
+            job = self._retry(lambda: self._client.get(self.job_id))
+            timeout = job["heartbeat_timeout"]
+            self._interval = min(10.0, max(0.2, timeout / 3)) if timeout else 10.0
+        self._heartbeat_thread = self._spawn(self._heartbeat_loop, "heartbeat")
+        if self._long_poll:
+            self._long_poll_thread = self._spawn(self._long_poll_loop, "long-poll")
+
+    def _spawn(self, target: Callable[[], None], role: str) -> threading.Thread:
+        thread = threading.Thread(target=target, name=f"karmchari-{role}-{self.job_id[:8]}",
+                                  daemon=True)
+        thread.start()
+        return thread
+
+    # -- what the worker program calls --------------------------------------
+
+    @property
+    def state(self) -> str | None:
+        """The job's state as last learned; None once the job no longer exists."""
+        with self._changed:
+            return self._state
+
+    def checkpoint(self, progress: float | None = None, message: str | None = None) -> None:
+        """Report progress (percent, 0 to 100) and obey the job's state: return
+        while it runs, block while it is paused, raise ``JobKilled`` (or
+        ``JobEnded``) once it is over."""
+        if progress is not None and not 0 <= progress <= 100:
+            raise ValueError(f"progress is a percentage from 0 to 100, not {progress!r}")
+        with self._changed:
+            if progress is not None:
+                self._progress = float(progress)
+            if message is not None:
+                self._message = _clip(message)
+            self._raise_if_ended()
+            if self._state != PAUSED:
+                return
+            self._report_observed(PAUSED)
+            while self._state == PAUSED:
+                self._changed.wait()
+            self._raise_if_ended()
+            self._report_observed(RUNNING)
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """Report how the job ended and stop the background threads: ``done``,
+        ``fail`` with ``error`` as reason, or, if the job was killed, only the
+        acknowledgement. Called by ``__exit__``."""
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
+        if self._heartbeat_thread is not None:
+            self._heartbeat_thread.join()  # so that no heartbeat overtakes the last report
+        try:
+            if isinstance(error, JobEnded) or self.state in ENDED_STATES or self.state is None:
+                self._acknowledge_end()
+            elif error is None or isinstance(error, SystemExit) and not error.code:
+                self._send_final("done", "")
+            else:
+                self._send_final("fail", _clip(f"{type(error).__name__}: {error}"))
+        finally:
+            self._client.close()  # ends a long-poll in flight
+            if self._long_poll_thread is not None:
+                self._long_poll_thread.join()
+
+    # -- internals ------------------------------------------------------------
+
+    def _raise_if_ended(self) -> None:
+        if self._state == KILLED:
+            raise JobKilled(self.job_id)
+        if self._state is None or self._state in ENDED_STATES:
+            raise JobEnded(self.job_id, self._state)
+
+    def _report_observed(self, observed: str) -> None:
+        """Called with the lock held: have the heartbeat thread send it now."""
+        self._observed = observed
+        self._send_now = True
+        self._changed.notify_all()
+
+    def _learn(self, state: str | None, version: int) -> None:
+        """Take a state from an answer; answers may come back out of order
+        (heartbeat and long-poll threads), the version tells which is newer."""
+        with self._changed:
+            if state is not None and version < self._version:
+                return
+            changed = state != self._state
+            self._state, self._version = state, max(version, self._version)
+            if changed:
+                self._changed.notify_all()
+        if changed and self._on_state is not None:
+            try:
+                self._on_state(state)
+            except Exception:  # a faulty callback must not stop the heartbeats
+                log.exception("on_state callback of job %s failed", self.job_id)
+
+    def _heartbeat_loop(self) -> None:
+        backoff = Backoff(cap=self._max_backoff)
+        delay = self._interval
+        while True:
+            with self._changed:
+                deadline = time.monotonic() + delay
+                while not (self._closing or self._send_now) and \
+                        (remaining := deadline - time.monotonic()) > 0:
+                    self._changed.wait(remaining)
+                if self._closing or self._state in ENDED_STATES or self._state is None:
+                    return
+                self._send_now = False
+                report = {"worker": self.worker_name, "observed_state": self._observed,
+                          "progress": self._progress, "message": self._message}
+            try:
+                answer = self._client.heartbeat(self.job_id, **report)
+            except ServiceUnavailable as error:
+                delay = backoff.next(error.retry_after)
+                log.info("heartbeat of job %s: %s; retrying in %.1fs", self.job_id, error, delay)
+                continue
+            except ApiError as error:
+                if error.status == 404:
+                    self._learn(None, 0)
+                    return
+                delay = backoff.next()
+                log.warning("heartbeat of job %s refused: %s", self.job_id, error)
+                continue
+            backoff.reset()
+            delay = self._interval
+            self._learn(answer["state"], answer["version"])
+
+    def _long_poll_loop(self) -> None:
+        backoff = Backoff(cap=self._max_backoff)
+        while not self._closing:
+            with self._changed:
+                if self._state in ENDED_STATES or self._state is None:
+                    return
+                version = self._version
+            asked = time.monotonic()
+            try:
+                job = self._client.get(self.job_id, wait=self._long_poll_wait, version=version)
+            except ServiceUnavailable as error:
+                # Also the answer when the service's long-poll slots are all
+                # taken (429): the heartbeats carry on meanwhile.
+                self._pause_polling(backoff.next(error.retry_after))
+                continue
+            except ApiError as error:
+                if error.status == 404:
+                    self._learn(None, 0)
+                    return
+                log.warning("long-poll of job %s refused: %s", self.job_id, error)
+                self._pause_polling(backoff.next())
+                continue
+            self._learn(job["state"], job["version"])
+            if job["version"] == version and time.monotonic() - asked < self._long_poll_wait / 2:
+                # Answered early without a change (a service shutting down, a
+                # proxy with a shorter timeout): do not ask again at once.
+                self._pause_polling(backoff.next())
+            else:
+                backoff.reset()
+
+    def _pause_polling(self, seconds: float) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._closing, seconds)
+
+    def _retry(self, call: Callable[[], Any]) -> Any:
+        return _retrying(call, Backoff(cap=self._max_backoff), self._give_up_after)
+
+    def _send_final(self, command: str, reason: str) -> None:
+        """The last progress and message, then ``done`` or ``fail``."""
+        try:
+            self._retry(lambda: self._client.heartbeat(
+                self.job_id, worker=self.worker_name, observed_state=RUNNING,
+                progress=self._progress, message=self._message))
+            self._retry(lambda: self._client.command(self.job_id, command, reason=reason))
+        except ApiError as error:
+            if error.status == 409 and error.current_state == KILLED:
+                self._learn(KILLED, error.problem.get("version", self._version))
+                self._acknowledge_end()
+            elif error.status not in (404, 409):
+                raise
+            else:
+                log.warning("job %s: could not report %s: %s", self.job_id, command, error)
+
+    def _acknowledge_end(self) -> None:
+        """Tell the service this worker has stopped on a kill; other endings
+        (done or failed by someone else, deleted) need no answer."""
+        if self.state != KILLED:
+            return
+        try:
+            self._retry(lambda: self._client.heartbeat(self.job_id, observed_state=KILLED))
+        except ApiError as error:  # ServiceUnavailable too: the kill stands anyway
+            log.warning("job %s: could not acknowledge the kill: %s", self.job_id, error)
+
+
+def _retrying(call: Callable[[], Any], backoff: Backoff, give_up_after: float) -> Any:
+    """``call()``, retried while the service is unavailable, for at most
+    ``give_up_after`` seconds (then the last ServiceUnavailable is raised)."""
+    deadline = time.monotonic() + give_up_after
+    while True:
+        try:
+            return call()
+        except ServiceUnavailable as error:
+            delay = backoff.next(error.retry_after)
+            if time.monotonic() + delay > deadline:
+                raise
+            log.info("%s; retrying in %.1fs", error, delay)
+            time.sleep(delay)
