@@ -42,6 +42,7 @@ def create_app(config: Config | None = None, store: JobStore | None = None,
     if notifier is None:
         notifier = ChangeNotifier(store, config.waiter_limit)
     notifier.start()
+    metrics.waiters.set_function(notifier.waiting)
     checks = validators(config)
 
     app = falcon.App(middleware=[ObservabilityMiddleware(metrics), QueryEncodingMiddleware(),

@@ -76,6 +76,11 @@ class ChangeNotifier:
                         del self._events[job_id]
             self._slots.release()
 
+    def waiting(self) -> int:
+        """How many requests are in a long-poll now."""
+        with self._lock:
+            return sum(len(events) for events in self._events.values())
+
     def _wake(self, job_id: str) -> None:
         with self._lock:
             for event in self._events.get(job_id, ()):
