@@ -8,6 +8,7 @@ import re
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from falcon import testing
@@ -289,3 +290,25 @@ def test_client_address_from_a_trusted_proxy_only(redis_url, key_prefix, trusted
         service.stop()
     line = next(line for line in service.log().splitlines() if "request_id=xff" in line)
     assert ("remote=203.0.113.7 " if trusted else "remote=127.0.0.1 ") in line
+
+
+def test_long_poll_waiters_gauge(live_service):
+    job_id = register(live_service)
+
+    def waiters() -> float:
+        return sample(scrape(live_service), "karmchari_long_poll_waiters",
+                      "karmchari_long_poll_waiters")
+
+    assert waiters() == 0
+    with ThreadPoolExecutor(2) as pool:
+        polls = [pool.submit(fetch, f"{live_service.url}/v1/jobs/{job_id}?wait=30&version=1")
+                 for _ in range(2)]
+        deadline = time.monotonic() + 20
+        while waiters() != 2:
+            assert time.monotonic() < deadline, "the long-polls were not counted"
+            time.sleep(0.05)
+        status, _, _ = fetch(f"{live_service.url}/v1/jobs/{job_id}/commands", "POST",
+                             '{"command": "pause"}')
+        assert status == 200
+        assert [poll.result()[0] for poll in polls] == [200, 200]
+    assert waiters() == 0
