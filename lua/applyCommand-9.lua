@@ -20,9 +20,14 @@
     ARGV[5]  history cap
     ARGV[6]  retention of terminal jobs in seconds
     ARGV[7]  event channel (sharded pub/sub)
+    ARGV[8]  operation id: random, one per command the service applies, the same
+             when the client library retries the call after a lost connection
+             ("" or absent: none). The job keeps the ids of its last 4 changes
+             (field "ops"), so a retry of a change already made changes nothing.
 
   Output:
-    { 1, job hash as a flat array }   the state changed
+    { 1, job hash as a flat array }   the state changed (now, or by this very
+                                      operation before its reply was lost)
     { 0, job hash as a flat array }   repeated command: nothing changed
     { -1 }                            no such job
     { -2 }                            unknown command
@@ -36,12 +41,19 @@ local stateIndex = { start = KEYS[3], pause = KEYS[4], kill = KEYS[5],
 local target = ({ start = "start", pause = "pause", kill = "kill",
                   done = "done", fail = "failed" })[ARGV[1]]
 local terminal = { kill = true, done = true, failed = true }
+local op = ARGV[8] or ""
+local keptOps = 4
 
 -- Preconditions, before the first write.
-local job = rcall("HMGET", jobKey, "id", "state", "version", "score", "heartbeat_timeout")
+local job = rcall("HMGET", jobKey, "id", "state", "version", "score", "heartbeat_timeout",
+                  "ops")
 local id, state, version = job[1], job[2], tonumber(job[3])
 if not id then
   return { -1 }
+end
+-- A retry of a change already made (other changes may have come since).
+if op ~= "" and string.find(" " .. (job[6] or "") .. " ", " " .. op .. " ", 1, true) then
+  return { 1, rcall("HGETALL", jobKey) }
 end
 if not target then
   return { -2 }
@@ -60,6 +72,14 @@ local t = rcall("TIME")
 local nowMs = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 version = version + 1
 rcall("HSET", jobKey, "state", target, "version", version, "updated_at", nowMs)
+if op ~= "" then
+  local ops = { op }
+  for previous in string.gmatch(job[6] or "", "%S+") do
+    if #ops == keptOps then break end
+    ops[#ops + 1] = previous
+  end
+  rcall("HSET", jobKey, "ops", table.concat(ops, " "))
+end
 rcall("ZREM", stateIndex[state], id)
 rcall("ZADD", stateIndex[target], job[4], id)
 

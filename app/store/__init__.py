@@ -10,6 +10,7 @@ import base64
 import binascii
 import heapq
 import json
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -146,8 +147,10 @@ class JobStore:
         shard = self.keys.for_job(job_id)
         keys = [shard.job(job_id), shard.history(job_id), *shard.state_indexes(),
                 shard.deadlines, shard.expiries]
+        # The operation id lets the script recognise redis-py's retry of this very
+        # call after a lost reply, and not apply it twice.
         args = [command, actor, reason, "" if expected_version is None else expected_version,
-                self.history_cap, self.retention_seconds, shard.channel]
+                self.history_cap, self.retention_seconds, shard.channel, secrets.token_hex(6)]
         with unavailable_on_redis_errors():
             reply = self.scripts.applyCommand(keys, args)
         raise_for_code(reply)
