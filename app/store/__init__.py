@@ -138,7 +138,9 @@ class JobStore:
             reply = self.scripts.registerJob(keys, args)
         raise_for_code(reply)
         if reply[0] == 2:
-            return self.get(reply[1]), False
+            # The job of an earlier request, or of this very call: redis-py
+            # retried it after its reply was lost, and the id is the one made here.
+            return self.get(reply[1]), reply[1] == job_id
         return Job.from_hash(_pairs(reply[1])), True
 
     def apply_command(self, job_id: str, command: str, *, actor: str = "", reason: str = "",
