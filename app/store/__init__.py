@@ -214,6 +214,10 @@ class JobStore:
                 return
             except StaleRead:
                 continue
+            except JobNotFound:
+                # It existed a moment ago: deleted since by another request, or by
+                # this very call, retried by redis-py after its reply was lost.
+                return
         raise StaleRead("the job changed while it was being deleted")
 
     def sweep_expired(self, batch: int = 200) -> int:
