@@ -1,0 +1,554 @@
+"""Redis faults against real processes (SPEC §5, issue 5): a Redis server the
+test controls, and ``karmchari serve`` in front of it. Each fault must give
+503 with Retry-After (never a 500, never a hang past the socket timeout), and
+the service must recover by itself when Redis does."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pytest
+
+from app.store.scripts import script_dir
+from tests.servers import RedisProcess, ServiceProcess, free_port
+
+pytestmark = pytest.mark.slow
+
+SOCKET_TIMEOUT = 1.0
+# A request may wait for one Redis reply and one reconnection; 3x is generous.
+HANG_BOUND = 3 * SOCKET_TIMEOUT
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    text: str
+    elapsed: float
+
+    def json(self):
+        return json.loads(self.text)
+
+
+def call(service: ServiceProcess, method: str, path: str, body=None,
+         headers: dict[str, str] | None = None, timeout: float = 30.0) -> Reply:
+    """One HTTP request on a fresh connection; JSON for dicts, else as given."""
+    headers = dict(headers or {})
+    if isinstance(body, dict):
+        body = json.dumps(body)
+        headers["Content-Type"] = "application/json"
+    conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=timeout)
+    started = time.monotonic()
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        text = response.read().decode("utf-8", "replace")
+        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, text,
+                     time.monotonic() - started)
+    finally:
+        conn.close()
+
+
+def register(service: ServiceProcess, **fields) -> str:
+    reply = call(service, "POST", "/v1/jobs", {"type": "teams", **fields})
+    assert reply.status == 201, reply.text
+    return reply.json()["id"]
+
+
+def command(service: ServiceProcess, job_id: str, name: str, **fields) -> Reply:
+    return call(service, "POST", f"/v1/jobs/{job_id}/commands", {"command": name, **fields})
+
+
+def history(service: ServiceProcess, job_id: str) -> list[dict]:
+    reply = call(service, "GET", f"/v1/jobs/{job_id}/history")
+    assert reply.status == 200, reply.text
+    return reply.json()["entries"]
+
+
+def assert_valid_path(entries: list[dict]) -> None:
+    """Versions 1, 2, 3… and each change starts where the one before ended."""
+    assert [e["version"] for e in entries] == list(range(1, len(entries) + 1)), entries
+    assert entries[0]["command"] == "register"
+    for before, after in zip(entries, entries[1:], strict=False):
+        assert after["from"] == before["to"], entries
+        assert after["from"] != after["to"], entries
+
+
+def every_endpoint(job_id: str, finished_id: str) -> list[tuple[str, str, object, dict | None]]:
+    """(method, path, body, headers) of every route that needs Redis."""
+    return [
+        ("POST", "/registerJob", "type=teams", FORM),
+        ("GET", f"/jobState?id={job_id}", None, None),
+        ("POST", "/jobState", f"id={job_id}&command=pause", FORM),
+        ("POST", "/v1/jobs", {"type": "teams", "labels": {"team": "a"}}, None),
+        ("POST", "/v1/jobs", {"type": "teams"}, {"Idempotency-Key": "fault-1"}),
+        ("GET", "/v1/jobs", None, None),
+        ("GET", "/v1/jobs?state=start&limit=5", None, None),
+        ("GET", f"/v1/jobs/{job_id}", None, None),
+        ("GET", f"/v1/jobs/{job_id}?wait=2&version=1", None, None),
+        ("POST", f"/v1/jobs/{job_id}/commands", {"command": "pause"}, None),
+        ("GET", f"/v1/jobs/{job_id}/history", None, None),
+        ("DELETE", f"/v1/jobs/{finished_id}", None, None),
+        ("POST", f"/v1/jobs/{job_id}/heartbeat", {"progress": 0.5}, None),
+        ("POST", "/v1/heartbeats", {"heartbeats": [{"id": job_id, "progress": 0.5}]}, None),
+    ]
+
+
+def assert_unavailable(reply: Reply, method: str, path: str) -> None:
+    where = f"{method} {path}"
+    assert reply.status == 503, (where, reply.status, reply.text)
+    assert reply.headers.get("retry-after", "").isdigit(), (where, reply.headers)
+    if path.startswith(("/registerJob", "/jobState", "/readyz")):
+        assert reply.headers["content-type"].startswith("text/plain"), where
+    else:
+        assert reply.headers["content-type"] == "application/problem+json", where
+        assert reply.json()["code"] == "store_unavailable", where
+
+
+def hit_every_endpoint(service: ServiceProcess, job_id: str, finished_id: str) -> list:
+    """All routes at once, as concurrent clients would: (request, reply) pairs."""
+    requests = every_endpoint(job_id, finished_id) + [("GET", "/readyz", None, None)]
+    with ThreadPoolExecutor(len(requests)) as pool:
+        replies = list(pool.map(lambda r: call(service, *r), requests))
+    return list(zip(requests, replies, strict=True))
+
+
+def assert_every_endpoint_unavailable(service, job_id, finished_id) -> float:
+    """Every route answers 503 within the bound; returns the slowest answer."""
+    results = hit_every_endpoint(service, job_id, finished_id)
+    for (method, path, _, _), reply in results:
+        assert_unavailable(reply, method, path)
+        assert reply.elapsed < HANG_BOUND, (method, path, reply.elapsed)
+    # Liveness and metrics do not depend on Redis.
+    assert call(service, "GET", "/healthz").status == 200
+    metrics = call(service, "GET", "/metrics", timeout=HANG_BOUND)
+    assert metrics.status == 200
+    return max(reply.elapsed for _, reply in results)
+
+
+def assert_every_endpoint_works(service, job_id, finished_id) -> None:
+    for (method, path, _, _), reply in hit_every_endpoint(service, job_id, finished_id):
+        assert reply.status < 500, (method, path, reply.status, reply.text)
+
+
+@pytest.fixture
+def processes():
+    """Starts Redis servers and services for one test; stops them all after it."""
+    started: list = []
+
+    class Processes:
+        def redis(self, *args: str) -> RedisProcess:
+            server = RedisProcess(*args)
+            started.append(server)
+            return server.start()
+
+        def service(self, redis_url: str, *args: str,
+                    socket_timeout: float = SOCKET_TIMEOUT) -> ServiceProcess:
+            service = ServiceProcess("--redis-url", redis_url, "--redis-socket-timeout",
+                                     str(socket_timeout), "--threads", "24", *args)
+            started.append(service)
+            return service.start()
+
+    yield Processes()
+    for process in reversed(started):
+        if isinstance(process, ServiceProcess):
+            process.stop()
+            print(process.log()[-20000:])  # shown by pytest when the test failed
+            process.log_path.unlink(missing_ok=True)
+        else:
+            process.close()
+
+
+def job_pair(service) -> tuple[str, str]:
+    """A running job and a killed one (deletable)."""
+    job_id = register(service, labels={"team": "a"})
+    finished_id = register(service)
+    assert command(service, finished_id, "kill").status == 200
+    return job_id, finished_id
+
+
+def load(service, job_id: str, seconds: float, threads: int = 6) -> Counter:
+    """Mixed traffic from several threads for ``seconds``: statuses counted."""
+    statuses: Counter = Counter()
+    deadline = time.monotonic() + seconds
+
+    def worker(n: int) -> None:
+        while time.monotonic() < deadline:
+            for method, path, body, headers in (
+                    ("GET", f"/v1/jobs/{job_id}", None, None),
+                    ("POST", f"/v1/jobs/{job_id}/heartbeat", {"progress": n}, None),
+                    ("POST", "/registerJob", "type=teams", FORM)):
+                statuses[call(service, method, path, body, headers).status] += 1
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(worker, range(threads)))
+    return statuses
+
+
+def long_poll_wake_up(service, job_id: str) -> float:
+    """Seconds from a command to the answer of a long-poll waiting for it."""
+    version = call(service, "GET", f"/v1/jobs/{job_id}").json()["version"]
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(call, service, "GET",
+                              f"/v1/jobs/{job_id}?wait=20&version={version}")
+        time.sleep(0.3)
+        sent = time.monotonic()
+        name = "start" if call(service, "GET", f"/v1/jobs/{job_id}").json()["state"] == "pause" \
+            else "pause"
+        assert command(service, job_id, name).status == 200
+        reply = waiting.result()
+        woken = time.monotonic() - sent
+    assert reply.status == 200 and reply.json()["version"] == version + 1, reply.text
+    return woken
+
+
+# -- Redis gone ---------------------------------------------------------------
+
+
+def test_redis_stopped_gives_503_then_recovers_without_restart(processes):
+    server = processes.redis("--appendonly", "yes")
+    service = processes.service(server.url)
+    job_id, finished_id = job_pair(service)
+    assert load(service, job_id, 0.5).keys() == {200}  # the pool holds live connections
+
+    server.stop()
+    slowest = assert_every_endpoint_unavailable(service, job_id, finished_id)
+
+    server.start()
+    started = time.monotonic()
+    statuses = load(service, job_id, 1.0)
+    recovered = time.monotonic() - started
+    assert statuses.keys() == {200}, statuses
+    assert_every_endpoint_works(service, job_id, finished_id)
+    wake_up = long_poll_wake_up(service, job_id)
+    print(f"stopped: slowest 503 {slowest:.3f}s; {sum(statuses.values())} requests "
+          f"in {recovered:.1f}s after restart, all 200; long-poll woken {wake_up:.3f}s "
+          "after a command")
+
+
+def test_redis_restarted_between_requests_costs_no_request(processes):
+    """The pool holds connections to the old process; none may fail a request."""
+    server = processes.redis("--appendonly", "yes")
+    service = processes.service(server.url)
+    job_id, finished_id = job_pair(service)
+    assert load(service, job_id, 0.5).keys() == {200}
+    server.stop()
+    server.start()
+    assert load(service, job_id, 0.5).keys() == {200}
+    assert_every_endpoint_works(service, job_id, finished_id)
+
+
+def test_redis_frozen_gives_503_within_the_timeout_then_recovers(processes):
+    server = processes.redis()
+    service = processes.service(server.url)
+    job_id, finished_id = job_pair(service)
+    assert load(service, job_id, 0.5).keys() == {200}
+
+    with ThreadPoolExecutor(1) as pool:
+        poll_started = time.monotonic()
+        waiting = pool.submit(call, service, "GET", f"/v1/jobs/{job_id}?wait=30&version=1")
+        time.sleep(0.3)
+        server.freeze()
+        frozen_at = time.monotonic()
+        try:
+            slowest = assert_every_endpoint_unavailable(service, job_id, finished_id)
+            # A long-poll already waiting re-reads the job at least every second.
+            long_poll = waiting.result()
+            assert_unavailable(long_poll, "GET", "/v1/jobs/{id}?wait=30")
+            long_poll_end = poll_started + long_poll.elapsed - frozen_at
+            assert long_poll_end < 1.0 + HANG_BOUND
+        finally:
+            server.thaw()
+    started = time.monotonic()
+    statuses = load(service, job_id, 1.0)
+    assert statuses.keys() == {200}, statuses
+    assert_every_endpoint_works(service, job_id, finished_id)
+    print(f"frozen: slowest 503 {slowest:.3f}s (socket timeout {SOCKET_TIMEOUT}s), "
+          f"waiting long-poll ended {long_poll_end:.3f}s after the freeze; "
+          f"{sum(statuses.values())} requests in {time.monotonic() - started:.1f}s "
+          "after SIGCONT, all 200")
+
+
+# -- NOSCRIPT ------------------------------------------------------------------
+
+
+def test_script_flush_during_load_costs_no_request(processes):
+    server = processes.redis()
+    service = processes.service(server.url, socket_timeout=5.0)
+    job_ids = [register(service) for _ in range(8)]
+    flusher = server.client()
+    stopping = threading.Event()
+    flushes = 0
+
+    def flush_scripts() -> None:
+        nonlocal flushes
+        while not stopping.is_set():
+            flusher.script_flush()
+            flushes += 1
+            time.sleep(0.005)
+
+    failures: list = []
+    statuses: Counter = Counter()
+
+    def traffic(n: int) -> None:
+        job_id = job_ids[n % len(job_ids)]
+        for i in range(60):
+            for method, path, body, headers in (
+                    ("POST", "/registerJob", "type=teams", FORM),
+                    ("POST", "/v1/jobs", {"type": "export", "labels": {"n": str(n)}}, None),
+                    ("POST", "/jobState", f"id={job_id}&command={('pause', 'start')[i % 2]}",
+                     FORM),
+                    ("POST", f"/v1/jobs/{job_id}/commands",
+                     {"command": ("start", "pause")[i % 2]}, None),
+                    ("GET", f"/v1/jobs/{job_id}", None, None),
+                    ("POST", f"/v1/jobs/{job_id}/heartbeat", {"progress": i}, None),
+                    ("POST", "/v1/heartbeats",
+                     {"heartbeats": [{"id": j, "progress": i} for j in job_ids]}, None)):
+                reply = call(service, method, path, body, headers)
+                statuses[reply.status] += 1
+                if reply.status >= 300:
+                    failures.append((method, path, reply.status, reply.text))
+
+    flushing = threading.Thread(target=flush_scripts)
+    flushing.start()
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            list(pool.map(traffic, range(6)))
+    finally:
+        stopping.set()
+        flushing.join()
+    assert failures == []
+    assert flushes > 50
+    print(f"SCRIPT FLUSH x{flushes} during {sum(statuses.values())} requests: {dict(statuses)}")
+
+
+# -- durability ------------------------------------------------------------------
+
+
+def test_kill_9_loses_no_registration_that_was_answered(processes):
+    server = processes.redis("--appendonly", "yes", "--appendfsync", "always")
+    service = processes.service(server.url)
+    accepted: list[str] = []
+    statuses: Counter = Counter()
+    killed = threading.Event()
+    answers_after_kill = 0
+
+    def registrar(n: int) -> None:
+        nonlocal answers_after_kill
+        for i in range(10_000):
+            if killed.is_set() and answers_after_kill > 40:
+                return
+            if i % 2:
+                reply = call(service, "POST", "/registerJob", "type=teams", FORM)
+                job_id = reply.text.rsplit(" ", 1)[-1] if reply.status == 200 else None
+            else:
+                reply = call(service, "POST", "/v1/jobs",
+                             {"type": "upload", "labels": {"thread": str(n)}})
+                job_id = reply.json()["id"] if reply.status == 201 else None
+            statuses[reply.status] += 1
+            if killed.is_set():
+                answers_after_kill += 1
+            if job_id:
+                accepted.append(job_id)
+
+    with ThreadPoolExecutor(6) as pool:
+        running = [pool.submit(registrar, n) for n in range(6)]
+        time.sleep(1.0)
+        server.kill()
+        killed.set()
+        for future in running:
+            future.result()
+    assert statuses.keys() <= {200, 201, 503}, statuses
+    assert statuses[503] > 0
+
+    server.start()
+    missing = [job_id for job_id in accepted
+               if call(service, "GET", f"/v1/jobs/{job_id}").status != 200]
+    assert missing == []
+    print(f"kill -9 during registrations: {len(accepted)} answered as created, all there "
+          f"after restart; {dict(statuses)}")
+
+
+# -- lost replies ----------------------------------------------------------------
+
+
+class LosingProxy:
+    """A TCP proxy between the service and Redis that can lose a reply: once
+    a request containing the armed marker passes, it forwards the request,
+    lets Redis answer, runs ``meanwhile`` (other requests may be served), and
+    then resets the service's connection instead of passing the reply on. The
+    command ran; its sender cannot know, and retries it."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._sockets: list[socket.socket] = [self._listener]
+        self._lock = threading.Lock()
+        self._marker: bytes | None = None
+        self._meanwhile = None
+        self.lost = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def lose_reply_to(self, marker: str, meanwhile=None) -> None:
+        with self._lock:
+            self._marker, self._meanwhile = marker.encode(), meanwhile
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                downstream, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            with self._lock:
+                self._sockets += [downstream, upstream]
+            doomed = threading.Event()
+            threading.Thread(target=self._requests, args=(downstream, upstream, doomed),
+                             daemon=True).start()
+            threading.Thread(target=self._replies, args=(upstream, downstream, doomed),
+                             daemon=True).start()
+
+    def _requests(self, downstream, upstream, doomed: threading.Event) -> None:
+        try:
+            while chunk := downstream.recv(65536):
+                with self._lock:
+                    if self._marker and self._marker in chunk:
+                        self._marker = None
+                        doomed.set()
+                upstream.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            _close(upstream)
+
+    def _replies(self, upstream, downstream, doomed: threading.Event) -> None:
+        try:
+            while chunk := upstream.recv(65536):
+                if doomed.is_set():
+                    if self._meanwhile:
+                        self._meanwhile()
+                    self.lost += 1
+                    # RST, not FIN: the reply is gone for good. Shutting down
+                    # reading first wakes the other thread, so the close is final.
+                    downstream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                          struct.pack("ii", 1, 0))
+                    downstream.shutdown(socket.SHUT_RD)
+                    return
+                downstream.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            _close(downstream)
+
+    def close(self) -> None:
+        with self._lock:
+            for sock in self._sockets:
+                _close(sock)
+
+
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+@pytest.fixture
+def losing_proxy(processes):
+    proxy = LosingProxy(processes.redis().port)
+    yield proxy, processes.service(proxy.url)
+    proxy.close()
+
+
+def sha_of(script: str) -> str:
+    """The SHA the service sends in EVALSHA: marks a call of that script."""
+    (path,) = script_dir().glob(f"{script}-*.lua")
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def test_command_whose_reply_was_lost_is_applied_once_despite_a_change_meanwhile(
+        losing_proxy):
+    proxy, service = losing_proxy
+    job_id = register(service)
+    meanwhile = {}
+
+    def resume() -> None:
+        meanwhile["start"] = command(service, job_id, "start")
+
+    proxy.lose_reply_to("lost-reply", resume)
+    paused = command(service, job_id, "pause", reason="lost-reply")
+    assert proxy.lost == 1
+    assert paused.status == 200, paused.text
+    assert paused.json()["changed"] is True
+    assert meanwhile["start"].status == 200 and meanwhile["start"].json()["changed"] is True
+    entries = history(service, job_id)
+    assert_valid_path(entries)
+    assert [e["command"] for e in entries] == ["register", "pause", "start"]
+    assert call(service, "GET", f"/v1/jobs/{job_id}").json()["version"] == 3
+
+
+def job_count(service) -> int:
+    return len(call(service, "GET", "/v1/jobs?limit=500").json()["jobs"])
+
+
+def test_every_write_whose_reply_was_lost_takes_effect_once(losing_proxy):
+    proxy, service = losing_proxy
+    job_id = register(service, heartbeat_timeout=60)
+
+    proxy.lose_reply_to(sha_of("registerJob"))
+    reply = call(service, "POST", "/registerJob", "type=teams", FORM)
+    assert reply.status == 200, reply.text
+    assert job_count(service) == 2
+
+    proxy.lose_reply_to(sha_of("registerJob"))
+    reply = call(service, "POST", "/v1/jobs", {"type": "export", "labels": {"a": "b"}},
+                 {"Idempotency-Key": "lost-1"})
+    assert reply.status == 201, reply.text
+    assert job_count(service) == 3
+    again = call(service, "POST", "/v1/jobs", {"type": "export", "labels": {"a": "b"}},
+                 {"Idempotency-Key": "lost-1"})
+    assert (again.status, again.json()["id"]) == (200, reply.json()["id"])
+
+    proxy.lose_reply_to(sha_of("applyCommand"))
+    reply = call(service, "POST", "/jobState", f"id={job_id}&command=pause", FORM)
+    assert (reply.status, reply.text) == (200, f"{job_id} -- pause")
+
+    proxy.lose_reply_to(sha_of("applyCommand"))
+    reply = call(service, "POST", f"/v1/jobs/{job_id}/commands", {"command": "start"},
+                 {"If-Match": '"2"'})
+    assert reply.status == 200, reply.text
+    assert (reply.json()["changed"], reply.json()["job"]["version"]) == (True, 3)
+
+    proxy.lose_reply_to(sha_of("recordHeartbeats"))
+    reply = call(service, "POST", f"/v1/jobs/{job_id}/heartbeat", {"progress": 0.5})
+    assert (reply.status, reply.json()["state"]) == (200, "start"), reply.text
+    proxy.lose_reply_to(sha_of("recordHeartbeats"))
+    reply = call(service, "POST", "/v1/heartbeats", {"heartbeats": [{"id": job_id}]})
+    assert (reply.status, reply.json()["results"][0]["found"]) == (200, True), reply.text
+
+    proxy.lose_reply_to(sha_of("applyCommand"))
+    assert command(service, job_id, "kill").status == 200
+    entries = history(service, job_id)
+    assert_valid_path(entries)
+    assert [e["command"] for e in entries] == ["register", "pause", "start", "kill"]
+
+    proxy.lose_reply_to(sha_of("deleteJob"))
+    reply = call(service, "DELETE", f"/v1/jobs/{job_id}")
+    assert reply.status == 204, reply.text
+    assert call(service, "GET", f"/v1/jobs/{job_id}").status == 404
+    assert proxy.lost == 8
