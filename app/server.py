@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import waitress.server
 
@@ -99,6 +100,14 @@ def start_sweeper(store: JobStore, interval: float, stopping: threading.Event) -
     threading.Thread(target=sweep, name="karmchari-sweeper", daemon=True).start()
 
 
+def shown_url(url: str) -> str:
+    """The store's URL for a log line: without its password and its query."""
+    parts = urlsplit(url)
+    credentials, at, address = parts.netloc.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{parts.scheme}://{user}{'@' if user else ''}{address}{parts.path}"
+
+
 def _listen_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -180,7 +189,7 @@ def serve(config: Config) -> int:
         host, port = sock.getsockname()[:2]
         log.info("karmchari listening on http://%s:%d (%d threads, %d process%s), store %s",
                  f"[{host}]" if ":" in host else host, port, config.threads, config.workers,
-                 "es" if config.workers > 1 else "", url.split("?")[0])
+                 "es" if config.workers > 1 else "", shown_url(url))
         if config.workers > 1:
             _serve_forked(config, url, sock)
         else:
