@@ -159,6 +159,7 @@ def test_the_documented_acl_user_runs_every_endpoint(acl_redis):
     assert all(status == expected.get(label, 200) for label, status in seen), seen
     assert admin.acl_log() == []
     assert "NOPERM" not in service.log()
+    assert PASSWORD not in service.log()
     assert "Traceback" not in service.log()
 
 
