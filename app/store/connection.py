@@ -54,7 +54,10 @@ def is_transient(error: Exception) -> bool:
                           redis.exceptions.MasterDownError, redis.exceptions.OutOfMemoryError,
                           redis.exceptions.MaxConnectionsError)):
         return True
-    return isinstance(error, redis.exceptions.ResponseError) and str(error).startswith(
+    # In a pipeline, redis-py puts "Command # n (...) of pipeline caused error: "
+    # before the reply.
+    reply = str(error).rpartition(" of pipeline caused error: ")[2]
+    return isinstance(error, redis.exceptions.ResponseError) and reply.startswith(
         _TRANSIENT_REPLIES
     )
 
