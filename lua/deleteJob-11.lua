@@ -1,7 +1,9 @@
-#!lua
+#!lua flags=allow-oom
 --[[
   Delete a job in a terminal state with its history and every index entry.
   Used by DELETE /v1/jobs/{id} and by the retention sweep.
+  Allowed when Redis is out of memory (it only frees memory): with
+  maxmemory-policy noeviction, the retention sweep is how memory comes back.
 
   Input:
     KEYS[1]  job hash              kc:{s}:job:<id>
