@@ -51,10 +51,10 @@ class JobState:
         if not is_job_id(job_id):
             return _text(resp, falcon.HTTP_404, "Job not available")
         try:
-            job = self._store.get(job_id)
+            state = self._store.state(job_id)
         except JobNotFound:
             return _text(resp, falcon.HTTP_404, "Job not available")
-        _text(resp, falcon.HTTP_200, f"{job_id} -- {job.state}")
+        _text(resp, falcon.HTTP_200, f"{job_id} -- {state}")
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         form = read_form(req, self._config.max_body_bytes)
