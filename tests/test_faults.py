@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
+import redis
 
 from app.store.scripts import script_dir
 from tests.servers import RedisProcess, ServiceProcess, free_port
@@ -76,9 +77,11 @@ def history(service: ServiceProcess, job_id: str) -> list[dict]:
 
 
 def assert_valid_path(entries: list[dict]) -> None:
-    """Versions 1, 2, 3… and each change starts where the one before ended."""
-    assert [e["version"] for e in entries] == list(range(1, len(entries) + 1)), entries
-    assert entries[0]["command"] == "register"
+    """Consecutive versions (from 1 with its registration, unless the history
+    cap dropped the oldest), each change starting where the one before ended."""
+    first = entries[0]["version"]
+    assert [e["version"] for e in entries] == list(range(first, first + len(entries))), entries
+    assert (first == 1) == (entries[0]["command"] == "register"), entries
     for before, after in zip(entries, entries[1:], strict=False):
         assert after["from"] == before["to"], entries
         assert after["from"] != after["to"], entries
@@ -552,3 +555,152 @@ def test_every_write_whose_reply_was_lost_takes_effect_once(losing_proxy):
     assert reply.status == 204, reply.text
     assert call(service, "GET", f"/v1/jobs/{job_id}").status == 404
     assert proxy.lost == 8
+
+
+def test_connections_killed_under_load_apply_each_command_once(processes):
+    """CLIENT KILL drops the service's connections at random points: replies
+    are lost mid-flight and redis-py retries. Every change a client was told
+    about is in the history once, and nothing else is."""
+    server = processes.redis()
+    service = processes.service(server.url)
+    job_ids = [register(service) for _ in range(4)]
+    killer = server.client()
+    stopping = threading.Event()
+    kills = 0
+
+    def kill_connections() -> None:
+        nonlocal kills
+        while not stopping.is_set():
+            kills += killer.client_kill_filter(_type="normal", skipme=True)
+            time.sleep(0.01)
+
+    changed: Counter = Counter()
+    unknown: Counter = Counter()  # 503: the outcome is not known
+    statuses: Counter = Counter()
+
+    def toggler(n: int) -> None:
+        job_id = job_ids[n % len(job_ids)]
+        for i in range(80):
+            reply = command(service, job_id, ("pause", "start")[(i + n) % 2])
+            statuses[reply.status] += 1
+            if reply.status == 200 and reply.json()["changed"]:
+                changed[job_id] += 1
+            elif reply.status == 503:
+                unknown[job_id] += 1
+            statuses[call(service, "POST", "/registerJob", "type=teams", FORM).status] += 1
+
+    killing = threading.Thread(target=kill_connections)
+    killing.start()
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(toggler, range(8)))
+    finally:
+        stopping.set()
+        killing.join()
+    assert statuses.keys() <= {200, 503}, statuses
+    assert kills > 20
+    for job_id in job_ids:
+        entries = history(service, job_id)
+        assert_valid_path(entries)
+        applied = entries[-1]["version"] - 1
+        assert changed[job_id] <= applied <= changed[job_id] + unknown[job_id], job_id
+    print(f"CLIENT KILL: {kills} connections killed during {sum(statuses.values())} "
+          f"requests: {dict(statuses)}")
+
+
+# -- Redis refusing writes ---------------------------------------------------------
+
+
+def dataset(server: RedisProcess) -> dict[str, bytes]:
+    """Every key with its serialized value."""
+    raw = redis.Redis.from_url(server.url, socket_timeout=5)
+    try:
+        return {key: raw.dump(key) for key in raw.scan_iter(count=1000)}
+    finally:
+        raw.close()
+
+
+def writes_and_reads(job_id: str) -> tuple[list, list]:
+    writes = [request for request in every_endpoint(job_id, job_id)
+              if request[0] != "GET" and request[0] != "DELETE"]
+    reads = [request for request in every_endpoint(job_id, job_id) if request[0] == "GET"
+             and "wait=" not in request[1]]
+    return writes, reads
+
+
+def assert_writes_refused_and_reads_served(service, job_id: str) -> None:
+    writes, reads = writes_and_reads(job_id)
+    for method, path, body, headers in writes:
+        assert_unavailable(call(service, method, path, body, headers), method, path)
+    for method, path, body, headers in reads:
+        reply = call(service, method, path, body, headers)
+        assert reply.status == 200, (method, path, reply.status, reply.text)
+
+
+def test_out_of_memory_refuses_writes_with_503_and_writes_nothing(processes):
+    server = processes.redis("--maxmemory-policy", "noeviction")
+    service = processes.service(server.url)
+    job_id, finished_id = job_pair(service)
+    admin = server.client()
+    before = dataset(server)
+    admin.config_set("maxmemory", "1")
+    try:
+        assert_writes_refused_and_reads_served(service, job_id)
+        assert dataset(server) == before
+        # Deleting frees memory, so it is allowed: the retention sweep can recover.
+        assert call(service, "DELETE", f"/v1/jobs/{finished_id}").status == 204
+    finally:
+        admin.config_set("maxmemory", "0")
+    assert command(service, job_id, "pause").status == 200
+    assert call(service, "POST", "/registerJob", "type=teams", FORM).status == 200
+
+
+def test_read_only_replica_refuses_writes_with_503_and_writes_nothing(processes):
+    server = processes.redis()
+    service = processes.service(server.url)
+    job_id, finished_id = job_pair(service)
+    admin = server.client()
+    before = dataset(server)
+    # A master that does not exist: the data stays, and the server is read-only.
+    admin.replicaof("127.0.0.1", free_port())
+    try:
+        assert_writes_refused_and_reads_served(service, job_id)
+        assert_unavailable(call(service, "DELETE", f"/v1/jobs/{finished_id}"), "DELETE",
+                           "/v1/jobs/{id}")
+        assert dataset(server) == before
+    finally:
+        admin.replicaof("NO", "ONE")
+    assert command(service, job_id, "pause").status == 200
+    assert call(service, "DELETE", f"/v1/jobs/{finished_id}").status == 204
+
+
+def test_busy_script_gives_503_then_recovers(processes):
+    server = processes.redis("--busy-reply-threshold", "100")
+    service = processes.service(server.url)
+    job_id, finished_id = job_pair(service)
+    before = dataset(server)
+    busy = redis.Redis.from_url(server.url)  # no socket timeout: it waits for the loop
+    with ThreadPoolExecutor(1) as pool:
+        looping = pool.submit(busy.eval, "while true do end", 0)
+        admin = server.client()
+        deadline = time.monotonic() + 10
+        while True:  # until the loop runs past the threshold
+            try:
+                admin.ping()
+            except redis.exceptions.ResponseError as error:
+                assert str(error).startswith("BUSY")
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        try:
+            slowest = assert_every_endpoint_unavailable(service, job_id, finished_id)
+        finally:
+            admin.script_kill()
+        with pytest.raises(redis.exceptions.ResponseError):
+            looping.result()
+    busy.close()
+    assert dataset(server) == before
+    statuses = load(service, job_id, 0.5)
+    assert statuses.keys() == {200}, statuses
+    assert_every_endpoint_works(service, job_id, finished_id)
+    print(f"BUSY: slowest 503 {slowest:.3f}s")
