@@ -169,9 +169,9 @@ def single_param(req: falcon.Request, name: str) -> str | None:
 def int_param(req: falcon.Request, name: str, *, minimum: int, maximum: int,
               default: int | None = None) -> int | None:
     raw = single_param(req, name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
-    if not raw.isdigit() or len(raw) > 12 or not minimum <= int(raw) <= maximum:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 20 or not minimum <= int(raw) <= maximum:
         raise bad_request("invalid_parameter",
                           f"{name} must be an integer from {minimum} to {maximum}")
     return int(raw)

@@ -8,7 +8,15 @@ import falcon
 from app import __version__
 from app.config import Config
 from app.model import COMMANDS, STATES
-from app.schemas import RESPONSE_SCHEMAS, request_schemas
+from app.schemas import (
+    CURSOR_PATTERN,
+    IDEMPOTENCY_KEY_PATTERN,
+    IF_MATCH_PATTERN,
+    MAX_VERSION,
+    RESPONSE_SCHEMAS,
+    label_filter_pattern,
+    request_schemas,
+)
 
 _JOB_ID = {"name": "job_id", "in": "path", "required": True,
            "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}
@@ -34,7 +42,10 @@ _COMMON = {
     "403": _problem("The token's role may not do this"),
     "503": _problem("Redis is unavailable; retry after Retry-After seconds"),
 }
-_BODY_ERRORS = {"413": _problem("Body too large"), "415": _problem("Not JSON")}
+# Bodies far over the limit are refused by the HTTP server itself, in plain text.
+_BODY_ERRORS = {"413": {"description": "Body too large",
+                        "content": {**_problem("")["content"], **_TEXT}},
+                "415": _problem("Not JSON")}
 
 
 def _responses(ok: dict, **more: dict) -> dict:
@@ -43,10 +54,13 @@ def _responses(ok: dict, **more: dict) -> dict:
 
 def build_openapi(config: Config) -> dict:
     schemas = {**request_schemas(config), **RESPONSE_SCHEMAS}
+    # Other fields are ignored, as the old service did; none may be repeated.
     legacy_form = lambda props, required: {  # noqa: E731
         "required": True,
         "content": {"application/x-www-form-urlencoded": {"schema": {
-            "type": "object", "properties": props, "required": required}}}}
+            "type": "object", "properties": props, "required": required,
+            "additionalProperties": {"type": "string"}}}}}
+    legacy_id = {"type": "string", "minLength": 1}
     text_error = {"description": "Error, as plain text", "content": _TEXT}
     job_not_found = _problem("No such job")
     paths = {
@@ -60,13 +74,13 @@ def build_openapi(config: Config) -> dict:
         "/jobState": {
             "get": {"summary": "Read a job's state (old API)", "tags": ["old API"],
                     "parameters": [{"name": "id", "in": "query", "required": True,
-                                    "schema": {"type": "string"}}],
+                                    "schema": legacy_id}],
                     "responses": {"200": {"description": "`<id> -- <state>`", "content": _TEXT},
                                   "400": text_error, "401": text_error, "403": text_error,
                                   "404": text_error, "503": text_error}},
             "post": {"summary": "Send a command to a job (old API)", "tags": ["old API"],
                      "requestBody": legacy_form(
-                         {"id": {"type": "string"},
+                         {"id": legacy_id,
                           "command": {"type": "string", "enum": list(COMMANDS)}},
                          ["id", "command"]),
                      "responses": {"200": {"description": "`<id> -- <command>`",
@@ -79,15 +93,19 @@ def build_openapi(config: Config) -> dict:
             "post": {
                 "summary": "Register a job", "tags": ["jobs"],
                 "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                                "schema": {"type": "string", "minLength": 1,
-                                           "maxLength": 255}}],
+                                "description": "Retrying with the same key returns the "
+                                               "same job (for 24 hours)",
+                                "schema": {"type": "string",
+                                           "pattern": IDEMPOTENCY_KEY_PATTERN}}],
                 "requestBody": {"required": True, "content": _json("RegisterJob")},
                 "responses": _responses(
                     {"201": {"description": "Registered", "content": _json("Job")},
                      "200": {"description": "Idempotency-Key replay: the job registered "
                                             "by the first request", "content": _json("Job")}},
-                    **_BODY_ERRORS, **{"422": _problem("Idempotency-Key used for "
-                                                       "another request")})},
+                    **_BODY_ERRORS,
+                    **{"404": _problem("Idempotency-Key replay: the job it registered "
+                                       "has been deleted"),
+                       "422": _problem("Idempotency-Key used for another request")})},
             "get": {
                 "summary": "List jobs, newest first", "tags": ["jobs"],
                 "parameters": [
@@ -95,14 +113,18 @@ def build_openapi(config: Config) -> dict:
                                                                 "enum": list(STATES)}},
                     {"name": "type", "in": "query",
                      "schema": {"type": "string", "enum": list(config.job_types)}},
-                    {"name": "label", "in": "query", "description": "key:value",
-                     "schema": {"type": "string"}},
+                    {"name": "label", "in": "query", "style": "form", "explode": True,
+                     "description": "key:value; repeat for jobs with all of these labels",
+                     "schema": {"type": "array", "maxItems": config.max_labels,
+                                "items": {"type": "string",
+                                          "pattern": label_filter_pattern(config)}}},
                     {"name": "stalled", "in": "query",
                      "schema": {"type": "string", "enum": ["true", "false"]}},
                     {"name": "limit", "in": "query",
                      "schema": {"type": "integer", "minimum": 1,
                                 "maximum": config.max_list_limit}},
-                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    {"name": "cursor", "in": "query", "description": "next_cursor of the "
+                     "previous page", "schema": {"type": "string", "pattern": CURSOR_PATTERN}},
                 ],
                 "responses": _responses({"200": {"description": "A page of jobs",
                                                  "content": _json("JobList")}})},
@@ -116,7 +138,7 @@ def build_openapi(config: Config) -> dict:
                      "schema": {"type": "number", "minimum": 0,
                                 "maximum": config.max_wait_seconds}},
                     {"name": "version", "in": "query",
-                     "schema": {"type": "integer", "minimum": 0}},
+                     "schema": {"type": "integer", "minimum": 0, "maximum": MAX_VERSION}},
                     {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}},
                 ],
                 "responses": _responses(
@@ -135,7 +157,8 @@ def build_openapi(config: Config) -> dict:
                 "summary": "Send a command: start (resume), pause, kill, done, fail",
                 "tags": ["jobs"],
                 "parameters": [{"name": "If-Match", "in": "header",
-                                "schema": {"type": "string"}}],
+                                "description": "Apply only if the job is at this version",
+                                "schema": {"type": "string", "pattern": IF_MATCH_PATTERN}}],
                 "requestBody": {"required": True, "content": _json("Command")},
                 "responses": _responses(
                     {"200": {"description": "The job after the command",

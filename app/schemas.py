@@ -14,6 +14,19 @@ from app.model import COMMANDS, STATES
 from app.store.keys import LABEL_KEY_RE
 
 LABEL_KEY_PATTERN = "^" + LABEL_KEY_RE.pattern.replace("\\Z", "$")
+# Visible ASCII: a key survives every HTTP stack unchanged (UUIDs fit).
+IDEMPOTENCY_KEY_PATTERN = "^[!-~]{1,255}$"
+# The largest integer every JSON reader holds exactly.
+MAX_VERSION = 2**53
+# An opaque listing cursor: base64url without padding.
+CURSOR_PATTERN = "^[A-Za-z0-9_-]{1,200}$"
+# One job version (a strong or weak entity tag, quoted or not), or "*".
+IF_MATCH_PATTERN = '^(\\*|(W/)?"[0-9]{1,15}"|[0-9]{1,15})$'
+
+
+def label_filter_pattern(config: Config) -> str:
+    """``label=key:value`` of the listing."""
+    return LABEL_KEY_PATTERN[:-1] + f":[\\s\\S]{{0,{config.max_label_chars}}}$"
 
 
 def _text(max_chars: int) -> dict:
@@ -81,6 +94,11 @@ def _as_ecma(pattern: str) -> re.Pattern:
     if pattern.endswith("$") and not pattern.endswith("\\$"):
         pattern = pattern[:-1] + "\\Z"
     return re.compile(pattern)
+
+
+def matches(pattern: str, text: str) -> bool:
+    """Whether ``text`` matches a schema ``pattern``, read as JSON Schema does."""
+    return bool(_as_ecma(pattern).search(text))
 
 
 def _pattern(validator, pattern: str, instance: object, schema: dict):

@@ -182,11 +182,20 @@ def test_different_idempotency_keys_give_different_jobs(client):
     assert a["id"] != b["id"]
 
 
-@pytest.mark.parametrize("key", ["", "x" * 256, "tab\there"])
+@pytest.mark.parametrize("key", ["", "x" * 256, "tab\there", "with space", "caf\u00e9"])
 def test_invalid_idempotency_key_is_400(client, redis_client, key_prefix, key):
     response = register(client, headers={"Idempotency-Key": key})
     assert_problem(response, 400, "invalid_idempotency_key")
     assert keys_of(redis_client, key_prefix) == set()
+
+
+def test_idempotency_replay_of_a_deleted_job_is_404(client):
+    job = register(client, headers={"Idempotency-Key": "gone"}).json
+    command(client, job["id"], "kill")
+    client.simulate_delete(f"/v1/jobs/{job['id']}")
+    problem = assert_problem(register(client, headers={"Idempotency-Key": "gone"}), 404,
+                             "job_not_found")
+    assert "Idempotency-Key" in problem["detail"]
 
 
 def test_idempotency_record_expires(client, redis_client, key_prefix):
@@ -221,6 +230,22 @@ def test_if_none_match_with_a_list_and_star(client):
     assert client.simulate_get(url, headers={"If-None-Match": '"7", "1"'}).status_code == 304
     assert client.simulate_get(url, headers={"If-None-Match": "*"}).status_code == 304
     assert client.simulate_get(url, headers={"If-None-Match": '"7"'}).status_code == 200
+
+
+@pytest.mark.parametrize("params", [
+    {"version": "-1"}, {"version": ""}, {"version": str(2**53 + 1)}, {"wait": ""},
+    {"wait": "-1"}, {"wait": "1_0"}, {"wait": "inf"}, {"wait": "nan"}, {"wait": "61"},
+    {"wait": "1", "version": "x"},
+])
+def test_invalid_read_parameters_are_400(client, params):
+    job = new_job(client)
+    assert_problem(client.simulate_get(f"/v1/jobs/{job['id']}", params=params), 400,
+                   "invalid_parameter")
+
+
+def test_label_value_may_hold_a_colon(client):
+    job = new_job(client, labels={"url": "http://x"})
+    assert [j["id"] for j in listing(client, label="url:http://x")["jobs"]] == [job["id"]]
 
 
 @pytest.mark.parametrize("job_id", ["0" * 32, "A" * 32, "abc", "0" * 33, "g" * 32])
@@ -503,6 +528,8 @@ def test_list_shows_observed_state_and_heartbeat(client):
     ({"limit": "501"}, "invalid_parameter"),
     ({"limit": "-1"}, "invalid_parameter"),
     ({"limit": "ten"}, "invalid_parameter"),
+    ({"limit": "\u00b2"}, "invalid_parameter"),  # a digit to str.isdigit, not to int()
+    ({"limit": "\u0661"}, "invalid_parameter"),  # ARABIC-INDIC DIGIT ONE
     ({"state": "sleeping"}, "invalid_parameter"),
     ({"type": "nope"}, "invalid_parameter"),
     ({"label": "nocolon"}, "invalid_parameter"),
@@ -511,6 +538,13 @@ def test_list_shows_observed_state_and_heartbeat(client):
     ({"state": ["start", "pause"]}, "duplicate_parameter"),
     ({"cursor": "garbage!"}, "invalid_cursor"),
     ({"cursor": "MTIzLmFiYw"}, "invalid_cursor"),  # "123.abc": not an id
+    ({"cursor": ""}, "invalid_cursor"),
+    ({"state": ""}, "invalid_parameter"),
+    ({"type": ""}, "invalid_parameter"),
+    ({"stalled": ""}, "invalid_parameter"),
+    ({"limit": ""}, "invalid_parameter"),
+    ({"label": ""}, "invalid_parameter"),
+    ({"label": "k:" + "v" * 257}, "invalid_parameter"),
 ])
 def test_invalid_list_parameters_are_400(client, params, code):
     assert_problem(client.simulate_get("/v1/jobs", params=params), 400, code)
@@ -644,3 +678,10 @@ def test_list_walk_with_tied_scores_misses_nothing(client, store, redis_client):
         if cursor is None:
             break
     assert sorted(seen) == sorted(ids)
+
+
+def test_long_poll_accepts_the_largest_version(client):
+    job = new_job(client)
+    response = client.simulate_get(f"/v1/jobs/{job['id']}",
+                                   params={"wait": "0", "version": str(2**53)})
+    assert (response.status_code, response.json["version"]) == (200, 1)

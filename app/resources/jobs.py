@@ -4,18 +4,30 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import falcon
 
 from app.auth import FINISH_COMMANDS, require
 from app.config import Config
+from app.errors import JobNotFound
 from app.inputs import int_param, read_json, single_param
 from app.model import STATES, format_time, is_job_id
 from app.problems import Problem, bad_request
 from app.representation import etag, job_json
+from app.schemas import (
+    CURSOR_PATTERN,
+    IDEMPOTENCY_KEY_PATTERN,
+    IF_MATCH_PATTERN,
+    MAX_VERSION,
+    label_filter_pattern,
+    matches,
+)
 from app.store import JobFilter, JobStore
 from app.store.events import ChangeNotifier, TooManyWaiters
-from app.store.keys import LABEL_KEY_RE
+
+# A query parameter of schema type number (no sign, no "inf", no "1_0").
+_NUMBER_RE = re.compile(r"[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?\Z")
 
 
 def checked_id(job_id: str) -> str:
@@ -38,48 +50,58 @@ class JobCollection:
         self._store = store
         self._config = config
         self._validator = validators["RegisterJob"]
+        self._label_pattern = label_filter_pattern(config)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json(req, self._validator, self._config.max_body_bytes)
         key = req.get_header("Idempotency-Key")
-        if key is not None and not (0 < len(key) <= 255 and key.isprintable()):
+        if key is not None and not matches(IDEMPOTENCY_KEY_PATTERN, key):
             raise bad_request("invalid_idempotency_key",
-                              "Idempotency-Key must be 1 to 255 printable characters")
+                              "Idempotency-Key must be 1 to 255 visible ASCII characters")
         fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-        job, created = self._store.register(
-            body["type"], name=body.get("name", ""), labels=body.get("labels", {}),
-            heartbeat_timeout=body.get("heartbeat_timeout", 0),
-            actor=req.context.principal.name, idempotency_key=key, fingerprint=fingerprint)
+        try:
+            job, created = self._store.register(
+                body["type"], name=body.get("name", ""), labels=body.get("labels", {}),
+                heartbeat_timeout=body.get("heartbeat_timeout", 0),
+                actor=req.context.principal.name, idempotency_key=key,
+                fingerprint=fingerprint)
+        except JobNotFound:
+            raise Problem(falcon.HTTP_404, "job_not_found", "Job not found",
+                          "the job registered with this Idempotency-Key has been deleted") \
+                from None
         resp.status = falcon.HTTP_201 if created else falcon.HTTP_200
         resp.location = f"/v1/jobs/{job.id}"
         _set_job(resp, job, job.created_at)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        state = single_param(req, "state") or None
+        # A parameter is absent or valid: an empty one is refused too.
+        state = single_param(req, "state")
         if state is not None and state not in STATES:
             raise bad_request("invalid_parameter", f"state must be one of {', '.join(STATES)}")
-        job_type = single_param(req, "type") or None
+        job_type = single_param(req, "type")
         if job_type is not None and job_type not in self._config.job_types:
             raise bad_request("invalid_parameter", "unknown job type")
         labels = []
         raw_labels = req.params.get("label", [])
         for item in [raw_labels] if isinstance(raw_labels, str) else raw_labels:
-            key, sep, value = item.partition(":")
-            if not sep or not LABEL_KEY_RE.match(key) or len(value) > self._config.max_label_chars:
+            if not matches(self._label_pattern, item):
                 raise bad_request("invalid_parameter", "label must be key:value")
+            key, _, value = item.partition(":")
             labels.append((key, value))
         if len(labels) > self._config.max_labels:
             raise bad_request("invalid_parameter",
                               f"at most {self._config.max_labels} label filters")
         stalled_raw = single_param(req, "stalled")
-        if stalled_raw not in (None, "", "true", "false"):
+        if stalled_raw not in (None, "true", "false"):
             raise bad_request("invalid_parameter", "stalled must be true or false")
-        stalled = None if not stalled_raw else stalled_raw == "true"
+        stalled = None if stalled_raw is None else stalled_raw == "true"
         limit = int_param(req, "limit", minimum=1, maximum=self._config.max_list_limit,
                           default=50)
-        cursor = single_param(req, "cursor") or None
+        cursor = single_param(req, "cursor")
         where = JobFilter(state=state, type=job_type, labels=tuple(labels), stalled=stalled)
         try:
+            if cursor is not None and not matches(CURSOR_PATTERN, cursor):
+                raise ValueError(cursor)
             page = self._store.list_jobs(where, limit=limit, cursor=cursor)
         except ValueError:
             raise bad_request("invalid_cursor", "the cursor is not one this service gave") \
@@ -99,15 +121,12 @@ class JobItem:
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
         checked_id(job_id)
         wait = single_param(req, "wait")
-        if wait:
-            try:
-                seconds = float(wait)
-            except ValueError:
-                seconds = -1.0
+        version = int_param(req, "version", minimum=0, maximum=MAX_VERSION)
+        if wait is not None:
+            seconds = float(wait) if _NUMBER_RE.match(wait) else -1.0
             if not 0 <= seconds <= self._config.max_wait_seconds:
                 raise bad_request("invalid_parameter",
                                   f"wait must be 0 to {self._config.max_wait_seconds:g} seconds")
-            version = int_param(req, "version", minimum=0, maximum=2**53)
             try:
                 job, now_ms = self._notifier.wait_for_change(job_id, version, seconds)
             except TooManyWaiters:
@@ -117,7 +136,7 @@ class JobItem:
                     from None
         else:
             job, now_ms = self._store.get_with_time(job_id)
-        if not wait and req.if_none_match and any(t == "*" or str(t) == etag(job)
+        if wait is None and req.if_none_match and any(t == "*" or str(t) == etag(job)
                                                  for t in req.if_none_match):
             resp.status = falcon.HTTP_304
             resp.etag = etag(job)
@@ -144,13 +163,15 @@ class JobCommands:
         if body["command"] not in FINISH_COMMANDS:
             require(req, "command")
         expected = None
-        if req.if_match and not any(t == "*" for t in req.if_match):
-            tag = req.if_match[0]
-            if len(req.if_match) != 1 or not str(tag).isdigit() or len(str(tag)) > 15:
-                raise bad_request("invalid_if_match", "If-Match must be one job version")
-            # If-Match compares strongly (RFC 9110 §13.1.1): a weak tag never
-            # matches, and no job has version 0.
-            expected = 0 if tag.is_weak else int(str(tag))
+        if_match = req.get_header("If-Match")
+        if if_match is not None:
+            if not matches(IF_MATCH_PATTERN, if_match.strip()):
+                raise bad_request("invalid_if_match", "If-Match must be one job version, or *")
+            if if_match.strip() != "*":
+                tag = req.if_match[0]
+                # If-Match compares strongly (RFC 9110 §13.1.1): a weak tag never
+                # matches, and no job has version 0.
+                expected = 0 if tag.is_weak else int(str(tag))
         job, changed = self._store.apply_command(
             job_id, body["command"], actor=req.context.principal.name,
             reason=body.get("reason", ""), expected_version=expected)
