@@ -332,7 +332,9 @@ class Worker:
             self._retry(lambda: self._client.heartbeat(
                 self.job_id, worker=self.worker_name, observed_state=RUNNING,
                 progress=self._progress, message=self._message))
-            self._retry(lambda: self._client.command(self.job_id, command, reason=reason))
+            answer = self._retry(lambda: self._client.command(self.job_id, command,
+                                                              reason=reason))
+            self._learn(answer["job"]["state"], answer["job"]["version"])
         except ApiError as error:
             if error.status == 409 and error.current_state == KILLED:
                 self._learn(KILLED, error.problem.get("version", self._version))
