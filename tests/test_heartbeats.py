@@ -21,19 +21,9 @@ from app.store.keys import KeySchema
 from karmchari_client import Client, ServiceUnavailable
 from tests.monitoring import CommandMonitor
 from tests.servers import RedisProcess, ServiceProcess
+from tests.waiting import eventually
 
 JSON = {"Content-Type": "application/json"}
-
-
-def eventually(check, timeout: float = 15.0, interval: float = 0.05):
-    """``check()``'s first truthy result; fails the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(interval)
 
 
 def heartbeat(client, job_id: str, **body):
