@@ -51,10 +51,12 @@ class LuaScript:
     def queue(self, pipe: redis.client.Pipeline, keys: list[str], args: list, *,
               by_source: bool = False) -> None:
         self.check(keys)
+        # execute_command, not pipe.evalsha(): redis-py's cluster pipeline blocks
+        # that method, though it routes the command by its keys like any other.
         if by_source:
-            pipe.eval(self.source, len(keys), *keys, *args)
+            pipe.execute_command("EVAL", self.source, len(keys), *keys, *args)
         else:
-            pipe.evalsha(self.script.sha, len(keys), *keys, *args)
+            pipe.execute_command("EVALSHA", self.script.sha, len(keys), *keys, *args)
 
 
 class Scripts:
