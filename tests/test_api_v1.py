@@ -685,3 +685,12 @@ def test_long_poll_accepts_the_largest_version(client):
     response = client.simulate_get(f"/v1/jobs/{job['id']}",
                                    params={"wait": "0", "version": str(2**53)})
     assert (response.status_code, response.json["version"]) == (200, 1)
+
+
+def test_jobs_registered_in_bulk_are_whole_jobs(client, store):
+    ids = store.register_many("upload", 30, labels={"batch": "b1"}, heartbeat_timeout=60)
+    assert len(set(ids)) == 30
+    listed = [j["id"] for j in listing(client, label="batch:b1", limit=100)["jobs"]]
+    assert sorted(listed) == sorted(ids)
+    history = client.simulate_get(f"/v1/jobs/{ids[0]}/history").json["entries"]
+    assert [(e["command"], e["to"]) for e in history] == [("register", "start")]

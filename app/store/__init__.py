@@ -120,7 +120,36 @@ class JobStore:
                  fingerprint: str = "") -> tuple[Job, bool]:
         """Register a job; returns it and whether it was created now (False for
         an Idempotency-Key replay)."""
-        labels = labels or {}
+        job_id, keys, args = self._register_call(job_type, name, labels or {},
+                                                 heartbeat_timeout, actor, idempotency_key,
+                                                 fingerprint)
+        with unavailable_on_redis_errors():
+            reply = self.scripts.registerJob(keys, args)
+        raise_for_code(reply)
+        if reply[0] == 2:
+            # The job of an earlier request, or of this very call: redis-py
+            # retried it after its reply was lost, and the id is the one made here.
+            return self.get(reply[1]), reply[1] == job_id
+        return Job.from_hash(_pairs(reply[1])), True
+
+    def register_many(self, job_type: str, count: int, *, name: str = "",
+                      labels: dict[str, str] | None = None,
+                      heartbeat_timeout: int = 0) -> list[str]:
+        """Register ``count`` jobs alike with one pipeline of registerJob calls
+        (bulk loading, as the listing benchmark does); returns their ids."""
+        calls = [self._register_call(job_type, name, labels or {}, heartbeat_timeout, "", None,
+                                     "") for _ in range(count)]
+        with unavailable_on_redis_errors():
+            replies = self.scripts.run_pipeline(
+                [(self.scripts.registerJob, keys, args) for _, keys, args in calls])
+        for reply in replies:
+            raise_for_code(reply)
+        return [job_id for job_id, _, _ in calls]
+
+    def _register_call(self, job_type: str, name: str, labels: dict[str, str],
+                       heartbeat_timeout: int, actor: str, idempotency_key: str | None,
+                       fingerprint: str) -> tuple[str, list[str], list]:
+        """A new id, and the KEYS and ARGV of the registerJob call for it."""
         if idempotency_key is not None:
             shard = self.keys.idempotency_shard(actor, idempotency_key)
             job_id = new_job_id(shard.shard)
@@ -134,14 +163,7 @@ class JobStore:
                 *(shard.label_index(k, v) for k, v in sorted(labels.items()))]
         args = [job_id, job_type, name, json.dumps(labels, sort_keys=True, separators=(",", ":")),
                 heartbeat_timeout, actor, self.history_cap, idem_ttl, fingerprint, shard.channel]
-        with unavailable_on_redis_errors():
-            reply = self.scripts.registerJob(keys, args)
-        raise_for_code(reply)
-        if reply[0] == 2:
-            # The job of an earlier request, or of this very call: redis-py
-            # retried it after its reply was lost, and the id is the one made here.
-            return self.get(reply[1]), reply[1] == job_id
-        return Job.from_hash(_pairs(reply[1])), True
+        return job_id, keys, args
 
     def apply_command(self, job_id: str, command: str, *, actor: str = "", reason: str = "",
                       expected_version: int | None = None) -> tuple[Job, bool]:
