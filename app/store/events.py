@@ -12,6 +12,8 @@ import logging
 import threading
 import time
 
+import redis.cluster
+
 from app.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -29,13 +31,29 @@ class ChangeNotifier:
         self._lock = threading.Lock()
         self._events: dict[str, set[threading.Event]] = {}
         self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._listen, name="karmchari-events",
-                                            daemon=True)
-            self._thread.start()
+        if not self._threads:
+            for channels in self._channel_groups():
+                thread = threading.Thread(target=self._listen, args=(channels,),
+                                          name="karmchari-events", daemon=True)
+                thread.start()
+                self._threads.append(thread)
+
+    def _channel_groups(self) -> list[list[str]]:
+        """The shard channels, one group per Redis Cluster master: redis-py's
+        cluster pub/sub waits on one node at a time, so a single listener would
+        hear the other masters up to a second late. The groups are a matter of
+        latency only: each listener follows its channels if they move."""
+        channels = [shard.channel for shard in self._store.keys.shards.values()]
+        client = self._store.client
+        if not isinstance(client, redis.cluster.RedisCluster):
+            return [channels]
+        by_node: dict[str, list[str]] = {}
+        for channel in channels:
+            by_node.setdefault(client.get_node_from_key(channel).name, []).append(channel)
+        return list(by_node.values())
 
     def stop(self) -> None:
         """Answer every waiting request now, with the job as it is: a service
@@ -86,8 +104,7 @@ class ChangeNotifier:
             for event in self._events.get(job_id, ()):
                 event.set()
 
-    def _listen(self) -> None:
-        channels = [shard.channel for shard in self._store.keys.shards.values()]
+    def _listen(self, channels: list[str]) -> None:
         backoff = 0.1
         while not self._stopping.is_set():
             pubsub = None
