@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from app.store import JobFilter
+
 PROBLEM = "application/problem+json"
 
 
@@ -694,3 +696,12 @@ def test_jobs_registered_in_bulk_are_whole_jobs(client, store):
     assert sorted(listed) == sorted(ids)
     history = client.simulate_get(f"/v1/jobs/{ids[0]}/history").json["entries"]
     assert [(e["command"], e["to"]) for e in history] == [("register", "start")]
+
+
+def test_a_combined_filter_reads_its_smallest_index(client, store):
+    store.register_many("teams", 200)
+    paused = store.register("teams")[0]
+    store.apply_command(paused.id, "pause")
+    page = store.list_jobs(JobFilter(state="pause", type="teams"), limit=50)
+    assert ([job.id for job in page.jobs], page.scanned) == ([paused.id], 1)
+    assert [j["id"] for j in listing(client, state="pause", type="teams")["jobs"]] == [paused.id]

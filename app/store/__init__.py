@@ -328,16 +328,28 @@ class JobStore:
         return Page(found, next_cursor, now_ms, scanned)
 
     def _index_for(self, where: JobFilter):
+        """The deadlines for stalled jobs; else the smallest index the filter
+        names, so a selective condition is not checked on a page's worth of
+        jobs that fail it. Those indexes share one score (the time of
+        registration): a cursor stays valid whichever of them is read."""
         if where.stalled:
             return lambda shard: shard.deadlines
-        if where.labels:
-            key, value = where.labels[0]
-            return lambda shard: shard.label_index(key, value)
+        candidates = [lambda shard, k=k, v=v: shard.label_index(k, v) for k, v in where.labels]
         if where.type:
-            return lambda shard: shard.type_index(where.type)
+            candidates.append(lambda shard: shard.type_index(where.type))
         if where.state:
-            return lambda shard: shard.state_index(where.state)
-        return lambda shard: shard.all_jobs
+            candidates.append(lambda shard: shard.state_index(where.state))
+        if len(candidates) < 2:
+            return candidates[0] if candidates else lambda shard: shard.all_jobs
+        shards = list(self.keys.shards.values())
+        with unavailable_on_redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for index in candidates:
+                for shard in shards:
+                    pipe.zcard(index(shard))
+            counts = pipe.execute()
+        sizes = [sum(counts[i:i + len(shards)]) for i in range(0, len(counts), len(shards))]
+        return candidates[sizes.index(min(sizes))]
 
     def _merged_entries(self, index, position: _Position | None, upper: int | None,
                         count: int) -> list[tuple[int, str]]:
