@@ -129,6 +129,8 @@ def run_register(args: argparse.Namespace, client: Client) -> int:
 
 
 def run_get(args: argparse.Namespace, client: Client) -> int:
+    if args.version is not None and args.wait is None:
+        raise BadInput("--version needs --wait")
     job = client.get(args.job_id, wait=args.wait, version=args.version)
     if args.json:
         _print_json(job)

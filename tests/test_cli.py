@@ -199,6 +199,18 @@ def test_bad_command_line_is_refused_before_any_request(args):
     assert "error:" in result.stderr.splitlines()[-1]
 
 
+def test_get_waits_for_a_change(url):
+    job_id = ok(karmchari("register", "teams", url=url)).strip()
+    same = json.loads(ok(karmchari("get", job_id, "--wait", "0.2", "--version", "1", "--json",
+                                   url=url)))
+    assert same["version"] == 1
+    ok(karmchari("pause", job_id, url=url))
+    changed = json.loads(ok(karmchari("get", job_id, "--wait", "30", "--version", "1",
+                                      "--json", url=url)))
+    assert (changed["state"], changed["version"]) == ("pause", 2)
+    one_line_error(karmchari("get", job_id, "--version", "1", url=url), EXIT_BAD_INPUT)
+
+
 def test_bad_url():
     assert one_line_error(karmchari("list", "--url", "ftp://example.org"), EXIT_BAD_INPUT) == \
         "karmchari: not an http(s) URL: 'ftp://example.org'"
