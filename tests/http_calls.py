@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 import urllib.parse
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ class Reply:
     status: int
     headers: dict[str, str]
     text: str
+    elapsed: float = 0.0  # seconds from sending the request to the end of the answer
 
     def json(self):
         return json.loads(self.text)
@@ -33,10 +35,12 @@ def call(base_url: str, method: str, path: str, *, form: dict | None = None,
         payload = json.dumps(body).encode()
         headers["Content-Type"] = "application/json"
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    started = time.monotonic()
     try:
         connection.request(method, path, body=payload, headers=headers)
         response = connection.getresponse()
         text = response.read().decode()
-        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, text)
+        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, text,
+                     time.monotonic() - started)
     finally:
         connection.close()
