@@ -14,8 +14,9 @@ from redis.crc import key_slot
 
 from app.model import SHARDS
 from app.store.keys import KeySchema
+from tests.http_calls import call
 from tests.servers import RedisProcess, ServiceProcess, free_port
-from tests.test_faults import FORM, assert_valid_path, call, command, history, register
+from tests.test_faults import assert_valid_path, command, history, register
 
 pytestmark = pytest.mark.cluster
 
@@ -103,28 +104,28 @@ def test_the_shards_are_spread_over_every_master(cluster):
 
 def test_old_endpoints_across_two_services(services):
     one, other = services
-    reply = call(one, "POST", "/registerJob", "type=teams", FORM)
+    reply = call(one.url, "POST", "/registerJob", form={"type": "teams"})
     assert reply.status == 200, reply.text
     job_id = reply.text.rsplit(" ", 1)[1]
-    reply = call(other, "POST", "/jobState", f"id={job_id}&command=pause", FORM)
+    reply = call(other.url, "POST", "/jobState", form={"id": job_id, "command": "pause"})
     assert (reply.status, reply.text) == (200, f"{job_id} -- pause")
-    reply = call(one, "GET", f"/jobState?id={job_id}")
+    reply = call(one.url, "GET", f"/jobState?id={job_id}")
     assert (reply.status, reply.text) == (200, f"{job_id} -- pause")
-    reply = call(one, "POST", "/jobState", f"id={'0' * 32}&command=pause", FORM)
+    reply = call(one.url, "POST", "/jobState", form={"id": "0" * 32, "command": "pause"})
     assert (reply.status, reply.text) == (404, "Job not available")
 
 
 def test_register_with_labels_and_idempotency_key_across_services(services):
     one, other = services
     body = {"type": "export", "name": "nightly", "labels": {"team": "core", "env": "prod"}}
-    first = call(one, "POST", "/v1/jobs", body, {"Idempotency-Key": "cluster-1"})
+    first = call(one.url, "POST", "/v1/jobs", body=body, headers={"Idempotency-Key": "cluster-1"})
     assert first.status == 201, first.text
-    again = call(other, "POST", "/v1/jobs", body, {"Idempotency-Key": "cluster-1"})
+    again = call(other.url, "POST", "/v1/jobs", body=body, headers={"Idempotency-Key": "cluster-1"})
     assert (again.status, again.json()["id"]) == (200, first.json()["id"])
-    changed = call(other, "POST", "/v1/jobs", {**body, "name": "other"},
-                   {"Idempotency-Key": "cluster-1"})
+    changed = call(other.url, "POST", "/v1/jobs", body={**body, "name": "other"},
+                   headers={"Idempotency-Key": "cluster-1"})
     assert changed.status == 422, changed.text
-    job = call(other, "GET", first.headers["location"]).json()
+    job = call(other.url, "GET", first.headers["location"]).json()
     assert (job["name"], job["labels"]) == ("nightly", body["labels"])
 
 
@@ -133,8 +134,8 @@ def test_commands_and_history_across_services(services):
     job_id = register(one)
     assert command(other, job_id, "pause", reason="maintenance").status == 200
     assert command(one, job_id, "start").status == 200
-    stale = call(other, "POST", f"/v1/jobs/{job_id}/commands", {"command": "pause"},
-                 {"If-Match": '"2"'})
+    stale = call(other.url, "POST", f"/v1/jobs/{job_id}/commands", body={"command": "pause"},
+                 headers={"If-Match": '"2"'})
     assert stale.status == 412, stale.text
     assert command(other, job_id, "kill").status == 200
     refused = command(one, job_id, "start")
@@ -157,7 +158,7 @@ def test_listing_pages_through_every_shard_newest_first(services):
     while True:
         query = {"label": f"batch:{label}", "limit": "7", **({"cursor": cursor} if cursor else {})}
         service = (one, other)[pages % 2]  # a cursor from one service works on the other
-        page = call(service, "GET", "/v1/jobs?" + urllib.parse.urlencode(query)).json()
+        page = call(service.url, "GET", "/v1/jobs?" + urllib.parse.urlencode(query)).json()
         seen += [job["id"] for job in page["jobs"]]
         pages += 1
         cursor = page["next_cursor"]
@@ -166,7 +167,7 @@ def test_listing_pages_through_every_shard_newest_first(services):
     assert seen == list(reversed(ids))
     assert pages >= 7
     assert command(one, ids[0], "pause").status == 200
-    paused = call(other, "GET", "/v1/jobs?state=pause&limit=500").json()["jobs"]
+    paused = call(other.url, "GET", "/v1/jobs?state=pause&limit=500").json()["jobs"]
     assert ids[0] in {job["id"] for job in paused}
 
 
@@ -177,16 +178,16 @@ def test_heartbeats_batch_over_every_shard(services):
     unknown = "0" * 32
     body = {"heartbeats": [{"id": job_id, "progress": 0.25, "worker": "w1"}
                            for job_id in ids] + [{"id": unknown}]}
-    reply = call(other, "POST", "/v1/heartbeats", body)
+    reply = call(other.url, "POST", "/v1/heartbeats", body=body)
     assert reply.status == 200, reply.text
     results = reply.json()["results"]
     assert [r["id"] for r in results] == [*ids, unknown]
     assert results[0]["state"] == "pause"
     assert all(r["found"] and r["state"] == "start" for r in results[1:-1])
     assert results[-1]["found"] is False
-    job = call(one, "GET", f"/v1/jobs/{ids[5]}").json()
+    job = call(one.url, "GET", f"/v1/jobs/{ids[5]}").json()
     assert (job["progress"], job["worker"]) == (0.25, "w1")
-    single = call(one, "POST", f"/v1/jobs/{ids[0]}/heartbeat", {"observed_state": "pause"})
+    single = call(one.url, "POST", f"/v1/jobs/{ids[0]}/heartbeat", body={"observed_state": "pause"})
     assert (single.status, single.json()["observed_state"]) == (200, "pause")
 
 
@@ -216,7 +217,7 @@ def test_a_command_on_one_service_wakes_a_long_poll_on_the_other(services):
     job_ids = [register(one) for _ in range(6)]  # several shards, so several nodes
     latencies = []
     with ThreadPoolExecutor(len(job_ids)) as pool:
-        waiting = [pool.submit(call, other, "GET", f"/v1/jobs/{job_id}?wait=20&version=1")
+        waiting = [pool.submit(call, other.url, "GET", f"/v1/jobs/{job_id}?wait=20&version=1")
                    for job_id in job_ids]
         time.sleep(0.5)
         for job_id, future in zip(job_ids, waiting, strict=True):
@@ -237,20 +238,20 @@ def test_a_command_on_one_service_wakes_a_long_poll_on_the_other(services):
 def test_delete_across_services(services):
     one, other = services
     job_id = register(one, labels={"gone": "soon"})
-    assert call(other, "DELETE", f"/v1/jobs/{job_id}").status == 409
+    assert call(other.url, "DELETE", f"/v1/jobs/{job_id}").status == 409
     assert command(other, job_id, "done").status == 200
-    assert call(other, "DELETE", f"/v1/jobs/{job_id}").status == 204
-    assert call(one, "GET", f"/v1/jobs/{job_id}").status == 404
-    assert call(one, "GET", f"/v1/jobs/{job_id}/history").status == 404
-    listed = call(one, "GET", "/v1/jobs?label=gone:soon").json()["jobs"]
+    assert call(other.url, "DELETE", f"/v1/jobs/{job_id}").status == 204
+    assert call(one.url, "GET", f"/v1/jobs/{job_id}").status == 404
+    assert call(one.url, "GET", f"/v1/jobs/{job_id}/history").status == 404
+    listed = call(one.url, "GET", "/v1/jobs?label=gone:soon").json()["jobs"]
     assert job_id not in {job["id"] for job in listed}
 
 
 def test_ready_and_metrics_on_the_cluster(services):
     register(services[0])
     for service in services:
-        assert call(service, "GET", "/readyz").status == 200
-        metrics = call(service, "GET", "/metrics")
+        assert call(service.url, "GET", "/readyz").status == 200
+        metrics = call(service.url, "GET", "/metrics")
         assert metrics.status == 200
         started = [line for line in metrics.text.splitlines()
                    if line.startswith('karmchari_jobs{state="start"}')]
@@ -262,15 +263,16 @@ def test_scripts_flushed_on_every_master_are_reloaded(cluster, services):
     job_ids = [register(one, heartbeat_timeout=30) for _ in range(6)]
     for node in cluster.nodes:
         node.client().script_flush()
-    assert call(other, "GET", "/readyz").status == 200  # loads them again
+    assert call(other.url, "GET", "/readyz").status == 200  # loads them again
     for node in cluster.nodes:
         node.client().script_flush()
     assert command(other, job_ids[0], "pause").status == 200
-    reply = call(one, "POST", "/v1/heartbeats", {"heartbeats": [{"id": j} for j in job_ids]})
+    reply = call(one.url, "POST", "/v1/heartbeats",
+                 body={"heartbeats": [{"id": job_id} for job_id in job_ids]})
     assert reply.status == 200, reply.text
     assert [r["state"] for r in reply.json()["results"]] == ["pause"] + ["start"] * 5
-    assert call(other, "POST", "/registerJob", "type=teams", FORM).status == 200
-    assert call(one, "GET", f"/v1/jobs/{job_ids[1]}").status == 200
+    assert call(other.url, "POST", "/registerJob", form={"type": "teams"}).status == 200
+    assert call(one.url, "GET", f"/v1/jobs/{job_ids[1]}").status == 200
 
 
 def test_retention_sweep_deletes_finished_jobs_on_every_master(cluster):
@@ -290,7 +292,7 @@ def test_retention_sweep_deletes_finished_jobs_on_every_master(cluster):
         for job_id in job_ids:
             assert command(service, job_id, "done").status == 200
         deadline = time.monotonic() + 20
-        while any(call(service, "GET", f"/v1/jobs/{job_id}").status == 200
+        while any(call(service.url, "GET", f"/v1/jobs/{job_id}").status == 200
                   for job_id in job_ids):
             assert time.monotonic() < deadline, "finished jobs were not swept"
             time.sleep(0.2)

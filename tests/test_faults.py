@@ -6,20 +6,18 @@ the service must recover by itself when Redis does."""
 from __future__ import annotations
 
 import hashlib
-import http.client
-import json
 import socket
 import struct
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import pytest
 import redis
 
 from app.store.scripts import script_dir
+from tests.http_calls import Reply, call
 from tests.servers import RedisProcess, ServiceProcess, free_port
 
 pytestmark = pytest.mark.slow
@@ -27,51 +25,21 @@ pytestmark = pytest.mark.slow
 SOCKET_TIMEOUT = 1.0
 # A request may wait for one Redis reply and one reconnection; 3x is generous.
 HANG_BOUND = 3 * SOCKET_TIMEOUT
-FORM = {"Content-Type": "application/x-www-form-urlencoded"}
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    text: str
-    elapsed: float
-
-    def json(self):
-        return json.loads(self.text)
-
-
-def call(service: ServiceProcess, method: str, path: str, body=None,
-         headers: dict[str, str] | None = None, timeout: float = 30.0) -> Reply:
-    """One HTTP request on a fresh connection; JSON for dicts, else as given."""
-    headers = dict(headers or {})
-    if isinstance(body, dict):
-        body = json.dumps(body)
-        headers["Content-Type"] = "application/json"
-    conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=timeout)
-    started = time.monotonic()
-    try:
-        conn.request(method, path, body=body, headers=headers)
-        response = conn.getresponse()
-        text = response.read().decode("utf-8", "replace")
-        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, text,
-                     time.monotonic() - started)
-    finally:
-        conn.close()
 
 
 def register(service: ServiceProcess, **fields) -> str:
-    reply = call(service, "POST", "/v1/jobs", {"type": "teams", **fields})
+    reply = call(service.url, "POST", "/v1/jobs", body={"type": "teams", **fields})
     assert reply.status == 201, reply.text
     return reply.json()["id"]
 
 
 def command(service: ServiceProcess, job_id: str, name: str, **fields) -> Reply:
-    return call(service, "POST", f"/v1/jobs/{job_id}/commands", {"command": name, **fields})
+    return call(service.url, "POST", f"/v1/jobs/{job_id}/commands",
+                body={"command": name, **fields})
 
 
 def history(service: ServiceProcess, job_id: str) -> list[dict]:
-    reply = call(service, "GET", f"/v1/jobs/{job_id}/history")
+    reply = call(service.url, "GET", f"/v1/jobs/{job_id}/history")
     assert reply.status == 200, reply.text
     return reply.json()["entries"]
 
@@ -87,23 +55,24 @@ def assert_valid_path(entries: list[dict]) -> None:
         assert after["from"] != after["to"], entries
 
 
-def every_endpoint(job_id: str, finished_id: str) -> list[tuple[str, str, object, dict | None]]:
-    """(method, path, body, headers) of every route that needs Redis."""
+def every_endpoint(job_id: str, finished_id: str) -> list[tuple[str, str, dict]]:
+    """(method, path, arguments of ``call``) of every route that needs Redis."""
     return [
-        ("POST", "/registerJob", "type=teams", FORM),
-        ("GET", f"/jobState?id={job_id}", None, None),
-        ("POST", "/jobState", f"id={job_id}&command=pause", FORM),
-        ("POST", "/v1/jobs", {"type": "teams", "labels": {"team": "a"}}, None),
-        ("POST", "/v1/jobs", {"type": "teams"}, {"Idempotency-Key": "fault-1"}),
-        ("GET", "/v1/jobs", None, None),
-        ("GET", "/v1/jobs?state=start&limit=5", None, None),
-        ("GET", f"/v1/jobs/{job_id}", None, None),
-        ("GET", f"/v1/jobs/{job_id}?wait=2&version=1", None, None),
-        ("POST", f"/v1/jobs/{job_id}/commands", {"command": "pause"}, None),
-        ("GET", f"/v1/jobs/{job_id}/history", None, None),
-        ("DELETE", f"/v1/jobs/{finished_id}", None, None),
-        ("POST", f"/v1/jobs/{job_id}/heartbeat", {"progress": 0.5}, None),
-        ("POST", "/v1/heartbeats", {"heartbeats": [{"id": job_id, "progress": 0.5}]}, None),
+        ("POST", "/registerJob", {"form": {"type": "teams"}}),
+        ("GET", f"/jobState?id={job_id}", {}),
+        ("POST", "/jobState", {"form": {"id": job_id, "command": "pause"}}),
+        ("POST", "/v1/jobs", {"body": {"type": "teams", "labels": {"team": "a"}}}),
+        ("POST", "/v1/jobs", {"body": {"type": "teams"},
+                              "headers": {"Idempotency-Key": "fault-1"}}),
+        ("GET", "/v1/jobs", {}),
+        ("GET", "/v1/jobs?state=start&limit=5", {}),
+        ("GET", f"/v1/jobs/{job_id}", {}),
+        ("GET", f"/v1/jobs/{job_id}?wait=2&version=1", {}),
+        ("POST", f"/v1/jobs/{job_id}/commands", {"body": {"command": "pause"}}),
+        ("GET", f"/v1/jobs/{job_id}/history", {}),
+        ("DELETE", f"/v1/jobs/{finished_id}", {}),
+        ("POST", f"/v1/jobs/{job_id}/heartbeat", {"body": {"progress": 0.5}}),
+        ("POST", "/v1/heartbeats", {"body": {"heartbeats": [{"id": job_id, "progress": 0.5}]}}),
     ]
 
 
@@ -120,27 +89,27 @@ def assert_unavailable(reply: Reply, method: str, path: str) -> None:
 
 def hit_every_endpoint(service: ServiceProcess, job_id: str, finished_id: str) -> list:
     """All routes at once, as concurrent clients would: (request, reply) pairs."""
-    requests = every_endpoint(job_id, finished_id) + [("GET", "/readyz", None, None)]
+    requests = every_endpoint(job_id, finished_id) + [("GET", "/readyz", {})]
     with ThreadPoolExecutor(len(requests)) as pool:
-        replies = list(pool.map(lambda r: call(service, *r), requests))
+        replies = list(pool.map(lambda r: call(service.url, r[0], r[1], **r[2]), requests))
     return list(zip(requests, replies, strict=True))
 
 
 def assert_every_endpoint_unavailable(service, job_id, finished_id) -> float:
     """Every route answers 503 within the bound; returns the slowest answer."""
     results = hit_every_endpoint(service, job_id, finished_id)
-    for (method, path, _, _), reply in results:
+    for (method, path, _), reply in results:
         assert_unavailable(reply, method, path)
         assert reply.elapsed < HANG_BOUND, (method, path, reply.elapsed)
     # Liveness and metrics do not depend on Redis.
-    assert call(service, "GET", "/healthz").status == 200
-    metrics = call(service, "GET", "/metrics", timeout=HANG_BOUND)
+    assert call(service.url, "GET", "/healthz").status == 200
+    metrics = call(service.url, "GET", "/metrics", timeout=HANG_BOUND)
     assert metrics.status == 200
     return max(reply.elapsed for _, reply in results)
 
 
 def assert_every_endpoint_works(service, job_id, finished_id) -> None:
-    for (method, path, _, _), reply in hit_every_endpoint(service, job_id, finished_id):
+    for (method, path, _), reply in hit_every_endpoint(service, job_id, finished_id):
         assert reply.status < 500, (method, path, reply.status, reply.text)
 
 
@@ -187,11 +156,11 @@ def load(service, job_id: str, seconds: float, threads: int = 6) -> Counter:
 
     def worker(n: int) -> None:
         while time.monotonic() < deadline:
-            for method, path, body, headers in (
-                    ("GET", f"/v1/jobs/{job_id}", None, None),
-                    ("POST", f"/v1/jobs/{job_id}/heartbeat", {"progress": n}, None),
-                    ("POST", "/registerJob", "type=teams", FORM)):
-                statuses[call(service, method, path, body, headers).status] += 1
+            for method, path, arguments in (
+                    ("GET", f"/v1/jobs/{job_id}", {}),
+                    ("POST", f"/v1/jobs/{job_id}/heartbeat", {"body": {"progress": n}}),
+                    ("POST", "/registerJob", {"form": {"type": "teams"}})):
+                statuses[call(service.url, method, path, **arguments).status] += 1
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(worker, range(threads)))
@@ -200,14 +169,14 @@ def load(service, job_id: str, seconds: float, threads: int = 6) -> Counter:
 
 def long_poll_wake_up(service, job_id: str) -> float:
     """Seconds from a command to the answer of a long-poll waiting for it."""
-    version = call(service, "GET", f"/v1/jobs/{job_id}").json()["version"]
+    version = call(service.url, "GET", f"/v1/jobs/{job_id}").json()["version"]
     with ThreadPoolExecutor(1) as pool:
-        waiting = pool.submit(call, service, "GET",
+        waiting = pool.submit(call, service.url, "GET",
                               f"/v1/jobs/{job_id}?wait=20&version={version}")
         time.sleep(0.3)
         sent = time.monotonic()
-        name = "start" if call(service, "GET", f"/v1/jobs/{job_id}").json()["state"] == "pause" \
-            else "pause"
+        state = call(service.url, "GET", f"/v1/jobs/{job_id}").json()["state"]
+        name = "start" if state == "pause" else "pause"
         assert command(service, job_id, name).status == 200
         reply = waiting.result()
         woken = time.monotonic() - sent
@@ -259,7 +228,7 @@ def test_redis_frozen_gives_503_within_the_timeout_then_recovers(processes):
 
     with ThreadPoolExecutor(1) as pool:
         poll_started = time.monotonic()
-        waiting = pool.submit(call, service, "GET", f"/v1/jobs/{job_id}?wait=30&version=1")
+        waiting = pool.submit(call, service.url, "GET", f"/v1/jobs/{job_id}?wait=30&version=1")
         time.sleep(0.3)
         server.freeze()
         frozen_at = time.monotonic()
@@ -306,18 +275,18 @@ def test_script_flush_during_load_costs_no_request(processes):
     def traffic(n: int) -> None:
         job_id = job_ids[n % len(job_ids)]
         for i in range(60):
-            for method, path, body, headers in (
-                    ("POST", "/registerJob", "type=teams", FORM),
-                    ("POST", "/v1/jobs", {"type": "export", "labels": {"n": str(n)}}, None),
-                    ("POST", "/jobState", f"id={job_id}&command={('pause', 'start')[i % 2]}",
-                     FORM),
+            for method, path, arguments in (
+                    ("POST", "/registerJob", {"form": {"type": "teams"}}),
+                    ("POST", "/v1/jobs", {"body": {"type": "export", "labels": {"n": str(n)}}}),
+                    ("POST", "/jobState",
+                     {"form": {"id": job_id, "command": ("pause", "start")[i % 2]}}),
                     ("POST", f"/v1/jobs/{job_id}/commands",
-                     {"command": ("start", "pause")[i % 2]}, None),
-                    ("GET", f"/v1/jobs/{job_id}", None, None),
-                    ("POST", f"/v1/jobs/{job_id}/heartbeat", {"progress": i}, None),
+                     {"body": {"command": ("start", "pause")[i % 2]}}),
+                    ("GET", f"/v1/jobs/{job_id}", {}),
+                    ("POST", f"/v1/jobs/{job_id}/heartbeat", {"body": {"progress": i}}),
                     ("POST", "/v1/heartbeats",
-                     {"heartbeats": [{"id": j, "progress": i} for j in job_ids]}, None)):
-                reply = call(service, method, path, body, headers)
+                     {"body": {"heartbeats": [{"id": j, "progress": i} for j in job_ids]}})):
+                reply = call(service.url, method, path, **arguments)
                 statuses[reply.status] += 1
                 if reply.status >= 300:
                     failures.append((method, path, reply.status, reply.text))
@@ -352,11 +321,11 @@ def test_kill_9_loses_no_registration_that_was_answered(processes):
             if killed.is_set() and answers_after_kill > 40:
                 return
             if i % 2:
-                reply = call(service, "POST", "/registerJob", "type=teams", FORM)
+                reply = call(service.url, "POST", "/registerJob", form={"type": "teams"})
                 job_id = reply.text.rsplit(" ", 1)[-1] if reply.status == 200 else None
             else:
-                reply = call(service, "POST", "/v1/jobs",
-                             {"type": "upload", "labels": {"thread": str(n)}})
+                reply = call(service.url, "POST", "/v1/jobs",
+                             body={"type": "upload", "labels": {"thread": str(n)}})
                 job_id = reply.json()["id"] if reply.status == 201 else None
             statuses[reply.status] += 1
             if killed.is_set():
@@ -376,7 +345,7 @@ def test_kill_9_loses_no_registration_that_was_answered(processes):
 
     server.start()
     missing = [job_id for job_id in accepted
-               if call(service, "GET", f"/v1/jobs/{job_id}").status != 200]
+               if call(service.url, "GET", f"/v1/jobs/{job_id}").status != 200]
     assert missing == []
     print(f"kill -9 during registrations: {len(accepted)} answered as created, all there "
           f"after restart; {dict(statuses)}")
@@ -502,11 +471,11 @@ def test_command_whose_reply_was_lost_is_applied_once_despite_a_change_meanwhile
     entries = history(service, job_id)
     assert_valid_path(entries)
     assert [e["command"] for e in entries] == ["register", "pause", "start"]
-    assert call(service, "GET", f"/v1/jobs/{job_id}").json()["version"] == 3
+    assert call(service.url, "GET", f"/v1/jobs/{job_id}").json()["version"] == 3
 
 
 def job_count(service) -> int:
-    return len(call(service, "GET", "/v1/jobs?limit=500").json()["jobs"])
+    return len(call(service.url, "GET", "/v1/jobs?limit=500").json()["jobs"])
 
 
 def test_every_write_whose_reply_was_lost_takes_effect_once(losing_proxy):
@@ -514,34 +483,34 @@ def test_every_write_whose_reply_was_lost_takes_effect_once(losing_proxy):
     job_id = register(service, heartbeat_timeout=60)
 
     proxy.lose_reply_to(sha_of("registerJob"))
-    reply = call(service, "POST", "/registerJob", "type=teams", FORM)
+    reply = call(service.url, "POST", "/registerJob", form={"type": "teams"})
     assert reply.status == 200, reply.text
     assert job_count(service) == 2
 
     proxy.lose_reply_to(sha_of("registerJob"))
-    reply = call(service, "POST", "/v1/jobs", {"type": "export", "labels": {"a": "b"}},
-                 {"Idempotency-Key": "lost-1"})
+    reply = call(service.url, "POST", "/v1/jobs", body={"type": "export", "labels": {"a": "b"}},
+                 headers={"Idempotency-Key": "lost-1"})
     assert reply.status == 201, reply.text
     assert job_count(service) == 3
-    again = call(service, "POST", "/v1/jobs", {"type": "export", "labels": {"a": "b"}},
-                 {"Idempotency-Key": "lost-1"})
+    again = call(service.url, "POST", "/v1/jobs", body={"type": "export", "labels": {"a": "b"}},
+                 headers={"Idempotency-Key": "lost-1"})
     assert (again.status, again.json()["id"]) == (200, reply.json()["id"])
 
     proxy.lose_reply_to(sha_of("applyCommand"))
-    reply = call(service, "POST", "/jobState", f"id={job_id}&command=pause", FORM)
+    reply = call(service.url, "POST", "/jobState", form={"id": job_id, "command": "pause"})
     assert (reply.status, reply.text) == (200, f"{job_id} -- pause")
 
     proxy.lose_reply_to(sha_of("applyCommand"))
-    reply = call(service, "POST", f"/v1/jobs/{job_id}/commands", {"command": "start"},
-                 {"If-Match": '"2"'})
+    reply = call(service.url, "POST", f"/v1/jobs/{job_id}/commands", body={"command": "start"},
+                 headers={"If-Match": '"2"'})
     assert reply.status == 200, reply.text
     assert (reply.json()["changed"], reply.json()["job"]["version"]) == (True, 3)
 
     proxy.lose_reply_to(sha_of("recordHeartbeats"))
-    reply = call(service, "POST", f"/v1/jobs/{job_id}/heartbeat", {"progress": 0.5})
+    reply = call(service.url, "POST", f"/v1/jobs/{job_id}/heartbeat", body={"progress": 0.5})
     assert (reply.status, reply.json()["state"]) == (200, "start"), reply.text
     proxy.lose_reply_to(sha_of("recordHeartbeats"))
-    reply = call(service, "POST", "/v1/heartbeats", {"heartbeats": [{"id": job_id}]})
+    reply = call(service.url, "POST", "/v1/heartbeats", body={"heartbeats": [{"id": job_id}]})
     assert (reply.status, reply.json()["results"][0]["found"]) == (200, True), reply.text
 
     proxy.lose_reply_to(sha_of("applyCommand"))
@@ -551,9 +520,9 @@ def test_every_write_whose_reply_was_lost_takes_effect_once(losing_proxy):
     assert [e["command"] for e in entries] == ["register", "pause", "start", "kill"]
 
     proxy.lose_reply_to(sha_of("deleteJob"))
-    reply = call(service, "DELETE", f"/v1/jobs/{job_id}")
+    reply = call(service.url, "DELETE", f"/v1/jobs/{job_id}")
     assert reply.status == 204, reply.text
-    assert call(service, "GET", f"/v1/jobs/{job_id}").status == 404
+    assert call(service.url, "GET", f"/v1/jobs/{job_id}").status == 404
     assert proxy.lost == 8
 
 
@@ -587,7 +556,7 @@ def test_connections_killed_under_load_apply_each_command_once(processes):
                 changed[job_id] += 1
             elif reply.status == 503:
                 unknown[job_id] += 1
-            statuses[call(service, "POST", "/registerJob", "type=teams", FORM).status] += 1
+            statuses[call(service.url, "POST", "/registerJob", form={"type": "teams"}).status] += 1
 
     killing = threading.Thread(target=kill_connections)
     killing.start()
@@ -630,10 +599,10 @@ def writes_and_reads(job_id: str) -> tuple[list, list]:
 
 def assert_writes_refused_and_reads_served(service, job_id: str) -> None:
     writes, reads = writes_and_reads(job_id)
-    for method, path, body, headers in writes:
-        assert_unavailable(call(service, method, path, body, headers), method, path)
-    for method, path, body, headers in reads:
-        reply = call(service, method, path, body, headers)
+    for method, path, arguments in writes:
+        assert_unavailable(call(service.url, method, path, **arguments), method, path)
+    for method, path, arguments in reads:
+        reply = call(service.url, method, path, **arguments)
         assert reply.status == 200, (method, path, reply.status, reply.text)
 
 
@@ -648,11 +617,11 @@ def test_out_of_memory_refuses_writes_with_503_and_writes_nothing(processes):
         assert_writes_refused_and_reads_served(service, job_id)
         assert dataset(server) == before
         # Deleting frees memory, so it is allowed: the retention sweep can recover.
-        assert call(service, "DELETE", f"/v1/jobs/{finished_id}").status == 204
+        assert call(service.url, "DELETE", f"/v1/jobs/{finished_id}").status == 204
     finally:
         admin.config_set("maxmemory", "0")
     assert command(service, job_id, "pause").status == 200
-    assert call(service, "POST", "/registerJob", "type=teams", FORM).status == 200
+    assert call(service.url, "POST", "/registerJob", form={"type": "teams"}).status == 200
 
 
 def test_read_only_replica_refuses_writes_with_503_and_writes_nothing(processes):
@@ -665,13 +634,13 @@ def test_read_only_replica_refuses_writes_with_503_and_writes_nothing(processes)
     admin.replicaof("127.0.0.1", free_port())
     try:
         assert_writes_refused_and_reads_served(service, job_id)
-        assert_unavailable(call(service, "DELETE", f"/v1/jobs/{finished_id}"), "DELETE",
+        assert_unavailable(call(service.url, "DELETE", f"/v1/jobs/{finished_id}"), "DELETE",
                            "/v1/jobs/{id}")
         assert dataset(server) == before
     finally:
         admin.replicaof("NO", "ONE")
     assert command(service, job_id, "pause").status == 200
-    assert call(service, "DELETE", f"/v1/jobs/{finished_id}").status == 204
+    assert call(service.url, "DELETE", f"/v1/jobs/{finished_id}").status == 204
 
 
 def test_busy_script_gives_503_then_recovers(processes):
