@@ -121,7 +121,9 @@ class ChangeNotifier:
             except Exception as error:  # noqa: BLE001 - keep listening whatever happens
                 log.debug("event listener: %s; reconnecting", error)
                 self._stopping.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                # No longer than the re-read interval: after an outage, messages
+                # should wake waiters again as soon as Redis is back.
+                backoff = min(backoff * 2, self._poll_interval)
             finally:
                 if pubsub is not None:
                     try:
