@@ -16,12 +16,11 @@ from app.model import SHARDS
 from app.store.keys import KeySchema
 from tests.http_calls import call
 from tests.servers import RedisProcess, ServiceProcess, free_port
-from tests.test_faults import assert_valid_path, command, history, register
+from tests.test_faults import POLL_INTERVAL, assert_valid_path, command, history, register
 
 pytestmark = pytest.mark.cluster
 
 SLOTS = 16384
-POLL_INTERVAL = 1.0  # app.store.events.ChangeNotifier's default
 
 
 class LocalCluster:
