@@ -80,5 +80,6 @@ def raise_for_code(reply: list) -> None:
         return
     error = _BY_CODE[ScriptCode(code)]
     if len(reply) >= 3:
-        raise error(f"the job is in state {reply[1]}", current_state=reply[1], version=int(reply[2]))
+        raise error(f"the job is in state {reply[1]}", current_state=reply[1],
+                    version=int(reply[2]))
     raise error()

@@ -8,8 +8,17 @@ import re
 
 import falcon
 
-from app.errors import (IdempotencyKeyReused, IllegalTransition, InvalidCommand, JobNotFound,
-                        KarmchariError, NotDue, StaleRead, StoreUnavailable, VersionMismatch)
+from app.errors import (
+    IdempotencyKeyReused,
+    IllegalTransition,
+    InvalidCommand,
+    JobNotFound,
+    KarmchariError,
+    NotDue,
+    StaleRead,
+    StoreUnavailable,
+    VersionMismatch,
+)
 
 _STATUS_OF = {
     JobNotFound: (falcon.HTTP_404, "Job not found"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import heapq
+import itertools
 import json
 import secrets
 from collections.abc import Sequence
@@ -29,7 +30,7 @@ HEARTBEAT_FIELDS = ("worker", "progress", "message", "observed_state")
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
-    return dict(zip(flat[::2], flat[1::2]))
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 @dataclass(frozen=True)
@@ -196,8 +197,8 @@ class JobStore:
         with unavailable_on_redis_errors():
             replies = self.scripts.run_pipeline(calls)
         answers: list[HeartbeatAnswer | None] = [None] * len(reports)
-        for indexes, reply in zip(by_shard.values(), replies):
-            for i, entry in zip(indexes, reply):
+        for indexes, reply in zip(by_shard.values(), replies, strict=True):
+            for i, entry in zip(indexes, reply, strict=True):
                 job_id = reports[i].job_id
                 answers[i] = (HeartbeatAnswer(job_id, False) if entry[0] == -1 else
                               HeartbeatAnswer(job_id, True, entry[0], int(entry[1]), entry[2]))
@@ -316,7 +317,7 @@ class JobStore:
             want = min(limit - len(found), max_scan - scanned)
             entries = self._merged_entries(index, position, upper, want)
             jobs = self._read_jobs([job_id for _, job_id in entries])
-            for (score, job_id), job in zip(entries, jobs):
+            for (score, job_id), job in zip(entries, jobs, strict=True):
                 scanned += 1
                 position = _Position(score, job_id)
                 if job is not None and where.matches(job, now_ms):
@@ -382,7 +383,7 @@ class JobStore:
                 rows = [r for r in rows if r < (position.score, position.job_id)]
             streams.append(sorted(rows, reverse=True))
         merged = heapq.merge(*streams, reverse=True)
-        return [row for _, row in zip(range(count), merged)]
+        return list(itertools.islice(merged, count))
 
     def _read_jobs(self, job_ids: list[str]) -> list[Job | None]:
         if not job_ids:
