@@ -3,15 +3,15 @@
   Apply a command (start, pause, kill, done, fail) to a job.
 
   Input:
-    KEYS[1]  job hash              kc:{s}:job:<id>
-    KEYS[2]  history list          kc:{s}:hist:<id>
-    KEYS[3]  index of state start  kc:{s}:idx:state:start
-    KEYS[4]  index of state pause  kc:{s}:idx:state:pause
-    KEYS[5]  index of state kill   kc:{s}:idx:state:kill
-    KEYS[6]  index of state done   kc:{s}:idx:state:done
-    KEYS[7]  index of state failed kc:{s}:idx:state:failed
-    KEYS[8]  heartbeat deadlines   kc:{s}:deadline
-    KEYS[9]  retention deadlines   kc:{s}:expiry
+    KEYS[1]  job hash              {kc:s}:job:<id>
+    KEYS[2]  history list          {kc:s}:hist:<id>
+    KEYS[3]  index of state start  {kc:s}:idx:state:start
+    KEYS[4]  index of state pause  {kc:s}:idx:state:pause
+    KEYS[5]  index of state kill   {kc:s}:idx:state:kill
+    KEYS[6]  index of state done   {kc:s}:idx:state:done
+    KEYS[7]  index of state failed {kc:s}:idx:state:failed
+    KEYS[8]  heartbeat deadlines   {kc:s}:deadline
+    KEYS[9]  retention deadlines   {kc:s}:expiry
 
     ARGV[1]  command
     ARGV[2]  actor

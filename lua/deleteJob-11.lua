@@ -6,18 +6,18 @@
   maxmemory-policy noeviction, the retention sweep is how memory comes back.
 
   Input:
-    KEYS[1]  job hash              kc:{s}:job:<id>
-    KEYS[2]  history list          kc:{s}:hist:<id>
-    KEYS[3]  index of all jobs     kc:{s}:idx:all
-    KEYS[4]  index of state kill   kc:{s}:idx:state:kill
-    KEYS[5]  index of state done   kc:{s}:idx:state:done
-    KEYS[6]  index of state failed kc:{s}:idx:state:failed
-    KEYS[7]  heartbeat deadlines   kc:{s}:deadline
-    KEYS[8]  retention deadlines   kc:{s}:expiry
-    KEYS[9]  index of the type     kc:{s}:idx:type:<type>
-    KEYS[10] index of state start  kc:{s}:idx:state:start
-    KEYS[11] index of state pause  kc:{s}:idx:state:pause
-    KEYS[12..] label indexes       kc:{s}:idx:label:<sha1 of key=value>
+    KEYS[1]  job hash              {kc:s}:job:<id>
+    KEYS[2]  history list          {kc:s}:hist:<id>
+    KEYS[3]  index of all jobs     {kc:s}:idx:all
+    KEYS[4]  index of state kill   {kc:s}:idx:state:kill
+    KEYS[5]  index of state done   {kc:s}:idx:state:done
+    KEYS[6]  index of state failed {kc:s}:idx:state:failed
+    KEYS[7]  heartbeat deadlines   {kc:s}:deadline
+    KEYS[8]  retention deadlines   {kc:s}:expiry
+    KEYS[9]  index of the type     {kc:s}:idx:type:<type>
+    KEYS[10] index of state start  {kc:s}:idx:state:start
+    KEYS[11] index of state pause  {kc:s}:idx:state:pause
+    KEYS[12..] label indexes       {kc:s}:idx:label:<sha1 of key=value>
 
     ARGV[1]  job id
     ARGV[2]  type the caller read (the index keys were built from it)

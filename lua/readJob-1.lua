@@ -4,7 +4,7 @@
   several hosts then agree on whether a job is stalled.
 
   Input:
-    KEYS[1]  job hash   kc:{s}:job:<id>
+    KEYS[1]  job hash   {kc:s}:job:<id>
 
   Output:
     { now in ms, job hash as a flat array (empty when there is no such job) }

@@ -5,8 +5,8 @@
   Heartbeats never change the state or the version.
 
   Input:
-    KEYS[1]     heartbeat deadlines   kc:{s}:deadline
-    KEYS[2..n]  job hashes            kc:{s}:job:<id>
+    KEYS[1]     heartbeat deadlines   {kc:s}:deadline
+    KEYS[2..n]  job hashes            {kc:s}:job:<id>
 
     ARGV, five per job, in the order of KEYS[2..n]:
       mask            which of the next four were sent: 1 worker, 2 progress,
