@@ -10,13 +10,14 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 
 
-def plot(results: dict, path: Path) -> Path:
-    """Three panels: throughput as a share of /healthz (with the targets),
-    latency median and 99th percentile, and ``--workers`` scaling."""
+def plot(results: dict, path: Path, listing: dict | None = None) -> Path:
+    """Four panels: throughput as a share of /healthz (with the targets),
+    latency median and 99th percentile, ``--workers`` scaling, and listing
+    latency by the number of jobs stored (bench/results/listing.json)."""
     endpoints = {k: v for k, v in results.get("endpoints", {}).items() if k != "healthz"}
     labels = [v["label"].replace(" (", "\n(") for v in endpoints.values()]
-    figure, (ratio_ax, latency_ax, workers_ax) = plt.subplots(
-        1, 3, figsize=(16, 5.5), gridspec_kw={"width_ratios": [3, 3, 1.2]})
+    figure, ((ratio_ax, latency_ax), (workers_ax, listing_ax)) = plt.subplots(
+        2, 2, figsize=(14, 11))
 
     positions = range(len(endpoints))
     ratio_ax.bar(positions, [v["rps_ratio"] for v in endpoints.values()], color="#4c72b0")
@@ -46,12 +47,32 @@ def plot(results: dict, path: Path) -> Path:
     if scaling:
         counts = sorted(scaling, key=int)
         key = next(k for k in scaling[counts[0]] if k != "healthz")
-        workers_ax.bar(counts, [scaling[c][key]["rps"] for c in counts], color="#55a868")
+        for offset, (shown, name) in zip((-width / 2, width / 2),
+                                         (("healthz", "GET /healthz"),
+                                          (key, scaling[counts[0]][key]["label"])), strict=True):
+            workers_ax.bar([i + offset for i in range(len(counts))],
+                           [scaling[c][shown]["rps"] for c in counts], width, label=name)
+        workers_ax.set_xticks(range(len(counts)), counts)
         workers_ax.set_xlabel("processes (--workers)")
         workers_ax.set_ylabel("requests/s")
-        workers_ax.set_title(scaling[counts[0]][key]["label"], fontsize=9)
+        workers_ax.set_title("--workers scaling")
+        workers_ax.legend()
     else:
         workers_ax.set_axis_off()
+
+    if listing and listing.get("sizes"):
+        jobs = [size["jobs"] for size in listing["sizes"]]
+        for query in listing["sizes"][0]["queries"]:
+            listing_ax.plot(jobs, [size["queries"][query]["p99_ms"] for size in listing["sizes"]],
+                            marker="o", label=f"{query}, p99")
+        listing_ax.set_xscale("log")
+        listing_ax.set_ylim(bottom=0)
+        listing_ax.set_xlabel("jobs stored")
+        listing_ax.set_ylabel("ms")
+        listing_ax.set_title("GET /v1/jobs (50 per page), 99th percentile")
+        listing_ax.legend(fontsize=8)
+    else:
+        listing_ax.set_axis_off()
 
     machine = results["machine"]
     figure.suptitle(f"Karmchari {machine['commit']}: {machine['cpu']}, {machine['cores']} cores, "

@@ -155,10 +155,11 @@ def write_report() -> list[Path]:
     results = _load("endpoints")
     if results is None:
         return []
+    listing = _load("listing")
     written = []
     if "endpoints" in results:
-        written.append(plot(results, PLOT))
-    section = results_markdown(results, _load("listing"), _load("signal_latency"))
+        written.append(plot(results, PLOT, listing))
+    section = results_markdown(results, listing, _load("signal_latency"))
     text = DOC.read_text() if DOC.exists() else ""
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
