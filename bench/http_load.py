@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -66,6 +67,7 @@ class WrkResult:
     errors: dict[str, int]
     service_cpu_us: float = 0.0  # CPU time of the service processes per request
     redis_cpu_us: float = 0.0  # CPU time of Redis per request
+    wrk_cpu_us: float = 0.0  # CPU time of wrk itself per request
 
     @property
     def rps(self) -> float:
@@ -118,6 +120,12 @@ def process_cpu_seconds(pids: list[int]) -> float:
     return total / ticks
 
 
+def children_cpu_seconds() -> float:
+    """CPU time of this process's finished children (wrk runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def redis_cpu_seconds(client: redis.Redis) -> float:
     info = client.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
@@ -128,6 +136,7 @@ def run_wrk(service: BenchService, endpoint: Endpoint, ids_file: Path | None, se
     pids = service.pids()
     service_before = process_cpu_seconds(pids)
     redis_before = redis_cpu_seconds(redis_client)
+    wrk_before = children_cpu_seconds()
     run = subprocess.run(wrk_command(service.base_url, endpoint, ids_file, seconds, connections),
                          capture_output=True, text=True, env=wrk_env(), timeout=seconds + 60)
     if run.returncode != 0:
@@ -138,6 +147,7 @@ def run_wrk(service: BenchService, endpoint: Endpoint, ids_file: Path | None, se
             / result.requests
         result.redis_cpu_us = (redis_cpu_seconds(redis_client) - redis_before) * 1e6 \
             / result.requests
+        result.wrk_cpu_us = (children_cpu_seconds() - wrk_before) * 1e6 / result.requests
     return result
 
 
@@ -195,13 +205,15 @@ class Reference:
     p99_us: float
     service_cpu_us: float
     redis_cpu_us: float
+    wrk_cpu_us: float
 
     @classmethod
     def of(cls, before: WrkResult, after: WrkResult) -> Reference:
         return cls((before.rps + after.rps) / 2, (before.p50_us + after.p50_us) / 2,
                    (before.p99_us + after.p99_us) / 2,
                    (before.service_cpu_us + after.service_cpu_us) / 2,
-                   (before.redis_cpu_us + after.redis_cpu_us) / 2)
+                   (before.redis_cpu_us + after.redis_cpu_us) / 2,
+                   (before.wrk_cpu_us + after.wrk_cpu_us) / 2)
 
 
 def summarize(endpoint: Endpoint, runs: list, references: list[Reference]) -> dict:
@@ -215,6 +227,7 @@ def summarize(endpoint: Endpoint, runs: list, references: list[Reference]) -> di
         "p99_ms": _median([r.p99_us / 1000 for r in runs]),
         "service_cpu_us": _median([r.service_cpu_us for r in runs]),
         "redis_cpu_us": _median([r.redis_cpu_us for r in runs]),
+        "wrk_cpu_us": _median([r.wrk_cpu_us for r in runs]),
         "rps_ratio": _median([r.rps / h.rps for r, h in rounds]),
         "p50_ratio": _median([r.p50_us / h.p50_us for r, h in rounds]),
         "p99_ratio": _median([r.p99_us / h.p99_us for r, h in rounds]),

@@ -58,10 +58,10 @@ def endpoints_section(results: dict) -> str:
             f"{summary['p50_ms']:.2f}", f"{summary['p50_ratio']:.2f}",
             f"{summary['p99_ms']:.2f}", f"{summary['p99_ratio']:.2f}",
             f"{summary['service_cpu_us']:.0f}", f"{summary['redis_cpu_us']:.0f}",
-            str(summary["errors"]),
+            f"{summary['wrk_cpu_us']:.0f}", str(summary["errors"]),
         ])
     return _table(["endpoint", "req/s", "× /healthz", "p50 ms", "× /healthz", "p99 ms",
-                   "× /healthz", "service CPU µs/req", "Redis CPU µs/req", "errors"], rows)
+                   "× /healthz", "CPU µs/req: service", "Redis", "wrk", "errors"], rows)
 
 
 def targets_section(results: dict, listing: dict | None) -> str:
@@ -128,8 +128,9 @@ def results_markdown(results: dict, listing: dict | None, signal: dict | None) -
         parts += ["### Targets", targets_section(results, listing),
                   "### Endpoints",
                   "Requests per second, latency, and each as a ratio to `GET /healthz` of the "
-                  "same server in the same round. CPU columns: CPU time of the service "
-                  "process and of Redis divided by the requests served.",
+                  "same server in the same round. CPU columns: CPU time (user + system) of "
+                  "the service process, of Redis and of wrk during a run, divided by the "
+                  "requests served.",
                   endpoints_section(results),
                   f"![Benchmark results]({Path('..') / PLOT.relative_to(ROOT)})"]
     if "workers" in results:
