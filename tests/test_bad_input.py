@@ -413,8 +413,9 @@ def admin(quiet_redis):
 
 
 def wait_until_subscribed(admin: redis.Redis, prefix: str) -> None:
-    """The app's change listener subscribes once, in the background: wait for
-    it, so that no command of its own is counted during a case."""
+    """The app's change listener subscribes once, in the background, at the
+    first long-poll: wait for it, so that no command of its own is counted
+    during a case."""
     channels = [shard.channel for shard in KeySchema(prefix).shards.values()]
     deadline = time.monotonic() + 20
     while not all(count for _, count in admin.pubsub_shardnumsub(*channels)):
@@ -427,6 +428,8 @@ def app_client(quiet_redis, admin):
     config = Config(redis_url=quiet_redis.url, key_prefix=PREFIX, threads=4)
     store = build_store(config, config.redis_url)
     client = testing.TestClient(create_app(config, store))
+    long_polled = store.register("teams")[0].id
+    assert client.simulate_get(f"/v1/jobs/{long_polled}", params={"wait": "0"}).status_code == 200
     wait_until_subscribed(admin, PREFIX)
     yield client, store
     store.client.close()
@@ -516,6 +519,13 @@ def service(quiet_redis, admin):
                                   "KARMCHARI_SWEEP_INTERVAL": "3600"}).start()
     # /readyz loads the scripts; after it the service only talks to Redis when asked to.
     with urllib.request.urlopen(process.url + "/readyz", timeout=10) as response:
+        assert response.status == 200
+    register = urllib.request.Request(process.url + "/v1/jobs", data=b'{"type": "teams"}',
+                                      headers={"Content-Type": JSON})
+    with urllib.request.urlopen(register, timeout=10) as response:
+        long_polled = json.loads(response.read())["id"]
+    with urllib.request.urlopen(f"{process.url}/v1/jobs/{long_polled}?wait=0",
+                                timeout=10) as response:
         assert response.status == 200
     wait_until_subscribed(admin, PREFIX + "w")
     yield process

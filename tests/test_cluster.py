@@ -192,7 +192,10 @@ def test_heartbeats_batch_over_every_shard(services):
 
 def test_every_service_listens_on_every_shard_channel(cluster, services):
     """Sharded pub/sub: each service subscribes to the 16 shard channels, on
-    whichever master owns each."""
+    whichever master owns each, from its first long-poll on."""
+    job_id = register(services[0])
+    for service in services:
+        assert call(service.url, "GET", f"/v1/jobs/{job_id}?wait=0").status == 200
     client = cluster.client()
     try:
         deadline = time.monotonic() + 10

@@ -4,6 +4,11 @@ The scripts announce each change on their shard's channel (sharded pub/sub,
 ``SPUBLISH``). The state in Redis stays the truth: a waiter re-reads the job
 when woken and at least every ``poll_interval`` seconds, so a lost message (a
 reconnect, a failover) costs latency, never a missed change.
+
+The listeners subscribe at the first long-poll, not before: every message
+wakes a listener thread of every service process, which costs each write a
+noticeable share of its throughput (docs/benchmarks.md), worth paying only once
+some client waits for changes.
 """
 
 from __future__ import annotations
@@ -31,15 +36,20 @@ class ChangeNotifier:
         self._lock = threading.Lock()
         self._events: dict[str, set[threading.Event]] = {}
         self._stopping = threading.Event()
+        self._wanted = threading.Event()  # set by the first long-poll
         self._threads: list[threading.Thread] = []
+        self._subscribed: list[threading.Event] = []  # one per listener
 
     def start(self) -> None:
+        """Start the listeners; they subscribe when the first long-poll comes."""
         if not self._threads:
             for channels in self._channel_groups():
-                thread = threading.Thread(target=self._listen, args=(channels,),
+                subscribed = threading.Event()
+                thread = threading.Thread(target=self._listen, args=(channels, subscribed),
                                           name="karmchari-events", daemon=True)
                 thread.start()
                 self._threads.append(thread)
+                self._subscribed.append(subscribed)
 
     def _channel_groups(self) -> list[list[str]]:
         """The shard channels, one group per Redis Cluster master: redis-py's
@@ -59,6 +69,7 @@ class ChangeNotifier:
         """Answer every waiting request now, with the job as it is: a service
         shutting down must not wait for long-polls to run out."""
         self._stopping.set()
+        self._wanted.set()  # a listener still waiting for it ends
         with self._lock:
             for events in self._events.values():
                 for event in events:
@@ -74,6 +85,7 @@ class ChangeNotifier:
             self._events.setdefault(job_id, set()).add(event)
         try:
             deadline = time.monotonic() + timeout
+            self._await_subscriptions(min(timeout, self._poll_interval))
             job, now_ms = self._store.get_with_time(job_id)
             if version is None:
                 version = job.version
@@ -94,6 +106,16 @@ class ChangeNotifier:
                         del self._events[job_id]
             self._slots.release()
 
+    def _await_subscriptions(self, timeout: float) -> None:
+        """Have the listeners subscribe, and wait (at most ``timeout``) until
+        they are, so that a change right after the first read still wakes
+        this request. Immediate once they have subscribed."""
+        self._wanted.set()
+        deadline = time.monotonic() + timeout
+        for subscribed in self._subscribed:
+            if not subscribed.wait(max(0.0, deadline - time.monotonic())):
+                return
+
     def waiting(self) -> int:
         """How many requests are in a long-poll now."""
         with self._lock:
@@ -104,20 +126,27 @@ class ChangeNotifier:
             for event in self._events.get(job_id, ()):
                 event.set()
 
-    def _listen(self, channels: list[str]) -> None:
+    def _listen(self, channels: list[str], subscribed: threading.Event) -> None:
+        self._wanted.wait()
         backoff = 0.1
         while not self._stopping.is_set():
             pubsub = None
             try:
-                pubsub = self._store.client.pubsub(ignore_subscribe_messages=True)
+                pubsub = self._store.client.pubsub()
                 pubsub.ssubscribe(*channels)
                 backoff = 0.1
+                confirmed = 0
                 while not self._stopping.is_set():
                     message = pubsub.get_sharded_message(timeout=1.0) \
                         if hasattr(pubsub, "get_sharded_message") \
                         else pubsub.get_message(timeout=1.0)
-                    if message and message.get("type") == "smessage":
+                    kind = message and message.get("type")
+                    if kind == "smessage":
                         self._wake(message["data"].split(" ", 1)[0])
+                    elif kind == "ssubscribe":
+                        confirmed += 1
+                        if confirmed == len(channels):
+                            subscribed.set()
             except Exception as error:  # noqa: BLE001 - keep listening whatever happens
                 log.debug("event listener: %s; reconnecting", error)
                 self._stopping.wait(backoff)
