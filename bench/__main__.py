@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
 
 from bench import RESULTS, ROOT
@@ -73,6 +74,20 @@ def git_commit() -> str:
     return run.stdout.strip() or "unknown"
 
 
+def package_versions() -> dict[str, str]:
+    """The libraries on the hot path, as the service (same interpreter) loads them."""
+    import redis.utils
+
+    versions = {}
+    for name in ("falcon", "waitress", "redis", "hiredis", "jsonschema-rs", "prometheus-client"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    versions["redis-py uses hiredis"] = str(redis.utils.HIREDIS_AVAILABLE)
+    return versions
+
+
 def machine(redis_version: str) -> dict:
     return {
         "cpu": cpu_model(),
@@ -81,6 +96,7 @@ def machine(redis_version: str) -> dict:
         "python": platform.python_version(),
         "redis": redis_version,
         "wrk": wrk_version(),
+        "packages": package_versions(),
         "commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "load_average_before": os.getloadavg()[0],

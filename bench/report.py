@@ -42,6 +42,7 @@ def machine_section(results: dict) -> str:
         "",
         f"- CPU: {m['cpu']}, {m['cores']} cores; {m['os']}",
         f"- Python {m['python']}, {m['redis']} (unix socket, no persistence), {m['wrk']}",
+        "- " + ", ".join(f"{k} {v}" for k, v in m.get("packages", {}).items()),
         f"- Load average (1 min) before / after: {m['load_average_before']:.2f} / "
         f"{m['load_average_after']:.2f}",
         f"- `karmchari serve`: 1 process, {s['threads']} threads; wrk: {s['wrk_threads']} "
