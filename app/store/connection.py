@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 
 import redis
 import redis.cluster
-from redis.backoff import ExponentialBackoff
+import redis.sentinel
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.connection import parse_url
 from redis.retry import Retry
 
 from app.errors import StoreUnavailable
@@ -20,13 +23,17 @@ _TRANSIENT_REPLIES = ("BUSY", "LOADING", "OOM", "READONLY", "MASTERDOWN", "CLUST
                       "TRYAGAIN", "NOREPLICAS", "MISCONF", "UNBLOCKED")
 
 
-def connect(url: str, *, cluster: bool = False, max_connections: int = 32,
+def connect(url: str, *, cluster: bool = False, sentinels: Sequence[tuple[str, int]] = (),
+            sentinel_master: str = "mymaster", max_connections: int = 32,
             socket_timeout: float = 2.0) -> redis.Redis:
     """A client with explicit timeouts, so a dead or frozen Redis costs at most
     ``socket_timeout`` per request, never a hang.
 
-    One retry after a dropped connection (a restarted Redis): every script is
-    safe to replay, as a repeated command is a no-op."""
+    One retry after a dropped connection (a restarted Redis, a failover): every
+    script is safe to replay, as a repeated command is a no-op.
+
+    With ``sentinels``, the master they name ``sentinel_master``; ``url`` then
+    brings only its credentials, database and TLS options."""
     retry = Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1,
                   supported_errors=(redis.exceptions.ConnectionError,))
     options = dict(
@@ -41,10 +48,69 @@ def connect(url: str, *, cluster: bool = False, max_connections: int = 32,
         return redis.cluster.RedisCluster.from_url(
             url, max_connections=max_connections, **options
         )
+    if sentinels:
+        return _sentinel_master(url, sentinels, sentinel_master, max_connections, options)
     pool = redis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=socket_timeout, **options
     )
     return redis.Redis(connection_pool=pool)
+
+
+class _MasterFollowingPool(redis.sentinel.SentinelConnectionPool):
+    """redis-py's Sentinel pool, which also asks the Sentinels for the master at
+    most once a second as connections are taken, and drops the idle connections
+    to a former master. Alone it moves only when a connection breaks or meets
+    READONLY, but after ``SENTINEL FAILOVER`` the old master stays a writable
+    master until Sentinel reconfigures it some ten seconds later, and discards
+    what it accepted meanwhile. Connections in use are dropped when released.
+
+    Like redis-py's pool it does not wait for a free connection: once
+    ``max_connections`` are in use it raises MaxConnectionsError at once (a 503)."""
+
+    check_interval = 1.0
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._next_check = 0.0
+
+    def get_connection(self, *args, **kwargs):
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + self.check_interval
+            # No Sentinel answering: keep the connections there are.
+            with contextlib.suppress(redis.exceptions.ConnectionError):
+                self.get_master_address()
+        return super().get_connection(*args, **kwargs)
+
+
+def left_behind(pubsub: redis.client.PubSub) -> bool:
+    """Whether this subscription is on a master the Sentinels no longer name: a
+    subscribed connection is never released, so the pool cannot drop it."""
+    pool = pubsub.connection_pool
+    return (isinstance(pool, redis.sentinel.SentinelConnectionPool)
+            and pubsub.connection is not None and not pool.owns_connection(pubsub.connection))
+
+
+def _sentinel_master(url: str, sentinels: Sequence[tuple[str, int]], name: str,
+                     max_connections: int, options: dict) -> redis.Redis:
+    """Each new connection asks the Sentinels where the master is, so a failover
+    costs the requests in flight a retry or a 503, never a restart.
+
+    The Sentinels are asked once each, without a retry of their own: a request
+    must not wait out redis-py's default backoff when none of them answers. They
+    are reached without credentials or TLS."""
+    master = parse_url(url)
+    for address_part in ("host", "port"):
+        master.pop(address_part, None)
+    if master.pop("connection_class", None) is redis.SSLConnection:
+        master["ssl"] = True  # SentinelConnectionPool picks its own TLS connection class
+    sentinel = redis.sentinel.Sentinel(
+        sentinels, sentinel_kwargs=dict(
+            socket_timeout=options["socket_timeout"],
+            socket_connect_timeout=options["socket_connect_timeout"],
+            retry=Retry(NoBackoff(), retries=0), health_check_interval=0))
+    return sentinel.master_for(name, connection_pool_class=_MasterFollowingPool,
+                               max_connections=max_connections, **options, **master)
 
 
 def is_transient(error: Exception) -> bool:

@@ -20,6 +20,7 @@ import time
 import redis.cluster
 
 from app.store import JobStore
+from app.store.connection import left_behind
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,8 @@ class ChangeNotifier:
                 pubsub.ssubscribe(*channels)
                 backoff = 0.1
                 confirmed = 0
-                while not self._stopping.is_set():
+                # After a Sentinel failover, resubscribe on the new master.
+                while not self._stopping.is_set() and not left_behind(pubsub):
                     message = pubsub.get_sharded_message(timeout=1.0) \
                         if hasattr(pubsub, "get_sharded_message") \
                         else pubsub.get_message(timeout=1.0)
