@@ -22,7 +22,8 @@ from app.store.keys import KeySchema
 
 
 def build_store(config: Config, url: str) -> JobStore:
-    client = connect(url, cluster=config.redis_cluster,
+    client = connect(url, cluster=config.redis_cluster, sentinels=config.sentinel_addresses,
+                     sentinel_master=config.sentinel_master,
                      max_connections=config.threads + 4,
                      socket_timeout=config.redis_socket_timeout)
     return JobStore(client, history_cap=config.history_cap,

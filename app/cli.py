@@ -25,6 +25,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         + env % "REDIS_URL")
     parser.add_argument("--redis-cluster", action="store_true", default=None,
                         help="the Redis URL is a Redis Cluster node " + env % "REDIS_CLUSTER")
+    parser.add_argument("--redis-sentinel", metavar="HOST:PORT[,HOST:PORT...]",
+                        help="ask these Sentinels for the master; --redis-url then brings only "
+                        "its credentials, database and TLS options " + env % "REDIS_SENTINEL")
+    parser.add_argument("--sentinel-master", metavar="NAME",
+                        help="the master's name at the Sentinels, default mymaster "
+                        + env % "SENTINEL_MASTER")
     parser.add_argument("--redis-socket-timeout", type=float, metavar="SECONDS",
                         help="longest wait for one Redis reply or connection, default 2 "
                         + env % "REDIS_SOCKET_TIMEOUT")
@@ -55,9 +61,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    names = ("port", "shost", "redis_url", "redis_cluster", "redis_socket_timeout", "host",
-             "threads", "workers", "data_dir", "tokens_file", "allow_unauthenticated",
-             "job_types", "history_cap", "retention_seconds", "log_level")
+    names = ("port", "shost", "redis_url", "redis_cluster", "redis_sentinel", "sentinel_master",
+             "redis_socket_timeout", "host", "threads", "workers", "data_dir", "tokens_file",
+             "allow_unauthenticated", "job_types", "history_cap", "retention_seconds",
+             "log_level")
     return Config.from_env(**{name: getattr(args, name) for name in names})
 
 

@@ -26,10 +26,15 @@ class Config:
     port: int = DEFAULT_PORT
     threads: int = 16
     workers: int = 1
-    # Store: redis_url (or shost) selects an external server; neither runs the embedded one.
+    # Store: redis_url, shost or redis_sentinel selects an external server; none runs the
+    # embedded one.
     redis_url: str = ""
     shost: str = ""
     redis_cluster: bool = False
+    # HOST:PORT,... of Sentinels that name the master; redis_url then brings only the
+    # master's credentials, database and TLS options (its host and port are not used).
+    redis_sentinel: str = ""
+    sentinel_master: str = "mymaster"
     redis_socket_timeout: float = 2.0
     data_dir: str = field(default_factory=_default_data_dir)
     key_prefix: str = "kc"
@@ -65,9 +70,15 @@ class Config:
         """The external Redis to use, or "" for the embedded default."""
         if self.redis_url:
             return self.redis_url
+        if self.redis_sentinel:
+            return "redis://"  # the master's address comes from the Sentinels
         if self.shost:
             return f"redis://{self.shost}/0"
         return ""
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        return parse_addresses(self.redis_sentinel) if self.redis_sentinel else []
 
     @property
     def waiter_limit(self) -> int:
@@ -85,6 +96,13 @@ class Config:
                 values[f.name] = parse_value(f.name, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def __post_init__(self) -> None:
+        """Refuse a malformed Sentinel list at start-up, not at the first request."""
+        if self.redis_sentinel:
+            parse_addresses(self.redis_sentinel)
+            if self.redis_cluster:
+                raise ValueError("--redis-sentinel and --redis-cluster exclude each other")
 
 
 def parse_value(name: str, raw: str):
@@ -104,3 +122,16 @@ def parse_value(name: str, raw: str):
     if kind.startswith("tuple"):
         return tuple(t.strip() for t in raw.split(",") if t.strip())
     return raw
+
+
+def parse_addresses(text: str) -> list[tuple[str, int]]:
+    """``HOST:PORT[,HOST:PORT...]`` (an IPv6 host in brackets) as (host, port) pairs."""
+    addresses = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"KARMCHARI_REDIS_SENTINEL: not HOST:PORT: {item!r}")
+        addresses.append((host.strip("[]"), int(port)))
+    if not addresses:
+        raise ValueError(f"KARMCHARI_REDIS_SENTINEL: not HOST:PORT[,HOST:PORT...]: {text!r}")
+    return addresses

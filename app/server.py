@@ -108,6 +108,12 @@ def shown_url(url: str) -> str:
     return f"{parts.scheme}://{user}{'@' if user else ''}{address}{parts.path}"
 
 
+def shown_store(config: Config, url: str) -> str:
+    if config.redis_sentinel:
+        return f"master {config.sentinel_master} of Sentinel {config.redis_sentinel}"
+    return shown_url(url)
+
+
 def _listen_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -189,7 +195,7 @@ def serve(config: Config) -> int:
         host, port = sock.getsockname()[:2]
         log.info("karmchari listening on http://%s:%d (%d threads, %d process%s), store %s",
                  f"[{host}]" if ":" in host else host, port, config.threads, config.workers,
-                 "es" if config.workers > 1 else "", shown_url(url))
+                 "es" if config.workers > 1 else "", shown_store(config, url))
         if config.workers > 1:
             _serve_forked(config, url, sock)
         else:
