@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 
@@ -35,9 +36,11 @@ SCALING_ENDPOINT = "old_get_job_state"
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=3, help="measured rounds (default 3)")
-    parser.add_argument("--seconds", type=float, default=5, help="length of one wrk run")
-    parser.add_argument("--warmup", type=float, default=2, help="warm-up per endpoint, seconds")
+    parser.add_argument("--runs", type=int, default=5,
+                        help="measured rounds, each against a fresh service (default 5)")
+    parser.add_argument("--seconds", type=float, default=3, help="length of one wrk run")
+    parser.add_argument("--warmup", type=float, default=1,
+                        help="warm-up per endpoint and round, seconds")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections")
     parser.add_argument("--threads", type=int, default=16, help="waitress threads per process")
     parser.add_argument("--quick", action="store_true",
@@ -118,6 +121,44 @@ def run_companion(name: str, log) -> dict | None:
     return json.loads((RESULTS / f"{name}.json").read_text())
 
 
+def http_benchmarks(args: argparse.Namespace, redis_server: BenchRedis, jobs: JobSets,
+                    work: Path, log) -> dict:
+    """Round trips, endpoints, the profile and --workers scaling, each part
+    against its own fresh ``karmchari serve``."""
+
+    def service(workers: int = 1) -> BenchService:
+        return BenchService(redis_server.url, threads=args.threads, workers=workers,
+                            log_dir=work)
+
+    client = redis_server.client()
+    results: dict = {}
+    timing = dict(runs=args.runs, seconds=args.seconds, warmup=args.warmup,
+                  connections=args.connections, log=log)
+    log(f"karmchari serve: {args.threads} threads per process")
+    if "roundtrips" not in args.skip:
+        with service() as running:
+            results["round_trips"] = count_round_trips(running, redis_server)
+        log("redis commands per request:\n" + shown(results["round_trips"]))
+    if "endpoints" not in args.skip:
+        log(f"endpoints: {args.runs} rounds of {args.seconds:g} s per endpoint")
+        results["endpoints"] = measure(service, ENDPOINTS, jobs, client, **timing)
+    if args.profile and "profile" not in args.skip:
+        from bench.profile import profile_endpoints
+        log("profile: py-spy, 6 s per endpoint")
+        with service() as running:
+            results["profile"] = profile_endpoints(running, jobs, connections=args.connections,
+                                                   log=log)
+    if "workers" not in args.skip:
+        results["workers"] = {}
+        scaled = tuple(e for e in ENDPOINTS if e.key == SCALING_ENDPOINT)
+        for workers in (1, 2):
+            log(f"workers: {workers} process(es)")
+            results["workers"][str(workers)] = measure(partial(service, workers), scaled, jobs,
+                                                       client, **timing)
+    client.close()
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     require_wrk()
@@ -139,39 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with BenchRedis() as redis_server:
             results["machine"] = machine(redis_server.version())
-            client = redis_server.client()
             log(f"redis: {redis_server.url}; preloading jobs")
             jobs = JobSets.preload(redis_server.url, work, toggle_slices=args.runs + 1)
-            with BenchService(redis_server.url, threads=args.threads,
-                              log_dir=work) as service:
-                log(f"karmchari serve: {service.base_url}, {args.threads} threads, 1 process")
-                if "roundtrips" not in args.skip:
-                    results["round_trips"] = count_round_trips(service, redis_server)
-                    log("redis commands per request:\n" + shown(results["round_trips"]))
-                if "endpoints" not in args.skip:
-                    log(f"endpoints: {args.runs} rounds of {args.seconds:g} s per endpoint")
-                    results["endpoints"] = measure(
-                        service, ENDPOINTS, jobs, client, runs=args.runs,
-                        seconds=args.seconds, warmup=args.warmup,
-                        connections=args.connections, log=log)
-                if args.profile and "profile" not in args.skip:
-                    from bench.profile import profile_endpoints
-                    log("profile: py-spy, 8 s per endpoint")
-                    results["profile"] = profile_endpoints(service, jobs,
-                                                           connections=args.connections,
-                                                           log=log)
-            if "workers" not in args.skip:
-                results["workers"] = {}
-                scaled = tuple(e for e in ENDPOINTS if e.key == SCALING_ENDPOINT)
-                for workers in (1, 2):
-                    with BenchService(redis_server.url, threads=args.threads, workers=workers,
-                                      log_dir=work) as service:
-                        log(f"workers: {workers} process(es)")
-                        results["workers"][str(workers)] = measure(
-                            service, scaled, jobs, client, runs=args.runs,
-                            seconds=args.seconds, warmup=args.warmup,
-                            connections=args.connections, log=log)
-            client.close()
+            results.update(http_benchmarks(args, redis_server, jobs, work, log))
         results["machine"]["load_average_after"] = os.getloadavg()[0]
         results["duration_s"] = round(time.monotonic() - started)
         (output / "endpoints.json").write_text(json.dumps(results, indent=2) + "\n")

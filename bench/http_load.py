@@ -11,6 +11,8 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -68,6 +70,7 @@ class WrkResult:
     service_cpu_us: float = 0.0  # CPU time of the service processes per request
     redis_cpu_us: float = 0.0  # CPU time of Redis per request
     wrk_cpu_us: float = 0.0  # CPU time of wrk itself per request
+    connections_per_process: list[int] = field(default_factory=list)  # with --workers
 
     @property
     def rps(self) -> float:
@@ -131,17 +134,50 @@ def redis_cpu_seconds(client: redis.Redis) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+def connections_per_process(service: BenchService) -> list[int]:
+    """Established client connections held by each serving process, from
+    /proc (Linux): with ``--workers``, the kernel decides which process
+    accepts which connection."""
+    port = f"{service.port:04X}"
+    established = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[1].endswith(":" + port) and fields[3] == "01":
+                established.add(fields[9])  # the socket's inode
+    return [len(_socket_inodes(pid) & established) for pid in service.pids()]
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    return inodes
+
+
 def run_wrk(service: BenchService, endpoint: Endpoint, ids_file: Path | None, seconds: float,
             connections: int, redis_client: redis.Redis) -> WrkResult:
     pids = service.pids()
     service_before = process_cpu_seconds(pids)
     redis_before = redis_cpu_seconds(redis_client)
     wrk_before = children_cpu_seconds()
-    run = subprocess.run(wrk_command(service.base_url, endpoint, ids_file, seconds, connections),
-                         capture_output=True, text=True, env=wrk_env(), timeout=seconds + 60)
-    if run.returncode != 0:
-        raise BenchError(f"wrk failed for {endpoint.label}:\n{run.stderr}{run.stdout}")
-    result = parse_wrk_output(run.stdout)
+    wrk = subprocess.Popen(wrk_command(service.base_url, endpoint, ids_file, seconds, connections),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=wrk_env())
+    spread = []
+    if len(pids) > 1:
+        time.sleep(min(1.0, seconds / 2))
+        spread = connections_per_process(service)
+    stdout, stderr = wrk.communicate(timeout=seconds + 60)
+    if wrk.returncode != 0:
+        raise BenchError(f"wrk failed for {endpoint.label}:\n{stderr}{stdout}")
+    result = parse_wrk_output(stdout)
+    result.connections_per_process = spread
     if result.requests:
         result.service_cpu_us = (process_cpu_seconds(pids) - service_before) * 1e6 \
             / result.requests
@@ -240,26 +276,30 @@ def summarize(endpoint: Endpoint, runs: list, references: list[Reference]) -> di
     return summary
 
 
-def measure(service: BenchService, endpoints: tuple[Endpoint, ...], jobs: JobSets,
-            redis_client: redis.Redis, *, runs: int, seconds: float, warmup: float,
-            connections: int, log=print) -> dict:
-    """Warm every endpoint up, then ``runs`` rounds of: /healthz, each
-    endpoint, /healthz again; each endpoint is compared with the mean of the
+def measure(start_service: Callable[[], BenchService], endpoints: tuple[Endpoint, ...],
+            jobs: JobSets, redis_client: redis.Redis, *, runs: int, seconds: float,
+            warmup: float, connections: int, log=print) -> dict:
+    """``runs`` rounds, each against a fresh ``karmchari serve`` (one process
+    runs faster or slower than the next on a shared virtual machine, so every
+    round samples that anew): warm every endpoint up, then /healthz, each
+    endpoint, /healthz again. Each endpoint is compared with the mean of the
     two /healthz runs of its round."""
-    for endpoint in (HEALTHZ, *endpoints):
-        run_wrk(service, endpoint, jobs.file(endpoint.ids, 0), warmup, connections, redis_client)
     results: dict[str, list[WrkResult]] = {e.key: [] for e in (HEALTHZ, *endpoints)}
     references: list[Reference] = []
     for number in range(1, runs + 1):
-        before = run_wrk(service, HEALTHZ, None, seconds, connections, redis_client)
-        for endpoint in endpoints:
-            result = run_wrk(service, endpoint, jobs.file(endpoint.ids, number), seconds,
-                             connections, redis_client)
-            results[endpoint.key].append(result)
-            log(f"  round {number}/{runs}: {endpoint.label}: {result.rps:,.0f} req/s, "
-                f"p50 {result.p50_us / 1000:.2f} ms, p99 {result.p99_us / 1000:.2f} ms"
-                + (f", {result.error_count} ERRORS" if result.error_count else ""))
-        after = run_wrk(service, HEALTHZ, None, seconds, connections, redis_client)
+        with start_service() as service:
+            for endpoint in (HEALTHZ, *endpoints):
+                run_wrk(service, endpoint, jobs.file(endpoint.ids, 0), warmup, connections,
+                        redis_client)
+            before = run_wrk(service, HEALTHZ, None, seconds, connections, redis_client)
+            for endpoint in endpoints:
+                result = run_wrk(service, endpoint, jobs.file(endpoint.ids, number), seconds,
+                                 connections, redis_client)
+                results[endpoint.key].append(result)
+                log(f"  round {number}/{runs}: {endpoint.label}: {result.rps:,.0f} req/s, "
+                    f"p50 {result.p50_us / 1000:.2f} ms, p99 {result.p99_us / 1000:.2f} ms"
+                    + (f", {result.error_count} ERRORS" if result.error_count else ""))
+            after = run_wrk(service, HEALTHZ, None, seconds, connections, redis_client)
         results[HEALTHZ.key] += [before, after]
         references.append(Reference.of(before, after))
         log(f"  round {number}/{runs}: /healthz: {references[-1].rps:,.0f} req/s")

@@ -94,7 +94,7 @@ def profile_endpoint(service: BenchService, endpoint: Endpoint, ids_file: Path |
 
 
 def profile_endpoints(service: BenchService, jobs: JobSets, *,
-                      connections: int, seconds: float = 8, log=print) -> dict:
+                      connections: int, seconds: float = 6, log=print) -> dict:
     profiles = {}
     for endpoint in (HEALTHZ, *ENDPOINTS):
         if endpoint.key in PROFILED:

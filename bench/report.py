@@ -43,11 +43,12 @@ def machine_section(results: dict) -> str:
         f"- CPU: {m['cpu']}, {m['cores']} cores; {m['os']}",
         f"- Python {m['python']}, {m['redis']} (unix socket, no persistence), {m['wrk']}",
         "- " + ", ".join(f"{k} {v}" for k, v in m.get("packages", {}).items()),
-        f"- Load average (1 min) before / after: {m['load_average_before']:.2f} / "
-        f"{m['load_average_after']:.2f}",
+        f"- Load average (1 min) before the run: {m['load_average_before']:.2f} (during it the "
+        "benchmark's own processes load the machine)",
         f"- `karmchari serve`: 1 process, {s['threads']} threads; wrk: {s['wrk_threads']} "
-        f"thread, {s['connections']} connections; {s['runs']} rounds of {s['seconds']:g} s per "
-        f"endpoint after a {s['warmup']:g} s warm-up; medians of the rounds",
+        f"thread, {s['connections']} connections; {s['runs']} rounds, each against a fresh "
+        f"service, of {s['seconds']:g} s per endpoint after a {s['warmup']:g} s warm-up; "
+        "medians of the rounds",
     ])
 
 
@@ -99,11 +100,14 @@ def workers_section(results: dict) -> str:
         key = next(k for k in summaries if k != "healthz")
         summary = summaries[key]
         base = base or summary["rps"]
+        spread = " ".join("+".join(map(str, run["connections_per_process"]))
+                          for run in summary["runs"] if run.get("connections_per_process"))
         rows.append([count, summary["label"], _n(summary["rps"]),
                      f"{summary['rps'] / base:.2f}", _n(summaries["healthz"]["rps"]),
-                     f"{summary['p50_ms']:.2f}", f"{summary['p99_ms']:.2f}"])
+                     f"{summary['p50_ms']:.2f}", f"{summary['p99_ms']:.2f}", spread or "-"])
     return _table(["processes", "endpoint", "req/s", "× 1 process", "/healthz req/s",
-                   "p50 ms", "p99 ms"], rows, text_columns=2)
+                   "p50 ms", "p99 ms", "connections per process, by round"], rows,
+                  text_columns=2)
 
 
 def round_trips_section(results: dict) -> str:
