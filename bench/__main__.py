@@ -190,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in COMPANIONS:
             if name not in args.skip:
                 run_companion(name, log)
+        results["total_duration_s"] = round(time.monotonic() - started)
+        (output / "endpoints.json").write_text(json.dumps(results, indent=2) + "\n")
     except BenchError as error:
         print(f"bench: {error}", file=sys.stderr)
         return 1

@@ -38,7 +38,10 @@ def _n(value: float) -> str:
 def machine_section(results: dict) -> str:
     m, s = results["machine"], results["settings"]
     return "\n".join([
-        f"Run of {m['date']}, commit `{m['commit']}`, {results['duration_s']} s.",
+        f"Run of {m['date']}, commit `{m['commit']}`; the HTTP benchmarks took "
+        f"{results['duration_s']} s"
+        + (f", the whole command {results['total_duration_s']} s." if "total_duration_s" in results
+           else "."),
         "",
         f"- CPU: {m['cpu']}, {m['cores']} cores; {m['os']}",
         f"- Python {m['python']}, {m['redis']} (unix socket, no persistence), {m['wrk']}",
@@ -149,7 +152,52 @@ def results_markdown(results: dict, listing: dict | None, signal: dict | None) -
         parts += ["### Listing and memory (bench/listing.py)", companion_section(listing)]
     if signal:
         parts += ["### Signal latency (bench/signal_latency.py)", companion_section(signal)]
+    if "endpoints" in results:
+        parts += ["### Closing note", closing_note(results, listing, signal)]
     return "\n\n".join(parts)
+
+
+def _against(measured: float, target: float, at_least: bool = True, shown=None) -> str:
+    """"met", or how far short of the target."""
+    shown = shown or (lambda value: f"{value:.2f}")
+    if (measured >= target) if at_least else (measured <= target):
+        return f"target {shown(target)}: met"
+    gap = abs(target - measured)
+    return f"target {shown(target)}: missed by {shown(gap)}, {100 * gap / target:.0f} %"
+
+
+def closing_note(results: dict, listing: dict | None, signal: dict | None) -> str:
+    """The run's figures against the targets, in a few sentences."""
+    endpoints = results["endpoints"]
+    sentences = [f"In this run (load average {results['machine']['load_average_before']:.2f} "
+                 f"before it), `/healthz` served {_n(endpoints['healthz']['rps'])} req/s."]
+    ratios = [f"{s['label']} {s['rps_ratio']:.2f} ({_against(s['rps_ratio'], s['target_ratio'])})"
+              for s in endpoints.values() if s.get("target_ratio")]
+    sentences.append("As shares of it: " + "; ".join(ratios) + ".")
+    for summary in endpoints.values():
+        if summary.get("job_updates_per_s"):
+            updates = summary["job_updates_per_s"]
+            verdict = _against(updates, summary["target_job_updates_per_s"], shown=_n)
+            sentences.append(f"{summary['label']} recorded {_n(updates)} job updates/s "
+                             f"({verdict}).")
+    if listing and "p99_ratio_1m_to_1k" in listing:
+        largest = listing["sizes"][-1]
+        sentences.append(
+            f"Listing p99 at 1,000,000 jobs was {listing['p99_ratio_1m_to_1k']:.2f} times the p99 "
+            f"at 1,000 ({_against(listing['p99_ratio_1m_to_1k'], 1.5, at_least=False)}), and "
+            f"Redis held {_n(largest['memory_per_job_bytes'])} bytes per job at "
+            f"{_n(largest['jobs'])} jobs.")
+    if "workers" in results:
+        one, two = (next(v for k, v in results["workers"][n].items() if k != "healthz")
+                    for n in ("1", "2"))
+        sentences.append(f"Two processes served {one['label']} {two['rps'] / one['rps']:.2f} "
+                         "times as fast as one.")
+    long_poll = (signal or {}).get("modes", {}).get("long-poll", {}).get("observed")
+    if long_poll:
+        sentences.append("A pause reached a long-polling worker in "
+                         f"{long_poll['median_ms']:.1f} ms (median; p99 "
+                         f"{long_poll['p99_ms']:.1f} ms).")
+    return " ".join(sentences)
 
 
 def companion_section(data: dict) -> str:
