@@ -41,6 +41,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int,
                         help="processes sharing the listening socket (Linux), default 1 "
                         + env % "WORKERS")
+    parser.add_argument("--max-waiters", type=int, metavar="N",
+                        help="waiting requests (long-polls and watches) per process; past it "
+                        "429, default 0: half the threads " + env % "MAX_WAITERS")
+    parser.add_argument("--max-watch-jobs", type=int, metavar="N",
+                        help="jobs in one POST /v1/watch, default 1000 " + env % "MAX_WATCH_JOBS")
     parser.add_argument("--data-dir", help="embedded store's data directory "
                         + env % "DATA_DIR")
     parser.add_argument("--tokens-file", metavar="PATH",
@@ -62,7 +67,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     names = ("port", "shost", "redis_url", "redis_cluster", "redis_sentinel", "sentinel_master",
-             "redis_socket_timeout", "host", "threads", "workers", "data_dir", "tokens_file",
+             "redis_socket_timeout", "host", "threads", "workers", "max_waiters",
+             "max_watch_jobs", "data_dir", "tokens_file",
              "allow_unauthenticated", "job_types", "history_cap", "retention_seconds",
              "log_level")
     return Config.from_env(**{name: getattr(args, name) for name in names})

@@ -53,7 +53,10 @@ class Config:
     max_batch: int = 500
     max_list_limit: int = 500
     max_wait_seconds: float = 60.0
-    max_waiters: int = 0  # 0: half the threads
+    # Waiting requests (long-polls and watches) per process; each holds a request
+    # thread. 0: half the threads, so the other half stays free for ordinary requests.
+    max_waiters: int = 0
+    max_watch_jobs: int = 1000  # jobs in one POST /v1/watch
     connection_limit: int = 200
     channel_timeout: int = 60
     retry_after_seconds: int = 1
@@ -98,7 +101,11 @@ class Config:
         return cls(**values)
 
     def __post_init__(self) -> None:
-        """Refuse a malformed Sentinel list at start-up, not at the first request."""
+        """Refuse a malformed Sentinel list or limit at start-up, not at the first request."""
+        if self.max_waiters < 0:
+            raise ValueError("KARMCHARI_MAX_WAITERS: must be 0 (half the threads) or more")
+        if self.max_watch_jobs < 1:
+            raise ValueError("KARMCHARI_MAX_WATCH_JOBS: must be at least 1")
         if self.redis_sentinel:
             parse_addresses(self.redis_sentinel)
             if self.redis_cluster:
