@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 
 from app.config import DEFAULT_PORT
-from app.model import STATES, is_job_id
+from app.model import STATES, Command, is_job_id
 from karmchari_client import ApiError, Client, ServiceUnavailable
 
 EXIT_OK = 0
@@ -35,8 +35,9 @@ EXIT_CODES_HELP = f"""exit codes:
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 
 # The command sent by each subcommand that changes a job's state.
-STATE_COMMANDS = {"pause": "pause", "resume": "start", "kill": "kill", "done": "done",
-                  "fail": "fail"}
+STATE_COMMANDS = {"pause": Command.PAUSE.value, "resume": Command.START.value,
+                  "kill": Command.KILL.value, "done": Command.DONE.value,
+                  "fail": Command.FAIL.value}
 
 
 class BadInput(Exception):

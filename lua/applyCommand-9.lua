@@ -25,14 +25,15 @@
              ("" or absent: none). The job keeps the ids of its last 4 changes
              (field "ops"), so a retry of a change already made changes nothing.
 
-  Output:
-    { 1, job hash as a flat array }   the state changed (now, or by this very
-                                      operation before its reply was lost)
-    { 0, job hash as a flat array }   repeated command: nothing changed
-    { -1 }                            no such job
-    { -2 }                            unknown command
-    { -3, state, version }            version differs from ARGV[4]
-    { -4, state, version }            transition not allowed from the current state
+  Output (app/store/scripts.py ApplyCommandCode):
+    { 1, job hash as a flat array }   CHANGED: the state changed (now, or by this
+                                      very operation before its reply was lost)
+    { 0, job hash as a flat array }   UNCHANGED: already in the target state
+    { -1 }                            JOB_NOT_FOUND
+    { -2 }                            INVALID_COMMAND
+    { -3, state, version }            VERSION_MISMATCH: version differs from ARGV[4]
+    { -4, state, version }            ILLEGAL_TRANSITION: the job is in a terminal
+                                      state (app/model.py outcome())
 ]]
 local rcall = redis.call
 local jobKey, histKey = KEYS[1], KEYS[2]

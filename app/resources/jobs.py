@@ -8,11 +8,11 @@ import re
 
 import falcon
 
-from app.auth import FINISH_COMMANDS, require
+from app.auth import require
 from app.config import Config
 from app.errors import JobNotFound
 from app.inputs import int_param, read_json, single_param
-from app.model import STATES, format_time, is_job_id
+from app.model import FINISH_COMMANDS, STATES, format_time, is_job_id
 from app.problems import Problem, bad_request
 from app.representation import etag, job_json
 from app.schemas import (

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import falcon
 
-from app.auth import FINISH_COMMANDS, require
+from app.auth import require
 from app.config import Config
 from app.errors import IllegalTransition, JobNotFound
 from app.inputs import read_form
-from app.model import COMMANDS, is_job_id
+from app.model import COMMANDS, FINISH_COMMANDS, is_job_id
 from app.store import JobStore
 
 

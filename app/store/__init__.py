@@ -21,12 +21,15 @@ from app.errors import JobNotFound, NotDue, StaleRead, StoreUnavailable, raise_f
 from app.model import STATES, Job, is_job_id, new_job_id
 from app.store.connection import connect, is_transient, unavailable_on_redis_errors
 from app.store.keys import KeySchema
-from app.store.scripts import Scripts
+from app.store.scripts import (
+    ApplyCommandCode,
+    RecordHeartbeatsCode,
+    RegisterJobCode,
+    Scripts,
+)
 
 __all__ = ["JobStore", "JobFilter", "HeartbeatReport", "Page", "connect", "is_transient",
            "StoreUnavailable"]
-
-HEARTBEAT_FIELDS = ("worker", "progress", "message", "observed_state")
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
@@ -125,9 +128,9 @@ class JobStore:
                                                  heartbeat_timeout, actor, idempotency_key,
                                                  fingerprint)
         with unavailable_on_redis_errors():
-            reply = self.scripts.registerJob(keys, args)
+            reply = self.scripts.register_job(keys, args)
         raise_for_code(reply)
-        if reply[0] == 2:
+        if reply[0] == RegisterJobCode.REPLAY:
             # The job of an earlier request, or of this very call: redis-py
             # retried it after its reply was lost, and the id is the one made here.
             return self.get(reply[1]), reply[1] == job_id
@@ -142,7 +145,7 @@ class JobStore:
                                      "") for _ in range(count)]
         with unavailable_on_redis_errors():
             replies = self.scripts.run_pipeline(
-                [(self.scripts.registerJob, keys, args) for _, keys, args in calls])
+                [(self.scripts.register_job, keys, args) for _, keys, args in calls])
         for reply in replies:
             raise_for_code(reply)
         return [job_id for job_id, _, _ in calls]
@@ -177,9 +180,9 @@ class JobStore:
         args = [command, actor, reason, "" if expected_version is None else expected_version,
                 self.history_cap, self.retention_seconds, shard.channel, secrets.token_hex(6)]
         with unavailable_on_redis_errors():
-            reply = self.scripts.applyCommand(keys, args)
+            reply = self.scripts.apply_command(keys, args)
         raise_for_code(reply)
-        return Job.from_hash(_pairs(reply[1])), reply[0] == 1
+        return Job.from_hash(_pairs(reply[1])), reply[0] == ApplyCommandCode.CHANGED
 
     def heartbeats(self, reports: Sequence[HeartbeatReport]) -> list[HeartbeatAnswer]:
         """Record many heartbeats: one script call per shard touched, all of
@@ -193,24 +196,25 @@ class JobStore:
             shard = self.keys.shards[shard_name]
             keys = [shard.deadlines, *(shard.job(reports[i].job_id) for i in indexes)]
             args = [a for i in indexes for a in reports[i].script_args()]
-            calls.append((self.scripts.recordHeartbeats, keys, args))
+            calls.append((self.scripts.record_heartbeats, keys, args))
         with unavailable_on_redis_errors():
             replies = self.scripts.run_pipeline(calls)
         answers: list[HeartbeatAnswer | None] = [None] * len(reports)
         for indexes, reply in zip(by_shard.values(), replies, strict=True):
             for i, entry in zip(indexes, reply, strict=True):
                 job_id = reports[i].job_id
-                answers[i] = (HeartbeatAnswer(job_id, False) if entry[0] == -1 else
+                answers[i] = (HeartbeatAnswer(job_id, False)
+                              if entry[0] == RecordHeartbeatsCode.JOB_NOT_FOUND else
                               HeartbeatAnswer(job_id, True, entry[0], int(entry[1]), entry[2]))
         return answers  # type: ignore[return-value]
 
     def heartbeat(self, report: HeartbeatReport) -> HeartbeatAnswer:
         shard = self.keys.for_job(report.job_id)
         with unavailable_on_redis_errors():
-            reply = self.scripts.recordHeartbeats(
+            reply = self.scripts.record_heartbeats(
                 [shard.deadlines, shard.job(report.job_id)], report.script_args())
         entry = reply[0]
-        if entry[0] == -1:
+        if entry[0] == RecordHeartbeatsCode.JOB_NOT_FOUND:
             raise JobNotFound()
         return HeartbeatAnswer(report.job_id, True, entry[0], int(entry[1]), entry[2])
 
@@ -231,7 +235,7 @@ class JobStore:
                     *(shard.label_index(k, v) for k, v in sorted(json.loads(labels).items()))]
             args = [job_id, job_type, labels, "sweep" if sweep else "api", shard.channel]
             with unavailable_on_redis_errors():
-                reply = self.scripts.deleteJob(keys, args)
+                reply = self.scripts.delete_job(keys, args)
             try:
                 raise_for_code(reply)
                 return
@@ -279,7 +283,7 @@ class JobStore:
     def get_with_time(self, job_id: str) -> tuple[Job, int]:
         """The job and the Redis server time, in one round trip."""
         with unavailable_on_redis_errors():
-            now_ms, flat = self.scripts.readJob([self.keys.for_job(job_id).job(job_id)], [])
+            now_ms, flat = self.scripts.read_job([self.keys.for_job(job_id).job(job_id)], [])
         if not flat:
             raise JobNotFound()
         return Job.from_hash(_pairs(flat)), int(now_ms)
