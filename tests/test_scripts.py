@@ -18,7 +18,16 @@ from app.errors import (
     JobNotFound,
     VersionMismatch,
 )
-from app.model import COMMANDS, STATES, TARGET_STATE, TERMINAL_STATES, Job, Outcome, outcome
+from app.model import (
+    COMMANDS,
+    STATES,
+    TARGET_STATE,
+    TERMINAL_STATES,
+    Job,
+    Outcome,
+    new_job_id,
+    outcome,
+)
 from app.store import HeartbeatReport, JobStore, connect
 from app.store.keys import KeySchema
 from app.store.scripts import RETURN_CODES, RegisterJobCode, script_dir
@@ -451,6 +460,43 @@ def test_terminal_jobs_are_swept_with_every_index_entry(store, redis_client, key
     assert short.get(running.id) == running
     assert short.get(kept.id) == kept
     assert short.sweep_expired() == 0
+
+
+
+def test_sweep_moves_past_entries_of_jobs_that_are_gone(store, redis_client):
+    """250 due expiry entries in one shard whose jobs are gone (evicted, say) come
+    first, before a due finished job of the same shard: the sweep clears them
+    and reaches that job (it used to read the same 200 entries for ever)."""
+    short = JobStore(store.client, retention_seconds=1, keys=store.keys)
+    finished = next(job for job in (short.register("teams")[0] for _ in range(200))
+                    if job.id[0] == "7")
+    finished, _ = short.apply_command(finished.id, "done")
+    running, _ = short.register("teams")
+    shard = store.keys.shards["7"]
+    gone = [new_job_id("7") for _ in range(250)]
+    for index in (shard.expiries, shard.all_jobs, shard.state_index("done"),
+                  shard.type_index("teams"), shard.deadlines):
+        redis_client.zadd(index, dict.fromkeys(gone, 1000))
+    redis_client.rpush(shard.history(gone[0]), "{}")
+    # An entry of an unfinished job does not belong in expiry: it goes too.
+    redis_client.zadd(shard.expiries, {running.id: 1000})
+    due_ms = redis_client.zscore(shard.expiries, finished.id)
+    while short.server_time_ms() <= due_ms:
+        time.sleep(0.05)
+
+    rounds = 0
+    while short.sweep_expired(job_types=("teams",)):
+        rounds += 1
+        assert rounds < 10
+
+    assert rounds >= 2  # 200 entries a round and shard
+    assert traces(redis_client, store.keys.prefix, finished.id) == []
+    for index in (shard.expiries, shard.all_jobs, shard.state_index("done"),
+                  shard.type_index("teams"), shard.deadlines):
+        assert not set(gone) & set(redis_client.zrange(index, 0, -1)), index
+    assert not redis_client.exists(shard.history(gone[0]))
+    assert short.get(running.id) == running
+    assert redis_client.zscore(store.keys.for_job(running.id).expiries, running.id) is None
 
 
 # -- return codes ---------------------------------------------------------------

@@ -23,6 +23,7 @@ from app.store.connection import connect, is_transient, unavailable_on_redis_err
 from app.store.keys import KeySchema
 from app.store.scripts import (
     ApplyCommandCode,
+    ClearOrphansCode,
     RecordHeartbeatsCode,
     RegisterJobCode,
     Scripts,
@@ -124,17 +125,32 @@ class JobStore:
                  fingerprint: str = "") -> tuple[Job, bool]:
         """Register a job; returns it and whether it was created now (False for
         an Idempotency-Key replay)."""
+        job, created, _ = self.register_with_time(
+            job_type, name=name, labels=labels, heartbeat_timeout=heartbeat_timeout,
+            actor=actor, idempotency_key=idempotency_key, fingerprint=fingerprint)
+        return job, created
+
+    def register_with_time(self, job_type: str, *, name: str = "",
+                           labels: dict[str, str] | None = None, heartbeat_timeout: int = 0,
+                           actor: str = "", idempotency_key: str | None = None,
+                           fingerprint: str = "") -> tuple[Job, bool, int]:
+        """``register``, and the Redis server time of the answer (a replayed
+        job may be stalled by now)."""
         job_id, keys, args = self._register_call(job_type, name, labels or {},
                                                  heartbeat_timeout, actor, idempotency_key,
                                                  fingerprint)
         with unavailable_on_redis_errors():
             reply = self.scripts.register_job(keys, args)
         raise_for_code(reply)
-        if reply[0] == RegisterJobCode.REPLAY:
-            # The job of an earlier request, or of this very call: redis-py
-            # retried it after its reply was lost, and the id is the one made here.
-            return self.get(reply[1]), reply[1] == job_id
-        return Job.from_hash(_pairs(reply[1])), True
+        if reply[0] == RegisterJobCode.CREATED:
+            job = Job.from_hash(_pairs(reply[1]))
+            return job, True, job.created_at
+        # EXISTS: this very call, retried by redis-py after its reply was lost.
+        # REPLAY: the job of an earlier request, or of this very call likewise
+        # (then the id is the one made here).
+        existing = reply[1] if reply[0] == RegisterJobCode.REPLAY else job_id
+        job, now_ms = self.get_with_time(existing)
+        return job, existing == job_id, now_ms
 
     def register_many(self, job_type: str, count: int, *, name: str = "",
                       labels: dict[str, str] | None = None,
@@ -172,6 +188,15 @@ class JobStore:
     def apply_command(self, job_id: str, command: str, *, actor: str = "", reason: str = "",
                       expected_version: int | None = None) -> tuple[Job, bool]:
         """Apply a command; returns the job after it and whether the state changed."""
+        job, changed, _ = self.apply_command_with_time(
+            job_id, command, actor=actor, reason=reason, expected_version=expected_version)
+        return job, changed
+
+    def apply_command_with_time(self, job_id: str, command: str, *, actor: str = "",
+                                reason: str = "", expected_version: int | None = None,
+                                ) -> tuple[Job, bool, int]:
+        """``apply_command``, and the Redis server time of the answer (a
+        repeated ``start`` leaves a stalled job stalled)."""
         shard = self.keys.for_job(job_id)
         keys = [shard.job(job_id), shard.history(job_id), *shard.state_indexes(),
                 shard.deadlines, shard.expiries]
@@ -182,7 +207,8 @@ class JobStore:
         with unavailable_on_redis_errors():
             reply = self.scripts.apply_command(keys, args)
         raise_for_code(reply)
-        return Job.from_hash(_pairs(reply[1])), reply[0] == ApplyCommandCode.CHANGED
+        return (Job.from_hash(_pairs(reply[1])), reply[0] == ApplyCommandCode.CHANGED,
+                int(reply[2]))
 
     def heartbeats(self, reports: Sequence[HeartbeatReport]) -> list[HeartbeatAnswer]:
         """Record many heartbeats: one script call per shard touched, all of
@@ -247,22 +273,45 @@ class JobStore:
                 return
         raise StaleRead("the job changed while it was being deleted")
 
-    def sweep_expired(self, batch: int = 200) -> int:
-        """Delete terminal jobs whose retention has run out; returns how many."""
+    def sweep_expired(self, batch: int = 200, job_types: Sequence[str] = ()) -> int:
+        """Delete terminal jobs whose retention has run out, up to ``batch`` per
+        shard; returns how many due entries were dealt with (0: none left).
+
+        First ``clearOrphans`` removes the entries of jobs that are gone (and of
+        ``job_types``' indexes) and stale entries of unfinished jobs, in one
+        pipeline of one call per shard: an entry that cannot be deleted is
+        never read again, so it cannot hold up the jobs due after it."""
         now_ms = self.server_time_ms()
+        shards = list(self.keys.shards.values())
         with unavailable_on_redis_errors():
             pipe = self.client.pipeline(transaction=False)
-            for shard in self.keys.shards.values():
+            for shard in shards:
                 pipe.zrangebyscore(shard.expiries, "-inf", now_ms, start=0, num=batch)
-            due = [job_id for ids in pipe.execute() for job_id in ids]
-        deleted = 0
-        for job_id in due:
+            due_by_shard = pipe.execute()
+        calls = []
+        for shard, ids in zip(shards, due_by_shard, strict=True):
+            if ids:
+                keys = [shard.expiries, shard.all_jobs, *shard.state_indexes(), shard.deadlines,
+                        *(shard.type_index(t) for t in job_types),
+                        *(key for job_id in ids
+                          for key in (shard.job(job_id), shard.history(job_id)))]
+                calls.append((self.scripts.clear_orphans, keys, [len(job_types), *ids]))
+        if not calls:
+            return 0
+        with unavailable_on_redis_errors():
+            replies = self.scripts.run_pipeline(calls)
+        present = [job_id for ids, codes in zip([i for i in due_by_shard if i], replies,
+                                                strict=True)
+                   for job_id, code in zip(ids, codes, strict=True)
+                   if code == ClearOrphansCode.PRESENT]
+        handled = sum(len(ids) for ids in due_by_shard) - len(present)
+        for job_id in present:
             try:
                 self.delete(job_id, sweep=True)
-                deleted += 1
             except (JobNotFound, NotDue):
-                continue  # deleted meanwhile, or its retention was renewed
-        return deleted
+                pass  # deleted meanwhile, or its retention was renewed
+            handled += 1
+        return handled
 
     # -- reads --------------------------------------------------------------
 

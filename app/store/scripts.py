@@ -56,12 +56,20 @@ class RecordHeartbeatsCode(enum.IntEnum):
     JOB_NOT_FOUND = ScriptCode.JOB_NOT_FOUND
 
 
+class ClearOrphansCode(enum.IntEnum):
+    """Per job."""
+
+    CLEARED = 1
+    PRESENT = 0
+
+
 # The code set of each script that has one (readJob answers data only).
 RETURN_CODES: dict[str, type[enum.IntEnum]] = {
     "registerJob": RegisterJobCode,
     "applyCommand": ApplyCommandCode,
     "deleteJob": DeleteJobCode,
     "recordHeartbeats": RecordHeartbeatsCode,
+    "clearOrphans": ClearOrphansCode,
 }
 
 _NAME_RE = re.compile(r"(?P<name>[a-zA-Z]+)-(?P<keys>\d+)\.lua\Z")
@@ -118,6 +126,7 @@ class Scripts:
     delete_job: LuaScript
     read_job: LuaScript
     record_heartbeats: LuaScript
+    clear_orphans: LuaScript
 
     def __init__(self, client: Any) -> None:
         self._client = client
@@ -136,6 +145,7 @@ class Scripts:
         self.delete_job = self._named("deleteJob")
         self.read_job = self._named("readJob")
         self.record_heartbeats = self._named("recordHeartbeats")
+        self.clear_orphans = self._named("clearOrphans")
 
     def _named(self, name: str) -> LuaScript:
         try:
