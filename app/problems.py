@@ -15,6 +15,7 @@ from app.errors import (
     JobNotFound,
     KarmchariError,
     NotDue,
+    NotOwner,
     StaleRead,
     StoreUnavailable,
     VersionMismatch,
@@ -28,6 +29,7 @@ _STATUS_OF = {
     IdempotencyKeyReused: (falcon.HTTP_422, "Idempotency-Key reused"),
     StaleRead: (falcon.HTTP_503, "Job changed meanwhile"),
     NotDue: (falcon.HTTP_409, "Not due"),
+    NotOwner: (falcon.HTTP_403, "Not the job's owner"),
     StoreUnavailable: (falcon.HTTP_503, "Store unavailable"),
 }
 

@@ -24,6 +24,8 @@
              when the client library retries the call after a lost connection
              ("" or absent: none). The job keeps the ids of its last 4 changes
              (field "ops"), so a retry of a change already made changes nothing.
+    ARGV[9]  required owner: "" for a caller who may command any job; else the
+             caller's name, which must be the job's owner (a worker token)
 
   Output:
     { 1, job hash as a flat array }   the state changed (now, or by this very
@@ -33,6 +35,7 @@
     { -2 }                            unknown command
     { -3, state, version }            version differs from ARGV[4]
     { -4, state, version }            transition not allowed from the current state
+    { -8 }                            the caller is not the job's owner
 ]]
 local rcall = redis.call
 local jobKey, histKey = KEYS[1], KEYS[2]
@@ -46,10 +49,14 @@ local keptOps = 4
 
 -- Preconditions, before the first write.
 local job = rcall("HMGET", jobKey, "id", "state", "version", "score", "heartbeat_timeout",
-                  "ops")
+                  "ops", "owner")
 local id, state, version = job[1], job[2], tonumber(job[3])
 if not id then
   return { -1 }
+end
+local requiredOwner = ARGV[9] or ""
+if requiredOwner ~= "" and (job[7] or "") ~= requiredOwner then
+  return { -8 }
 end
 -- A retry of a change already made (other changes may have come since).
 if op ~= "" and string.find(" " .. (job[6] or "") .. " ", " " .. op .. " ", 1, true) then

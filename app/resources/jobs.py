@@ -64,7 +64,7 @@ class JobCollection:
                 body["type"], name=body.get("name", ""), labels=body.get("labels", {}),
                 heartbeat_timeout=body.get("heartbeat_timeout", 0),
                 actor=req.context.principal.name, idempotency_key=key,
-                fingerprint=fingerprint)
+                fingerprint=fingerprint, owner=req.context.principal.owner)
         except JobNotFound:
             raise Problem(falcon.HTTP_404, "job_not_found", "Job not found",
                           "the job registered with this Idempotency-Key has been deleted") \
@@ -161,7 +161,7 @@ class JobCommands:
         checked_id(job_id)
         body = read_json(req, self._validator, self._config.max_body_bytes)
         if body["command"] not in FINISH_COMMANDS:
-            require(req, "command")
+            require(req, "command", f"send {body['command']} to a job")
         expected = None
         if_match = req.get_header("If-Match")
         if if_match is not None:
@@ -174,7 +174,8 @@ class JobCommands:
                 expected = 0 if tag.is_weak else int(str(tag))
         job, changed = self._store.apply_command(
             job_id, body["command"], actor=req.context.principal.name,
-            reason=body.get("reason", ""), expected_version=expected)
+            reason=body.get("reason", ""), expected_version=expected,
+            owner=req.context.principal.owner)
         _set_job(resp, job, job.updated_at,
                  {"job": job_json(job, job.updated_at), "changed": changed})
 

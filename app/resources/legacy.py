@@ -32,7 +32,8 @@ class RegisterJob:
             return _text(resp, falcon.HTTP_400, "Type is required")
         if job_type not in self._config.job_types:
             return _text(resp, falcon.HTTP_400, "Type is invalid")
-        job, _ = self._store.register(job_type, actor=req.context.principal.name)
+        job, _ = self._store.register(job_type, actor=req.context.principal.name,
+                                      owner=req.context.principal.owner)
         _text(resp, falcon.HTTP_200, f"Created! id = {job.id}")
 
 
@@ -66,11 +67,12 @@ class JobState:
         if command not in COMMANDS:
             return _text(resp, falcon.HTTP_400, "Command is invalid")
         if command not in FINISH_COMMANDS:
-            require(req, "command")
+            require(req, "command", f"send {command} to a job")
         if not is_job_id(job_id):
             return _text(resp, falcon.HTTP_404, "Job not available")
         try:
-            self._store.apply_command(job_id, command, actor=req.context.principal.name)
+            self._store.apply_command(job_id, command, actor=req.context.principal.name,
+                                      owner=req.context.principal.owner)
         except JobNotFound:
             return _text(resp, falcon.HTTP_404, "Job not available")
         except IllegalTransition as refused:

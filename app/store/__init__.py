@@ -17,7 +17,16 @@ from dataclasses import dataclass, field
 
 import redis
 
-from app.errors import JobNotFound, NotDue, StaleRead, StoreUnavailable, raise_for_code
+from app.errors import (
+    JobNotFound,
+    NotDue,
+    NotOwner,
+    ScriptCode,
+    StaleRead,
+    StoreUnavailable,
+    not_owner_detail,
+    raise_for_code,
+)
 from app.model import STATES, Job, is_job_id, new_job_id
 from app.store.connection import connect, is_transient, unavailable_on_redis_errors
 from app.store.keys import KeySchema
@@ -57,6 +66,15 @@ class HeartbeatAnswer:
     state: str = ""
     version: int = 0
     observed_state: str = ""
+    not_owner: bool = False  # refused: the caller does not own the job; nothing recorded
+
+    @classmethod
+    def from_reply(cls, job_id: str, entry: list) -> HeartbeatAnswer:
+        if entry[0] == ScriptCode.JOB_NOT_FOUND:
+            return cls(job_id, False)
+        if entry[0] == ScriptCode.NOT_OWNER:
+            return cls(job_id, True, not_owner=True)
+        return cls(job_id, True, entry[0], int(entry[1]), entry[2])
 
 
 @dataclass(frozen=True)
@@ -118,12 +136,13 @@ class JobStore:
 
     def register(self, job_type: str, *, name: str = "", labels: dict[str, str] | None = None,
                  heartbeat_timeout: int = 0, actor: str = "", idempotency_key: str | None = None,
-                 fingerprint: str = "") -> tuple[Job, bool]:
+                 fingerprint: str = "", owner: str = "") -> tuple[Job, bool]:
         """Register a job; returns it and whether it was created now (False for
-        an Idempotency-Key replay)."""
+        an Idempotency-Key replay). ``owner``: the worker token that alone may
+        heartbeat and finish it ("" for none)."""
         job_id, keys, args = self._register_call(job_type, name, labels or {},
                                                  heartbeat_timeout, actor, idempotency_key,
-                                                 fingerprint)
+                                                 fingerprint, owner)
         with unavailable_on_redis_errors():
             reply = self.scripts.registerJob(keys, args)
         raise_for_code(reply)
@@ -139,7 +158,7 @@ class JobStore:
         """Register ``count`` jobs alike with one pipeline of registerJob calls
         (bulk loading, as the listing benchmark does); returns their ids."""
         calls = [self._register_call(job_type, name, labels or {}, heartbeat_timeout, "", None,
-                                     "") for _ in range(count)]
+                                     "", "") for _ in range(count)]
         with unavailable_on_redis_errors():
             replies = self.scripts.run_pipeline(
                 [(self.scripts.registerJob, keys, args) for _, keys, args in calls])
@@ -149,7 +168,7 @@ class JobStore:
 
     def _register_call(self, job_type: str, name: str, labels: dict[str, str],
                        heartbeat_timeout: int, actor: str, idempotency_key: str | None,
-                       fingerprint: str) -> tuple[str, list[str], list]:
+                       fingerprint: str, owner: str) -> tuple[str, list[str], list]:
         """A new id, and the KEYS and ARGV of the registerJob call for it."""
         if idempotency_key is not None:
             shard = self.keys.idempotency_shard(actor, idempotency_key)
@@ -163,27 +182,35 @@ class JobStore:
                 shard.state_index("start"), shard.type_index(job_type), shard.deadlines, idem_key,
                 *(shard.label_index(k, v) for k, v in sorted(labels.items()))]
         args = [job_id, job_type, name, json.dumps(labels, sort_keys=True, separators=(",", ":")),
-                heartbeat_timeout, actor, self.history_cap, idem_ttl, fingerprint, shard.channel]
+                heartbeat_timeout, actor, self.history_cap, idem_ttl, fingerprint, shard.channel,
+                owner]
         return job_id, keys, args
 
     def apply_command(self, job_id: str, command: str, *, actor: str = "", reason: str = "",
-                      expected_version: int | None = None) -> tuple[Job, bool]:
-        """Apply a command; returns the job after it and whether the state changed."""
+                      expected_version: int | None = None,
+                      owner: str = "") -> tuple[Job, bool]:
+        """Apply a command; returns the job after it and whether the state changed.
+        ``owner``: the caller must own the job (a worker token), "" for any job."""
         shard = self.keys.for_job(job_id)
         keys = [shard.job(job_id), shard.history(job_id), *shard.state_indexes(),
                 shard.deadlines, shard.expiries]
         # The operation id lets the script recognise redis-py's retry of this very
         # call after a lost reply, and not apply it twice.
         args = [command, actor, reason, "" if expected_version is None else expected_version,
-                self.history_cap, self.retention_seconds, shard.channel, secrets.token_hex(6)]
+                self.history_cap, self.retention_seconds, shard.channel, secrets.token_hex(6),
+                owner]
         with unavailable_on_redis_errors():
             reply = self.scripts.applyCommand(keys, args)
+        if reply[0] == ScriptCode.NOT_OWNER:
+            raise NotOwner(not_owner_detail(owner))
         raise_for_code(reply)
         return Job.from_hash(_pairs(reply[1])), reply[0] == 1
 
-    def heartbeats(self, reports: Sequence[HeartbeatReport]) -> list[HeartbeatAnswer]:
+    def heartbeats(self, reports: Sequence[HeartbeatReport], *,
+                   owner: str = "") -> list[HeartbeatAnswer]:
         """Record many heartbeats: one script call per shard touched, all of
-        them in one pipeline."""
+        them in one pipeline. With ``owner``, a job the caller does not own is
+        answered ``not_owner`` and not written; the others are recorded."""
         by_shard: dict[str, list[int]] = {}
         for index, report in enumerate(reports):
             by_shard.setdefault(self.keys.for_job(report.job_id).shard, []).append(index)
@@ -192,27 +219,27 @@ class JobStore:
         for shard_name, indexes in by_shard.items():
             shard = self.keys.shards[shard_name]
             keys = [shard.deadlines, *(shard.job(reports[i].job_id) for i in indexes)]
-            args = [a for i in indexes for a in reports[i].script_args()]
+            args = [owner, *(a for i in indexes for a in reports[i].script_args())]
             calls.append((self.scripts.recordHeartbeats, keys, args))
         with unavailable_on_redis_errors():
             replies = self.scripts.run_pipeline(calls)
         answers: list[HeartbeatAnswer | None] = [None] * len(reports)
         for indexes, reply in zip(by_shard.values(), replies, strict=True):
             for i, entry in zip(indexes, reply, strict=True):
-                job_id = reports[i].job_id
-                answers[i] = (HeartbeatAnswer(job_id, False) if entry[0] == -1 else
-                              HeartbeatAnswer(job_id, True, entry[0], int(entry[1]), entry[2]))
+                answers[i] = HeartbeatAnswer.from_reply(reports[i].job_id, entry)
         return answers  # type: ignore[return-value]
 
-    def heartbeat(self, report: HeartbeatReport) -> HeartbeatAnswer:
+    def heartbeat(self, report: HeartbeatReport, *, owner: str = "") -> HeartbeatAnswer:
         shard = self.keys.for_job(report.job_id)
         with unavailable_on_redis_errors():
             reply = self.scripts.recordHeartbeats(
-                [shard.deadlines, shard.job(report.job_id)], report.script_args())
-        entry = reply[0]
-        if entry[0] == -1:
+                [shard.deadlines, shard.job(report.job_id)], [owner, *report.script_args()])
+        answer = HeartbeatAnswer.from_reply(report.job_id, reply[0])
+        if not answer.found:
             raise JobNotFound()
-        return HeartbeatAnswer(report.job_id, True, entry[0], int(entry[1]), entry[2])
+        if answer.not_owner:
+            raise NotOwner(not_owner_detail(owner))
+        return answer
 
     def delete(self, job_id: str, *, sweep: bool = False) -> None:
         """Delete a terminal job, its history and its index entries. The index
