@@ -74,6 +74,13 @@ class StoreUnavailable(KarmchariError):
     code = "store_unavailable"
 
 
+class OutcomeUnknown(StoreUnavailable):
+    """A write was sent to Redis but no reply came (a timeout, a lost connection):
+    it may or may not have been applied."""
+
+    code = "outcome_unknown"
+
+
 _BY_CODE: dict[ScriptCode, type[KarmchariError]] = {
     ScriptCode.JOB_NOT_FOUND: JobNotFound,
     ScriptCode.INVALID_COMMAND: InvalidCommand,

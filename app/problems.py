@@ -16,6 +16,7 @@ from app.errors import (
     KarmchariError,
     NotDue,
     NotOwner,
+    OutcomeUnknown,
     StaleRead,
     StoreUnavailable,
     VersionMismatch,
@@ -31,6 +32,7 @@ _STATUS_OF = {
     NotDue: (falcon.HTTP_409, "Not due"),
     NotOwner: (falcon.HTTP_403, "Not the job's owner"),
     StoreUnavailable: (falcon.HTTP_503, "Store unavailable"),
+    OutcomeUnknown: (falcon.HTTP_503, "Outcome unknown"),
 }
 
 
@@ -52,8 +54,12 @@ def make_domain_error_handler(retry_after: int):
     def handle(req, resp, error: KarmchariError, params) -> None:
         status, title = _STATUS_OF.get(type(error), (falcon.HTTP_500, "Internal error"))
         headers = {"Retry-After": str(retry_after)} if status == falcon.HTTP_503 else None
-        if isinstance(error, StoreUnavailable):
-            detail = "Redis is not answering now; retry shortly."
+        if isinstance(error, OutcomeUnknown):
+            detail = ("Redis did not answer after the change was sent: it may or may not "
+                      "have been applied. Retry with the same Idempotency-Key (it is then "
+                      "applied once), or read the job to find out.")
+        elif isinstance(error, StoreUnavailable):
+            detail = "Redis is not answering now; the change was not applied; retry shortly."
         elif isinstance(error, JobNotFound):
             detail = "No job with this id."
         else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import heapq
 import itertools
 import json
@@ -143,7 +144,7 @@ class JobStore:
         job_id, keys, args = self._register_call(job_type, name, labels or {},
                                                  heartbeat_timeout, actor, idempotency_key,
                                                  fingerprint, owner)
-        with unavailable_on_redis_errors():
+        with unavailable_on_redis_errors(write=True):
             reply = self.scripts.registerJob(keys, args)
         raise_for_code(reply)
         if reply[0] == 2:
@@ -159,7 +160,7 @@ class JobStore:
         (bulk loading, as the listing benchmark does); returns their ids."""
         calls = [self._register_call(job_type, name, labels or {}, heartbeat_timeout, "", None,
                                      "", "") for _ in range(count)]
-        with unavailable_on_redis_errors():
+        with unavailable_on_redis_errors(write=True):
             replies = self.scripts.run_pipeline(
                 [(self.scripts.registerJob, keys, args) for _, keys, args in calls])
         for reply in replies:
@@ -187,19 +188,26 @@ class JobStore:
         return job_id, keys, args
 
     def apply_command(self, job_id: str, command: str, *, actor: str = "", reason: str = "",
-                      expected_version: int | None = None,
-                      owner: str = "") -> tuple[Job, bool]:
+                      expected_version: int | None = None, owner: str = "",
+                      idempotency_key: str | None = None) -> tuple[Job, bool]:
         """Apply a command; returns the job after it and whether the state changed.
-        ``owner``: the caller must own the job (a worker token), "" for any job."""
+        ``owner``: the caller must own the job (a worker token), "" for any job.
+        ``idempotency_key``: the client's key for this command; a retry with the
+        same key (same caller, same command) is not applied twice."""
         shard = self.keys.for_job(job_id)
         keys = [shard.job(job_id), shard.history(job_id), *shard.state_indexes(),
                 shard.deadlines, shard.expiries]
-        # The operation id lets the script recognise redis-py's retry of this very
-        # call after a lost reply, and not apply it twice.
+        # The operation id lets the script recognise a retry of this very command
+        # after a lost reply (redis-py's, or the client's with the same key), and
+        # not apply it twice.
+        if idempotency_key is None:
+            operation = secrets.token_hex(6)
+        else:
+            operation = hashlib.sha256(
+                f"{actor}\n{command}\n{idempotency_key}".encode()).hexdigest()[:16]
         args = [command, actor, reason, "" if expected_version is None else expected_version,
-                self.history_cap, self.retention_seconds, shard.channel, secrets.token_hex(6),
-                owner]
-        with unavailable_on_redis_errors():
+                self.history_cap, self.retention_seconds, shard.channel, operation, owner]
+        with unavailable_on_redis_errors(write=True):
             reply = self.scripts.applyCommand(keys, args)
         if reply[0] == ScriptCode.NOT_OWNER:
             raise NotOwner(not_owner_detail(owner))
@@ -221,7 +229,7 @@ class JobStore:
             keys = [shard.deadlines, *(shard.job(reports[i].job_id) for i in indexes)]
             args = [owner, *(a for i in indexes for a in reports[i].script_args())]
             calls.append((self.scripts.recordHeartbeats, keys, args))
-        with unavailable_on_redis_errors():
+        with unavailable_on_redis_errors(write=True):
             replies = self.scripts.run_pipeline(calls)
         answers: list[HeartbeatAnswer | None] = [None] * len(reports)
         for indexes, reply in zip(by_shard.values(), replies, strict=True):
@@ -231,7 +239,7 @@ class JobStore:
 
     def heartbeat(self, report: HeartbeatReport, *, owner: str = "") -> HeartbeatAnswer:
         shard = self.keys.for_job(report.job_id)
-        with unavailable_on_redis_errors():
+        with unavailable_on_redis_errors(write=True):
             reply = self.scripts.recordHeartbeats(
                 [shard.deadlines, shard.job(report.job_id)], [owner, *report.script_args()])
         answer = HeartbeatAnswer.from_reply(report.job_id, reply[0])
@@ -257,7 +265,7 @@ class JobStore:
                     shard.state_index("start"), shard.state_index("pause"),
                     *(shard.label_index(k, v) for k, v in sorted(json.loads(labels).items()))]
             args = [job_id, job_type, labels, "sweep" if sweep else "api", shard.channel]
-            with unavailable_on_redis_errors():
+            with unavailable_on_redis_errors(write=True):
                 reply = self.scripts.deleteJob(keys, args)
             try:
                 raise_for_code(reply)
