@@ -21,8 +21,6 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "worker": frozenset({"read", "register", "heartbeat", "finish"}),
     "reader": frozenset({"read"}),
 }
-# Commands a worker may send: reporting the end of its own work.
-FINISH_COMMANDS = frozenset({"done", "fail"})
 # How a refusal names what was asked.
 ACTIONS = {
     "read": "read jobs",

@@ -15,11 +15,12 @@
                       4 message, 8 observed_state
       worker, progress, message, observed_state   ("" when not sent)
 
-  Output: one entry per job, in the order of KEYS[2..n]:
+  Output: one entry per job, in the order of KEYS[2..n]
+  (app/store/scripts.py RecordHeartbeatsCode):
     { state, version, observed_state, heartbeat_timeout }   recorded
-    { -1 }                                                   no such job
-    { -8 }                                                   not the job's owner:
-                                                             that job is not written
+    { -1 }                                                   JOB_NOT_FOUND
+    { -8 }                                                   NOT_OWNER: that job is
+                                                             not written
   Jobs in a terminal state are answered but not updated, with one exception:
   a killed job records observed_state "kill", the worker's acknowledgement
   that it has stopped (so a reader can tell "kill requested" from "stopped").
