@@ -20,7 +20,7 @@ import waitress.server
 from app.app import build_store, create_app
 from app.auth import TokenConfigError, TokenRegistry
 from app.config import Config
-from app.embedded import EmbeddedRedis, EmbeddedServerError
+from app.embedded import EmbeddedRedis, EmbeddedServerError, choose_server_binary
 from app.errors import StoreUnavailable
 from app.store import JobStore
 from app.store.events import ChangeNotifier
@@ -188,7 +188,8 @@ def serve(config: Config) -> int:
     url = config.store_url
     if not url:
         try:
-            embedded = EmbeddedRedis(Path(config.data_dir))
+            binary, why = choose_server_binary(config.store_binary)
+            embedded = EmbeddedRedis(Path(config.data_dir), binary=binary, why=why)
             url = embedded.start()
         except (EmbeddedServerError, OSError) as error:
             raise StartupError(f"cannot start the embedded store: {error}") from None
