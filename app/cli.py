@@ -58,6 +58,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         + env % "CONNECTION_LIMIT")
     parser.add_argument("--data-dir", help="embedded store's data directory "
                         + env % "DATA_DIR")
+    parser.add_argument("--store-binary", metavar="PATH",
+                        help="embedded store's server (Redis >= 7.0 or Valkey >= 7.2), default: "
+                        "redis-server or valkey-server on PATH if new enough, else the bundled "
+                        "Valkey " + env % "STORE_BINARY")
     parser.add_argument("--tokens-file", metavar="PATH",
                         help="lines of 'name role sha256-hex-of-token' " + env % "TOKENS_FILE")
     parser.add_argument("--allow-unauthenticated", action="store_true", default=None,
@@ -79,8 +83,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     names = ("port", "shost", "redis_url", "redis_cluster", "redis_sentinel", "sentinel_master",
              "redis_socket_timeout", "host", "threads", "workers", "server",
              "shutdown_timeout", "idle_timeout", "header_timeout", "connection_limit",
-             "data_dir", "tokens_file", "allow_unauthenticated", "job_types", "history_cap",
-             "retention_seconds", "log_level")
+             "data_dir", "store_binary", "tokens_file", "allow_unauthenticated", "job_types",
+             "history_cap", "retention_seconds", "log_level")
     return Config.from_env(**{name: getattr(args, name) for name in names})
 
 

@@ -42,6 +42,8 @@ class Config:
     sentinel_master: str = "mymaster"
     redis_socket_timeout: float = 2.0
     data_dir: str = field(default_factory=_default_data_dir)
+    # The embedded store's server binary; "" chooses (app/embedded.py).
+    store_binary: str = ""
     key_prefix: str = "kc"
     # Jobs
     job_types: tuple[str, ...] = DEFAULT_JOB_TYPES
