@@ -56,6 +56,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--connection-limit", type=int,
                         help="open connections per process (waitress), default 10000 "
                         + env % "CONNECTION_LIMIT")
+    parser.add_argument("--max-waiters", type=int, metavar="N",
+                        help="waiting requests (long-polls and watches) per process; past it "
+                        "429, default 0: half the threads " + env % "MAX_WAITERS")
+    parser.add_argument("--max-watch-jobs", type=int, metavar="N",
+                        help="jobs in one POST /v1/watch, default 1000 " + env % "MAX_WATCH_JOBS")
     parser.add_argument("--data-dir", help="embedded store's data directory "
                         + env % "DATA_DIR")
     parser.add_argument("--store-binary", metavar="PATH",
@@ -83,8 +88,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
     names = ("port", "shost", "redis_url", "redis_cluster", "redis_sentinel", "sentinel_master",
              "redis_socket_timeout", "host", "threads", "workers", "server",
              "shutdown_timeout", "idle_timeout", "header_timeout", "connection_limit",
-             "data_dir", "store_binary", "tokens_file", "allow_unauthenticated", "job_types",
-             "history_cap", "retention_seconds", "log_level")
+             "max_waiters", "max_watch_jobs", "data_dir", "store_binary", "tokens_file",
+             "allow_unauthenticated", "job_types", "history_cap", "retention_seconds",
+             "log_level")
     return Config.from_env(**{name: getattr(args, name) for name in names})
 
 

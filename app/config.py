@@ -60,7 +60,10 @@ class Config:
     max_batch: int = 500
     max_list_limit: int = 500
     max_wait_seconds: float = 60.0
-    max_waiters: int = 0  # 0: half the threads
+    # Waiting requests (long-polls and watches) per process; each holds a request
+    # thread. 0: half the threads, so the other half stays free for ordinary requests.
+    max_waiters: int = 0
+    max_watch_jobs: int = 1000  # jobs in one POST /v1/watch
     # Open connections per process (waitress; granian is bounded by the open-files limit).
     connection_limit: int = 10_000
     # Seconds an idle keep-alive connection stays open.
@@ -109,10 +112,14 @@ class Config:
         return cls(**values)
 
     def __post_init__(self) -> None:
-        """Refuse a malformed Sentinel list at start-up, not at the first request."""
+        """Refuse a malformed setting at start-up, not at the first request."""
         if self.server not in SERVERS:
             raise ValueError(f"KARMCHARI_SERVER: not one of {', '.join(SERVERS)}: "
                              f"{self.server!r}")
+        if self.max_waiters < 0:
+            raise ValueError("KARMCHARI_MAX_WAITERS: must be 0 (half the threads) or more")
+        if self.max_watch_jobs < 1:
+            raise ValueError("KARMCHARI_MAX_WATCH_JOBS: must be at least 1")
         if self.redis_sentinel:
             parse_addresses(self.redis_sentinel)
             if self.redis_cluster:
