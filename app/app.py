@@ -72,7 +72,7 @@ def create_app(config: Config | None = None, store: JobStore | None = None,
     app.add_route("/readyz", Readyz(store, config.retry_after_seconds))
     app.add_route("/metrics", MetricsResource(store, metrics))
     app.add_route("/openapi.json", OpenApiDocument(config))
-    app.add_route("/v1/whoami", WhoAmI(tokens.enabled))
+    app.add_route("/v1/whoami", WhoAmI(tokens.enabled, config.job_types))
     dashboard = DashboardAssets()
     app.add_route("/", RootRedirect())
     app.add_route("/ui", dashboard)

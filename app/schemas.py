@@ -180,13 +180,15 @@ RESPONSE_SCHEMAS: dict[str, dict] = {
     },
     "WhoAmI": {
         "type": "object",
-        "required": ["name", "role", "permissions", "auth"],
+        "required": ["name", "role", "permissions", "auth", "job_types"],
         "properties": {
             "name": {"type": "string"},
             "role": {"type": "string", "enum": ["admin", "operator", "worker", "reader"]},
             "permissions": {"type": "array", "items": {"type": "string"}},
             "auth": {"type": "boolean", "description": "false: no tokens configured, every "
                                                        "caller is an anonymous admin"},
+            "job_types": {"type": "array", "items": {"type": "string"},
+                          "description": "the job types this service accepts"},
         },
     },
     "History": {

@@ -141,7 +141,8 @@ def test_whoami_without_auth_is_an_anonymous_admin(client):
     assert response.status_code == 200
     assert response.json == {"name": "", "role": "admin", "auth": False,
                              "permissions": ["command", "delete", "finish", "heartbeat",
-                                             "read", "register"]}
+                                             "read", "register"],
+                             "job_types": ["upload", "export", "teams"]}
 
 
 @pytest.fixture
@@ -154,7 +155,7 @@ def test_whoami_tells_the_token_name_and_role(auth_client):
     reader = auth_client.simulate_get("/v1/whoami",
                                       headers={"Authorization": "Bearer read-secret"})
     assert reader.json == {"name": "viewer", "role": "reader", "auth": True,
-                           "permissions": ["read"]}
+                           "permissions": ["read"], "job_types": ["upload", "export", "teams"]}
     operator = auth_client.simulate_get("/v1/whoami",
                                         headers={"Authorization": "Bearer op-secret"})
     assert operator.json["role"] == "operator" and "command" in operator.json["permissions"]

@@ -80,15 +80,17 @@ class RootRedirect:
 
 class WhoAmI:
     """The caller's name and role (anonymous admin when auth is off), so the
-    dashboard shows only the actions the server would accept."""
+    dashboard shows only the actions the server would accept, and the job
+    types this service knows, for its filter."""
 
     permissions = {"GET": "read"}
 
-    def __init__(self, auth_enabled: bool) -> None:
+    def __init__(self, auth_enabled: bool, job_types: tuple[str, ...]) -> None:
         self._auth_enabled = auth_enabled
+        self._job_types = list(job_types)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         principal = req.context.principal
         resp.media = {"name": principal.name, "role": principal.role,
                       "permissions": sorted(ROLE_PERMISSIONS[principal.role]),
-                      "auth": self._auth_enabled}
+                      "auth": self._auth_enabled, "job_types": self._job_types}

@@ -29,21 +29,17 @@ const DONE_WORDS = { start: "running", pause: "paused", kill: "killed", done: "d
 const PENDING_WORDS = { start: "resuming…", pause: "pausing…", kill: "killing…" };
 
 // What the worker is doing, beside what was requested: a command is pending
-// until the worker reports the state it asks for (observed_state).
+// ("pausing…") until the worker reports the state it asks for (observed_state).
+// awaiting: a worker runs the job and has not acknowledged yet.
 export function status(job) {
-  if (job.state in PENDING_WORDS && job.observed_state && job.observed_state !== job.state) {
-    return { text: PENDING_WORDS[job.state], pending: true };
+  const hasWorker = Boolean(job.observed_state || job.heartbeat_at);
+  if (job.state in PENDING_WORDS && hasWorker && job.observed_state !== job.state) {
+    return { text: PENDING_WORDS[job.state], pending: true, awaiting: true };
   }
-  if (job.state === "start" && !job.observed_state && !job.heartbeat_at) {
-    return { text: "waiting for a worker", pending: true };
+  if (job.state === "start" && !hasWorker) {
+    return { text: "waiting for a worker", pending: true, awaiting: false };
   }
-  if (job.state === "pause" && !job.observed_state && job.heartbeat_at) {
-    return { text: "pausing…", pending: true };
-  }
-  if (job.state === "kill" && !job.observed_state && job.heartbeat_at) {
-    return { text: "killing…", pending: true };
-  }
-  return { text: DONE_WORDS[job.state] || job.state, pending: false };
+  return { text: DONE_WORDS[job.state] || job.state, pending: false, awaiting: false };
 }
 
 export function age(iso) {

@@ -2,7 +2,7 @@
 
 import { canCommand, commandJob } from "./actions.js";
 import { get } from "./api.js";
-import { age, clear, el, labelChips, progressBar, stateChip, time } from "./dom.js";
+import { age, clear, el, labelChips, progressBar, stateChip, status, time } from "./dom.js";
 import { Watcher } from "./live.js";
 
 let current = null;
@@ -78,6 +78,15 @@ export async function showJob(id) {
   show(job);
   await loadHistory(id);
   watcher.watch({ [job.id]: job.version });
+}
+
+// The worker's acknowledgement comes with a heartbeat, which the watch does
+// not report (no new version): re-read the job while it is awaited.
+export async function checkAcknowledgement() {
+  if (!current || !status(current).awaiting) return;
+  const id = current.id;
+  const job = await get(`/v1/jobs/${id}`).catch(() => null);
+  if (job && current && current.id === id) show(job);
 }
 
 export function stopJob() {

@@ -3,11 +3,12 @@
 
 import { canCommand, commandJob, commandMany, summary } from "./actions.js";
 import { get, jobsQuery, whereOf } from "./api.js";
-import { age, clear, el, labelChips, progressBar, stateChip } from "./dom.js";
+import { age, clear, el, labelChips, progressBar, stateChip, status } from "./dom.js";
 import { Watcher } from "./live.js";
 import { notify } from "./notice.js";
 
 const PAGE_SIZE = 50;
+const ACK_CHECKS = 10;  // jobs re-read per second while their worker has not acknowledged
 const ROW_ACTIONS = { start: ["pause", "kill"], pause: ["start", "kill"] };
 const ACTION_WORDS = { pause: "Pause", start: "Resume", kill: "Kill" };
 
@@ -144,6 +145,31 @@ export async function loadPage() {
 
 export function onFirstPage() {
   return view.cursors.length === 1;
+}
+
+// Heartbeats (progress, worker, acknowledgements) do not change a job's
+// version, so the watch does not report them. Two bounded reads cover them:
+// the jobs awaiting their worker's acknowledgement, once a second...
+export async function checkAcknowledgements() {
+  const awaiting = [...view.rows.values()].filter((r) => status(r.job).awaiting)
+    .slice(0, ACK_CHECKS);
+  await Promise.all(awaiting.map(({ job }) => get(`/v1/jobs/${job.id}`)
+    .then(updateRow, () => {})));
+}
+
+// ...and the page shown, at the slow pace of the counts. New jobs are not
+// inserted under the reader's eyes: a notice offers them.
+export async function refreshRows() {
+  const cursor = view.cursors[view.cursors.length - 1];
+  const request = view.request;
+  const page = await get(jobsQuery(view.filter, cursor, PAGE_SIZE));
+  if (request !== view.request) return;
+  let unseen = 0;
+  for (const job of page.jobs) {
+    if (view.rows.has(job.id)) updateRow(job);
+    else unseen += 1;
+  }
+  if (unseen && onFirstPage()) document.getElementById("new-jobs").hidden = false;
 }
 
 export function showFilter(filter) {

@@ -8,7 +8,6 @@ import { notify } from "./notice.js";
 import { loadStats, renderStats } from "./overview.js";
 
 const STATS_EVERY_MS = 15000;  // the slow refresh of the counts; rows are live
-let lastTotal = null;
 
 function navigate(hash) {
   if (location.hash === hash) route();
@@ -41,16 +40,14 @@ async function route() {
   }
 }
 
-async function refreshStats() {
+// The slow refresh: counts, and heartbeats of the rows shown.
+async function refreshStats(rows = true) {
   if (document.hidden || document.getElementById("list-view").hidden) return;
+  if (rows) jobs.refreshRows().catch(() => {});
   try {
     const stats = await loadStats();
     renderStats(stats);
     jobs.setTypes(Object.keys(stats.types));
-    if (lastTotal !== null && stats.total !== lastTotal && jobs.onFirstPage()) {
-      document.getElementById("new-jobs").hidden = false;
-    }
-    lastTotal = stats.total;
   } catch (error) {
     if (!(error instanceof ApiError && error.status === 401)) {
       document.getElementById("chart").textContent = `Counts unavailable: ${error.message}`;
@@ -124,10 +121,16 @@ async function start() {
   });
   setRole(who);
   showWho(who);
+  jobs.setTypes(who.job_types);
   window.addEventListener("hashchange", route);
-  await Promise.all([route(), refreshStats()]);
+  await Promise.all([route(), refreshStats(false)]);
   setInterval(refreshStats, STATS_EVERY_MS);
   setInterval(jobs.tickAges, 5000);
+  setInterval(() => {
+    if (document.hidden) return;
+    if (document.getElementById("list-view").hidden) jobPage.checkAcknowledgement();
+    else jobs.checkAcknowledgements();
+  }, 1000);
   document.body.dataset.ready = "true";
 }
 
