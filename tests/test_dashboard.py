@@ -92,6 +92,14 @@ def test_every_module_import_is_a_shipped_file():
             assert (UI / name).is_file(), (script.name, name)
 
 
+def test_every_module_is_preloaded(client):
+    """The page names every module up front, so they load in parallel."""
+    page = _Page()
+    page.feed(client.simulate_get("/ui/").text)
+    shipped = {f"/ui/{p.name}" for p in UI.glob("*.js")}
+    assert shipped <= set(page.sources)
+
+
 def test_scripts_never_build_html_from_strings():
     """Values from users reach the page as text only."""
     for script in UI.glob("*.js"):

@@ -124,10 +124,17 @@ function showSelection() {
   }
 }
 
-export async function loadPage() {
+// The first page of a filter, asked for at start-up beside GET /v1/whoami
+// rather than after it; null if it fails (the normal path then tries again).
+export function prefetch(filter) {
+  return get(jobsQuery(filter, null, PAGE_SIZE)).catch(() => null);
+}
+
+export async function loadPage(prefetched = null) {
   const request = ++view.request;
   const cursor = view.cursors[view.cursors.length - 1];
-  const page = await get(jobsQuery(view.filter, cursor, PAGE_SIZE));
+  const page = (prefetched && await prefetched)
+    || await get(jobsQuery(view.filter, cursor, PAGE_SIZE));
   if (request !== view.request) return;  // a newer request replaced this one
   view.nextCursor = page.next_cursor;
   view.rows.clear();
@@ -172,7 +179,7 @@ export async function refreshRows() {
   if (unseen && onFirstPage()) document.getElementById("new-jobs").hidden = false;
 }
 
-export function showFilter(filter) {
+export function showFilter(filter, prefetched = null) {
   view.filter = filter;
   view.cursors = [null];
   const form = document.getElementById("filters");
@@ -184,7 +191,7 @@ export function showFilter(filter) {
   typeSelect.value = filter.type;
   form.elements.label.value = filter.labels.join(" ");  // one label in the form
   form.elements.stalled.checked = filter.stalled;
-  return loadPage();
+  return loadPage(prefetched);
 }
 
 export function setTypes(types) {
