@@ -21,6 +21,9 @@ from app.schemas import (
 _JOB_ID = {"name": "job_id", "in": "path", "required": True,
            "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}
 _TEXT = {"text/plain": {"schema": {"type": "string"}}}
+_HTML = {"text/html": {"schema": {"type": "string"}}}
+_ASSET = {media: {"schema": {"type": "string"}}
+          for media in ("text/html", "text/javascript", "text/css", "image/svg+xml")}
 
 
 def _ref(name: str) -> dict:
@@ -207,6 +210,25 @@ def build_openapi(config: Config) -> dict:
                     **{"429": _problem("Too many waiting requests; retry after "
                                        "Retry-After seconds")})},
         },
+        "/v1/whoami": {"get": {
+            "summary": "The caller's token name, role and permissions", "tags": ["operations"],
+            "responses": _responses({"200": {"description": "Who is calling",
+                                             "content": _json("WhoAmI")}})}},
+        "/": {"get": {"summary": "Redirects to the dashboard", "tags": ["dashboard"],
+                      "security": [],
+                      "responses": {"302": {"description": "Location: /ui/"}}}},
+        "/ui": {"get": {"summary": "The dashboard (also at /ui/)", "tags": ["dashboard"],
+                        "security": [],
+                        "responses": {"200": {"description": "The page", "content": _HTML},
+                                      "304": {"description": "Not modified"}}}},
+        "/ui/{name}": {"get": {
+            "summary": "A file of the dashboard (scripts, styles)", "tags": ["dashboard"],
+            "security": [],
+            "parameters": [{"name": "name", "in": "path", "required": True,
+                            "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "The file", "content": _ASSET},
+                          "304": {"description": "Not modified"},
+                          "404": _problem("No such file")}}},
         "/healthz": {"get": {"summary": "The process is up", "tags": ["operations"],
                              "security": [],
                              "responses": {"200": {"description": "ok", "content": _TEXT}}}},

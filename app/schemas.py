@@ -195,6 +195,19 @@ RESPONSE_SCHEMAS: dict[str, dict] = {
         "properties": {"jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
                        "next_cursor": {"type": ["string", "null"]}},
     },
+    "WhoAmI": {
+        "type": "object",
+        "required": ["name", "role", "permissions", "auth", "job_types"],
+        "properties": {
+            "name": {"type": "string"},
+            "role": {"type": "string", "enum": ["admin", "operator", "worker", "reader"]},
+            "permissions": {"type": "array", "items": {"type": "string"}},
+            "auth": {"type": "boolean", "description": "false: no tokens configured, every "
+                                                       "caller is an anonymous admin"},
+            "job_types": {"type": "array", "items": {"type": "string"},
+                          "description": "the job types this service accepts"},
+        },
+    },
     "History": {
         "type": "object",
         "required": ["id", "entries"],
