@@ -64,7 +64,7 @@ def add_serve_command(commands) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from app.server import StartupError, serve
+    from app.serving import StartupError, serve
     try:
         config = config_from_args(args)
     except ValueError as error:  # unparsable or out of range

@@ -15,6 +15,7 @@ from app.model import DEFAULT_JOB_TYPES
 DEFAULT_PORT = 51463
 ENV_PREFIX = "KARMCHARI_"
 DAY = 24 * 3600
+SERVERS = ("waitress", "granian")
 
 
 def _default_data_dir() -> str:
@@ -45,6 +46,11 @@ class Config:
                         range=(0, 65535), old_flag="-port")
     threads: int = setting(16, "request threads per process", range=(1, 1024))
     workers: int = setting(1, "processes sharing one listening socket (Linux)", range=(1, 64))
+    server: str = setting("waitress", "the HTTP server; granian needs karmchari[fast]",
+                          choices=SERVERS)
+    shutdown_timeout: float = setting(30.0, "longest drain after SIGTERM/SIGINT before open "
+                                      "requests are cut", range=(0.0, 3600.0),
+                                      metavar="SECONDS")
     # Store: redis_url, shost or redis_sentinel selects an external server; none runs the
     # embedded one.
     redis_url: str = setting("", "use the Redis at this redis://, rediss:// (TLS) or unix:// "
@@ -64,6 +70,9 @@ class Config:
                                           range=(0.05, 300.0), metavar="SECONDS")
     data_dir: str = setting(_default_data_dir, "where the embedded store keeps its data",
                             metavar="PATH")
+    store_binary: str = setting("", "the embedded store's server (Redis >= 7.0 or Valkey >= "
+                                "7.2); empty: redis-server or valkey-server on PATH if new "
+                                "enough, else the bundled Valkey", metavar="PATH")
     key_prefix: str = setting("kc", "namespace of the Redis keys", metavar="PREFIX")
     # Jobs
     job_types: tuple[str, ...] = setting(DEFAULT_JOB_TYPES, "the job types accepted, "
@@ -89,12 +98,20 @@ class Config:
     max_list_limit: int = setting(500, "largest page of a listing", range=(1, 100_000))
     max_wait_seconds: float = setting(60.0, "longest long-poll wait", range=(0.0, 3600.0),
                                       metavar="SECONDS")
-    max_waiters: int = setting(0, "long-polls waiting at once per process (0: half the "
-                               "threads)", range=(0, 100_000))
-    connection_limit: int = setting(200, "open connections per process",
-                                    range=(1, 100_000))
-    channel_timeout: int = setting(60, "seconds an idle connection stays open",
-                                   range=(1, DAY), metavar="SECONDS")
+    # Each waiting request holds a request thread; by default the other half of the
+    # threads stays free for ordinary requests.
+    max_waiters: int = setting(0, "waiting requests (long-polls and watches) per process; "
+                               "past it 429 (0: half the threads)", range=(0, 100_000),
+                               metavar="N")
+    max_watch_jobs: int = setting(1000, "jobs in one POST /v1/watch", range=(1, 100_000),
+                                  metavar="N")
+    connection_limit: int = setting(10_000, "open connections per process (waitress; granian "
+                                    "is bounded by the open-files limit)",
+                                    range=(1, 1_000_000))
+    idle_timeout: int = setting(60, "seconds an idle keep-alive connection stays open",
+                                range=(1, DAY), metavar="SECONDS")
+    header_timeout: int = setting(30, "longest wait for a request head (granian)",
+                                  range=(1, 3600), metavar="SECONDS")
     retry_after_seconds: int = setting(1, "Retry-After of a 503", range=(0, 3600),
                                        metavar="SECONDS")
     # Security
@@ -196,6 +213,9 @@ class Setting:
         return raw
 
     def check(self, value) -> None:
+        if self.choices and value not in self.choices:
+            raise ValueError(f"{self.option} ({self.env}) must be one of "
+                             f"{', '.join(self.choices)}, not {value!r}")
         if self.range is None:
             return
         low, high = self.range

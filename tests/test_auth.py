@@ -50,6 +50,8 @@ ALLOWED = {
 ALLOWED_ON_OWN_JOB = {**ALLOWED, "finish": {"admin", "operator", "worker"},
                       "heartbeat": {"admin", "worker"}}
 OPEN_ROUTES = {"/healthz", "/readyz", "/openapi.json"}
+# The dashboard's static files and the redirect to them: no data, open too.
+DASHBOARD_ROUTES = {"/", "/ui", "/ui/{name}"}
 FORM = "application/x-www-form-urlencoded"
 
 
@@ -141,7 +143,11 @@ CALLS = [
     Call("POST /v1/heartbeats", "heartbeat",
          lambda s, o="": ("POST", "/v1/heartbeats",
                           {"json": {"heartbeats": [{"id": new_job(s, owner=o)}]}})),
+    Call("POST /v1/watch", "read",
+         lambda s, o="": ("POST", "/v1/watch",
+                          {"json": {"jobs": {new_job(s, owner=o): 0}, "wait": 0}})),
     Call("GET /metrics", "read", lambda s, o="": ("GET", "/metrics", {})),
+    Call("GET /v1/whoami", "read", lambda s, o="": ("GET", "/v1/whoami", {})),
 ]
 # The calls whose outcome for a worker depends on who owns the job.
 OWNED_CALLS = [c for c in CALLS if c.permission in ("finish", "heartbeat")]
@@ -331,7 +337,7 @@ def test_the_matrix_covers_every_route_and_method(auth_app):
     for route in inspect.inspect_routes(client.app):
         path = route.path.replace("{job_id}", "{id}")
         for method in route.methods:
-            if method.internal or path in OPEN_ROUTES:
+            if method.internal or path in OPEN_ROUTES | DASHBOARD_ROUTES:
                 continue
             assert (method.method, path) in covered, f"{method.method} {path} is not tested"
 
@@ -578,7 +584,7 @@ def test_tokens_from_env_and_file_work_through_waitress(redis_url, key_prefix, t
 # -- the worker library with nothing but a worker token ----------------------------
 
 # Each server `karmchari serve` can run on (--server), by its options.
-SERVERS = {"waitress": []}
+SERVERS = {"waitress": ["--server", "waitress"], "granian": ["--server", "granian"]}
 
 
 @pytest.fixture(params=list(SERVERS))
