@@ -4,6 +4,7 @@ environment variables, then by command-line options."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -90,10 +91,10 @@ class Config:
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> Config:
         """``KARMCHARI_<FIELD>`` for every field (``KARMCHARI_JOB_TYPES`` is a
         comma-separated list); ``overrides`` win over the environment."""
-        environ = os.environ if environ is None else environ
+        env: Mapping[str, str] = os.environ if environ is None else environ
         values: dict = {}
         for f in fields(cls):
-            raw = environ.get(f"KARMCHARI_{f.name.upper()}")
+            raw = env.get(f"KARMCHARI_{f.name.upper()}")
             if raw is not None and raw != "":
                 values[f.name] = parse_value(f.name, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -38,7 +38,8 @@ class Problem(falcon.HTTPError):
     def __init__(self, status: str, code: str, title: str, detail: str | None = None,
                  headers: dict | None = None, **extra: object) -> None:
         super().__init__(status, title=title, description=detail, headers=headers)
-        self.code = code
+        # Not falcon's ``code``, which is numeric.
+        self.problem_code = code
         self.extra = extra
 
 
@@ -51,7 +52,7 @@ def make_domain_error_handler(retry_after: int):
         status, title = _STATUS_OF.get(type(error), (falcon.HTTP_500, "Internal error"))
         headers = {"Retry-After": str(retry_after)} if status == falcon.HTTP_503 else None
         if isinstance(error, StoreUnavailable):
-            detail = "Redis is not answering now; retry shortly."
+            detail: str | None = "Redis is not answering now; retry shortly."
         elif isinstance(error, JobNotFound):
             detail = "No job with this id."
         else:
@@ -62,7 +63,7 @@ def make_domain_error_handler(retry_after: int):
 
 
 def _code_for(error: falcon.HTTPError) -> str:
-    code = getattr(error, "code", None)
+    code = getattr(error, "problem_code", None)
     if isinstance(code, str):
         return code
     return re.sub(r"[^a-z0-9]+", "_", (error.title or "error").lower()).strip("_")

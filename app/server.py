@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import waitress.server
@@ -144,8 +145,11 @@ def _serve_process(config: Config, url: str, sock: socket.socket) -> None:
     app = create_app(config, store, notifier=notifier)
     stopping = threading.Event()
     start_sweeper(store, config.sweep_interval, stopping, config.job_types)
-    server = waitress.server.create_server(
-        app, sockets=[sock], threads=config.threads, ident="karmchari",
+    # Any: the drain below uses waitress internals (its asyncore map and loop)
+    # that its type stubs do not describe; and falcon's and waitress's stubs
+    # spell the WSGI start_response differently.
+    server: Any = waitress.server.create_server(
+        cast(Any, app), sockets=[sock], threads=config.threads, ident="karmchari",
         connection_limit=config.connection_limit, channel_timeout=config.channel_timeout,
         max_request_body_size=config.max_body_bytes,
         max_request_header_size=config.max_header_bytes,
