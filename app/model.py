@@ -6,7 +6,7 @@ imports it. ``lua/applyCommand-9.lua`` enforces the same table atomically
 (Lua cannot import it): tests/test_scripts.py drives every (state,
 command) pair through the scripts and compares with ``outcome()``. The
 standard-library client keeps its own copy of the state names
-(karmchari_client/worker.py), checked against this one by tests/test_transitions.py.
+(client/karmchari_client/worker.py), checked against this one by tests/test_transitions.py.
 """
 
 from __future__ import annotations

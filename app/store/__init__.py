@@ -13,10 +13,9 @@ import heapq
 import itertools
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-
-import redis
+from typing import cast
 
 from app.errors import (
     JobNotFound,
@@ -28,8 +27,13 @@ from app.errors import (
     raise_for_code,
 )
 from app.model import STATES, Job, is_job_id, new_job_id
-from app.store.connection import connect, is_transient, unavailable_on_redis_errors
-from app.store.keys import KeySchema
+from app.store.connection import (
+    StoreClient,
+    connect,
+    is_transient,
+    unavailable_on_redis_errors,
+)
+from app.store.keys import KeySchema, ShardKeys
 from app.store.scripts import (
     ApplyCommandCode,
     ClearOrphansCode,
@@ -40,6 +44,12 @@ from app.store.scripts import (
 
 __all__ = ["JobStore", "JobFilter", "HeartbeatReport", "Page", "connect", "is_transient",
            "StoreUnavailable"]
+
+
+def _decoded(values: Sequence[object]) -> list[str | None]:
+    """HMGET's answer as it is: the client decodes replies (decode_responses),
+    which redis-py's types do not know."""
+    return cast("list[str | None]", values)
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
@@ -125,9 +135,17 @@ class _Position:
         raise ValueError("invalid cursor")
 
 
+# The key of one index in a shard: listings read the same index of every shard.
+IndexOf = Callable[[ShardKeys], str]
+
+
+def _label_index_of(key: str, value: str) -> IndexOf:
+    return lambda shard: shard.label_index(key, value)
+
+
 @dataclass
 class JobStore:
-    client: redis.Redis
+    client: StoreClient
     history_cap: int = 100
     retention_seconds: int = 7 * 24 * 3600
     idempotency_ttl: int = 24 * 3600
@@ -286,8 +304,9 @@ class JobStore:
         shard = self.keys.for_job(job_id)
         for _ in range(3):
             with unavailable_on_redis_errors():
-                job_type, labels = self.client.hmget(shard.job(job_id), "type", "labels")
-            if job_type is None:
+                job_type, labels = _decoded(self.client.hmget(shard.job(job_id), "type",
+                                                              "labels"))
+            if job_type is None or labels is None:
                 raise JobNotFound()
             keys = [shard.job(job_id), shard.history(job_id), shard.all_jobs,
                     *(shard.state_index(s) for s in ("kill", "done", "failed")),
@@ -359,7 +378,7 @@ class JobStore:
         answers nothing else, so it skips the script, the server time and
         the decoding of the whole job."""
         with unavailable_on_redis_errors():
-            (state,) = self.client.hmget(self.keys.for_job(job_id).job(job_id), "state")
+            (state,) = _decoded(self.client.hmget(self.keys.for_job(job_id).job(job_id), "state"))
         if state is None:
             raise JobNotFound()
         return state
@@ -437,18 +456,19 @@ class JobStore:
         next_cursor = None if exhausted or position is None else position.encode()
         return Page(found, next_cursor, now_ms, scanned)
 
-    def _index_for(self, where: JobFilter):
+    def _index_for(self, where: JobFilter) -> IndexOf:
         """The deadlines for stalled jobs; else the smallest index the filter
         names, so a selective condition is not checked on a page's worth of
         jobs that fail it. Those indexes share one score (the time of
         registration): a cursor stays valid whichever of them is read."""
         if where.stalled:
             return lambda shard: shard.deadlines
-        candidates = [lambda shard, k=k, v=v: shard.label_index(k, v) for k, v in where.labels]
-        if where.type:
-            candidates.append(lambda shard: shard.type_index(where.type))
-        if where.state:
-            candidates.append(lambda shard: shard.state_index(where.state))
+        candidates: list[IndexOf] = [_label_index_of(k, v) for k, v in where.labels]
+        job_type, state = where.type, where.state
+        if job_type:
+            candidates.append(lambda shard: shard.type_index(job_type))
+        if state:
+            candidates.append(lambda shard: shard.state_index(state))
         if len(candidates) < 2:
             return candidates[0] if candidates else lambda shard: shard.all_jobs
         shards = list(self.keys.shards.values())
@@ -461,35 +481,35 @@ class JobStore:
         sizes = [sum(counts[i:i + len(shards)]) for i in range(0, len(counts), len(shards))]
         return candidates[sizes.index(min(sizes))]
 
-    def _merged_entries(self, index, position: _Position | None, upper: int | None,
+    def _merged_entries(self, index: IndexOf, position: _Position | None, upper: int | None,
                         count: int) -> list[tuple[int, str]]:
         """The next ``count`` entries after ``position`` over all shards.
 
         Entries tied with the cursor's score are read in full, then at most
         ``count`` below it per shard: any number of ties pages correctly."""
-        tied = position is not None and (upper is None or position.score <= upper)
-        if tied:
-            below: int | str = f"({position.score}"
-        elif position is None and upper is None:
-            below = "+inf"
-        else:
+        tied = position if position is not None and (upper is None or position.score <= upper) \
+            else None
+        if tied is not None:
+            below: int | str = f"({tied.score}"
+        elif upper is not None:
             below = upper
+        else:
+            below = "+inf"
         with unavailable_on_redis_errors():
             pipe = self.client.pipeline(transaction=False)
             for shard in self.keys.shards.values():
-                if tied:
-                    pipe.zrevrangebyscore(index(shard), position.score, position.score,
-                                          withscores=True)
+                if tied is not None:
+                    pipe.zrevrangebyscore(index(shard), tied.score, tied.score, withscores=True)
                 pipe.zrevrangebyscore(index(shard), below, "-inf", start=0, num=count,
                                       withscores=True)
             replies = pipe.execute()
-        if tied:
+        if tied is not None:
             replies = [replies[i] + replies[i + 1] for i in range(0, len(replies), 2)]
         streams = []
         for entries in replies:
             rows = [(int(score), job_id) for job_id, score in entries]
-            if tied:
-                rows = [r for r in rows if r < (position.score, position.job_id)]
+            if tied is not None:
+                rows = [r for r in rows if r < (tied.score, tied.job_id)]
             streams.append(sorted(rows, reverse=True))
         merged = heapq.merge(*streams, reverse=True)
         return list(itertools.islice(merged, count))

@@ -17,6 +17,9 @@ from redis.retry import Retry
 
 from app.errors import OutcomeUnknown, StoreUnavailable
 
+# What connect() gives: one server (or a Sentinel's master), or a cluster.
+StoreClient = redis.Redis | redis.cluster.RedisCluster
+
 log = logging.getLogger(__name__)
 
 # Error replies that mean "not now" rather than "wrong request".
@@ -26,7 +29,7 @@ _TRANSIENT_REPLIES = ("BUSY", "LOADING", "OOM", "READONLY", "MASTERDOWN", "CLUST
 
 def connect(url: str, *, cluster: bool = False, sentinels: Sequence[tuple[str, int]] = (),
             sentinel_master: str = "mymaster", max_connections: int = 32,
-            socket_timeout: float = 2.0) -> redis.Redis:
+            socket_timeout: float = 2.0) -> StoreClient:
     """A client with explicit timeouts, so a dead or frozen Redis costs at most
     ``socket_timeout`` per request, never a hang.
 

@@ -18,12 +18,15 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.commands.core import Script
 
 from app.errors import ScriptCode
+
+if TYPE_CHECKING:
+    from app.store.connection import StoreClient
 
 
 class RegisterJobCode(enum.IntEnum):
@@ -130,7 +133,7 @@ class Scripts:
     record_heartbeats: LuaScript
     clear_orphans: LuaScript
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: StoreClient) -> None:
         self._client = client
         self.by_name: dict[str, LuaScript] = {}
         for path in sorted(script_dir().glob("*.lua")):
