@@ -170,6 +170,10 @@ RESPONSE_SCHEMAS: dict[str, dict] = {
             "state": {"type": "string", "enum": list(STATES)},
             "version": {"type": "integer", "minimum": 1},
             "name": {"type": "string"},
+            "owner": {"type": ["string", "null"],
+                      "description": "The worker token that registered the job, the only "
+                                     "worker that may heartbeat and finish it; null: none "
+                                     "(only operators and admins end it)."},
             "labels": {"type": "object", "additionalProperties": {"type": "string"}},
             "created_at": {"type": "string", "format": "date-time"},
             "updated_at": {"type": "string", "format": "date-time"},
@@ -194,6 +198,19 @@ RESPONSE_SCHEMAS: dict[str, dict] = {
         "required": ["jobs", "next_cursor"],
         "properties": {"jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
                        "next_cursor": {"type": ["string", "null"]}},
+    },
+    "WhoAmI": {
+        "type": "object",
+        "required": ["name", "role", "permissions", "auth", "job_types"],
+        "properties": {
+            "name": {"type": "string"},
+            "role": {"type": "string", "enum": ["admin", "operator", "worker", "reader"]},
+            "permissions": {"type": "array", "items": {"type": "string"}},
+            "auth": {"type": "boolean", "description": "false: no tokens configured, every "
+                                                       "caller is an anonymous admin"},
+            "job_types": {"type": "array", "items": {"type": "string"},
+                          "description": "the job types this service accepts"},
+        },
     },
     "History": {
         "type": "object",
@@ -226,7 +243,11 @@ RESPONSE_SCHEMAS: dict[str, dict] = {
         "properties": {"id": {"type": "string"}, "found": {"type": "boolean"},
                        "state": {"type": "string", "enum": list(STATES)},
                        "version": {"type": "integer"},
-                       "observed_state": {"type": "string"}},
+                       "observed_state": {"type": "string"},
+                       "status": {"type": "integer", "description": "403 for an item this "
+                                  "batch may not heartbeat (nothing recorded for it)"},
+                       "code": {"type": "string", "enum": ["not_owner"]},
+                       "detail": {"type": "string"}},
     },
     "HeartbeatAnswers": {
         "type": "object",
