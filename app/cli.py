@@ -13,11 +13,12 @@ import sys
 
 from app.config import Config
 
+ENV = "(env KARMCHARI_%s)"
 
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    env = "(env KARMCHARI_%s)"
-    parser.add_argument("-port", "--port", type=int, help="port to listen on, default 51463 "
-                        + env % "PORT")
+
+def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    """The Redis to use: the same options for every server subcommand."""
+    env = ENV
     parser.add_argument("-shost", "--shost", metavar="HOST:PORT",
                         help="use the Redis at HOST:PORT " + env % "SHOST")
     parser.add_argument("--redis-url", metavar="URL",
@@ -34,6 +35,25 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-socket-timeout", type=float, metavar="SECONDS",
                         help="longest wait for one Redis reply or connection, default 2 "
                         + env % "REDIS_SOCKET_TIMEOUT")
+
+
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    env = ENV
+    parser.add_argument("--job-types", type=lambda s: tuple(filter(None, s.split(","))),
+                        help="comma-separated job types, default upload,export,teams "
+                        + env % "JOB_TYPES")
+    parser.add_argument("--history-cap", type=int, help="history entries kept per job "
+                        + env % "HISTORY_CAP")
+    parser.add_argument("--retention-seconds", type=int,
+                        help="how long finished jobs are kept, default 7 days "
+                        + env % "RETENTION_SECONDS")
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    env = ENV
+    parser.add_argument("-port", "--port", type=int, help="port to listen on, default 51463 "
+                        + env % "PORT")
+    add_store_arguments(parser)
     parser.add_argument("--host", help="address to listen on, default 127.0.0.1 "
                         + env % "HOST")
     parser.add_argument("--threads", type=int, help="request threads per process, default 16 "
@@ -48,14 +68,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-unauthenticated", action="store_true", default=None,
                         help="allow a non-loopback --host without tokens (dangerous) "
                         + env % "ALLOW_UNAUTHENTICATED")
-    parser.add_argument("--job-types", type=lambda s: tuple(filter(None, s.split(","))),
-                        help="comma-separated job types, default upload,export,teams "
-                        + env % "JOB_TYPES")
-    parser.add_argument("--history-cap", type=int, help="history entries kept per job "
-                        + env % "HISTORY_CAP")
-    parser.add_argument("--retention-seconds", type=int,
-                        help="how long finished jobs are kept, default 7 days "
-                        + env % "RETENTION_SECONDS")
+    add_job_arguments(parser)
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                         help=env % "LOG_LEVEL")
 
@@ -65,7 +78,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
              "redis_socket_timeout", "host", "threads", "workers", "data_dir", "tokens_file",
              "allow_unauthenticated", "job_types", "history_cap", "retention_seconds",
              "log_level")
-    return Config.from_env(**{name: getattr(args, name) for name in names})
+    # Subcommands other than serve take only some of the options.
+    return Config.from_env(**{name: getattr(args, name, None) for name in names})
 
 
 def add_serve_command(commands) -> None:
@@ -88,8 +102,13 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
 
 
+def add_import_command(commands) -> None:
+    from app.import_cli import add_import_command as add
+    add(commands)
+
+
 # The same as the entry points, for ``python -m app`` from a tree that is not installed.
-SERVER_COMMANDS = {"serve": add_serve_command}
+SERVER_COMMANDS = {"serve": add_serve_command, "import-legacy": add_import_command}
 
 
 def build_parser() -> argparse.ArgumentParser:
