@@ -27,8 +27,11 @@ since they were read.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import queue
 import re
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -101,7 +104,7 @@ def classify(key: bytes, reply: object, job_types: Iterable[str]) -> tuple[str, 
         return "not_legacy", None
     if not reply:
         return "vanished", None
-    if not set(reply) <= {b"type", b"state"}:
+    if any(name != b"type" and name != b"state" for name in reply):
         return "not_legacy", None
     try:
         fields = {name.decode(): value.decode("utf-8") for name, value in reply.items()}
@@ -158,22 +161,51 @@ class LegacyImport:
 
     def run(self) -> Report:
         started = time.monotonic()
-        keys = self.source.scan_iter(match=b"job:*", count=self.batch)
-        for chunk in _chunks(iter(keys), self.batch):
-            self._import_chunk(chunk)
+        for keys, replies in self._read_ahead():
+            self._import_chunk(keys, replies)
             self.report.seconds = time.monotonic() - started
             self.progress(self.report)
         self.report.seconds = time.monotonic() - started
         return self.report
 
-    def _import_chunk(self, keys: list[bytes]) -> None:
+    def _read_ahead(self) -> Iterator[tuple[list[bytes], list]]:
+        """(keys, HGETALL replies) a batch at a time, read by a thread one batch
+        ahead, so reading the source and writing the target overlap."""
+        batches: queue.Queue = queue.Queue(maxsize=1)
+        stop = threading.Event()
+
+        def read() -> None:
+            try:
+                keys = self.source.scan_iter(match=b"job:*", count=self.batch)
+                for chunk in _chunks(iter(keys), self.batch):
+                    pipe = self.source.pipeline(transaction=False)
+                    for key in chunk:
+                        pipe.hgetall(key)
+                    batches.put((chunk, pipe.execute(raise_on_error=False)))
+                    if stop.is_set():
+                        return
+                batches.put(None)
+            except Exception as error:  # noqa: BLE001 - raised again by the consumer
+                batches.put(error)
+
+        reader = threading.Thread(target=read, name="import-legacy-reader", daemon=True)
+        reader.start()
+        try:
+            while (item := batches.get()) is not None:
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            with contextlib.suppress(queue.Empty):
+                batches.get_nowait()  # unblock a reader waiting to put
+            reader.join(30)
+
+    def _import_chunk(self, keys: list[bytes], replies: list) -> None:
         report = self.report
         report.scanned += len(keys)
-        pipe = self.source.pipeline(transaction=False)
-        for key in keys:
-            pipe.hgetall(key)
         jobs: list[LegacyJob] = []
-        for key, reply in zip(keys, pipe.execute(raise_on_error=False), strict=True):
+        for key, reply in zip(keys, replies, strict=True):
             kind, job = classify(key, reply, self.job_types)
             if job is None:
                 report.note(kind, key)

@@ -28,7 +28,7 @@
     ARGV[1]  actor (import)
     ARGV[2]  history cap
     ARGV[3]  retention of finished jobs, in seconds
-    ARGV[4]  event channel (sharded pub/sub)
+    ARGV[4]  event channel (sharded pub/sub), told of each job brought up to date
     then four per job:
       id (32 lowercase hex)
       type
@@ -112,8 +112,11 @@ for j = 1, count do
       rcall("HSET", jobKey, "ended_at", nowMs)
       rcall("ZADD", KEYS[7], nowMs + retentionMs, id)
     end
-    historyEntry(histKey, 1, nowMs, "", target, reasonFor(raw, target))
-    rcall("SPUBLISH", channel, id .. " 1 " .. target)
+    -- The first entry: no trim needed. No change message either: nobody can
+    -- be waiting on a job that did not exist.
+    rcall("RPUSH", histKey, cjson.encode({
+      version = 1, at = nowMs, command = "import", from = "", to = target,
+      actor = actor, reason = reasonFor(raw, target) }))
     codes[j] = 0
   elseif not have[3] then
     codes[j] = 3
