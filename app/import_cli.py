@@ -90,7 +90,7 @@ def run_import(args: argparse.Namespace) -> int:
     import redis
 
     from app.app import build_store
-    from app.server import StartupError, check_store
+    from app.serving.common import StartupError, check_store
     from app.store import connect
 
     if args.batch < 1:

@@ -41,15 +41,19 @@ import redis
 
 from app.model import shard_of
 from app.store import JobStore
-from app.store.scripts import Scripts
+from app.store.scripts import DeleteLegacyJobCode, ImportLegacyJobsCode, Scripts
 
 ACTOR = "import"
 LEGACY_STATES = ("start", "pause", "kill")
 KEY_RE = re.compile(rb"job:([0-9a-f]{32})\Z")
 EXAMPLES = 5  # keys shown per kind of skipped or left-alone job
 
-# The codes of importLegacyJobs, per job.
-IMPORTED, ALREADY, UPDATED, ID_TAKEN, CHANGED_HERE = range(5)
+IMPORTED, ALREADY, UPDATED, ID_TAKEN, CHANGED_HERE = (
+    ImportLegacyJobsCode.IMPORTED, ImportLegacyJobsCode.ALREADY, ImportLegacyJobsCode.UPDATED,
+    ImportLegacyJobsCode.ID_TAKEN, ImportLegacyJobsCode.CHANGED_HERE)
+# The report's count for each code.
+COUNTED_AS = {IMPORTED: "imported", ALREADY: "already", UPDATED: "updated",
+              ID_TAKEN: "id_taken", CHANGED_HERE: "changed_here"}
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,7 @@ def classify(key: bytes, reply: object, job_types: Iterable[str]) -> tuple[str, 
         match[1].decode(), job_type, target, state)
 
 
-def predict(have: list[str | None], job: LegacyJob) -> int:
+def predict(have: list[str | None], job: LegacyJob) -> ImportLegacyJobsCode:
     """The code importLegacyJobs would answer, from the job's state,
     legacy_state, import_version and version here: for --dry-run only."""
     state, legacy_state, import_version, version = have
@@ -217,8 +221,7 @@ class LegacyImport:
         codes = self._predict(jobs) if self.dry_run else self._write(jobs)
         done = []
         for job, code in zip(jobs, codes, strict=True):
-            kind = ("imported", "already", "updated", "id_taken", "changed_here")[code]
-            report.note(kind, f"job:{job.id}")
+            report.note(COUNTED_AS[code], f"job:{job.id}")
             if code in (IMPORTED, UPDATED) and job.state != job.source_state:
                 report.note("invalid_state", f"job:{job.id}")
             if code in (IMPORTED, ALREADY, UPDATED):
@@ -232,10 +235,10 @@ class LegacyImport:
             shards[shard_of(job.id)].append(index)
         return shards
 
-    def _write(self, jobs: list[LegacyJob]) -> list[int]:
+    def _write(self, jobs: list[LegacyJob]) -> list[ImportLegacyJobsCode]:
         """One importLegacyJobs call per shard, all in one pipeline."""
         calls, order = [], []
-        script = self.store.scripts.importLegacyJobs
+        script = self.store.scripts.import_legacy_jobs
         for shard_name, indexes in self._by_shard(jobs).items():
             shard = self.store.keys.shards[shard_name]
             keys = [shard.all_jobs, *(shard.state_index(s) for s in
@@ -248,15 +251,13 @@ class LegacyImport:
                 args += [job.id, job.type, job.state, job.source_state]
             calls.append((script, keys, args))
             order.append(indexes)
-        codes = [0] * len(jobs)
+        codes = [ALREADY] * len(jobs)
         for indexes, reply in zip(order, self.store.scripts.run_pipeline(calls), strict=True):
-            if reply and reply[0] == -1:
-                raise RuntimeError(f"importLegacyJobs refused a batch: {reply[1]}")
             for index, code in zip(indexes, reply, strict=True):
-                codes[index] = int(code)
+                codes[index] = ImportLegacyJobsCode(code)
         return codes
 
-    def _predict(self, jobs: list[LegacyJob]) -> list[int]:
+    def _predict(self, jobs: list[LegacyJob]) -> list[ImportLegacyJobsCode]:
         pipe = self.store.client.pipeline(transaction=False)
         for job in jobs:
             pipe.hmget(self.store.keys.for_job(job.id).job(job.id),
@@ -264,10 +265,10 @@ class LegacyImport:
         return [predict(have, job) for have, job in zip(pipe.execute(), jobs, strict=True)]
 
     def _delete_source(self, jobs: list[LegacyJob]) -> None:
-        script = self._source_scripts.deleteLegacyJob
+        script = self._source_scripts.delete_legacy_job
         calls = [(script, [f"job:{job.id}"], [job.type, job.source_state]) for job in jobs]
         for deleted in self._source_scripts.run_pipeline(calls):
-            if deleted:
+            if deleted == DeleteLegacyJobCode.DELETED:
                 self.report.deleted += 1
             else:
                 self.report.kept_changed += 1

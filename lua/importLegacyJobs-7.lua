@@ -36,14 +36,15 @@
       state in the source as read ("" when it had none); the reason of the
       history entry says how it became the state here
 
-  Output:
-    a list with one code per job, in order:
-      0  imported
-      1  already imported, with this same source state: nothing written
-      2  imported before; its state here follows the source's new state
-      3  left alone: a job with this id exists that was not imported
-      4  left alone: changed here since it was imported
-    { -1, message }  bad input (nothing written)
+  Output: one code per job, in order (app/store/scripts.py ImportLegacyJobsCode):
+    { 1 }   IMPORTED: created here
+    { 0 }   ALREADY: imported before, with this same source state: nothing written
+    { 2 }   ID_TAKEN: a job with this id exists that was not imported: left alone
+    { 3 }   CHANGED_HERE: imported before, changed here since: left alone
+    { 4 }   UPDATED: imported before; written: its state here follows the source's
+            new state (the one code above 1 that writes)
+  Arguments that do not fit (never sent by the service) are a script error,
+  raised before anything is written.
 ]]
 local rcall = redis.call
 local FIXED = 7
@@ -55,16 +56,16 @@ local channel = ARGV[4]
 -- Preconditions, before the first write.
 local count = (#ARGV - 4) / 4
 if count ~= math.floor(count) or #KEYS ~= FIXED + 3 * count then
-  return { -1, "keys and arguments do not match" }
+  return redis.error_reply("importLegacyJobs: keys and arguments do not match")
 end
 for j = 1, count do
   local a = 4 + (j - 1) * 4
   if not string.match(ARGV[a + 1], "^[0-9a-f]+$") or #ARGV[a + 1] ~= 32 then
-    return { -1, "bad id " .. ARGV[a + 1] }
+    return redis.error_reply("importLegacyJobs: bad id " .. ARGV[a + 1])
   end
   local target = ARGV[a + 3]
   if target ~= "start" and target ~= "pause" and target ~= "kill" and target ~= "failed" then
-    return { -1, "bad state " .. target }
+    return redis.error_reply("importLegacyJobs: bad state " .. target)
   end
 end
 
@@ -117,17 +118,17 @@ for j = 1, count do
     rcall("RPUSH", histKey, cjson.encode({
       version = 1, at = nowMs, command = "import", from = "", to = target,
       actor = actor, reason = reasonFor(raw, target) }))
-    codes[j] = 0
-  elseif not have[3] then
-    codes[j] = 3
-  elseif have[2] == raw then
     codes[j] = 1
+  elseif not have[3] then
+    codes[j] = 2
+  elseif have[2] == raw then
+    codes[j] = 0
   elseif have[4] ~= have[3] then
-    codes[j] = 4
+    codes[j] = 3
   elseif have[1] == target then
     -- Another invalid state in the source, still failed here: just remember it.
     rcall("HSET", jobKey, "legacy_state", raw)
-    codes[j] = 1
+    codes[j] = 0
   else
     local from = have[1]
     local version = tonumber(have[4]) + 1
@@ -144,7 +145,7 @@ for j = 1, count do
     end
     historyEntry(histKey, version, nowMs, from, target, reasonFor(raw, target))
     rcall("SPUBLISH", channel, id .. " " .. version .. " " .. target)
-    codes[j] = 2
+    codes[j] = 4
   end
 end
 return codes

@@ -67,6 +67,13 @@ def test_every_script_call_touches_one_slot(server, store, monitor):
     store.delete(first.id)
     with pytest.raises(JobNotFound):
         store.get(first.id)
+    due = JobStore(store.client, retention_seconds=0, keys=store.keys)
+    swept, _ = due.register("teams", labels={"team": "core"})
+    due.apply_command(swept.id, "done")
+    while due.sweep_expired(job_types=("teams", "export")):
+        pass
+    with pytest.raises(JobNotFound):
+        store.get(swept.id)
     # import-legacy: the Go service's keys (in this server too, for the monitor)
     # to the current model, a batch per shard, then deleted one by one.
     for n in range(40):

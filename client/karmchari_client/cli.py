@@ -15,6 +15,15 @@ import sys
 from collections.abc import Callable
 
 from karmchari_client import ApiError, Client, ServiceUnavailable
+from karmchari_client.worker import (
+    DONE,
+    DONE_COMMAND,
+    FAIL_COMMAND,
+    FAILED,
+    KILLED,
+    PAUSED,
+    RUNNING,
+)
 
 EXIT_OK = 0
 EXIT_ERROR = 1        # any other refusal, e.g. a missing token or a role that may not
@@ -33,14 +42,14 @@ EXIT_CODES_HELP = f"""exit codes:
 
 DEFAULT_PORT = 51463
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
-# The server's job states and ids (app/model.py), repeated here because this
-# package must not import the server.
-STATES = ("start", "pause", "kill", "done", "failed")
+# The server's job states and ids (app/model.py), defined by this package's
+# worker library because it must not import the server.
+STATES = (RUNNING, PAUSED, KILLED, DONE, FAILED)
 JOB_ID_RE = re.compile(r"[0-9a-f]{32}\Z")
 
 # The command sent by each subcommand that changes a job's state.
-STATE_COMMANDS = {"pause": "pause", "resume": "start", "kill": "kill", "done": "done",
-                  "fail": "fail"}
+STATE_COMMANDS = {"pause": PAUSED, "resume": RUNNING, "kill": KILLED, "done": DONE_COMMAND,
+                  "fail": FAIL_COMMAND}
 
 
 class BadInput(Exception):
