@@ -1,5 +1,6 @@
-"""Client subcommands of ``karmchari``: talk to the JSON API of a running
-service (``--url``, ``KARMCHARI_URL``; ``--token``, ``KARMCHARI_TOKEN``).
+"""The ``karmchari`` command. Its client subcommands talk to the JSON API of a
+running service (``--url``, ``KARMCHARI_URL``; ``--token``, ``KARMCHARI_TOKEN``);
+the server distribution adds ``serve`` and ``import-legacy`` (see ``main``).
 
 Errors are one line on stderr and an exit code a script can test (see
 ``EXIT_CODES_HELP``).
