@@ -14,6 +14,7 @@ from app.problems import make_domain_error_handler, serialize_error
 from app.resources.health import Healthz, MetricsResource, Readyz
 from app.resources.jobs import JobCollection, JobCommands, JobHistory, JobItem
 from app.resources.legacy import JobState, RegisterJob
+from app.resources.overview import BulkCommands, Stats
 from app.resources.workers import Heartbeats, JobHeartbeat
 from app.schemas import validators
 from app.store import JobStore, connect
@@ -62,11 +63,13 @@ def create_app(config: Config | None = None, store: JobStore | None = None,
     app.add_route("/registerJob", RegisterJob(store, config))
     app.add_route("/jobState", JobState(store, config))
     app.add_route("/v1/jobs", JobCollection(store, config, checks))
+    app.add_route("/v1/jobs/commands", BulkCommands(store, config, checks))
     app.add_route("/v1/jobs/{job_id}", JobItem(store, config, notifier))
     app.add_route("/v1/jobs/{job_id}/commands", JobCommands(store, config, checks))
     app.add_route("/v1/jobs/{job_id}/history", JobHistory(store))
     app.add_route("/v1/jobs/{job_id}/heartbeat", JobHeartbeat(store, config, checks))
     app.add_route("/v1/heartbeats", Heartbeats(store, config, checks))
+    app.add_route("/v1/stats", Stats(store, config))
     app.add_route("/healthz", Healthz())
     app.add_route("/readyz", Readyz(store, config.retry_after_seconds))
     app.add_route("/metrics", MetricsResource(store, metrics))
