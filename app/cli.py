@@ -1,5 +1,6 @@
-"""The ``karmchari`` command: ``serve`` runs the service; the other
-subcommands talk to a running service (see ``app/client_cli.py``).
+"""The server's subcommands of ``karmchari``. The command itself belongs to
+the client distribution (``karmchari_client/cli.py``), which finds these
+through the ``karmchari.commands`` entry points declared in pyproject.toml.
 
 The old service's flags ``-port`` and ``-shost HOST:PORT`` work as written,
 and ``karmchari -port 51463`` without a subcommand means ``serve``.
@@ -10,7 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from app import __version__
 from app.config import Config
 
 
@@ -68,38 +68,38 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return Config.from_env(**{name: getattr(args, name) for name in names})
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from app.client_cli import add_client_commands
-
-    parser = argparse.ArgumentParser(
-        prog="karmchari", allow_abbrev=False,
-        description="Karmchari: a REST job manager for long-running jobs.")
-    parser.add_argument("--version", action="version", version=f"karmchari {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+def add_serve_command(commands) -> None:
     serve = commands.add_parser("serve", help="run the service", allow_abbrev=False)
     add_serve_arguments(serve)
-    add_client_commands(commands)
-    return parser
+    serve.set_defaults(run=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from app.server import StartupError, serve
+    try:
+        config = config_from_args(args)
+    except ValueError as error:  # a KARMCHARI_* variable that does not parse
+        print(f"karmchari: {error}", file=sys.stderr)
+        return 2
+    try:
+        return serve(config)
+    except StartupError as error:
+        print(f"karmchari: {error}", file=sys.stderr)
+        return 2
+
+
+# The same as the entry points, for ``python -m app`` from a tree that is not installed.
+SERVER_COMMANDS = {"serve": add_serve_command}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from karmchari_client.cli import build_parser as karmchari_parser
+    return karmchari_parser(SERVER_COMMANDS)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
-        argv = ["serve", *argv]  # the old service's command line
-    args = build_parser().parse_args(argv)
-    if args.command == "serve":
-        from app.server import StartupError, serve
-        try:
-            config = config_from_args(args)
-        except ValueError as error:  # a KARMCHARI_* variable that does not parse
-            print(f"karmchari: {error}", file=sys.stderr)
-            return 2
-        try:
-            return serve(config)
-        except StartupError as error:
-            print(f"karmchari: {error}", file=sys.stderr)
-            return 2
-    return args.run(args)
+    from karmchari_client.cli import main as karmchari
+    return karmchari(argv, server_commands=SERVER_COMMANDS)
 
 
 if __name__ == "__main__":

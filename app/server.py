@@ -11,6 +11,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -85,12 +86,14 @@ def check_store(store: JobStore, wait_seconds: float = 30.0) -> None:
     store.scripts.load_all()
 
 
-def start_sweeper(store: JobStore, interval: float, stopping: threading.Event) -> None:
-    """Deletes terminal jobs past their retention, with their index entries."""
+def start_sweeper(store: JobStore, interval: float, stopping: threading.Event,
+                  job_types: Sequence[str] = ()) -> None:
+    """Deletes terminal jobs past their retention, with their index entries
+    (and clears the entries of jobs that are gone, in ``job_types``' indexes too)."""
     def sweep() -> None:
         while not stopping.wait(interval):
             try:
-                while store.sweep_expired() and not stopping.is_set():
+                while store.sweep_expired(job_types=job_types) and not stopping.is_set():
                     pass
             except StoreUnavailable:
                 pass
@@ -140,7 +143,7 @@ def _serve_process(config: Config, url: str, sock: socket.socket) -> None:
     notifier = ChangeNotifier(store, config.waiter_limit)
     app = create_app(config, store, notifier=notifier)
     stopping = threading.Event()
-    start_sweeper(store, config.sweep_interval, stopping)
+    start_sweeper(store, config.sweep_interval, stopping, config.job_types)
     server = waitress.server.create_server(
         app, sockets=[sock], threads=config.threads, ident="karmchari",
         connection_limit=config.connection_limit, channel_timeout=config.channel_timeout,

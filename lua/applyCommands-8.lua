@@ -17,6 +17,7 @@
     KEYS[8]  changes per minute    {kc:s}:changes
     KEYS[9 .. 8+L]   label indexes of the filter   {kc:s}:idx:label:<sha1>
     KEYS[9+L ..]     per job, two keys: job hash {kc:s}:job:<id>, history {kc:s}:hist:<id>
+                     (distinct jobs: a job named twice would change twice)
 
     ARGV[1]  command
     ARGV[2]  actor
@@ -31,12 +32,12 @@
     ARGV[10] filter: stalled ("1" stalled only, "0" not stalled only, "" any)
     ARGV[11] L, the number of label indexes: the job must be in all of them
 
-  Output:
-    { changed, unchanged, refused, not_found, unmatched }   counts of the jobs
+  Output (app/store/scripts.py ApplyCommandsCode):
+    { changed, unchanged, refused, not_found, unmatched }   counts of the jobs:
         changed: moved to the command's state; unchanged: already in it;
         refused: in a terminal state; not_found: no such job; unmatched: the
         job no longer matches the filter (it changed since it was listed)
-    { -2 }   unknown command: nothing written
+    { -2 }   INVALID_COMMAND: nothing written
 ]]
 local rcall = redis.call
 local stateIndex = { start = KEYS[1], pause = KEYS[2], kill = KEYS[3],

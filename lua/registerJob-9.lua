@@ -25,13 +25,14 @@
     ARGV[9]  request fingerprint stored with the idempotency record
     ARGV[10] event channel (sharded pub/sub)
 
-  Output:
-    { 0, job hash as a flat array }   created
-    { 1, job hash as a flat array }   a job with this id exists (a retry of this
-                                      very request): nothing was written
-    { 2, id }                         Idempotency-Key replay: the job registered by
-                                      the first request; nothing was written
-    { -6 }                            Idempotency-Key reused with another request
+  Output (app/store/scripts.py RegisterJobCode):
+    { 1, job hash as a flat array }   CREATED
+    { 0, job hash as a flat array }   EXISTS: a job with this id exists (a retry
+                                      of this very request): nothing was written
+    { 2, id }                         REPLAY: Idempotency-Key replay, the id of the
+                                      job registered by the first request;
+                                      nothing was written
+    { -6 }                            IDEMPOTENCY_KEY_REUSED with another request
 ]]
 local rcall = redis.call
 local jobKey, histKey = KEYS[1], KEYS[2]
@@ -53,7 +54,7 @@ end
 if rcall("EXISTS", jobKey) == 1 then
   -- Never overwrite: the id was generated for this request, so an existing
   -- job with it is this request's own earlier, successful attempt.
-  return { 1, rcall("HGETALL", jobKey) }
+  return { 0, rcall("HGETALL", jobKey) }
 end
 
 local t = rcall("TIME")
@@ -98,4 +99,4 @@ if rcall("HINCRBY", KEYS[9], minute, 1) == 1 then
     end
   end
 end
-return { 0, rcall("HGETALL", jobKey) }
+return { 1, rcall("HGETALL", jobKey) }

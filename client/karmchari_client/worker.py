@@ -43,8 +43,12 @@ from karmchari_client.client import ApiError, Client, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
-RUNNING, PAUSED, KILLED = "start", "pause", "kill"
-ENDED_STATES = frozenset({"kill", "done", "failed"})
+# The service's states and the commands this library sends, defined once here
+# (the library needs only the standard library, so it does not import the
+# service's app.model; tests/test_transitions.py checks that they agree).
+RUNNING, PAUSED, KILLED, DONE, FAILED = "start", "pause", "kill", "done", "failed"
+ENDED_STATES = frozenset({KILLED, DONE, FAILED})
+DONE_COMMAND, FAIL_COMMAND = "done", "fail"
 MAX_TEXT_CHARS = 1024  # the service's limit on message and reason
 
 
@@ -220,9 +224,9 @@ class Worker:
             if isinstance(error, JobEnded) or self.state in ENDED_STATES or self.state is None:
                 self._acknowledge_end()
             elif error is None or isinstance(error, SystemExit) and not error.code:
-                self._send_final("done", "")
+                self._send_final(DONE_COMMAND, "")
             else:
-                self._send_final("fail", _clip(f"{type(error).__name__}: {error}"))
+                self._send_final(FAIL_COMMAND, _clip(f"{type(error).__name__}: {error}"))
         finally:
             self._client.close()  # ends a long-poll in flight
             if self._long_poll_thread is not None:
