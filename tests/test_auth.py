@@ -127,6 +127,14 @@ CALLS = [
     Call("POST /v1/heartbeats", "heartbeat",
          lambda s: ("POST", "/v1/heartbeats", {"json": {"heartbeats": [{"id": new_job(s)}]}})),
     Call("GET /metrics", "read", lambda s: ("GET", "/metrics", {})),
+    Call("POST /v1/jobs/commands pause by ids", "command",
+         lambda s: ("POST", "/v1/jobs/commands",
+                    {"json": {"command": "pause", "ids": [new_job(s)]}})),
+    # Even done and fail: a worker reports on its own job, never on a set of them.
+    Call("POST /v1/jobs/commands done by filter", "command",
+         lambda s: ("POST", "/v1/jobs/commands",
+                    {"json": {"command": "done", "where": {"state": "start"}}})),
+    Call("GET /v1/stats", "read", lambda s: ("GET", "/v1/stats", {})),
 ]
 
 UNAUTHENTICATED = {
