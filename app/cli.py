@@ -41,8 +41,32 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int,
                         help="processes sharing the listening socket (Linux), default 1 "
                         + env % "WORKERS")
+    parser.add_argument("--server", choices=["waitress", "granian"],
+                        help="HTTP server, default waitress; granian needs karmchari[fast] "
+                        + env % "SERVER")
+    parser.add_argument("--shutdown-timeout", type=float, metavar="SECONDS",
+                        help="longest drain after SIGTERM/SIGINT, default 30 "
+                        + env % "SHUTDOWN_TIMEOUT")
+    parser.add_argument("--idle-timeout", type=int, metavar="SECONDS",
+                        help="idle keep-alive connections close after this, default 60 "
+                        + env % "IDLE_TIMEOUT")
+    parser.add_argument("--header-timeout", type=int, metavar="SECONDS",
+                        help="longest wait for a request head (granian), default 30 "
+                        + env % "HEADER_TIMEOUT")
+    parser.add_argument("--connection-limit", type=int,
+                        help="open connections per process (waitress), default 10000 "
+                        + env % "CONNECTION_LIMIT")
+    parser.add_argument("--max-waiters", type=int, metavar="N",
+                        help="waiting requests (long-polls and watches) per process; past it "
+                        "429, default 0: half the threads " + env % "MAX_WAITERS")
+    parser.add_argument("--max-watch-jobs", type=int, metavar="N",
+                        help="jobs in one POST /v1/watch, default 1000 " + env % "MAX_WATCH_JOBS")
     parser.add_argument("--data-dir", help="embedded store's data directory "
                         + env % "DATA_DIR")
+    parser.add_argument("--store-binary", metavar="PATH",
+                        help="embedded store's server (Redis >= 7.0 or Valkey >= 7.2), default: "
+                        "redis-server or valkey-server on PATH if new enough, else the bundled "
+                        "Valkey " + env % "STORE_BINARY")
     parser.add_argument("--tokens-file", metavar="PATH",
                         help="lines of 'name role sha256-hex-of-token' " + env % "TOKENS_FILE")
     parser.add_argument("--allow-unauthenticated", action="store_true", default=None,
@@ -62,7 +86,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     names = ("port", "shost", "redis_url", "redis_cluster", "redis_sentinel", "sentinel_master",
-             "redis_socket_timeout", "host", "threads", "workers", "data_dir", "tokens_file",
+             "redis_socket_timeout", "host", "threads", "workers", "server",
+             "shutdown_timeout", "idle_timeout", "header_timeout", "connection_limit",
+             "max_waiters", "max_watch_jobs", "data_dir", "store_binary", "tokens_file",
              "allow_unauthenticated", "job_types", "history_cap", "retention_seconds",
              "log_level")
     return Config.from_env(**{name: getattr(args, name) for name in names})
@@ -75,7 +101,7 @@ def add_serve_command(commands) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from app.server import StartupError, serve
+    from app.serving import StartupError, serve
     try:
         config = config_from_args(args)
     except ValueError as error:  # a KARMCHARI_* variable that does not parse

@@ -22,6 +22,9 @@ from app.store.bulk import MAX_EXAMINED
 _JOB_ID = {"name": "job_id", "in": "path", "required": True,
            "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}
 _TEXT = {"text/plain": {"schema": {"type": "string"}}}
+_HTML = {"text/html": {"schema": {"type": "string"}}}
+_ASSET = {media: {"schema": {"type": "string"}}
+          for media in ("text/html", "text/javascript", "text/css", "image/svg+xml")}
 
 
 def _ref(name: str) -> dict:
@@ -213,6 +216,41 @@ def build_openapi(config: Config) -> dict:
                          {"200": {"description": "One answer per job, in order",
                                   "content": _json("HeartbeatAnswers")}}, **_BODY_ERRORS)},
         },
+        "/v1/watch": {
+            "post": {
+                "summary": "Wait for a change of any of many jobs (one long-poll for all)",
+                "tags": ["workers"],
+                "description": "Answers as soon as a listed job's version differs from the "
+                               "one given, or the job is gone; else after `wait` seconds, "
+                               "with both lists empty. Each waiting request takes one of "
+                               "the process's slots for waiting requests (`--max-waiters`).",
+                "requestBody": {"required": True, "content": _json("Watch")},
+                "responses": _responses(
+                    {"200": {"description": "The jobs that changed, and those missing",
+                             "content": _json("WatchResult")}},
+                    **_BODY_ERRORS,
+                    **{"429": _problem("Too many waiting requests; retry after "
+                                       "Retry-After seconds")})},
+        },
+        "/v1/whoami": {"get": {
+            "summary": "The caller's token name, role and permissions", "tags": ["operations"],
+            "responses": _responses({"200": {"description": "Who is calling",
+                                             "content": _json("WhoAmI")}})}},
+        "/": {"get": {"summary": "Redirects to the dashboard", "tags": ["dashboard"],
+                      "security": [],
+                      "responses": {"302": {"description": "Location: /ui/"}}}},
+        "/ui": {"get": {"summary": "The dashboard (also at /ui/)", "tags": ["dashboard"],
+                        "security": [],
+                        "responses": {"200": {"description": "The page", "content": _HTML},
+                                      "304": {"description": "Not modified"}}}},
+        "/ui/{name}": {"get": {
+            "summary": "A file of the dashboard (scripts, styles)", "tags": ["dashboard"],
+            "security": [],
+            "parameters": [{"name": "name", "in": "path", "required": True,
+                            "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "The file", "content": _ASSET},
+                          "304": {"description": "Not modified"},
+                          "404": _problem("No such file")}}},
         "/healthz": {"get": {"summary": "The process is up", "tags": ["operations"],
                              "security": [],
                              "responses": {"200": {"description": "ok", "content": _TEXT}}}},

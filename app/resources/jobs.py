@@ -13,7 +13,7 @@ from app.config import Config
 from app.errors import JobNotFound
 from app.inputs import int_param, read_json, single_param
 from app.model import FINISH_COMMANDS, STATES, format_time, is_job_id
-from app.problems import Problem, bad_request
+from app.problems import Problem, bad_request, too_many_waiters
 from app.representation import etag, job_json
 from app.schemas import (
     CURSOR_PATTERN,
@@ -130,10 +130,7 @@ class JobItem:
             try:
                 job, now_ms = self._notifier.wait_for_change(job_id, version, seconds)
             except TooManyWaiters:
-                raise Problem(falcon.HTTP_429, "too_many_waiters", "Too many waiting requests",
-                              "the long-poll limit is reached; poll again shortly",
-                              headers={"Retry-After": str(self._config.retry_after_seconds)}) \
-                    from None
+                raise too_many_waiters(self._config.retry_after_seconds) from None
         else:
             job, now_ms = self._store.get_with_time(job_id)
         if wait is None and req.if_none_match and any(t == "*" or str(t) == etag(job)

@@ -428,6 +428,27 @@ class JobStore:
             raise JobNotFound()
         return Job.from_hash(_pairs(flat)), int(now_ms)
 
+    def versions(self, job_ids: Sequence[str]) -> list[int | None]:
+        """Each job's version (None for a job that does not exist), one
+        pipeline: how a watch tells which of many jobs changed."""
+        with unavailable_on_redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.hget(self.keys.for_job(job_id).job(job_id), "version")
+            replies = pipe.execute()
+        return [None if v is None else int(v) for v in replies]
+
+    def get_many_with_time(self, job_ids: Sequence[str]) -> tuple[list[Job | None], int]:
+        """Jobs (None where there is none) and the Redis server time, in one
+        pipeline of readJob calls."""
+        calls = [(self.scripts.read_job, [self.keys.for_job(i).job(i)], []) for i in job_ids]
+        if not calls:
+            return [], self.server_time_ms()
+        with unavailable_on_redis_errors():
+            replies = self.scripts.run_pipeline(calls)
+        jobs = [Job.from_hash(_pairs(flat)) if flat else None for _, flat in replies]
+        return jobs, max(int(now_ms) for now_ms, _ in replies)
+
     def history(self, job_id: str) -> list[dict]:
         shard = self.keys.for_job(job_id)
         with unavailable_on_redis_errors():
