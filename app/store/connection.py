@@ -29,7 +29,7 @@ _TRANSIENT_REPLIES = ("BUSY", "LOADING", "OOM", "READONLY", "MASTERDOWN", "CLUST
 
 def connect(url: str, *, cluster: bool = False, sentinels: Sequence[tuple[str, int]] = (),
             sentinel_master: str = "mymaster", max_connections: int = 32,
-            socket_timeout: float = 2.0) -> StoreClient:
+            socket_timeout: float = 2.0, decode_responses: bool = True) -> StoreClient:
     """A client with explicit timeouts, so a dead or frozen Redis costs at most
     ``socket_timeout`` per request, never a hang.
 
@@ -44,7 +44,7 @@ def connect(url: str, *, cluster: bool = False, sentinels: Sequence[tuple[str, i
         socket_timeout=socket_timeout,
         socket_connect_timeout=socket_timeout,
         retry=retry,
-        decode_responses=True,
+        decode_responses=decode_responses,
         health_check_interval=0,
         client_name="karmchari",
     )

@@ -356,8 +356,8 @@ def build_parser(server_commands: dict[str, Callable]) -> argparse.ArgumentParse
         description="Karmchari: a REST job manager for long-running jobs.")
     parser.add_argument("--version", action="version", version=f"karmchari {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add_command in server_commands.values():
-        add_command(commands)
+    for name in sorted(server_commands, key=lambda name: (name != "serve", name)):
+        server_commands[name](commands)
     add_client_commands(commands)
     return parser
 
