@@ -197,6 +197,14 @@ def closing_note(results: dict, listing: dict | None, signal: dict | None) -> st
         sentences.append("A pause reached a long-polling worker in "
                          f"{long_poll['median_ms']:.1f} ms (median; p99 "
                          f"{long_poll['p99_ms']:.1f} ms).")
+    fleet = (signal or {}).get("fleet")
+    if fleet:
+        pause = fleet["pause"]
+        sentences.append(
+            f"Pausing {_n(fleet['jobs'])} jobs in {fleet['processes']} worker processes, "
+            f"each reached its worker in {pause['median_ms']:.1f} ms (median; p99 "
+            f"{pause['p99_ms']:.1f} ms, "
+            f"{_against(pause['p99_ms'], 100, at_least=False, shown=lambda v: f'{v:.0f} ms')}).")
     return " ".join(sentences)
 
 
