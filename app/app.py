@@ -15,6 +15,7 @@ from app.resources.dashboard import DashboardAssets, RootRedirect, WhoAmI
 from app.resources.health import Healthz, MetricsResource, Readyz
 from app.resources.jobs import JobCollection, JobCommands, JobHistory, JobItem
 from app.resources.legacy import JobState, RegisterJob
+from app.resources.watch import Watch
 from app.resources.workers import Heartbeats, JobHeartbeat
 from app.schemas import validators
 from app.store import JobStore, connect
@@ -45,6 +46,7 @@ def create_app(config: Config | None = None, store: JobStore | None = None,
         notifier = ChangeNotifier(store, config.waiter_limit)
     notifier.start()
     metrics.waiters.set_function(notifier.waiting)
+    metrics.watched.set_function(notifier.watched)
     checks = validators(config)
 
     app = falcon.App(middleware=[ObservabilityMiddleware(metrics), QueryEncodingMiddleware(),
@@ -68,6 +70,7 @@ def create_app(config: Config | None = None, store: JobStore | None = None,
     app.add_route("/v1/jobs/{job_id}/history", JobHistory(store))
     app.add_route("/v1/jobs/{job_id}/heartbeat", JobHeartbeat(store, config, checks))
     app.add_route("/v1/heartbeats", Heartbeats(store, config, checks))
+    app.add_route("/v1/watch", Watch(config, notifier, checks))
     app.add_route("/healthz", Healthz())
     app.add_route("/readyz", Readyz(store, config.retry_after_seconds))
     app.add_route("/metrics", MetricsResource(store, metrics))

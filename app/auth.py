@@ -20,8 +20,6 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "worker": frozenset({"read", "heartbeat", "finish"}),
     "reader": frozenset({"read"}),
 }
-# Commands a worker may send: reporting the end of its own work.
-FINISH_COMMANDS = frozenset({"done", "fail"})
 
 
 @dataclass(frozen=True)

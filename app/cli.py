@@ -1,5 +1,6 @@
-"""The ``karmchari`` command: ``serve`` runs the service; the other
-subcommands talk to a running service (see ``app/client_cli.py``).
+"""The server's subcommands of ``karmchari``. The command itself belongs to
+the client distribution (``karmchari_client/cli.py``), which finds these
+through the ``karmchari.commands`` entry points declared in pyproject.toml.
 
 The old service's flags ``-port`` and ``-shost HOST:PORT`` work as written,
 and ``karmchari -port 51463`` without a subcommand means ``serve``.
@@ -10,7 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from app import __version__
 from app.config import Config
 
 
@@ -41,8 +41,32 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int,
                         help="processes sharing the listening socket (Linux), default 1 "
                         + env % "WORKERS")
+    parser.add_argument("--server", choices=["waitress", "granian"],
+                        help="HTTP server, default waitress; granian needs karmchari[fast] "
+                        + env % "SERVER")
+    parser.add_argument("--shutdown-timeout", type=float, metavar="SECONDS",
+                        help="longest drain after SIGTERM/SIGINT, default 30 "
+                        + env % "SHUTDOWN_TIMEOUT")
+    parser.add_argument("--idle-timeout", type=int, metavar="SECONDS",
+                        help="idle keep-alive connections close after this, default 60 "
+                        + env % "IDLE_TIMEOUT")
+    parser.add_argument("--header-timeout", type=int, metavar="SECONDS",
+                        help="longest wait for a request head (granian), default 30 "
+                        + env % "HEADER_TIMEOUT")
+    parser.add_argument("--connection-limit", type=int,
+                        help="open connections per process (waitress), default 10000 "
+                        + env % "CONNECTION_LIMIT")
+    parser.add_argument("--max-waiters", type=int, metavar="N",
+                        help="waiting requests (long-polls and watches) per process; past it "
+                        "429, default 0: half the threads " + env % "MAX_WAITERS")
+    parser.add_argument("--max-watch-jobs", type=int, metavar="N",
+                        help="jobs in one POST /v1/watch, default 1000 " + env % "MAX_WATCH_JOBS")
     parser.add_argument("--data-dir", help="embedded store's data directory "
                         + env % "DATA_DIR")
+    parser.add_argument("--store-binary", metavar="PATH",
+                        help="embedded store's server (Redis >= 7.0 or Valkey >= 7.2), default: "
+                        "redis-server or valkey-server on PATH if new enough, else the bundled "
+                        "Valkey " + env % "STORE_BINARY")
     parser.add_argument("--tokens-file", metavar="PATH",
                         help="lines of 'name role sha256-hex-of-token' " + env % "TOKENS_FILE")
     parser.add_argument("--allow-unauthenticated", action="store_true", default=None,
@@ -62,44 +86,46 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     names = ("port", "shost", "redis_url", "redis_cluster", "redis_sentinel", "sentinel_master",
-             "redis_socket_timeout", "host", "threads", "workers", "data_dir", "tokens_file",
+             "redis_socket_timeout", "host", "threads", "workers", "server",
+             "shutdown_timeout", "idle_timeout", "header_timeout", "connection_limit",
+             "max_waiters", "max_watch_jobs", "data_dir", "store_binary", "tokens_file",
              "allow_unauthenticated", "job_types", "history_cap", "retention_seconds",
              "log_level")
     return Config.from_env(**{name: getattr(args, name) for name in names})
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from app.client_cli import add_client_commands
-
-    parser = argparse.ArgumentParser(
-        prog="karmchari", allow_abbrev=False,
-        description="Karmchari: a REST job manager for long-running jobs.")
-    parser.add_argument("--version", action="version", version=f"karmchari {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+def add_serve_command(commands) -> None:
     serve = commands.add_parser("serve", help="run the service", allow_abbrev=False)
     add_serve_arguments(serve)
-    add_client_commands(commands)
-    return parser
+    serve.set_defaults(run=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from app.serving import StartupError, serve
+    try:
+        config = config_from_args(args)
+    except ValueError as error:  # a KARMCHARI_* variable that does not parse
+        print(f"karmchari: {error}", file=sys.stderr)
+        return 2
+    try:
+        return serve(config)
+    except StartupError as error:
+        print(f"karmchari: {error}", file=sys.stderr)
+        return 2
+
+
+# The same as the entry points, for ``python -m app`` from a tree that is not installed.
+SERVER_COMMANDS = {"serve": add_serve_command}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from karmchari_client.cli import build_parser as karmchari_parser
+    return karmchari_parser(SERVER_COMMANDS)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
-        argv = ["serve", *argv]  # the old service's command line
-    args = build_parser().parse_args(argv)
-    if args.command == "serve":
-        from app.server import StartupError, serve
-        try:
-            config = config_from_args(args)
-        except ValueError as error:  # a KARMCHARI_* variable that does not parse
-            print(f"karmchari: {error}", file=sys.stderr)
-            return 2
-        try:
-            return serve(config)
-        except StartupError as error:
-            print(f"karmchari: {error}", file=sys.stderr)
-            return 2
-    return args.run(args)
+    from karmchari_client.cli import main as karmchari
+    return karmchari(argv, server_commands=SERVER_COMMANDS)
 
 
 if __name__ == "__main__":

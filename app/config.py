@@ -10,6 +10,7 @@ from pathlib import Path
 from app.model import DEFAULT_JOB_TYPES
 
 DEFAULT_PORT = 51463
+SERVERS = ("waitress", "granian")
 
 
 def _default_data_dir() -> str:
@@ -26,6 +27,10 @@ class Config:
     port: int = DEFAULT_PORT
     threads: int = 16
     workers: int = 1
+    # The HTTP server: "waitress" (default, everywhere) or "granian" (karmchari[fast]).
+    server: str = "waitress"
+    # Seconds a drain (SIGTERM/SIGINT) may take before open requests are cut.
+    shutdown_timeout: float = 30.0
     # Store: redis_url, shost or redis_sentinel selects an external server; none runs the
     # embedded one.
     redis_url: str = ""
@@ -37,6 +42,8 @@ class Config:
     sentinel_master: str = "mymaster"
     redis_socket_timeout: float = 2.0
     data_dir: str = field(default_factory=_default_data_dir)
+    # The embedded store's server binary; "" chooses (app/embedded.py).
+    store_binary: str = ""
     key_prefix: str = "kc"
     # Jobs
     job_types: tuple[str, ...] = DEFAULT_JOB_TYPES
@@ -53,9 +60,16 @@ class Config:
     max_batch: int = 500
     max_list_limit: int = 500
     max_wait_seconds: float = 60.0
-    max_waiters: int = 0  # 0: half the threads
-    connection_limit: int = 200
-    channel_timeout: int = 60
+    # Waiting requests (long-polls and watches) per process; each holds a request
+    # thread. 0: half the threads, so the other half stays free for ordinary requests.
+    max_waiters: int = 0
+    max_watch_jobs: int = 1000  # jobs in one POST /v1/watch
+    # Open connections per process (waitress; granian is bounded by the open-files limit).
+    connection_limit: int = 10_000
+    # Seconds an idle keep-alive connection stays open.
+    idle_timeout: int = 60
+    # Seconds a client may take to send a request head (granian).
+    header_timeout: int = 30
     retry_after_seconds: int = 1
     # Security
     tokens: str = ""
@@ -98,7 +112,14 @@ class Config:
         return cls(**values)
 
     def __post_init__(self) -> None:
-        """Refuse a malformed Sentinel list at start-up, not at the first request."""
+        """Refuse a malformed setting at start-up, not at the first request."""
+        if self.server not in SERVERS:
+            raise ValueError(f"KARMCHARI_SERVER: not one of {', '.join(SERVERS)}: "
+                             f"{self.server!r}")
+        if self.max_waiters < 0:
+            raise ValueError("KARMCHARI_MAX_WAITERS: must be 0 (half the threads) or more")
+        if self.max_watch_jobs < 1:
+            raise ValueError("KARMCHARI_MAX_WATCH_JOBS: must be at least 1")
         if self.redis_sentinel:
             parse_addresses(self.redis_sentinel)
             if self.redis_cluster:

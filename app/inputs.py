@@ -112,7 +112,7 @@ def read_json(req: falcon.Request, validator: Validator, max_bytes: int,
     return data  # type: ignore[return-value]
 
 
-def read_form(req: falcon.Request, max_bytes: int, plain: bool = True) -> dict[str, str]:
+def read_form(req: falcon.Request, max_bytes: int) -> dict[str, str]:
     """Query-string and form-body parameters, as Go's ``FormValue`` sees them,
     but refusing duplicates and bytes that are not UTF-8."""
     pairs: list[tuple[str, str]] = []

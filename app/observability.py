@@ -29,7 +29,10 @@ class Metrics:
                                     registry=self.registry)
         self.jobs = Gauge("karmchari_jobs", "Jobs stored, by state", ["state"],
                           registry=self.registry)
-        self.waiters = Gauge("karmchari_long_poll_waiters", "Requests waiting in a long-poll",
+        self.waiters = Gauge("karmchari_long_poll_waiters",
+                             "Requests waiting in a long-poll or a watch",
+                             registry=self.registry)
+        self.watched = Gauge("karmchari_watched_jobs", "Jobs that waiting requests wait on",
                              registry=self.registry)
 
 

@@ -194,6 +194,22 @@ def build_openapi(config: Config) -> dict:
                          {"200": {"description": "One answer per job, in order",
                                   "content": _json("HeartbeatAnswers")}}, **_BODY_ERRORS)},
         },
+        "/v1/watch": {
+            "post": {
+                "summary": "Wait for a change of any of many jobs (one long-poll for all)",
+                "tags": ["workers"],
+                "description": "Answers as soon as a listed job's version differs from the "
+                               "one given, or the job is gone; else after `wait` seconds, "
+                               "with both lists empty. Each waiting request takes one of "
+                               "the process's slots for waiting requests (`--max-waiters`).",
+                "requestBody": {"required": True, "content": _json("Watch")},
+                "responses": _responses(
+                    {"200": {"description": "The jobs that changed, and those missing",
+                             "content": _json("WatchResult")}},
+                    **_BODY_ERRORS,
+                    **{"429": _problem("Too many waiting requests; retry after "
+                                       "Retry-After seconds")})},
+        },
         "/v1/whoami": {"get": {
             "summary": "The caller's token name, role and permissions", "tags": ["operations"],
             "responses": _responses({"200": {"description": "Who is calling",

@@ -80,3 +80,10 @@ def serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HT
     body.update(getattr(error, "extra", {}))
     resp.content_type = "application/problem+json"
     resp.text = json.dumps(body)
+
+
+def too_many_waiters(retry_after_seconds: int) -> Problem:
+    """429: every slot for waiting requests (long-polls, watches) is taken."""
+    return Problem(falcon.HTTP_429, "too_many_waiters", "Too many waiting requests",
+                   "the limit of waiting requests is reached; ask again after Retry-After",
+                   headers={"Retry-After": str(retry_after_seconds)})

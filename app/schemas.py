@@ -20,6 +20,7 @@ LABEL_KEY_PATTERN = "^" + LABEL_KEY_RE.pattern.replace("\\Z", "$")
 IDEMPOTENCY_KEY_PATTERN = "^[!-~]{1,255}$"
 # The largest integer every JSON reader holds exactly.
 MAX_VERSION = 2**53
+JOB_ID_PATTERN = "^[0-9a-f]{32}$"
 # An opaque listing cursor: base64url without padding.
 CURSOR_PATTERN = "^[A-Za-z0-9_-]{1,200}$"
 # One job version (a strong or weak entity tag, quoted or not), or "*".
@@ -73,6 +74,22 @@ def request_schemas(config: Config) -> dict[str, dict]:
         },
         "Heartbeat": {"type": "object", "additionalProperties": False,
                       "properties": heartbeat_props},
+        "Watch": {
+            "type": "object",
+            "required": ["jobs", "wait"],
+            "additionalProperties": False,
+            "properties": {
+                "jobs": {"type": "object", "minProperties": 1,
+                         "maxProperties": config.max_watch_jobs,
+                         "description": "The version of each job as the caller knows it "
+                                        "(0: any version counts as a change).",
+                         "propertyNames": {"pattern": JOB_ID_PATTERN},
+                         "additionalProperties": {"type": "integer", "minimum": 0,
+                                                  "maximum": MAX_VERSION}},
+                "wait": {"type": "number", "minimum": 0, "maximum": config.max_wait_seconds,
+                         "description": "Seconds to wait for a change; 0 answers at once."},
+            },
+        },
         "Heartbeats": {
             "type": "object",
             "required": ["heartbeats"],
@@ -81,7 +98,7 @@ def request_schemas(config: Config) -> dict[str, dict]:
                 "type": "array", "minItems": 1, "maxItems": config.max_batch,
                 "items": {"type": "object", "required": ["id"], "additionalProperties": False,
                           "properties": {"id": {"type": "string",
-                                                "pattern": "^[0-9a-f]{32}$"},
+                                                "pattern": JOB_ID_PATTERN},
                                          **heartbeat_props}},
             }},
         },
@@ -148,7 +165,7 @@ RESPONSE_SCHEMAS: dict[str, dict] = {
         "type": "object",
         "required": ["id", "type", "state", "version", "created_at", "updated_at", "stalled"],
         "properties": {
-            "id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+            "id": {"type": "string", "pattern": JOB_ID_PATTERN},
             "type": {"type": "string"},
             "state": {"type": "string", "enum": list(STATES)},
             "version": {"type": "integer", "minimum": 1},
@@ -204,6 +221,16 @@ RESPONSE_SCHEMAS: dict[str, dict] = {
                                "command": {"type": "string"}, "from": {"type": "string"},
                                "to": {"type": "string"}, "actor": {"type": "string"},
                                "reason": {"type": "string"}}}},
+        },
+    },
+    "WatchResult": {
+        "type": "object",
+        "required": ["changed", "missing"],
+        "properties": {
+            "changed": {"type": "array", "items": {"$ref": "#/components/schemas/Job"},
+                        "description": "Jobs whose version differs from the one given."},
+            "missing": {"type": "array", "items": {"type": "string"},
+                        "description": "Ids of jobs that do not exist (or no longer)."},
         },
     },
     "HeartbeatAnswer": {

@@ -25,14 +25,16 @@
              ("" or absent: none). The job keeps the ids of its last 4 changes
              (field "ops"), so a retry of a change already made changes nothing.
 
-  Output:
-    { 1, job hash as a flat array }   the state changed (now, or by this very
-                                      operation before its reply was lost)
-    { 0, job hash as a flat array }   repeated command: nothing changed
-    { -1 }                            no such job
-    { -2 }                            unknown command
-    { -3, state, version }            version differs from ARGV[4]
-    { -4, state, version }            transition not allowed from the current state
+  Output (app/store/scripts.py ApplyCommandCode):
+    { 1, job hash as a flat array, now }   CHANGED: the state changed (now, or by
+                                           this very operation before its reply
+                                           was lost); now: the server time in ms
+    { 0, job hash as a flat array, now }   UNCHANGED: already in the target state
+    { -1 }                            JOB_NOT_FOUND
+    { -2 }                            INVALID_COMMAND
+    { -3, state, version }            VERSION_MISMATCH: version differs from ARGV[4]
+    { -4, state, version }            ILLEGAL_TRANSITION: the job is in a terminal
+                                      state (app/model.py outcome())
 ]]
 local rcall = redis.call
 local jobKey, histKey = KEYS[1], KEYS[2]
@@ -43,6 +45,9 @@ local target = ({ start = "start", pause = "pause", kill = "kill",
 local terminal = { kill = true, done = true, failed = true }
 local op = ARGV[8] or ""
 local keptOps = 4
+-- The time goes with every answer that carries the job: "stalled" depends on it.
+local t = rcall("TIME")
+local nowMs = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 -- Preconditions, before the first write.
 local job = rcall("HMGET", jobKey, "id", "state", "version", "score", "heartbeat_timeout",
@@ -53,7 +58,7 @@ if not id then
 end
 -- A retry of a change already made (other changes may have come since).
 if op ~= "" and string.find(" " .. (job[6] or "") .. " ", " " .. op .. " ", 1, true) then
-  return { 1, rcall("HGETALL", jobKey) }
+  return { 1, rcall("HGETALL", jobKey), nowMs }
 end
 if not target then
   return { -2 }
@@ -62,14 +67,12 @@ if ARGV[4] ~= "" and tonumber(ARGV[4]) ~= version then
   return { -3, state, version }
 end
 if state == target then
-  return { 0, rcall("HGETALL", jobKey) }
+  return { 0, rcall("HGETALL", jobKey), nowMs }
 end
 if terminal[state] then
   return { -4, state, version }
 end
 
-local t = rcall("TIME")
-local nowMs = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 version = version + 1
 rcall("HSET", jobKey, "state", target, "version", version, "updated_at", nowMs)
 if op ~= "" then
@@ -100,4 +103,4 @@ rcall("RPUSH", histKey, cjson.encode({
   actor = ARGV[2], reason = ARGV[3] }))
 rcall("LTRIM", histKey, -tonumber(ARGV[5]), -1)
 rcall("SPUBLISH", ARGV[7], id .. " " .. version .. " " .. target)
-return { 1, rcall("HGETALL", jobKey) }
+return { 1, rcall("HGETALL", jobKey), nowMs }

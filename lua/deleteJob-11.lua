@@ -25,12 +25,12 @@
     ARGV[4]  "sweep": delete only once the retention has run out; "api": now
     ARGV[5]  event channel (sharded pub/sub)
 
-  Output:
-    { 1 }                    deleted
-    { -1 }                   no such job
-    { -4, state, version }   the job is not in a terminal state
-    { -5 }                   type or labels differ from ARGV[2..3]: read again
-    { -7 }                   sweep: the retention has not run out yet
+  Output (app/store/scripts.py DeleteJobCode):
+    { 1 }                    DELETED
+    { -1 }                   JOB_NOT_FOUND
+    { -4, state, version }   ILLEGAL_TRANSITION: the job is not in a terminal state
+    { -5 }                   STALE_READ: type or labels differ from ARGV[2..3]
+    { -7 }                   NOT_DUE: sweep, and the retention has not run out yet
 ]]
 local rcall = redis.call
 local id = ARGV[1]

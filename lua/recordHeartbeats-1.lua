@@ -13,9 +13,10 @@
                       4 message, 8 observed_state
       worker, progress, message, observed_state   ("" when not sent)
 
-  Output: one entry per job, in the order of KEYS[2..n]:
+  Output: one entry per job, in the order of KEYS[2..n]
+  (app/store/scripts.py RecordHeartbeatsCode):
     { state, version, observed_state, heartbeat_timeout }   recorded
-    { -1 }                                                   no such job
+    { -1 }                                                   JOB_NOT_FOUND
   Jobs in a terminal state are answered but not updated, with one exception:
   a killed job records observed_state "kill", the worker's acknowledgement
   that it has stopped (so a reader can tell "kill requested" from "stopped").

@@ -23,13 +23,14 @@
     ARGV[9]  request fingerprint stored with the idempotency record
     ARGV[10] event channel (sharded pub/sub)
 
-  Output:
-    { 0, job hash as a flat array }   created
-    { 1, job hash as a flat array }   a job with this id exists (a retry of this
-                                      very request): nothing was written
-    { 2, id }                         Idempotency-Key replay: the job registered by
-                                      the first request; nothing was written
-    { -6 }                            Idempotency-Key reused with another request
+  Output (app/store/scripts.py RegisterJobCode):
+    { 1, job hash as a flat array }   CREATED
+    { 0, job hash as a flat array }   EXISTS: a job with this id exists (a retry
+                                      of this very request): nothing was written
+    { 2, id }                         REPLAY: Idempotency-Key replay, the id of the
+                                      job registered by the first request;
+                                      nothing was written
+    { -6 }                            IDEMPOTENCY_KEY_REUSED with another request
 ]]
 local rcall = redis.call
 local jobKey, histKey = KEYS[1], KEYS[2]
@@ -51,7 +52,7 @@ end
 if rcall("EXISTS", jobKey) == 1 then
   -- Never overwrite: the id was generated for this request, so an existing
   -- job with it is this request's own earlier, successful attempt.
-  return { 1, rcall("HGETALL", jobKey) }
+  return { 0, rcall("HGETALL", jobKey) }
 end
 
 local t = rcall("TIME")
@@ -81,4 +82,4 @@ if idemTtl > 0 then
   rcall("SET", idemKey, id .. " " .. ARGV[9], "EX", idemTtl)
 end
 rcall("SPUBLISH", ARGV[10], id .. " 1 start")
-return { 0, rcall("HGETALL", jobKey) }
+return { 1, rcall("HGETALL", jobKey) }

@@ -126,6 +126,8 @@ CALLS = [
          lambda s: ("POST", f"/v1/jobs/{new_job(s)}/heartbeat", {"json": {"progress": 10}})),
     Call("POST /v1/heartbeats", "heartbeat",
          lambda s: ("POST", "/v1/heartbeats", {"json": {"heartbeats": [{"id": new_job(s)}]}})),
+    Call("POST /v1/watch", "read",
+         lambda s: ("POST", "/v1/watch", {"json": {"jobs": {new_job(s): 0}, "wait": 0}})),
     Call("GET /metrics", "read", lambda s: ("GET", "/metrics", {})),
 ]
 

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from app.client_cli import (
+from karmchari_client.cli import (
     EXIT_BAD_INPUT,
     EXIT_ERROR,
     EXIT_NOT_FOUND,

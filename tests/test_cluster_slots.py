@@ -66,6 +66,13 @@ def test_every_script_call_touches_one_slot(store, monitor):
     store.delete(first.id)
     with pytest.raises(JobNotFound):
         store.get(first.id)
+    due = JobStore(store.client, retention_seconds=0, keys=store.keys)
+    swept, _ = due.register("teams", labels={"team": "core"})
+    due.apply_command(swept.id, "done")
+    while due.sweep_expired(job_types=("teams", "export")):
+        pass
+    with pytest.raises(JobNotFound):
+        store.get(swept.id)
 
     calls = script_calls(store, monitor.collect())
     assert {name for name, _ in calls} == set(store.scripts.by_name)

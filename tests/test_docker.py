@@ -17,7 +17,7 @@ import yaml
 from app.auth import TokenRegistry
 from app.cli import build_parser, config_from_args
 from app.config import Config
-from app.server import StartupError, check_exposure
+from app.serving import StartupError, check_exposure
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -79,6 +79,9 @@ def test_document_names_the_configured_limits(document, config):
     register = document["components"]["schemas"]["RegisterJob"]
     assert register["properties"]["type"]["enum"] == list(config.job_types)
     assert register["additionalProperties"] is False
+    watch = document["components"]["schemas"]["Watch"]["properties"]
+    assert watch["jobs"]["maxProperties"] == config.max_watch_jobs
+    assert watch["wait"]["maximum"] == config.max_wait_seconds
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.server import StartupError, check_version
+from app.serving import StartupError, check_version
 from tests.servers import RedisProcess, ServiceProcess
 
 EVICTION_WARNING = "maxmemory-policy is allkeys-lru, not noeviction"

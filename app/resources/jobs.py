@@ -8,12 +8,12 @@ import re
 
 import falcon
 
-from app.auth import FINISH_COMMANDS, require
+from app.auth import require
 from app.config import Config
 from app.errors import JobNotFound
 from app.inputs import int_param, read_json, single_param
-from app.model import STATES, format_time, is_job_id
-from app.problems import Problem, bad_request
+from app.model import FINISH_COMMANDS, STATES, format_time, is_job_id
+from app.problems import Problem, bad_request, too_many_waiters
 from app.representation import etag, job_json
 from app.schemas import (
     CURSOR_PATTERN,
@@ -60,7 +60,7 @@ class JobCollection:
                               "Idempotency-Key must be 1 to 255 visible ASCII characters")
         fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
         try:
-            job, created = self._store.register(
+            job, created, now_ms = self._store.register_with_time(
                 body["type"], name=body.get("name", ""), labels=body.get("labels", {}),
                 heartbeat_timeout=body.get("heartbeat_timeout", 0),
                 actor=req.context.principal.name, idempotency_key=key,
@@ -71,7 +71,7 @@ class JobCollection:
                 from None
         resp.status = falcon.HTTP_201 if created else falcon.HTTP_200
         resp.location = f"/v1/jobs/{job.id}"
-        _set_job(resp, job, job.created_at)
+        _set_job(resp, job, now_ms)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         # A parameter is absent or valid: an empty one is refused too.
@@ -130,10 +130,7 @@ class JobItem:
             try:
                 job, now_ms = self._notifier.wait_for_change(job_id, version, seconds)
             except TooManyWaiters:
-                raise Problem(falcon.HTTP_429, "too_many_waiters", "Too many waiting requests",
-                              "the long-poll limit is reached; poll again shortly",
-                              headers={"Retry-After": str(self._config.retry_after_seconds)}) \
-                    from None
+                raise too_many_waiters(self._config.retry_after_seconds) from None
         else:
             job, now_ms = self._store.get_with_time(job_id)
         if wait is None and req.if_none_match and any(t == "*" or str(t) == etag(job)
@@ -172,11 +169,10 @@ class JobCommands:
                 # If-Match compares strongly (RFC 9110 §13.1.1): a weak tag never
                 # matches, and no job has version 0.
                 expected = 0 if tag.is_weak else int(str(tag))
-        job, changed = self._store.apply_command(
+        job, changed, now_ms = self._store.apply_command_with_time(
             job_id, body["command"], actor=req.context.principal.name,
             reason=body.get("reason", ""), expected_version=expected)
-        _set_job(resp, job, job.updated_at,
-                 {"job": job_json(job, job.updated_at), "changed": changed})
+        _set_job(resp, job, now_ms, {"job": job_json(job, now_ms), "changed": changed})
 
 
 class JobHistory:

@@ -1,15 +1,24 @@
-"""The old service's three endpoints, kept byte for byte: form in, text out."""
+"""The old service's three endpoints, kept byte for byte: form in, text out.
+
+They name states as the old service did, which stored the command itself: the
+state that ``fail`` leads to is ``fail`` here (``failed`` in the JSON API), so
+the answer to ``command=fail`` and a later ``GET /jobState`` say the same.
+"""
 
 from __future__ import annotations
 
 import falcon
 
-from app.auth import FINISH_COMMANDS, require
+from app.auth import require
 from app.config import Config
 from app.errors import IllegalTransition, JobNotFound
 from app.inputs import read_form
-from app.model import COMMANDS, is_job_id
+from app.model import COMMANDS, FINISH_COMMANDS, TARGET_STATE, Command, State, is_job_id
 from app.store import JobStore
+
+
+def old_state_name(state: str) -> str:
+    return Command.FAIL.value if state == State.FAILED.value else state
 
 
 def _text(resp: falcon.Response, status: str, body: str) -> None:
@@ -54,7 +63,7 @@ class JobState:
             state = self._store.state(job_id)
         except JobNotFound:
             return _text(resp, falcon.HTTP_404, "Job not available")
-        _text(resp, falcon.HTTP_200, f"{job_id} -- {state}")
+        _text(resp, falcon.HTTP_200, f"{job_id} -- {old_state_name(state)}")
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         form = read_form(req, self._config.max_body_bytes)
@@ -74,7 +83,7 @@ class JobState:
         except JobNotFound:
             return _text(resp, falcon.HTTP_404, "Job not available")
         except IllegalTransition as refused:
-            state = refused.extra["current_state"]
-            return _text(resp, falcon.HTTP_409,
-                         f"Command refused: {job_id} -- {state}")
-        _text(resp, falcon.HTTP_200, f"{job_id} -- {command}")
+            state = old_state_name(str(refused.extra["current_state"]))
+            return _text(resp, falcon.HTTP_409, f"Command refused: {job_id} -- {state}")
+        # The state the job is now in, as GET /jobState names it.
+        _text(resp, falcon.HTTP_200, f"{job_id} -- {old_state_name(TARGET_STATE[command])}")

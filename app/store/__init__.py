@@ -21,12 +21,16 @@ from app.errors import JobNotFound, NotDue, StaleRead, StoreUnavailable, raise_f
 from app.model import STATES, Job, is_job_id, new_job_id
 from app.store.connection import connect, is_transient, unavailable_on_redis_errors
 from app.store.keys import KeySchema
-from app.store.scripts import Scripts
+from app.store.scripts import (
+    ApplyCommandCode,
+    ClearOrphansCode,
+    RecordHeartbeatsCode,
+    RegisterJobCode,
+    Scripts,
+)
 
 __all__ = ["JobStore", "JobFilter", "HeartbeatReport", "Page", "connect", "is_transient",
            "StoreUnavailable"]
-
-HEARTBEAT_FIELDS = ("worker", "progress", "message", "observed_state")
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
@@ -121,17 +125,32 @@ class JobStore:
                  fingerprint: str = "") -> tuple[Job, bool]:
         """Register a job; returns it and whether it was created now (False for
         an Idempotency-Key replay)."""
+        job, created, _ = self.register_with_time(
+            job_type, name=name, labels=labels, heartbeat_timeout=heartbeat_timeout,
+            actor=actor, idempotency_key=idempotency_key, fingerprint=fingerprint)
+        return job, created
+
+    def register_with_time(self, job_type: str, *, name: str = "",
+                           labels: dict[str, str] | None = None, heartbeat_timeout: int = 0,
+                           actor: str = "", idempotency_key: str | None = None,
+                           fingerprint: str = "") -> tuple[Job, bool, int]:
+        """``register``, and the Redis server time of the answer (a replayed
+        job may be stalled by now)."""
         job_id, keys, args = self._register_call(job_type, name, labels or {},
                                                  heartbeat_timeout, actor, idempotency_key,
                                                  fingerprint)
         with unavailable_on_redis_errors():
-            reply = self.scripts.registerJob(keys, args)
+            reply = self.scripts.register_job(keys, args)
         raise_for_code(reply)
-        if reply[0] == 2:
-            # The job of an earlier request, or of this very call: redis-py
-            # retried it after its reply was lost, and the id is the one made here.
-            return self.get(reply[1]), reply[1] == job_id
-        return Job.from_hash(_pairs(reply[1])), True
+        if reply[0] == RegisterJobCode.CREATED:
+            job = Job.from_hash(_pairs(reply[1]))
+            return job, True, job.created_at
+        # EXISTS: this very call, retried by redis-py after its reply was lost.
+        # REPLAY: the job of an earlier request, or of this very call likewise
+        # (then the id is the one made here).
+        existing = reply[1] if reply[0] == RegisterJobCode.REPLAY else job_id
+        job, now_ms = self.get_with_time(existing)
+        return job, existing == job_id, now_ms
 
     def register_many(self, job_type: str, count: int, *, name: str = "",
                       labels: dict[str, str] | None = None,
@@ -142,7 +161,7 @@ class JobStore:
                                      "") for _ in range(count)]
         with unavailable_on_redis_errors():
             replies = self.scripts.run_pipeline(
-                [(self.scripts.registerJob, keys, args) for _, keys, args in calls])
+                [(self.scripts.register_job, keys, args) for _, keys, args in calls])
         for reply in replies:
             raise_for_code(reply)
         return [job_id for job_id, _, _ in calls]
@@ -169,6 +188,15 @@ class JobStore:
     def apply_command(self, job_id: str, command: str, *, actor: str = "", reason: str = "",
                       expected_version: int | None = None) -> tuple[Job, bool]:
         """Apply a command; returns the job after it and whether the state changed."""
+        job, changed, _ = self.apply_command_with_time(
+            job_id, command, actor=actor, reason=reason, expected_version=expected_version)
+        return job, changed
+
+    def apply_command_with_time(self, job_id: str, command: str, *, actor: str = "",
+                                reason: str = "", expected_version: int | None = None,
+                                ) -> tuple[Job, bool, int]:
+        """``apply_command``, and the Redis server time of the answer (a
+        repeated ``start`` leaves a stalled job stalled)."""
         shard = self.keys.for_job(job_id)
         keys = [shard.job(job_id), shard.history(job_id), *shard.state_indexes(),
                 shard.deadlines, shard.expiries]
@@ -177,9 +205,10 @@ class JobStore:
         args = [command, actor, reason, "" if expected_version is None else expected_version,
                 self.history_cap, self.retention_seconds, shard.channel, secrets.token_hex(6)]
         with unavailable_on_redis_errors():
-            reply = self.scripts.applyCommand(keys, args)
+            reply = self.scripts.apply_command(keys, args)
         raise_for_code(reply)
-        return Job.from_hash(_pairs(reply[1])), reply[0] == 1
+        return (Job.from_hash(_pairs(reply[1])), reply[0] == ApplyCommandCode.CHANGED,
+                int(reply[2]))
 
     def heartbeats(self, reports: Sequence[HeartbeatReport]) -> list[HeartbeatAnswer]:
         """Record many heartbeats: one script call per shard touched, all of
@@ -193,24 +222,25 @@ class JobStore:
             shard = self.keys.shards[shard_name]
             keys = [shard.deadlines, *(shard.job(reports[i].job_id) for i in indexes)]
             args = [a for i in indexes for a in reports[i].script_args()]
-            calls.append((self.scripts.recordHeartbeats, keys, args))
+            calls.append((self.scripts.record_heartbeats, keys, args))
         with unavailable_on_redis_errors():
             replies = self.scripts.run_pipeline(calls)
         answers: list[HeartbeatAnswer | None] = [None] * len(reports)
         for indexes, reply in zip(by_shard.values(), replies, strict=True):
             for i, entry in zip(indexes, reply, strict=True):
                 job_id = reports[i].job_id
-                answers[i] = (HeartbeatAnswer(job_id, False) if entry[0] == -1 else
+                answers[i] = (HeartbeatAnswer(job_id, False)
+                              if entry[0] == RecordHeartbeatsCode.JOB_NOT_FOUND else
                               HeartbeatAnswer(job_id, True, entry[0], int(entry[1]), entry[2]))
         return answers  # type: ignore[return-value]
 
     def heartbeat(self, report: HeartbeatReport) -> HeartbeatAnswer:
         shard = self.keys.for_job(report.job_id)
         with unavailable_on_redis_errors():
-            reply = self.scripts.recordHeartbeats(
+            reply = self.scripts.record_heartbeats(
                 [shard.deadlines, shard.job(report.job_id)], report.script_args())
         entry = reply[0]
-        if entry[0] == -1:
+        if entry[0] == RecordHeartbeatsCode.JOB_NOT_FOUND:
             raise JobNotFound()
         return HeartbeatAnswer(report.job_id, True, entry[0], int(entry[1]), entry[2])
 
@@ -231,7 +261,7 @@ class JobStore:
                     *(shard.label_index(k, v) for k, v in sorted(json.loads(labels).items()))]
             args = [job_id, job_type, labels, "sweep" if sweep else "api", shard.channel]
             with unavailable_on_redis_errors():
-                reply = self.scripts.deleteJob(keys, args)
+                reply = self.scripts.delete_job(keys, args)
             try:
                 raise_for_code(reply)
                 return
@@ -243,22 +273,45 @@ class JobStore:
                 return
         raise StaleRead("the job changed while it was being deleted")
 
-    def sweep_expired(self, batch: int = 200) -> int:
-        """Delete terminal jobs whose retention has run out; returns how many."""
+    def sweep_expired(self, batch: int = 200, job_types: Sequence[str] = ()) -> int:
+        """Delete terminal jobs whose retention has run out, up to ``batch`` per
+        shard; returns how many due entries were dealt with (0: none left).
+
+        First ``clearOrphans`` removes the entries of jobs that are gone (and of
+        ``job_types``' indexes) and stale entries of unfinished jobs, in one
+        pipeline of one call per shard: an entry that cannot be deleted is
+        never read again, so it cannot hold up the jobs due after it."""
         now_ms = self.server_time_ms()
+        shards = list(self.keys.shards.values())
         with unavailable_on_redis_errors():
             pipe = self.client.pipeline(transaction=False)
-            for shard in self.keys.shards.values():
+            for shard in shards:
                 pipe.zrangebyscore(shard.expiries, "-inf", now_ms, start=0, num=batch)
-            due = [job_id for ids in pipe.execute() for job_id in ids]
-        deleted = 0
-        for job_id in due:
+            due_by_shard = pipe.execute()
+        calls = []
+        for shard, ids in zip(shards, due_by_shard, strict=True):
+            if ids:
+                keys = [shard.expiries, shard.all_jobs, *shard.state_indexes(), shard.deadlines,
+                        *(shard.type_index(t) for t in job_types),
+                        *(key for job_id in ids
+                          for key in (shard.job(job_id), shard.history(job_id)))]
+                calls.append((self.scripts.clear_orphans, keys, [len(job_types), *ids]))
+        if not calls:
+            return 0
+        with unavailable_on_redis_errors():
+            replies = self.scripts.run_pipeline(calls)
+        present = [job_id for ids, codes in zip([i for i in due_by_shard if i], replies,
+                                                strict=True)
+                   for job_id, code in zip(ids, codes, strict=True)
+                   if code == ClearOrphansCode.PRESENT]
+        handled = sum(len(ids) for ids in due_by_shard) - len(present)
+        for job_id in present:
             try:
                 self.delete(job_id, sweep=True)
-                deleted += 1
             except (JobNotFound, NotDue):
-                continue  # deleted meanwhile, or its retention was renewed
-        return deleted
+                pass  # deleted meanwhile, or its retention was renewed
+            handled += 1
+        return handled
 
     # -- reads --------------------------------------------------------------
 
@@ -279,10 +332,31 @@ class JobStore:
     def get_with_time(self, job_id: str) -> tuple[Job, int]:
         """The job and the Redis server time, in one round trip."""
         with unavailable_on_redis_errors():
-            now_ms, flat = self.scripts.readJob([self.keys.for_job(job_id).job(job_id)], [])
+            now_ms, flat = self.scripts.read_job([self.keys.for_job(job_id).job(job_id)], [])
         if not flat:
             raise JobNotFound()
         return Job.from_hash(_pairs(flat)), int(now_ms)
+
+    def versions(self, job_ids: Sequence[str]) -> list[int | None]:
+        """Each job's version (None for a job that does not exist), one
+        pipeline: how a watch tells which of many jobs changed."""
+        with unavailable_on_redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.hget(self.keys.for_job(job_id).job(job_id), "version")
+            replies = pipe.execute()
+        return [None if v is None else int(v) for v in replies]
+
+    def get_many_with_time(self, job_ids: Sequence[str]) -> tuple[list[Job | None], int]:
+        """Jobs (None where there is none) and the Redis server time, in one
+        pipeline of readJob calls."""
+        calls = [(self.scripts.read_job, [self.keys.for_job(i).job(i)], []) for i in job_ids]
+        if not calls:
+            return [], self.server_time_ms()
+        with unavailable_on_redis_errors():
+            replies = self.scripts.run_pipeline(calls)
+        jobs = [Job.from_hash(_pairs(flat)) if flat else None for _, flat in replies]
+        return jobs, max(int(now_ms) for now_ms, _ in replies)
 
     def history(self, job_id: str) -> list[dict]:
         shard = self.keys.for_job(job_id)

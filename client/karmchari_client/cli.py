@@ -10,12 +10,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 
-from app.config import DEFAULT_PORT
-from app.model import STATES, is_job_id
 from karmchari_client import ApiError, Client, ServiceUnavailable
+from karmchari_client.worker import (
+    DONE,
+    DONE_COMMAND,
+    FAIL_COMMAND,
+    FAILED,
+    KILLED,
+    PAUSED,
+    RUNNING,
+)
 
 EXIT_OK = 0
 EXIT_ERROR = 1        # any other refusal, e.g. a missing token or a role that may not
@@ -32,11 +40,16 @@ EXIT_CODES_HELP = f"""exit codes:
   {EXIT_REFUSED}  refused: the job's state does not allow it, or --if-match is stale
   {EXIT_UNAVAILABLE}  service down or unavailable"""
 
+DEFAULT_PORT = 51463
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+# The server's job states and ids (app/model.py), defined by this package's
+# worker library because it must not import the server.
+STATES = (RUNNING, PAUSED, KILLED, DONE, FAILED)
+JOB_ID_RE = re.compile(r"[0-9a-f]{32}\Z")
 
 # The command sent by each subcommand that changes a job's state.
-STATE_COMMANDS = {"pause": "pause", "resume": "start", "kill": "kill", "done": "done",
-                  "fail": "fail"}
+STATE_COMMANDS = {"pause": PAUSED, "resume": RUNNING, "kill": KILLED, "done": DONE_COMMAND,
+                  "fail": FAIL_COMMAND}
 
 
 class BadInput(Exception):
@@ -92,7 +105,7 @@ def _print_job(job: dict) -> None:
 
 
 def _job_id(value: str) -> str:
-    if not is_job_id(value):
+    if not JOB_ID_RE.match(value):
         raise argparse.ArgumentTypeError(
             f"not a job id: {value!r} (32 lowercase hexadecimal characters)")
     return value
@@ -316,3 +329,55 @@ def add_client_commands(commands) -> None:
 
     delete = add("delete", run_delete, "delete a finished job and its history")
     delete.add_argument("job_id", type=_job_id, metavar="ID")
+
+
+# -- the whole command ----------------------------------------------------------------
+
+# Subcommands that come with the server distribution (``karmchari``): each is an
+# entry point of this group, a function that adds its parser to the subcommands
+# and sets ``run`` on it.
+SERVER_COMMAND_GROUP = "karmchari.commands"
+SERVER_COMMANDS = ("serve", "import-legacy")
+SERVER_INSTALL_HINT = "pip install karmchari (the server, which brings this client too)"
+
+
+def installed_server_commands() -> dict[str, Callable]:
+    from importlib.metadata import entry_points
+    return {point.name: point.load() for point in entry_points(group=SERVER_COMMAND_GROUP)}
+
+
+def build_parser(server_commands: dict[str, Callable]) -> argparse.ArgumentParser:
+    from karmchari_client import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="karmchari", allow_abbrev=False, epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Karmchari: a REST job manager for long-running jobs.")
+    parser.add_argument("--version", action="version", version=f"karmchari {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add_command in server_commands.values():
+        add_command(commands)
+    add_client_commands(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None,
+         server_commands: dict[str, Callable] | None = None) -> int:
+    """``karmchari``. The old service's command line (``karmchari -port 51463``,
+    no subcommand) means ``serve``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if server_commands is None:
+        server_commands = installed_server_commands()
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
+        argv = ["serve", *argv]
+    if argv[0] in SERVER_COMMANDS and argv[0] not in server_commands:
+        if argv == ["serve"]:  # a bare ``karmchari`` on a client-only install
+            build_parser(server_commands).print_help(sys.stderr)
+        return _fail(f"{argv[0]!r} is part of the Karmchari server, which is not installed "
+                     f"here: {SERVER_INSTALL_HINT}", EXIT_BAD_INPUT)
+    args = build_parser(server_commands).parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

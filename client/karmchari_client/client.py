@@ -56,6 +56,10 @@ class Client:
     def url(self) -> str:
         return urllib.parse.urlunsplit(self._parts)
 
+    @property
+    def token(self) -> str | None:
+        return self._token
+
     # -- jobs ---------------------------------------------------------------
 
     def register(self, job_type: str, *, name: str | None = None,
@@ -80,6 +84,12 @@ class Client:
                 query["version"] = str(version)
         timeout = self._timeout + (wait or 0)
         return self.request("GET", f"/v1/jobs/{job_id}", query=query, timeout=timeout)
+
+    def watch(self, jobs: dict[str, int], *, wait: float) -> dict:
+        """Wait up to ``wait`` seconds until a job's version differs from the
+        one given; ``{"changed": [jobs], "missing": [ids]}``."""
+        return self.request("POST", "/v1/watch", {"jobs": jobs, "wait": wait},
+                            timeout=self._timeout + wait)
 
     def command(self, job_id: str, command: str, *, reason: str | None = None,
                 if_match: int | None = None) -> dict:

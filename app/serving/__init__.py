@@ -1,0 +1,55 @@
+"""``karmchari serve``: one application behind waitress (the default) or granian."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from app.auth import TokenConfigError, TokenRegistry
+from app.config import Config
+from app.embedded import EmbeddedRedis, EmbeddedServerError, choose_server_binary
+from app.serving.common import (
+    StartupError,
+    build_store,
+    check_exposure,
+    check_store,
+    check_version,
+    raise_open_files_limit,
+    shown_store,
+)
+
+__all__ = ["StartupError", "check_exposure", "check_version", "serve"]
+
+log = logging.getLogger("karmchari")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def serve(config: Config) -> int:
+    logging.basicConfig(level=config.log_level.upper(), format=LOG_FORMAT)
+    if config.server == "granian":
+        from app.serving import granian_server as server
+    else:
+        from app.serving import waitress_server as server
+    server.check_available()
+    try:
+        tokens = TokenRegistry.load(config.tokens, config.tokens_file)
+    except (TokenConfigError, OSError) as error:
+        raise StartupError(f"cannot load tokens: {error}") from None
+    check_exposure(config, tokens)
+    open_files = raise_open_files_limit()
+    embedded = None
+    url = config.store_url
+    if not url:
+        try:
+            binary, why = choose_server_binary(config.store_binary)
+            embedded = EmbeddedRedis(Path(config.data_dir), binary=binary, why=why)
+            url = embedded.start()
+        except (EmbeddedServerError, OSError) as error:
+            raise StartupError(f"cannot start the embedded store: {error}") from None
+    try:
+        check_store(build_store(config, url))
+        server.run(config, url, shown_store(config, url), open_files)
+    finally:
+        if embedded:
+            embedded.stop()
+    return 0

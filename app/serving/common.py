@@ -1,0 +1,207 @@
+"""What ``karmchari serve`` does before and around the HTTP server, whichever it
+is: the start-up checks, the store, the listening socket, the open-files limit,
+the sweeper, and the WSGI layer both servers share (drain, framing checks)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import re
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from app.app import build_store, create_app
+from app.auth import TokenRegistry
+from app.config import Config
+from app.errors import StoreUnavailable
+from app.store import JobStore
+from app.store.events import ChangeNotifier
+
+log = logging.getLogger("karmchari")
+
+MIN_REDIS = (7, 0)
+MIN_VALKEY = (7, 2)
+
+
+class StartupError(RuntimeError):
+    pass
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(config: Config, tokens: TokenRegistry) -> None:
+    """No tokens: loopback only, unless the operator says so explicitly."""
+    if tokens.enabled or is_loopback(config.host):
+        return
+    if not config.allow_unauthenticated:
+        raise StartupError(
+            f"refusing to listen on {config.host} without authentication: configure tokens "
+            "(KARMCHARI_TOKENS or --tokens-file), or pass --allow-unauthenticated")
+    log.warning("listening on %s WITHOUT authentication: anyone who can reach it can "
+                "kill jobs", config.host)
+
+
+def check_version(flavor: str, version: str | None) -> None:
+    """Refuse a server older than the supported minimum (Redis 7.0, Valkey 7.2)."""
+    numbers = re.match(r"(\d+)\.(\d+)", version or "")
+    found = (int(numbers[1]), int(numbers[2])) if numbers else (0, 0)
+    minimum = MIN_VALKEY if flavor == "valkey" else MIN_REDIS
+    if found < minimum:
+        name = "Valkey" if flavor == "valkey" else "Redis"
+        raise StartupError(f"{name} {version or '(unknown version)'} is too old: Karmchari "
+                           f"needs {name} {minimum[0]}.{minimum[1]} or newer")
+
+
+def check_store(store: JobStore, wait_seconds: float = 30.0) -> None:
+    """Wait for Redis, refuse one that is too old, warn about eviction."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            info = store.server_info()
+            break
+        except StoreUnavailable as error:
+            if time.monotonic() > deadline:
+                raise StartupError(f"Redis is not reachable: {error}") from None
+            log.warning("waiting for Redis: %s", error)
+            time.sleep(1)
+    check_version(info["flavor"], info["version"])
+    if info["maxmemory_policy"] not in (None, "noeviction"):
+        log.warning("Redis maxmemory-policy is %s, not noeviction: Redis may evict jobs "
+                    "under memory pressure", info["maxmemory_policy"])
+    store.scripts.load_all()
+
+
+def start_sweeper(store: JobStore, interval: float, stopping: threading.Event,
+                  job_types: Sequence[str] = ()) -> None:
+    """Deletes terminal jobs past their retention, with their index entries
+    (and clears the entries of jobs that are gone, in ``job_types``' indexes too)."""
+    def sweep() -> None:
+        while not stopping.wait(interval):
+            try:
+                while store.sweep_expired(job_types=job_types) and not stopping.is_set():
+                    pass
+            except StoreUnavailable:
+                pass
+            except Exception:  # noqa: BLE001 - the sweeper must outlive any one failure
+                log.exception("retention sweep failed")
+
+    threading.Thread(target=sweep, name="karmchari-sweeper", daemon=True).start()
+
+
+def shown_url(url: str) -> str:
+    """The store's URL for a log line: without its password and its query."""
+    parts = urlsplit(url)
+    credentials, at, address = parts.netloc.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{parts.scheme}://{user}{'@' if user else ''}{address}{parts.path}"
+
+
+def shown_store(config: Config, url: str) -> str:
+    if config.redis_sentinel:
+        return f"master {config.sentinel_master} of Sentinel {config.redis_sentinel}"
+    return shown_url(url)
+
+
+def listen_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as error:
+        sock.close()
+        raise StartupError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    sock.listen(backlog)
+    return sock
+
+
+def raise_open_files_limit() -> int:
+    """Lift the soft RLIMIT_NOFILE to the hard one: every connection is a file, and
+    the common soft limit of 1,024 is reached by a few hundred idle clients."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit
+        return 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as error:
+            log.warning("cannot raise the open-files limit from %d: %s", soft, error)
+    return soft
+
+
+class Worker:
+    """The application of one serving process with what it owns: its store
+    connections, change notifier and sweeper, and its drain flag."""
+
+    def __init__(self, config: Config, url: str) -> None:
+        self.config = config
+        self.store = build_store(config, url)
+        self.notifier = ChangeNotifier(self.store, config.waiter_limit)
+        self.app = create_app(config, self.store, notifier=self.notifier)
+        self.draining = threading.Event()
+        start_sweeper(self.store, config.sweep_interval, self.draining, config.job_types)
+
+    def drain(self) -> None:
+        """From now on each answer closes its connection, and long-polls answer now."""
+        if not self.draining.is_set():
+            log.info("shutting down: finishing requests in flight")
+            self.draining.set()
+            self.notifier.stop()
+
+
+def problem_body(status: int, code: str, title: str, detail: str | None = None) -> bytes:
+    """A problem document shaped as ``app.problems.serialize_error`` makes it, for
+    answers given before the application runs."""
+    body: dict = {"type": "about:blank", "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    body["code"] = code
+    return json.dumps(body).encode()
+
+
+# Request bodies must come with Content-Length. With Transfer-Encoding as well, a
+# proxy in front may frame the request differently (request smuggling, RFC 9112
+# 6.1); and Granian hands the application the chunked body without saying whether
+# a Content-Length came too. So every server refuses Transfer-Encoding alike.
+FRAMING_CODE = "transfer_encoding_refused"
+FRAMING_DETAIL = ("Transfer-Encoding is not accepted in requests: send the body with "
+                  "Content-Length")
+
+
+def guarded(worker: Worker):
+    """The WSGI application for a server that leaves these to the application:
+    refusing Transfer-Encoding (above), and ``Connection: close`` on every answer
+    once the drain has begun."""
+    app, draining = worker.app, worker.draining
+
+    def application(environ, start_response):
+        if "HTTP_TRANSFER_ENCODING" in environ:
+            body = problem_body(400, FRAMING_CODE, "Bad request", FRAMING_DETAIL)
+            start_response("400 Bad Request", [
+                ("Content-Type", "application/problem+json"),
+                ("Content-Length", str(len(body))), ("Connection", "close")])
+            return [body]
+        if not draining.is_set():
+            return app(environ, start_response)
+
+        def closing(status, headers, exc_info=None):
+            return start_response(status, [*headers, ("Connection", "close")], exc_info)
+
+        return app(environ, closing)
+
+    return application

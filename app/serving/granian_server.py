@@ -1,0 +1,115 @@
+"""``karmchari serve --server granian`` (``pip install 'karmchari[fast]'``, Linux
+and macOS): the same application under Granian's WSGI interface, with Granian's
+blocking threads as the request threads.
+
+Granian starts its worker processes itself and imports the application in each
+(``worker_app``); the settings and the store's URL reach them in one environment
+variable. On SIGTERM/SIGINT the main process first sends SIGUSR1 to the workers,
+so each begins its drain (long-polls answer, ``Connection: close``) while Granian
+stops accepting and finishes the requests in flight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import multiprocessing
+import os
+import signal
+from importlib.metadata import PackageNotFoundError, version
+
+from app.config import Config
+from app.serving.common import StartupError, Worker, guarded, listen_socket
+
+log = logging.getLogger("karmchari")
+# 2.7.9 fixes the blocking-thread pool that let one long-lived response starve
+# ordinary requests (granian issue #873); a long-poll is such a response.
+MIN_GRANIAN = (2, 7, 9)
+STATE_VARIABLE = "KARMCHARI_SERVING_STATE"
+DRAIN_SIGNAL = signal.SIGUSR1 if hasattr(signal, "SIGUSR1") else None
+
+
+def check_available() -> None:
+    try:
+        found = version("granian")
+    except PackageNotFoundError:
+        raise StartupError("--server granian needs Granian: pip install 'karmchari[fast]'") \
+            from None
+    numbers = tuple(int(part) for part in found.split(".")[:3] if part.isdigit())
+    if numbers < MIN_GRANIAN:
+        raise StartupError(f"granian {found} is too old: Karmchari needs granian "
+                           f"{'.'.join(map(str, MIN_GRANIAN))} or newer")
+    if DRAIN_SIGNAL is None:
+        raise StartupError("--server granian is not supported on Windows; use waitress")
+
+
+def _log_config(level: str) -> dict:
+    from app.serving import LOG_FORMAT
+    return {
+        "version": 1, "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": LOG_FORMAT}},
+        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain",
+                                 "stream": "ext://sys.stderr"}},
+        "root": {"level": level.upper(), "handlers": ["console"]},
+        "loggers": {"_granian": {"handlers": [], "propagate": True},
+                    "granian.access": {"handlers": [], "propagate": True}},
+    }
+
+
+def _forward_drain() -> None:
+    """Runs in Granian's main process once its signal handlers are set: ours run
+    first and tell the workers to begin their drain."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(signum)
+
+        def handler(signum, frame, previous=previous):
+            for child in multiprocessing.active_children():
+                try:
+                    os.kill(child.pid, DRAIN_SIGNAL)
+                except ProcessLookupError:
+                    pass
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(signum, handler)
+
+
+def run(config: Config, url: str, shown_store: str, open_files: int) -> None:
+    from granian import Granian
+    from granian.constants import HTTPModes, Interfaces
+    from granian.http import HTTP1Settings
+
+    listen_socket(config.host, config.port).close()  # a clear message if taken
+    os.environ[STATE_VARIABLE] = json.dumps({"config": dataclasses.asdict(config),
+                                             "url": url})
+    log.info("karmchari listening on http://%s:%d (granian, %d threads, %d process%s), "
+             "store %s", f"[{config.host}]" if ":" in config.host else config.host,
+             config.port, config.threads, config.workers, "es" if config.workers > 1 else "",
+             shown_store)
+    # Hyper's header-read timer also runs while a keep-alive connection waits for
+    # its next request: it is the idle timeout too.
+    header_timeout = min(config.header_timeout, config.idle_timeout)
+    server = Granian(
+        "app.serving.granian_server:worker_app", factory=True, interface=Interfaces.WSGI,
+        address=config.host.strip("[]"), port=config.port, workers=config.workers,
+        blocking_threads=config.threads, runtime_threads=1, backlog=1024,
+        http=HTTPModes.http1, websockets=False,
+        http1_settings=HTTP1Settings(header_read_timeout=header_timeout * 1000),
+        log_level=config.log_level if config.log_level != "warning" else "warn",
+        log_dictconfig=_log_config(config.log_level), log_access=False,
+        workers_kill_timeout=max(1, math.ceil(config.shutdown_timeout)))
+    server.on_startup(_forward_drain)
+    server.serve()
+    log.info("stopped")
+
+
+def worker_app():
+    """Granian's factory, called in each worker process."""
+    state = json.loads(os.environ[STATE_VARIABLE])
+    values = {name: tuple(value) if isinstance(value, list) else value
+              for name, value in state["config"].items()}
+    worker = Worker(Config(**values), state["url"])
+    signal.signal(DRAIN_SIGNAL, lambda signum, frame: worker.drain())
+    return guarded(worker)

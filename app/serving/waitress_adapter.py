@@ -1,0 +1,121 @@
+"""Every use of waitress's internals, kept here so a waitress release that
+changes them breaks one small module (and tests/test_serving.py says so).
+
+Waitress has no drain of its own (its open pull request #499: output in flight is
+dropped at shutdown), answers framing errors and oversized bodies in plain text,
+and lets a request carry both Content-Length and Transfer-Encoding (chunked wins).
+So this module drives waitress's loop itself and plugs in its own channel, parser
+and tasks. Checked against the versions in ``SUPPORTED``.
+"""
+
+from __future__ import annotations
+
+import time
+from importlib.metadata import version
+
+from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser, ParsingError
+from waitress.server import BaseWSGIServer
+from waitress.task import ErrorTask, WSGITask
+
+from app.serving.common import FRAMING_CODE, FRAMING_DETAIL, Worker, problem_body
+
+SUPPORTED = ("3.0.",)  # waitress releases whose internals this module was written for
+
+
+class UnsupportedWaitress(RuntimeError):
+    pass
+
+
+def check_version() -> str:
+    found = version("waitress")
+    if not found.startswith(SUPPORTED):
+        raise UnsupportedWaitress(f"waitress {found} is not supported: Karmchari's adapter "
+                                  f"was written for waitress {', '.join(SUPPORTED)}x")
+    return found
+
+
+class _Parser(HTTPRequestParser):
+    def parse_header(self, header_plus: bytes) -> None:
+        # See FRAMING_DETAIL; the error answer closes the connection.
+        names = {line.split(b":", 1)[0].strip().lower()
+                 for line in header_plus.split(b"\r\n")[1:]}
+        if b"transfer-encoding" in names:
+            raise ParsingError(FRAMING_DETAIL)
+        super().parse_header(header_plus)
+
+
+_ERROR_CODES = {400: "bad_request", 413: "body_too_large", 431: "headers_too_large",
+                501: "not_implemented"}
+
+
+class _ErrorTask(ErrorTask):
+    """Waitress's own errors (framing, sizes) as the app's problem documents."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        if error.code == 413:
+            limit = self.channel.server.adj.max_request_body_size - 1
+            detail = f"the body may be at most {limit} bytes"
+            title = "Request body too large"
+        else:
+            detail, title = error.body, error.reason.capitalize()
+        code = FRAMING_CODE if detail == FRAMING_DETAIL else _ERROR_CODES.get(error.code,
+                                                                             "bad_request")
+        body = problem_body(error.code, code, title, detail)
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/problem+json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class _Task(WSGITask):
+    def build_response_header(self):
+        if self.channel.worker.draining.is_set():
+            self.set_close_on_finish()  # "Connection: close", then close once flushed
+        return super().build_response_header()
+
+
+def install(server: BaseWSGIServer, worker: Worker) -> None:
+    """Our channel class on ``server``, for the connections it accepts from now on."""
+    server.channel_class = type("KarmchariChannel", (HTTPChannel,), {
+        "parser_class": _Parser, "task_class": _Task, "error_task_class": _ErrorTask,
+        "worker": worker})
+
+
+def wake(server: BaseWSGIServer) -> None:
+    server.pull_trigger()
+
+
+def _channels(server: BaseWSGIServer) -> list[HTTPChannel]:
+    return [c for c in list(server._map.values()) if isinstance(c, HTTPChannel)]
+
+
+def _close_idle(server: BaseWSGIServer) -> None:
+    """Close connections with no request in progress or waiting to be sent; a
+    connection still sending its request head has not been accepted a request."""
+    for channel in _channels(server):
+        partial = channel.request
+        if (not channel.requests and not channel.total_outbufs_len
+                and (partial is None or not partial.headers_finished)):
+            channel.will_close = True
+
+
+def run(server: BaseWSGIServer, worker: Worker, shutdown_timeout: float) -> None:
+    """Serve until ``worker.draining``; then stop accepting, answer every request
+    read so far (with ``Connection: close``), and return once every connection is
+    closed or ``shutdown_timeout`` has passed."""
+    loop, socket_map = server.asyncore.loop, server._map
+    while not worker.draining.is_set():
+        loop(timeout=1.0, map=socket_map, use_poll=True, count=1)
+    server.accepting = False
+    server.del_channel()
+    server.socket.close()
+    deadline = time.monotonic() + shutdown_timeout
+    while _channels(server) and time.monotonic() < deadline:
+        _close_idle(server)
+        loop(timeout=0.05, map=socket_map, use_poll=True, count=1)
+    server.trigger.close()
+    for channel in _channels(server):
+        channel.close()
