@@ -78,6 +78,8 @@ ROUTES = {
     "POST /v1/heartbeats": Route("POST", "/v1/heartbeats", required="heartbeats",
                                  json={"heartbeats": [{"id": JOB, "progress": 5,
                                                        "message": "SLOT"}]}),
+    "POST /v1/jobs/commands": Route("POST", "/v1/jobs/commands", required="command",
+                                    json={"command": "pause", "reason": "SLOT", "ids": [JOB]}),
 }
 OPEN_ROUTES = ("/healthz", "/readyz", "/metrics", "/openapi.json")
 JSON_ROUTES = [name for name, r in ROUTES.items() if r.json is not None]

@@ -46,6 +46,12 @@ class ApplyCommandCode(enum.IntEnum):
     NOT_OWNER = ScriptCode.NOT_OWNER
 
 
+class ApplyCommandsCode(enum.IntEnum):
+    """A batch answers its counts instead of a code, unless the command is unknown."""
+
+    INVALID_COMMAND = ScriptCode.INVALID_COMMAND
+
+
 class DeleteJobCode(enum.IntEnum):
     DELETED = 1
     JOB_NOT_FOUND = ScriptCode.JOB_NOT_FOUND
@@ -72,6 +78,7 @@ class ClearOrphansCode(enum.IntEnum):
 RETURN_CODES: dict[str, type[enum.IntEnum]] = {
     "registerJob": RegisterJobCode,
     "applyCommand": ApplyCommandCode,
+    "applyCommands": ApplyCommandsCode,
     "deleteJob": DeleteJobCode,
     "recordHeartbeats": RecordHeartbeatsCode,
     "clearOrphans": ClearOrphansCode,
@@ -128,6 +135,7 @@ class Scripts:
 
     register_job: LuaScript
     apply_command: LuaScript
+    apply_commands: LuaScript
     delete_job: LuaScript
     read_job: LuaScript
     record_heartbeats: LuaScript
@@ -147,6 +155,7 @@ class Scripts:
 
         self.register_job = self._named("registerJob")
         self.apply_command = self._named("applyCommand")
+        self.apply_commands = self._named("applyCommands")
         self.delete_job = self._named("deleteJob")
         self.read_job = self._named("readJob")
         self.record_heartbeats = self._named("recordHeartbeats")
