@@ -15,6 +15,7 @@ from redis.connection import parse_url
 from redis.retry import Retry
 
 from app.errors import StoreUnavailable
+from app.store.lean import LeanBlockingConnectionPool, LeanRedis
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,10 @@ def connect(url: str, *, cluster: bool = False, sentinels: Sequence[tuple[str, i
         )
     if sentinels:
         return _sentinel_master(url, sentinels, sentinel_master, max_connections, options)
-    pool = redis.BlockingConnectionPool.from_url(
+    pool = LeanBlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=socket_timeout, **options
     )
-    return redis.Redis(connection_pool=pool)
+    return LeanRedis(connection_pool=pool)
 
 
 class _MasterFollowingPool(redis.sentinel.SentinelConnectionPool):
