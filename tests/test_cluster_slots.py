@@ -61,6 +61,8 @@ def test_every_script_call_touches_one_slot(server, store, monitor):
     store.register("export", labels={"team": "core"}, idempotency_key="retry-1", actor="ci")
     store.apply_command(first.id, "pause", reason="maintenance")
     store.apply_command(first.id, "start")
+    store.bulk_command("pause", ids=[first.id], reason="maintenance")
+    store.bulk_command("start", where=JobFilter(type="teams", labels=(("team", "core"),)))
     store.heartbeat(HeartbeatReport(first.id, worker="w1", progress=10.0))
     store.get(first.id)
     store.apply_command(first.id, "done")

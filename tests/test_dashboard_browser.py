@@ -58,8 +58,11 @@ def browser(playwright):
 
 
 def _start_service(redis_url: str, prefix: str) -> ServiceProcess:
-    return ServiceProcess("--redis-url", redis_url,
-                          env={"KARMCHARI_KEY_PREFIX": prefix, "KARMCHARI_TOKENS": TOKENS}).start()
+    # Each page holds one watch; a closed page's watch waits out its time on the
+    # server, so the tests leave room for many.
+    return ServiceProcess("--redis-url", redis_url, "--threads", "40",
+                          env={"KARMCHARI_KEY_PREFIX": prefix, "KARMCHARI_TOKENS": TOKENS,
+                               "KARMCHARI_MAX_WAITERS": "32"}).start()
 
 
 def _drop_prefix(redis_url: str, prefix: str) -> None:
@@ -238,6 +241,21 @@ def test_pausing_from_the_ui_waits_for_the_worker(open_page, service, api, tag):
     thread.join(30)
     assert box.get("killed"), box
     expect(job.locator("td.status")).to_have_text("killed", timeout=WAIT_MS)
+
+
+def test_list_updates_when_another_client_kills_a_job(open_page, api, tag):
+    from playwright.sync_api import expect
+
+    ids = register(api, 3, tag)
+    page = open_page(f"#/?label=run:{tag}")
+    expect(rows(page)).to_have_count(3, timeout=WAIT_MS)
+    page.wait_for_function("() => document.body.dataset.ready === 'true'")
+    api.command(ids[1], "kill", reason="out of quota")
+    # Well before the slow refresh (15 s): the watch brings it.
+    expect(row(page, ids[1]).locator("td.requested")).to_have_text("kill", timeout=WAIT_MS)
+    expect(row(page, ids[1]).locator("td.status")).to_have_text("killed")
+    expect(row(page, ids[0]).locator("td.requested")).to_have_text("start")
+    assert page.evaluate("performance.getEntriesByType('navigation').length") == 1  # no reload
 
 
 def test_kill_asks_for_confirmation_and_records_the_reason(open_page, api, tag):

@@ -18,12 +18,15 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.commands.core import Script
 
 from app.errors import ScriptCode
+
+if TYPE_CHECKING:
+    from app.store.connection import StoreClient
 
 
 class RegisterJobCode(enum.IntEnum):
@@ -40,6 +43,13 @@ class ApplyCommandCode(enum.IntEnum):
     INVALID_COMMAND = ScriptCode.INVALID_COMMAND
     VERSION_MISMATCH = ScriptCode.VERSION_MISMATCH
     ILLEGAL_TRANSITION = ScriptCode.ILLEGAL_TRANSITION
+    NOT_OWNER = ScriptCode.NOT_OWNER
+
+
+class ApplyCommandsCode(enum.IntEnum):
+    """A batch answers its counts instead of a code, unless the command is unknown."""
+
+    INVALID_COMMAND = ScriptCode.INVALID_COMMAND
 
 
 class DeleteJobCode(enum.IntEnum):
@@ -54,6 +64,7 @@ class RecordHeartbeatsCode(enum.IntEnum):
     """Per job: a recorded heartbeat answers the job's state instead of a code."""
 
     JOB_NOT_FOUND = ScriptCode.JOB_NOT_FOUND
+    NOT_OWNER = ScriptCode.NOT_OWNER
 
 
 class ClearOrphansCode(enum.IntEnum):
@@ -84,6 +95,7 @@ class DeleteLegacyJobCode(enum.IntEnum):
 RETURN_CODES: dict[str, type[enum.IntEnum]] = {
     "registerJob": RegisterJobCode,
     "applyCommand": ApplyCommandCode,
+    "applyCommands": ApplyCommandsCode,
     "deleteJob": DeleteJobCode,
     "recordHeartbeats": RecordHeartbeatsCode,
     "clearOrphans": ClearOrphansCode,
@@ -142,6 +154,7 @@ class Scripts:
 
     register_job: LuaScript
     apply_command: LuaScript
+    apply_commands: LuaScript
     delete_job: LuaScript
     read_job: LuaScript
     record_heartbeats: LuaScript
@@ -149,7 +162,7 @@ class Scripts:
     import_legacy_jobs: LuaScript
     delete_legacy_job: LuaScript
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: StoreClient) -> None:
         self._client = client
         self.by_name: dict[str, LuaScript] = {}
         for path in sorted(script_dir().glob("*.lua")):
@@ -163,6 +176,7 @@ class Scripts:
 
         self.register_job = self._named("registerJob")
         self.apply_command = self._named("applyCommand")
+        self.apply_commands = self._named("applyCommands")
         self.delete_job = self._named("deleteJob")
         self.read_job = self._named("readJob")
         self.record_heartbeats = self._named("recordHeartbeats")

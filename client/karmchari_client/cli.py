@@ -100,7 +100,8 @@ def _print_job(job: dict) -> None:
               ("observed state", job.get("observed_state") or "-"),
               ("stalled", "yes" if job.get("stalled") else "no"),
               ("version", str(job["version"])), ("name", job.get("name") or ""),
-              ("labels", labels), ("worker", job.get("worker") or ""),
+              ("labels", labels), ("owner", job.get("owner") or "-"),
+              ("worker", job.get("worker") or ""),
               ("progress", _progress(job)), ("message", job.get("message") or ""),
               ("heartbeat timeout", f"{job.get('heartbeat_timeout', 0)}s"),
               ("heartbeat at", job.get("heartbeat_at") or ""),
@@ -152,14 +153,37 @@ def run_register(args: argparse.Namespace, client: Client) -> int:
 
 
 def run_get(args: argparse.Namespace, client: Client) -> int:
-    if args.version is not None and args.wait is None:
-        raise BadInput("--version needs --wait")
-    job = client.get(args.job_id, wait=args.wait, version=args.version)
-    if args.json:
-        _print_json(job)
+    ids = list(dict.fromkeys(args.job_ids))
+    args.job_id = ids[0]  # for the error messages
+    if args.version is not None and (args.wait is None or len(ids) > 1):
+        raise BadInput("--version needs --wait and a single job")
+    if len(ids) == 1:
+        jobs = [client.get(ids[0], wait=args.wait, version=args.version)]
     else:
-        _print_job(job)
+        jobs = _get_many(args, client, ids)
+    if args.json:
+        _print_json(jobs[0] if len(args.job_ids) == 1 else jobs)
+    else:
+        for index, job in enumerate(jobs):
+            if index:
+                print()
+            _print_job(job)
     return EXIT_OK
+
+
+def _get_many(args: argparse.Namespace, client: Client, ids: list[str]) -> list[dict]:
+    """Several jobs with one request (POST /v1/watch: version 0 means any
+    version is news); with --wait, then one more that waits until any of them
+    changes."""
+    answer = client.watch(dict.fromkeys(ids, 0), wait=0)
+    jobs = {job["id"]: job for job in answer["changed"]}
+    if args.wait and not answer["missing"]:
+        answer = client.watch({i: jobs[i]["version"] for i in ids}, wait=args.wait)
+        jobs.update({job["id"]: job for job in answer["changed"]})
+    if answer["missing"]:
+        args.job_id = ", ".join(answer["missing"])
+        raise ApiError(404, {"title": "Job not found", "code": "job_not_found"})
+    return [jobs[i] for i in ids]
 
 
 def run_command(args: argparse.Namespace, client: Client) -> int:
@@ -330,10 +354,11 @@ def add_client_commands(commands) -> None:
     register.add_argument("--idempotency-key", metavar="KEY",
                           help="retrying with the same key returns the same job")
 
-    get = add("get", run_get, "show a job", as_json)
-    get.add_argument("job_id", type=_job_id, metavar="ID")
+    get = add("get", run_get, "show jobs", as_json)
+    get.add_argument("job_ids", type=_job_id, metavar="ID", nargs="+")
     get.add_argument("--wait", type=float, metavar="SECONDS",
-                     help="wait up to SECONDS for the job to change (long-poll)")
+                     help="first wait up to SECONDS until the job, or any of the jobs, "
+                          "changes (one long-poll for all)")
     get.add_argument("--version", type=int,
                      help="with --wait: return once the version differs from this one")
 

@@ -2,6 +2,9 @@
 --[[
   Apply a command (start, pause, kill, done, fail) to a job.
 
+  lua/applyCommands-8.lua applies the same change to many jobs: keep the two
+  alike (tests/test_bulk_commands.py compares them).
+
   Input:
     KEYS[1]  job hash              {kc:s}:job:<id>
     KEYS[2]  history list          {kc:s}:hist:<id>
@@ -12,6 +15,7 @@
     KEYS[7]  index of state failed {kc:s}:idx:state:failed
     KEYS[8]  heartbeat deadlines   {kc:s}:deadline
     KEYS[9]  retention deadlines   {kc:s}:expiry
+    KEYS[10] changes per minute    {kc:s}:changes
 
     ARGV[1]  command
     ARGV[2]  actor
@@ -24,6 +28,8 @@
              when the client library retries the call after a lost connection
              ("" or absent: none). The job keeps the ids of its last 4 changes
              (field "ops"), so a retry of a change already made changes nothing.
+    ARGV[9]  required owner: "" for a caller who may command any job; else the
+             caller's name, which must be the job's owner (a worker token)
 
   Output (app/store/scripts.py ApplyCommandCode):
     { 1, job hash as a flat array, now }   CHANGED: the state changed (now, or by
@@ -35,6 +41,7 @@
     { -3, state, version }            VERSION_MISMATCH: version differs from ARGV[4]
     { -4, state, version }            ILLEGAL_TRANSITION: the job is in a terminal
                                       state (app/model.py outcome())
+    { -8 }                            NOT_OWNER: the caller is not the job's owner
 ]]
 local rcall = redis.call
 local jobKey, histKey = KEYS[1], KEYS[2]
@@ -51,10 +58,14 @@ local nowMs = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 -- Preconditions, before the first write.
 local job = rcall("HMGET", jobKey, "id", "state", "version", "score", "heartbeat_timeout",
-                  "ops")
+                  "ops", "owner")
 local id, state, version = job[1], job[2], tonumber(job[3])
 if not id then
   return { -1 }
+end
+local requiredOwner = ARGV[9] or ""
+if requiredOwner ~= "" and (job[7] or "") ~= requiredOwner then
+  return { -8 }
 end
 -- A retry of a change already made (other changes may have come since).
 if op ~= "" and string.find(" " .. (job[6] or "") .. " ", " " .. op .. " ", 1, true) then
@@ -103,4 +114,14 @@ rcall("RPUSH", histKey, cjson.encode({
   actor = ARGV[2], reason = ARGV[3] }))
 rcall("LTRIM", histKey, -tonumber(ARGV[5]), -1)
 rcall("SPUBLISH", ARGV[7], id .. " " .. version .. " " .. target)
+-- Changes per minute (GET /v1/stats); the same lines in registerJob.
+local minute = math.floor(nowMs / 60000)
+if rcall("HINCRBY", KEYS[10], minute, 1) == 1 then
+  rcall("EXPIRE", KEYS[10], 3720)
+  if rcall("HLEN", KEYS[10]) > 61 then
+    for _, m in ipairs(rcall("HKEYS", KEYS[10])) do
+      if tonumber(m) < minute - 60 then rcall("HDEL", KEYS[10], m) end
+    end
+  end
+end
 return { 1, rcall("HGETALL", jobKey), nowMs }
