@@ -422,9 +422,9 @@ def test_history_records_the_actor(redis_url, key_prefix):
     from app.config import Config
 
     config = Config(redis_url=redis_url, key_prefix=key_prefix,
-                    tokens="alice:operator:secret-a")
+                    tokens="alice:operator:secret-a-61c0d9e2f4")
     client = testing.TestClient(create_app(config))
-    auth = {"Authorization": "Bearer secret-a"}
+    auth = {"Authorization": "Bearer secret-a-61c0d9e2f4"}
     job = register(client, headers=auth).json
     command(client, job["id"], "pause", auth)
     entries = client.simulate_get(f"/v1/jobs/{job['id']}/history", headers=auth).json["entries"]
