@@ -267,18 +267,19 @@ def test_service_up_but_redis_down_is_unavailable():
 def test_token_option_and_environment(redis_url, key_prefix):
     service = ServiceProcess("--redis-url", redis_url,
                              env={"KARMCHARI_KEY_PREFIX": key_prefix,
-                                  "KARMCHARI_TOKENS": "ops:operator:op-secret,"
-                                                      "viewer:reader:read-secret"}).start()
+                                  "KARMCHARI_TOKENS": "ops:operator:op-secret-5f2a9c81,"
+                                                      "viewer:reader:read-secret-7d3e1b40"}).start()
     try:
         url = service.url
         line = one_line_error(karmchari("list", url=url), EXIT_ERROR)
         assert line.startswith("karmchari: 401 ")
-        job_id = ok(karmchari("register", "teams", "--token", "op-secret", url=url)).strip()
-        ok(karmchari("pause", job_id, url=url, token="op-secret"))
-        assert one_line_error(karmchari("kill", job_id, url=url, token="read-secret"),
+        job_id = ok(karmchari("register", "teams", "--token", "op-secret-5f2a9c81",
+                              url=url)).strip()
+        ok(karmchari("pause", job_id, url=url, token="op-secret-5f2a9c81"))
+        assert one_line_error(karmchari("kill", job_id, url=url, token="read-secret-7d3e1b40"),
                               EXIT_ERROR).startswith("karmchari: 403 ")
         history = json.loads(ok(karmchari("history", job_id, "--json", url=url,
-                                          token="read-secret")))
+                                          token="read-secret-7d3e1b40")))
         assert [e["actor"] for e in history] == ["ops", "ops"]
     finally:
         service.stop()

@@ -178,7 +178,8 @@ def _get_many(args: argparse.Namespace, client: Client, ids: list[str]) -> list[
 
 def run_command(args: argparse.Namespace, client: Client) -> int:
     result = client.command(args.job_id, STATE_COMMANDS[args.command],
-                                   reason=args.reason, if_match=args.if_match)
+                            reason=args.reason, if_match=args.if_match,
+                            idempotency_key=args.idempotency_key)
     if args.json:
         _print_json(result)
     else:
@@ -266,6 +267,10 @@ def _guarded(run: Callable[[argparse.Namespace, Client], int]
             return _fail(str(error), EXIT_BAD_INPUT)
         except ServiceUnavailable as error:
             detail = error.problem.get("detail") or f"HTTP {error.status}"
+            if error.code == "outcome_unknown" and error.idempotency_key:
+                return _fail(f"service at {client.url}: {detail} To retry safely, run the "
+                             f"same command with --idempotency-key {error.idempotency_key}",
+                             EXIT_UNAVAILABLE)
             if error.status:
                 return _fail(f"service at {client.url} is unavailable: {detail}",
                              EXIT_UNAVAILABLE)
@@ -335,6 +340,8 @@ def add_client_commands(commands) -> None:
         state.add_argument("--reason", help="why, kept in the job's history")
         state.add_argument("--if-match", type=int, metavar="VERSION",
                            help="only if the job is still at this version")
+        state.add_argument("--idempotency-key", metavar="KEY",
+                           help="running again with the same key applies the command once")
 
     listing = add("list", run_list, "list jobs, newest first", as_json)
     listing.add_argument("--state", choices=STATES)
