@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import signal
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from app.config import Config
 from app.serving.common import StartupError, Worker, guarded, listen_socket
@@ -66,6 +67,8 @@ def _forward_drain() -> None:
 
         def handler(signum, frame, previous=previous):
             for child in multiprocessing.active_children():
+                if child.pid is None or DRAIN_SIGNAL is None:
+                    continue
                 try:
                     os.kill(child.pid, DRAIN_SIGNAL)
                 except ProcessLookupError:
@@ -80,6 +83,7 @@ def run(config: Config, url: str, shown_store: str, open_files: int) -> None:
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces
     from granian.http import HTTP1Settings
+    from granian.log import LogLevels
 
     listen_socket(config.host, config.port).close()  # a clear message if taken
     os.environ[STATE_VARIABLE] = json.dumps({"config": dataclasses.asdict(config),
@@ -97,7 +101,7 @@ def run(config: Config, url: str, shown_store: str, open_files: int) -> None:
         blocking_threads=config.threads, runtime_threads=1, backlog=1024,
         http=HTTPModes.http1, websockets=False,
         http1_settings=HTTP1Settings(header_read_timeout=header_timeout * 1000),
-        log_level=config.log_level if config.log_level != "warning" else "warn",
+        log_level=LogLevels(config.log_level if config.log_level != "warning" else "warn"),
         log_dictconfig=_log_config(config.log_level), log_access=False,
         workers_kill_timeout=max(1, math.ceil(config.shutdown_timeout)))
     server.on_startup(_forward_drain)
@@ -108,8 +112,9 @@ def run(config: Config, url: str, shown_store: str, open_files: int) -> None:
 def worker_app():
     """Granian's factory, called in each worker process."""
     state = json.loads(os.environ[STATE_VARIABLE])
-    values = {name: tuple(value) if isinstance(value, list) else value
-              for name, value in state["config"].items()}
+    values: dict[str, Any] = {name: tuple(value) if isinstance(value, list) else value
+                              for name, value in state["config"].items()}
     worker = Worker(Config(**values), state["url"])
-    signal.signal(DRAIN_SIGNAL, lambda signum, frame: worker.drain())
+    if DRAIN_SIGNAL is not None:
+        signal.signal(DRAIN_SIGNAL, lambda signum, frame: worker.drain())
     return guarded(worker)
