@@ -111,6 +111,9 @@ class Job:
     heartbeat_at: int | None = None
     observed_state: str = ""
     ended_at: int | None = None
+    # The worker token that registered the job; "" when none (registered without
+    # auth, or by an operator or admin): then only operators and admins end it.
+    owner: str = ""
 
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> Job:
@@ -125,6 +128,7 @@ class Job:
             heartbeat_at=_int_or_none(h.get("heartbeat_at")),
             observed_state=h.get("observed_state", ""),
             ended_at=_int_or_none(h.get("ended_at")),
+            owner=h.get("owner", ""),
         )
 
     def stalled(self, now_ms: int) -> bool:

@@ -15,6 +15,8 @@ from app.errors import (
     JobNotFound,
     KarmchariError,
     NotDue,
+    NotOwner,
+    OutcomeUnknown,
     StaleRead,
     StoreUnavailable,
     VersionMismatch,
@@ -28,7 +30,9 @@ _STATUS_OF = {
     IdempotencyKeyReused: (falcon.HTTP_422, "Idempotency-Key reused"),
     StaleRead: (falcon.HTTP_503, "Job changed meanwhile"),
     NotDue: (falcon.HTTP_409, "Not due"),
+    NotOwner: (falcon.HTTP_403, "Not the job's owner"),
     StoreUnavailable: (falcon.HTTP_503, "Store unavailable"),
+    OutcomeUnknown: (falcon.HTTP_503, "Outcome unknown"),
 }
 
 
@@ -51,8 +55,13 @@ def make_domain_error_handler(retry_after: int):
     def handle(req, resp, error: KarmchariError, params) -> None:
         status, title = _STATUS_OF.get(type(error), (falcon.HTTP_500, "Internal error"))
         headers = {"Retry-After": str(retry_after)} if status == falcon.HTTP_503 else None
-        if isinstance(error, StoreUnavailable):
-            detail: str | None = "Redis is not answering now; retry shortly."
+        if isinstance(error, OutcomeUnknown):
+            detail: str | None = (
+                "Redis did not answer after the change was sent: it may or may not "
+                "have been applied. Retry with the same Idempotency-Key (it is then "
+                "applied once), or read the job to find out.")
+        elif isinstance(error, StoreUnavailable):
+            detail = "Redis is not answering now; the change was not applied; retry shortly."
         elif isinstance(error, JobNotFound):
             detail = "No job with this id."
         else:

@@ -43,6 +43,7 @@ class ApplyCommandCode(enum.IntEnum):
     INVALID_COMMAND = ScriptCode.INVALID_COMMAND
     VERSION_MISMATCH = ScriptCode.VERSION_MISMATCH
     ILLEGAL_TRANSITION = ScriptCode.ILLEGAL_TRANSITION
+    NOT_OWNER = ScriptCode.NOT_OWNER
 
 
 class DeleteJobCode(enum.IntEnum):
@@ -57,6 +58,7 @@ class RecordHeartbeatsCode(enum.IntEnum):
     """Per job: a recorded heartbeat answers the job's state instead of a code."""
 
     JOB_NOT_FOUND = ScriptCode.JOB_NOT_FOUND
+    NOT_OWNER = ScriptCode.NOT_OWNER
 
 
 class ClearOrphansCode(enum.IntEnum):
