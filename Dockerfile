@@ -3,7 +3,8 @@
 FROM python:3.12-slim AS build
 WORKDIR /src
 COPY . .
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# client/ is the karmchari-client distribution the server depends on.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ./client .
 
 FROM python:3.12-slim
 ENV PYTHONUNBUFFERED=1 \

@@ -1,5 +1,6 @@
-"""The ``karmchari`` command: ``serve`` runs the service; the other
-subcommands talk to a running service (see ``app/client_cli.py``).
+"""The server's subcommands of ``karmchari``. The command itself belongs to
+the client distribution (``karmchari_client/cli.py``), which finds these
+through the ``karmchari.commands`` entry points declared in pyproject.toml.
 
 The old service's flags ``-port`` and ``-shost HOST:PORT`` work as written,
 and ``karmchari -port 51463`` without a subcommand means ``serve``.
@@ -10,112 +11,109 @@ from __future__ import annotations
 import argparse
 import sys
 
-from app import __version__
-from app.config import Config
+from app.config import SETTINGS, Config, Setting
+
+# The settings of the store (the same for every server subcommand) and of jobs.
+STORE_SETTINGS = ("shost", "redis_url", "redis_cluster", "redis_sentinel", "sentinel_master",
+                  "redis_socket_timeout", "key_prefix")
+JOB_SETTINGS = ("job_types", "history_cap", "retention_seconds")
+
+
+def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    """The Redis to use: the same options for every server subcommand."""
+    add_setting_arguments(parser, STORE_SETTINGS)
+
+
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    add_setting_arguments(parser, JOB_SETTINGS)
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    env = "(env KARMCHARI_%s)"
-    parser.add_argument("-port", "--port", type=int, help="port to listen on, default 51463 "
-                        + env % "PORT")
-    parser.add_argument("-shost", "--shost", metavar="HOST:PORT",
-                        help="use the Redis at HOST:PORT " + env % "SHOST")
-    parser.add_argument("--redis-url", metavar="URL",
-                        help="use the Redis at URL: redis://, rediss:// (TLS), unix:// "
-                        + env % "REDIS_URL")
-    parser.add_argument("--redis-cluster", action="store_true", default=None,
-                        help="the Redis URL is a Redis Cluster node " + env % "REDIS_CLUSTER")
-    parser.add_argument("--redis-sentinel", metavar="HOST:PORT[,HOST:PORT...]",
-                        help="ask these Sentinels for the master; --redis-url then brings only "
-                        "its credentials, database and TLS options " + env % "REDIS_SENTINEL")
-    parser.add_argument("--sentinel-master", metavar="NAME",
-                        help="the master's name at the Sentinels, default mymaster "
-                        + env % "SENTINEL_MASTER")
-    parser.add_argument("--redis-socket-timeout", type=float, metavar="SECONDS",
-                        help="longest wait for one Redis reply or connection, default 2 "
-                        + env % "REDIS_SOCKET_TIMEOUT")
-    parser.add_argument("--host", help="address to listen on, default 127.0.0.1 "
-                        + env % "HOST")
-    parser.add_argument("--threads", type=int, help="request threads per process, default 16 "
-                        + env % "THREADS")
-    parser.add_argument("--workers", type=int,
-                        help="processes sharing the listening socket (Linux), default 1 "
-                        + env % "WORKERS")
-    parser.add_argument("--server", choices=["waitress", "granian"],
-                        help="HTTP server, default waitress; granian needs karmchari[fast] "
-                        + env % "SERVER")
-    parser.add_argument("--shutdown-timeout", type=float, metavar="SECONDS",
-                        help="longest drain after SIGTERM/SIGINT, default 30 "
-                        + env % "SHUTDOWN_TIMEOUT")
-    parser.add_argument("--idle-timeout", type=int, metavar="SECONDS",
-                        help="idle keep-alive connections close after this, default 60 "
-                        + env % "IDLE_TIMEOUT")
-    parser.add_argument("--header-timeout", type=int, metavar="SECONDS",
-                        help="longest wait for a request head (granian), default 30 "
-                        + env % "HEADER_TIMEOUT")
-    parser.add_argument("--connection-limit", type=int,
-                        help="open connections per process (waitress), default 10000 "
-                        + env % "CONNECTION_LIMIT")
-    parser.add_argument("--data-dir", help="embedded store's data directory "
-                        + env % "DATA_DIR")
-    parser.add_argument("--tokens-file", metavar="PATH",
-                        help="lines of 'name role sha256-hex-of-token' " + env % "TOKENS_FILE")
-    parser.add_argument("--allow-unauthenticated", action="store_true", default=None,
-                        help="allow a non-loopback --host without tokens (dangerous) "
-                        + env % "ALLOW_UNAUTHENTICATED")
-    parser.add_argument("--job-types", type=lambda s: tuple(filter(None, s.split(","))),
-                        help="comma-separated job types, default upload,export,teams "
-                        + env % "JOB_TYPES")
-    parser.add_argument("--history-cap", type=int, help="history entries kept per job "
-                        + env % "HISTORY_CAP")
-    parser.add_argument("--retention-seconds", type=int,
-                        help="how long finished jobs are kept, default 7 days "
-                        + env % "RETENTION_SECONDS")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                        help=env % "LOG_LEVEL")
+    """One flag per declared setting (app/config.py), named after it."""
+    add_setting_arguments(parser, [s.name for s in SETTINGS])
+
+
+def add_setting_arguments(parser: argparse.ArgumentParser, names) -> None:
+    wanted = set(names)
+    for s in SETTINGS:
+        if not s.flag or s.name not in wanted:
+            continue
+        names = [s.old_flag, s.option] if s.old_flag else [s.option]
+        extra = f" (env {s.env}"
+        if s.range:
+            extra += f"; {s.range_text}"
+        if shown(s.default):
+            extra += f"; default {shown(s.default)}"
+        help_text = f"{s.help}{extra})"
+        if s.kind == "bool":
+            parser.add_argument(*names, dest=s.name, action="store_true", default=None,
+                                help=help_text)
+        else:
+            parser.add_argument(*names, dest=s.name, metavar=s.metavar or s.name.upper(),
+                                type=flag_parser(s), choices=s.choices,
+                                help=help_text.replace("%", "%%"))
+
+
+def flag_parser(s: Setting):
+    def parse(raw: str):
+        try:
+            return s.parse(raw, s.option)
+        except ValueError as error:  # argparse shows this text, then exits with 2
+            raise argparse.ArgumentTypeError(str(error).removeprefix(s.option + ": ")) from None
+    parse.__name__ = s.name
+    return parse
+
+
+def shown(value: object) -> str:
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    names = ("port", "shost", "redis_url", "redis_cluster", "redis_sentinel", "sentinel_master",
-             "redis_socket_timeout", "host", "threads", "workers", "server",
-             "shutdown_timeout", "idle_timeout", "header_timeout", "connection_limit",
-             "data_dir", "tokens_file", "allow_unauthenticated", "job_types", "history_cap",
-             "retention_seconds", "log_level")
-    return Config.from_env(**{name: getattr(args, name) for name in names})
+    # Subcommands other than serve take only some of the options.
+    return Config.from_env(**{s.name: getattr(args, s.name, None) for s in SETTINGS if s.flag})
+
+
+def add_serve_command(commands) -> None:
+    serve = commands.add_parser("serve", help="run the service", allow_abbrev=False)
+    add_serve_arguments(serve)
+    serve.set_defaults(run=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from app.serving import StartupError, serve
+    try:
+        config = config_from_args(args)
+    except ValueError as error:  # unparsable or out of range
+        print(f"karmchari: {error}", file=sys.stderr)
+        return 2
+    try:
+        return serve(config)
+    except StartupError as error:
+        print(f"karmchari: {error}", file=sys.stderr)
+        return 2
+
+
+def add_import_command(commands) -> None:
+    from app.import_cli import add_import_command as add
+    add(commands)
+
+
+# The same as the entry points, for ``python -m app`` from a tree that is not installed.
+SERVER_COMMANDS = {"serve": add_serve_command, "import-legacy": add_import_command}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from app.client_cli import add_client_commands
-
-    parser = argparse.ArgumentParser(
-        prog="karmchari", allow_abbrev=False,
-        description="Karmchari: a REST job manager for long-running jobs.")
-    parser.add_argument("--version", action="version", version=f"karmchari {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    serve = commands.add_parser("serve", help="run the service", allow_abbrev=False)
-    add_serve_arguments(serve)
-    add_client_commands(commands)
-    return parser
+    from karmchari_client.cli import build_parser as karmchari_parser
+    return karmchari_parser(SERVER_COMMANDS)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
-        argv = ["serve", *argv]  # the old service's command line
-    args = build_parser().parse_args(argv)
-    if args.command == "serve":
-        from app.serving import StartupError, serve
-        try:
-            config = config_from_args(args)
-        except ValueError as error:  # a KARMCHARI_* variable that does not parse
-            print(f"karmchari: {error}", file=sys.stderr)
-            return 2
-        try:
-            return serve(config)
-        except StartupError as error:
-            print(f"karmchari: {error}", file=sys.stderr)
-            return 2
-    return args.run(args)
+    from karmchari_client.cli import main as karmchari
+    return karmchari(argv, server_commands=SERVER_COMMANDS)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
-"""The job model: states, commands and identifiers. Pure functions only.
+"""The job model: states, commands, the transition table and identifiers.
+Pure functions only.
 
-The transition table itself lives in ``lua/applyCommand-9.lua``, where it is
-enforced atomically; this module knows just enough to reject bad input before
-it reaches Redis.
+This is the one definition of the state machine in Python; every other module
+imports it. ``lua/applyCommand-10.lua`` and ``lua/applyCommands-8.lua`` enforce
+the same table atomically (Lua cannot import it): tests/test_scripts.py drives
+every (state, command) pair through the scripts and compares with ``outcome()``. The
+standard-library client keeps its own copy of the state names
+(client/karmchari_client/worker.py), checked against this one by tests/test_transitions.py.
 """
 
 from __future__ import annotations
@@ -31,11 +35,32 @@ class Command(str, enum.Enum):
     FAIL = "fail"
 
 
-STATES = tuple(s.value for s in State)
-COMMANDS = tuple(c.value for c in Command)
+STATES: tuple[str, ...] = tuple(s.value for s in State)
+COMMANDS: tuple[str, ...] = tuple(c.value for c in Command)
+# States no command leaves; a job in one of them may be deleted.
 TERMINAL_STATES = frozenset({State.KILL.value, State.DONE.value, State.FAILED.value})
 # The state each command leads to.
-TARGET_STATE = {c.value: (State.FAILED.value if c is Command.FAIL else c.value) for c in Command}
+TARGET_STATE: dict[str, str] = {c.value: (State.FAILED.value if c is Command.FAIL else c.value)
+                                for c in Command}
+# Commands a worker may send about its own job (the "finish" permission); the
+# others need the "command" permission.
+FINISH_COMMANDS = frozenset({Command.DONE.value, Command.FAIL.value})
+
+
+class Outcome(str, enum.Enum):
+    CHANGED = "changed"        # the job moves to TARGET_STATE[command]
+    UNCHANGED = "unchanged"    # already in that state: nothing is written
+    REFUSED = "refused"        # a terminal state is left by no command
+
+
+def outcome(state: str, command: str) -> Outcome:
+    """What ``command`` does to a job in ``state`` (both valid names)."""
+    target = TARGET_STATE[command]
+    if state == target:
+        return Outcome.UNCHANGED
+    if state in TERMINAL_STATES:
+        return Outcome.REFUSED
+    return Outcome.CHANGED
 
 DEFAULT_JOB_TYPES = ("upload", "export", "teams")
 
@@ -86,6 +111,9 @@ class Job:
     heartbeat_at: int | None = None
     observed_state: str = ""
     ended_at: int | None = None
+    # The worker token that registered the job; "" when none (registered without
+    # auth, or by an operator or admin): then only operators and admins end it.
+    owner: str = ""
 
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> Job:
@@ -100,6 +128,7 @@ class Job:
             heartbeat_at=_int_or_none(h.get("heartbeat_at")),
             observed_state=h.get("observed_state", ""),
             ended_at=_int_or_none(h.get("ended_at")),
+            owner=h.get("owner", ""),
         )
 
     def stalled(self, now_ms: int) -> bool:

@@ -17,10 +17,14 @@ from app.schemas import (
     label_filter_pattern,
     request_schemas,
 )
+from app.store.bulk import MAX_EXAMINED
 
 _JOB_ID = {"name": "job_id", "in": "path", "required": True,
            "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}
 _TEXT = {"text/plain": {"schema": {"type": "string"}}}
+_HTML = {"text/html": {"schema": {"type": "string"}}}
+_ASSET = {media: {"schema": {"type": "string"}}
+          for media in ("text/html", "text/javascript", "text/css", "image/svg+xml")}
 
 
 def _ref(name: str) -> dict:
@@ -39,9 +43,24 @@ def _problem(description: str) -> dict:
 _COMMON = {
     "400": _problem("Malformed or invalid input"),
     "401": _problem("Missing or unknown bearer token"),
-    "403": _problem("The token's role may not do this"),
-    "503": _problem("Redis is unavailable; retry after Retry-After seconds"),
+    "403": _problem("The token's role may not do this (forbidden), or a worker token "
+                    "touched a job it does not own (not_owner)"),
+    "503": _problem("Redis is unavailable; retry after Retry-After seconds. "
+                    "store_unavailable: nothing was applied; outcome_unknown: a change was "
+                    "sent and may have been applied (retry with the same Idempotency-Key)"),
 }
+
+
+def _idempotency_key(description: str) -> dict:
+    return {"name": "Idempotency-Key", "in": "header", "required": False,
+            "description": description,
+            "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN}}
+
+
+_REGISTER_KEY = _idempotency_key("Retrying with the same key returns the same job (for the "
+                                 "idempotency TTL, 24 hours by default)")
+_COMMAND_KEY = _idempotency_key("Retrying the same command with the same key applies it "
+                                "once (while it is among the job's last 4 changes)")
 # Bodies far over the limit are refused by the HTTP server itself, in plain text.
 _BODY_ERRORS = {"413": {"description": "Body too large",
                         "content": {**_problem("")["content"], **_TEXT}},
@@ -66,11 +85,13 @@ def build_openapi(config: Config) -> dict:
     paths = {
         "/registerJob": {"post": {
             "summary": "Register a job (old API)", "tags": ["old API"],
+            "parameters": [_REGISTER_KEY],
             "requestBody": legacy_form({"type": {"type": "string",
                                                  "enum": list(config.job_types)}}, ["type"]),
             "responses": {"200": {"description": "`Created! id = <id>`", "content": _TEXT},
                           "400": text_error, "401": text_error, "403": text_error,
-                          "415": text_error, "413": text_error, "503": text_error}}},
+                          "404": text_error, "415": text_error, "413": text_error,
+                          "422": text_error, "503": text_error}}},
         "/jobState": {
             "get": {"summary": "Read a job's state (old API)", "tags": ["old API"],
                     "parameters": [{"name": "id", "in": "query", "required": True,
@@ -79,6 +100,7 @@ def build_openapi(config: Config) -> dict:
                                   "400": text_error, "401": text_error, "403": text_error,
                                   "404": text_error, "503": text_error}},
             "post": {"summary": "Send a command to a job (old API)", "tags": ["old API"],
+                     "parameters": [_COMMAND_KEY],
                      "requestBody": legacy_form(
                          {"id": legacy_id,
                           "command": {"type": "string", "enum": list(COMMANDS)}},
@@ -92,11 +114,7 @@ def build_openapi(config: Config) -> dict:
         "/v1/jobs": {
             "post": {
                 "summary": "Register a job", "tags": ["jobs"],
-                "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                                "description": "Retrying with the same key returns the "
-                                               "same job (for 24 hours)",
-                                "schema": {"type": "string",
-                                           "pattern": IDEMPOTENCY_KEY_PATTERN}}],
+                "parameters": [_REGISTER_KEY],
                 "requestBody": {"required": True, "content": _json("RegisterJob")},
                 "responses": _responses(
                     {"201": {"description": "Registered", "content": _json("Job")},
@@ -129,6 +147,27 @@ def build_openapi(config: Config) -> dict:
                 "responses": _responses({"200": {"description": "A page of jobs",
                                                  "content": _json("JobList")}})},
         },
+        "/v1/jobs/commands": {
+            "post": {
+                "summary": "Send a command to many jobs: by ids, or to every job matching a "
+                           "filter", "tags": ["jobs"],
+                "description": "Each job changes as with POST /v1/jobs/{job_id}/commands, with "
+                               "its history entry. A filter is walked newest first, in batches "
+                               f"of one script call per shard; after {MAX_EXAMINED} jobs the "
+                               "answer carries next_cursor to continue from.",
+                "requestBody": {"required": True, "content": _json("BulkCommand")},
+                "responses": _responses(
+                    {"200": {"description": "What the command did",
+                             "content": _json("BulkCommandResult")}},
+                    **_BODY_ERRORS)},
+        },
+        "/v1/stats": {
+            "get": {"summary": "Counts for an overview: per state, stalled, per type, per "
+                               "label, and changes per minute over the last hour",
+                    "tags": ["jobs"],
+                    "responses": _responses({"200": {"description": "Counts",
+                                                     "content": _json("Stats")}})},
+        },
         "/v1/jobs/{job_id}": {
             "parameters": [_JOB_ID],
             "get": {
@@ -158,7 +197,8 @@ def build_openapi(config: Config) -> dict:
                 "tags": ["jobs"],
                 "parameters": [{"name": "If-Match", "in": "header",
                                 "description": "Apply only if the job is at this version",
-                                "schema": {"type": "string", "pattern": IF_MATCH_PATTERN}}],
+                                "schema": {"type": "string", "pattern": IF_MATCH_PATTERN}},
+                               _COMMAND_KEY],
                 "requestBody": {"required": True, "content": _json("Command")},
                 "responses": _responses(
                     {"200": {"description": "The job after the command",
@@ -191,6 +231,41 @@ def build_openapi(config: Config) -> dict:
                          {"200": {"description": "One answer per job, in order",
                                   "content": _json("HeartbeatAnswers")}}, **_BODY_ERRORS)},
         },
+        "/v1/watch": {
+            "post": {
+                "summary": "Wait for a change of any of many jobs (one long-poll for all)",
+                "tags": ["workers"],
+                "description": "Answers as soon as a listed job's version differs from the "
+                               "one given, or the job is gone; else after `wait` seconds, "
+                               "with both lists empty. Each waiting request takes one of "
+                               "the process's slots for waiting requests (`--max-waiters`).",
+                "requestBody": {"required": True, "content": _json("Watch")},
+                "responses": _responses(
+                    {"200": {"description": "The jobs that changed, and those missing",
+                             "content": _json("WatchResult")}},
+                    **_BODY_ERRORS,
+                    **{"429": _problem("Too many waiting requests; retry after "
+                                       "Retry-After seconds")})},
+        },
+        "/v1/whoami": {"get": {
+            "summary": "The caller's token name, role and permissions", "tags": ["operations"],
+            "responses": _responses({"200": {"description": "Who is calling",
+                                             "content": _json("WhoAmI")}})}},
+        "/": {"get": {"summary": "Redirects to the dashboard", "tags": ["dashboard"],
+                      "security": [],
+                      "responses": {"302": {"description": "Location: /ui/"}}}},
+        "/ui": {"get": {"summary": "The dashboard (also at /ui/)", "tags": ["dashboard"],
+                        "security": [],
+                        "responses": {"200": {"description": "The page", "content": _HTML},
+                                      "304": {"description": "Not modified"}}}},
+        "/ui/{name}": {"get": {
+            "summary": "A file of the dashboard (scripts, styles)", "tags": ["dashboard"],
+            "security": [],
+            "parameters": [{"name": "name", "in": "path", "required": True,
+                            "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "The file", "content": _ASSET},
+                          "304": {"description": "Not modified"},
+                          "404": _problem("No such file")}}},
         "/healthz": {"get": {"summary": "The process is up", "tags": ["operations"],
                              "security": [],
                              "responses": {"200": {"description": "ok", "content": _TEXT}}}},

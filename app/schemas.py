@@ -20,8 +20,12 @@ LABEL_KEY_PATTERN = "^" + LABEL_KEY_RE.pattern.replace("\\Z", "$")
 IDEMPOTENCY_KEY_PATTERN = "^[!-~]{1,255}$"
 # The largest integer every JSON reader holds exactly.
 MAX_VERSION = 2**53
+JOB_ID_PATTERN = "^[0-9a-f]{32}$"
 # An opaque listing cursor: base64url without padding.
 CURSOR_PATTERN = "^[A-Za-z0-9_-]{1,200}$"
+# The cursor of a bulk command: where each shard's walk stopped.
+BULK_CURSOR_PATTERN = "^[A-Za-z0-9_-]{1,2000}$"
+JOB_ID_PATTERN = "^[0-9a-f]{32}$"
 # One job version (a strong or weak entity tag, quoted or not), or "*".
 IF_MATCH_PATTERN = '^(\\*|(W/)?"[0-9]{1,15}"|[0-9]{1,15})$'
 
@@ -71,8 +75,54 @@ def request_schemas(config: Config) -> dict[str, dict]:
             "properties": {"command": {"type": "string", "enum": list(COMMANDS)},
                            "reason": text},
         },
+        "BulkCommand": {
+            "type": "object",
+            "required": ["command"],
+            "additionalProperties": False,
+            "description": "A command for the jobs named by `ids`, or for every job that "
+                           "matches `where` (the filters of GET /v1/jobs; {} matches all).",
+            "properties": {
+                "command": {"type": "string", "enum": list(COMMANDS)},
+                "reason": text,
+                "ids": {"type": "array", "minItems": 1, "maxItems": config.max_batch,
+                        "items": {"type": "string", "pattern": JOB_ID_PATTERN}},
+                "where": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "state": {"type": "string", "enum": list(STATES)},
+                        "type": {"type": "string", "enum": list(config.job_types)},
+                        "label": {"type": "array", "maxItems": config.max_labels,
+                                  "items": {"type": "string",
+                                            "pattern": label_filter_pattern(config)}},
+                        "stalled": {"type": "boolean"},
+                    },
+                },
+                "cursor": {"type": "string", "pattern": BULK_CURSOR_PATTERN,
+                           "description": "With `where`: next_cursor of the previous answer, "
+                                          "to continue a walk that stopped."},
+            },
+            "oneOf": [{"required": ["ids"]}, {"required": ["where"]}],
+            "dependentRequired": {"cursor": ["where"]},
+        },
         "Heartbeat": {"type": "object", "additionalProperties": False,
                       "properties": heartbeat_props},
+        "Watch": {
+            "type": "object",
+            "required": ["jobs", "wait"],
+            "additionalProperties": False,
+            "properties": {
+                "jobs": {"type": "object", "minProperties": 1,
+                         "maxProperties": config.max_watch_jobs,
+                         "description": "The version of each job as the caller knows it "
+                                        "(0: any version counts as a change).",
+                         "propertyNames": {"pattern": JOB_ID_PATTERN},
+                         "additionalProperties": {"type": "integer", "minimum": 0,
+                                                  "maximum": MAX_VERSION}},
+                "wait": {"type": "number", "minimum": 0, "maximum": config.max_wait_seconds,
+                         "description": "Seconds to wait for a change; 0 answers at once."},
+            },
+        },
         "Heartbeats": {
             "type": "object",
             "required": ["heartbeats"],
@@ -81,7 +131,7 @@ def request_schemas(config: Config) -> dict[str, dict]:
                 "type": "array", "minItems": 1, "maxItems": config.max_batch,
                 "items": {"type": "object", "required": ["id"], "additionalProperties": False,
                           "properties": {"id": {"type": "string",
-                                                "pattern": "^[0-9a-f]{32}$"},
+                                                "pattern": JOB_ID_PATTERN},
                                          **heartbeat_props}},
             }},
         },
@@ -148,11 +198,15 @@ RESPONSE_SCHEMAS: dict[str, dict] = {
         "type": "object",
         "required": ["id", "type", "state", "version", "created_at", "updated_at", "stalled"],
         "properties": {
-            "id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+            "id": {"type": "string", "pattern": JOB_ID_PATTERN},
             "type": {"type": "string"},
             "state": {"type": "string", "enum": list(STATES)},
             "version": {"type": "integer", "minimum": 1},
             "name": {"type": "string"},
+            "owner": {"type": ["string", "null"],
+                      "description": "The worker token that registered the job, the only "
+                                     "worker that may heartbeat and finish it; null: none "
+                                     "(only operators and admins end it)."},
             "labels": {"type": "object", "additionalProperties": {"type": "string"}},
             "created_at": {"type": "string", "format": "date-time"},
             "updated_at": {"type": "string", "format": "date-time"},
@@ -172,11 +226,65 @@ RESPONSE_SCHEMAS: dict[str, dict] = {
         "properties": {"job": {"$ref": "#/components/schemas/Job"},
                        "changed": {"type": "boolean"}},
     },
+    "BulkCommandResult": {
+        "type": "object",
+        "required": ["matched", "changed", "unchanged", "refused", "not_found", "next_cursor"],
+        "properties": {
+            "matched": {"type": "integer", "minimum": 0,
+                        "description": "Jobs found that match: changed + unchanged + refused"},
+            "changed": {"type": "integer", "minimum": 0},
+            "unchanged": {"type": "integer", "minimum": 0,
+                          "description": "Already in the command's state"},
+            "refused": {"type": "integer", "minimum": 0,
+                        "description": "In a final state, which no command leaves"},
+            "not_found": {"type": "integer", "minimum": 0,
+                          "description": "Ids with no job (0 for a filter)"},
+            "next_cursor": {"type": ["string", "null"],
+                            "description": "Set when the walk of a filter stopped at its "
+                                           "limit: send it as cursor, with the same where"},
+        },
+    },
+    "Stats": {
+        "type": "object",
+        "required": ["total", "states", "stalled", "types", "labels", "changes_per_minute",
+                     "now"],
+        "properties": {
+            "total": {"type": "integer", "minimum": 0},
+            "states": {"type": "object", "required": list(STATES),
+                       "additionalProperties": {"type": "integer", "minimum": 0}},
+            "stalled": {"type": "integer", "minimum": 0},
+            "types": {"type": "object", "additionalProperties": {"type": "integer"},
+                      "description": "Jobs per configured type"},
+            "labels": {"type": "object", "additionalProperties": {"type": "integer"},
+                       "description": "Jobs per label key:value, the 50 largest, "
+                                      "largest first"},
+            "changes_per_minute": {"type": "array", "minItems": 60, "maxItems": 60, "items": {
+                "type": "object", "required": ["minute", "count"],
+                "properties": {"minute": {"type": "string", "format": "date-time"},
+                               "count": {"type": "integer", "minimum": 0}}},
+                "description": "Registrations and changes of state in each of the last 60 "
+                               "minutes, oldest first (the last one is the current minute)"},
+            "now": {"type": "string", "format": "date-time"},
+        },
+    },
     "JobList": {
         "type": "object",
         "required": ["jobs", "next_cursor"],
         "properties": {"jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
                        "next_cursor": {"type": ["string", "null"]}},
+    },
+    "WhoAmI": {
+        "type": "object",
+        "required": ["name", "role", "permissions", "auth", "job_types"],
+        "properties": {
+            "name": {"type": "string"},
+            "role": {"type": "string", "enum": ["admin", "operator", "worker", "reader"]},
+            "permissions": {"type": "array", "items": {"type": "string"}},
+            "auth": {"type": "boolean", "description": "false: no tokens configured, every "
+                                                       "caller is an anonymous admin"},
+            "job_types": {"type": "array", "items": {"type": "string"},
+                          "description": "the job types this service accepts"},
+        },
     },
     "History": {
         "type": "object",
@@ -193,13 +301,27 @@ RESPONSE_SCHEMAS: dict[str, dict] = {
                                "reason": {"type": "string"}}}},
         },
     },
+    "WatchResult": {
+        "type": "object",
+        "required": ["changed", "missing"],
+        "properties": {
+            "changed": {"type": "array", "items": {"$ref": "#/components/schemas/Job"},
+                        "description": "Jobs whose version differs from the one given."},
+            "missing": {"type": "array", "items": {"type": "string"},
+                        "description": "Ids of jobs that do not exist (or no longer)."},
+        },
+    },
     "HeartbeatAnswer": {
         "type": "object",
         "required": ["id", "found"],
         "properties": {"id": {"type": "string"}, "found": {"type": "boolean"},
                        "state": {"type": "string", "enum": list(STATES)},
                        "version": {"type": "integer"},
-                       "observed_state": {"type": "string"}},
+                       "observed_state": {"type": "string"},
+                       "status": {"type": "integer", "description": "403 for an item this "
+                                  "batch may not heartbeat (nothing recorded for it)"},
+                       "code": {"type": "string", "enum": ["not_owner"]},
+                       "detail": {"type": "string"}},
     },
     "HeartbeatAnswers": {
         "type": "object",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -18,6 +19,18 @@ from pathlib import Path
 import redis
 
 ROOT = Path(__file__).resolve().parents[1]
+_log_dir: Path | None = None
+
+
+def log_dir() -> Path:
+    """One temporary directory for the service logs of this test run, removed
+    when the run ends (the logs are read by the tests, and by a person only
+    through the failures that show them)."""
+    global _log_dir
+    if _log_dir is None:
+        _log_dir = Path(tempfile.mkdtemp(prefix="karmchari-test-logs-"))
+        atexit.register(shutil.rmtree, _log_dir, ignore_errors=True)
+    return _log_dir
 
 
 def free_port() -> int:
@@ -115,13 +128,15 @@ class ServiceProcess:
     """``karmchari serve`` as a real subprocess on a free port."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None,
-                 soft_open_files: int | None = None) -> None:
+                 cwd: Path = ROOT, soft_open_files: int | None = None) -> None:
         """``soft_open_files``: start it with this soft RLIMIT_NOFILE (Linux)."""
         self.soft_open_files = soft_open_files
         self.port = free_port()
         self.args = ["serve", "--port", str(self.port), *args]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.log_path = Path(tempfile.mkstemp(prefix="karmchari-serve-", suffix=".log")[1])
+        self.cwd = cwd
+        self.log_path = Path(tempfile.mkstemp(prefix="karmchari-serve-", suffix=".log",
+                                              dir=log_dir())[1])
         self.process: subprocess.Popen | None = None
 
     @property
@@ -131,7 +146,7 @@ class ServiceProcess:
     def start(self, timeout: float = 30.0) -> ServiceProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen([*karmchari_command(), *self.args], env=self.env,
-                                        cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+                                        cwd=self.cwd, stdout=self._log, stderr=subprocess.STDOUT,
                                         preexec_fn=self._limit_open_files)
         deadline = time.monotonic() + timeout
         while True:

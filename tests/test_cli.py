@@ -7,10 +7,12 @@ import json
 import os
 import re
 import subprocess
+import threading
+import time
 
 import pytest
 
-from app.client_cli import (
+from karmchari_client.cli import (
     EXIT_BAD_INPUT,
     EXIT_ERROR,
     EXIT_NOT_FOUND,
@@ -209,6 +211,30 @@ def test_get_waits_for_a_change(url):
                                       "--json", url=url)))
     assert (changed["state"], changed["version"]) == ("pause", 2)
     one_line_error(karmchari("get", job_id, "--version", "1", url=url), EXIT_BAD_INPUT)
+
+
+def test_get_several_jobs_in_one_request_and_wait_for_any_of_them(url):
+    ids = [ok(karmchari("register", "teams", url=url)).strip() for _ in range(3)]
+    shown = json.loads(ok(karmchari("get", *ids, "--json", url=url)))
+    assert [(j["id"], j["state"]) for j in shown] == [(i, "start") for i in ids]
+    ok(karmchari("pause", ids[1], url=url))
+
+    def kill_soon():
+        time.sleep(2)  # most likely while the get below waits; before it, it waits 30 s
+        ok(karmchari("kill", ids[2], url=url))
+
+    killer = threading.Thread(target=kill_soon)
+    killer.start()
+    after = json.loads(ok(karmchari("get", *ids, "--wait", "30", "--json", url=url)))
+    killer.join()
+    assert [j["state"] for j in after] == ["start", "pause", "kill"]
+    text = ok(karmchari("get", ids[0], ids[1], url=url))
+    assert text.count("\nstate:") == 2 and re.search(rf"^id: +{ids[1]}$", text, re.M)
+    missing = "0" * 32
+    assert missing in one_line_error(karmchari("get", ids[0], missing, url=url),
+                                     EXIT_NOT_FOUND)
+    one_line_error(karmchari("get", *ids, "--wait", "1", "--version", "1", url=url),
+                   EXIT_BAD_INPUT)
 
 
 def test_bad_url():

@@ -231,6 +231,28 @@ def test_stalled_follows_heartbeats_and_state(client, store):
     assert job.id not in listed_ids(client, stalled="true")
 
 
+
+def test_command_answers_and_replays_carry_the_server_times_stalled(client):
+    """A repeated start and an Idempotency-Key replay answer "stalled" as GET does
+    (it was computed with the job's own times as "now", so always false)."""
+    body = {"type": "teams", "heartbeat_timeout": 1}
+    first = client.simulate_post("/v1/jobs", json=body, headers={"Idempotency-Key": "k-stall"})
+    job_id = first.json["id"]
+    assert first.json["stalled"] is False
+    eventually(lambda: get_job(client, job_id)["stalled"])
+
+    repeated = client.simulate_post(f"/v1/jobs/{job_id}/commands", json={"command": "start"})
+    assert repeated.status_code == 200
+    assert repeated.json["changed"] is False
+    assert repeated.json["job"]["stalled"] is True
+    replay = client.simulate_post("/v1/jobs", json=body, headers={"Idempotency-Key": "k-stall"})
+    assert (replay.status_code, replay.json["id"]) == (200, job_id)
+    assert replay.json["stalled"] is True
+
+    paused = client.simulate_post(f"/v1/jobs/{job_id}/commands", json={"command": "pause"})
+    assert (paused.json["changed"], paused.json["job"]["stalled"]) == (True, False)
+
+
 # -- long-poll -------------------------------------------------------------------
 
 def in_thread(call):

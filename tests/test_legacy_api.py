@@ -76,3 +76,17 @@ def test_start_after_kill_is_409_naming_the_state(client, store):
     assert response.status_code == 409
     assert "kill" in response.text
     assert store.get(job_id).state == "kill"
+
+
+def test_every_command_answers_what_get_then_says(client):
+    """The state a command leads to, named as the old service named it: after
+    command=fail both answers say "fail" (the JSON API says "failed")."""
+    for name in ("pause", "start", "kill", "done", "fail"):
+        job_id = register(client).text.rsplit(" ", 1)[1]
+        posted = command(client, job_id, name)
+        read = client.simulate_get("/jobState", params={"id": job_id})
+        assert (posted.status_code, read.status_code) == (200, 200)
+        assert posted.text == read.text == f"{job_id} -- {name}"
+    refused = command(client, job_id, "start")
+    assert (refused.status_code, refused.text) == (409, f"Command refused: {job_id} -- fail")
+    assert client.simulate_get(f"/v1/jobs/{job_id}").json["state"] == "failed"

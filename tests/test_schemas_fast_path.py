@@ -46,6 +46,12 @@ MEMBERS = {
                           st.sampled_from([100, 100.0, 100.000001, -0.0, True, "5", None])),
     "observed_state": st.one_of(st.sampled_from([*STATES, "", "paused", "start\n"]),
                                 st.text(max_size=5)),
+    "jobs": st.dictionaries(
+        st.one_of(st.text(alphabet=HEX, min_size=31, max_size=33),
+                  st.sampled_from(["A" * 32, "a" * 32 + "\n", "{kc:a}:job:x", ""])),
+        st.one_of(st.integers(-1, 3), st.sampled_from([2**53, 2**53 + 1, 1.0, 1.5, True, "1"])),
+        max_size=3),
+    "wait": st.one_of(st.floats(-1, 61), st.sampled_from([0, 60, 60.5, True, "1", None])),
     "id": st.one_of(st.text(alphabet=HEX, min_size=31, max_size=33),
                     st.sampled_from(["A" * 32, "g" * 32, "a" * 32 + "\n", "\n" + "a" * 32, ""]),
                     st.integers()),
@@ -108,6 +114,7 @@ def test_valid_bodies_take_the_fast_path():
         "Heartbeat": {"progress": 42.5, "message": "step 3", "worker": "host-1",
                       "observed_state": "start"},
         "Heartbeats": {"heartbeats": [{"id": i, "progress": 1} for i in ids]},
+        "Watch": {"jobs": {i: 7 for i in ids}, "wait": 30},
     }
     for name, body in bodies.items():
         assert VALIDATORS[name].fast_accepts(body), name

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import time
 
 import pytest
@@ -17,11 +18,22 @@ from app.errors import (
     JobNotFound,
     VersionMismatch,
 )
-from app.model import Job
+from app.model import (
+    COMMANDS,
+    STATES,
+    TARGET_STATE,
+    TERMINAL_STATES,
+    Job,
+    Outcome,
+    new_job_id,
+    outcome,
+)
 from app.store import HeartbeatReport, JobStore, connect
 from app.store.keys import KeySchema
+from app.store.scripts import RETURN_CODES, RegisterJobCode, script_dir
 from tests.servers import RedisProcess
-from tests.spec_table import STATES, TARGET, TERMINAL, outcome
+
+TARGET, TERMINAL = TARGET_STATE, TERMINAL_STATES
 
 
 @pytest.fixture
@@ -61,7 +73,7 @@ def history(store: JobStore, job_id: str) -> list[dict]:
 def apply_keys(store: JobStore, job_id: str) -> list[str]:
     shard = store.keys.for_job(job_id)
     return [shard.job(job_id), shard.history(job_id), *shard.state_indexes(), shard.deadlines,
-            shard.expiries]
+            shard.expiries, shard.changes]
 
 
 def apply_args(store: JobStore, job_id: str, command: str, expected: str = "") -> list:
@@ -101,12 +113,13 @@ def test_register_never_overwrites_an_existing_id(store, raw, key_prefix):
     shard = store.keys.for_job(job.id)
     before = snapshot(raw, key_prefix)
 
-    reply = store.scripts.registerJob(
+    reply = store.scripts.register_job(
         [shard.job(job.id), shard.history(job.id), shard.all_jobs, shard.state_index("start"),
-         shard.type_index("export"), shard.deadlines, f"{shard.tag}:idem:-"],
+         shard.type_index("export"), shard.deadlines, f"{shard.tag}:idem:-",
+         shard.label_counts, shard.changes],
         [job.id, "export", "second", "{}", 5, "", 100, 0, "", shard.channel])
 
-    assert reply[0] == 1
+    assert reply[0] == RegisterJobCode.EXISTS
     assert dict(zip(reply[1][::2], reply[1][1::2], strict=True))["name"] == "first"
     assert snapshot(raw, key_prefix) == before
 
@@ -135,19 +148,21 @@ def test_idempotency_key_returns_the_first_job_and_writes_nothing_more(
     assert created and other.id != job.id
 
 
-# -- applyCommand: every cell of the table -------------------------------------
+# -- applyCommand: every cell of app.model's table ----------------------------
 
-@pytest.mark.parametrize(("state", "command"), list(itertools.product(STATES, TARGET)))
+@pytest.mark.parametrize(("state", "command"), list(itertools.product(STATES, COMMANDS)))
 def test_transition_table(store, raw, redis_client, key_prefix, state, command):
+    """The script agrees with app.model.outcome() (which tests/test_transitions.py
+    checks against the spec's table)."""
     job = job_in(store, state)
     before = snapshot(raw, key_prefix)
     target = TARGET[command]
 
-    if outcome(state, command) == "no-op":
+    if outcome(state, command) is Outcome.UNCHANGED:
         after, changed = store.apply_command(job.id, command)
         assert (changed, after) == (False, job)
         assert snapshot(raw, key_prefix) == before
-    elif outcome(state, command) == "changed":
+    elif outcome(state, command) is Outcome.CHANGED:
         after, changed = store.apply_command(job.id, command, actor="ops", reason="why not")
         assert changed
         assert (after.state, after.version) == (target, job.version + 1)
@@ -183,8 +198,8 @@ def test_command_for_an_unknown_id_creates_nothing(store, raw, key_prefix, comma
     unknown = "f" * 32
     with pytest.raises(JobNotFound):
         store.apply_command(unknown, command)
-    sha = store.scripts.applyCommand.script.sha
-    reply = store.client.evalsha(sha, 9, *apply_keys(store, unknown),
+    sha = store.scripts.apply_command.script.sha
+    reply = store.client.evalsha(sha, 10, *apply_keys(store, unknown),
                                  *apply_args(store, unknown, command))
     assert reply == [-1]
     assert snapshot(raw, key_prefix) == before
@@ -197,7 +212,7 @@ def test_invalid_command_writes_nothing(store, raw, key_prefix, state):
     with pytest.raises(InvalidCommand):
         store.apply_command(job.id, "explode")
     for command in ("", "failed", "START", "pause "):
-        assert store.scripts.applyCommand(apply_keys(store, job.id),
+        assert store.scripts.apply_command(apply_keys(store, job.id),
                                           apply_args(store, job.id, command)) == [-2]
     assert snapshot(raw, key_prefix) == before
 
@@ -277,9 +292,9 @@ def test_heartbeat_of_an_unknown_job_creates_nothing(store, raw, key_prefix):
     with pytest.raises(JobNotFound):
         store.heartbeat(HeartbeatReport(unknown, progress=1.0))
     shard = store.keys.for_job(job.id)
-    reply = store.scripts.recordHeartbeats(
+    reply = store.scripts.record_heartbeats(
         [shard.deadlines, shard.job(unknown), shard.job(job.id)],
-        ["2", "", "1.0", "", "", "1", "w", "", "", ""])
+        ["", "2", "", "1.0", "", "", "1", "w", "", "", ""])
     assert reply[0] == [-1]
     assert reply[1][:2] == ["start", 1]
     assert not raw.exists(shard.job(unknown))
@@ -336,8 +351,8 @@ def delete_call(store: JobStore, job: Job, job_type: str, mode: str) -> list:
     keys = [shard.job(job.id), shard.history(job.id), shard.all_jobs,
             *(shard.state_index(s) for s in ("kill", "done", "failed")), shard.deadlines,
             shard.expiries, shard.type_index(job_type), shard.state_index("start"),
-            shard.state_index("pause")]
-    return store.scripts.deleteJob(keys, [job.id, job_type, "{}", mode, shard.channel])
+            shard.state_index("pause"), shard.label_counts]
+    return store.scripts.delete_job(keys, [job.id, job_type, "{}", mode, shard.channel])
 
 
 def test_delete_with_a_stale_read_or_before_retention_writes_nothing(store, raw, key_prefix):
@@ -354,23 +369,23 @@ def test_delete_with_a_stale_read_or_before_retention_writes_nothing(store, raw,
 def test_read_job_answers_the_job_with_server_time(store, redis_client):
     job, _ = store.register("teams", labels={"a": "b"})
     first = store.server_time_ms()
-    now_ms, flat = store.scripts.readJob([store.keys.for_job(job.id).job(job.id)], [])
+    now_ms, flat = store.scripts.read_job([store.keys.for_job(job.id).job(job.id)], [])
     last = store.server_time_ms()
     assert first <= now_ms <= last
     assert dict(zip(flat[::2], flat[1::2], strict=True)) == redis_client.hgetall(
         store.keys.for_job(job.id).job(job.id))
     unknown = "a" * 32
-    assert store.scripts.readJob([store.keys.for_job(unknown).job(unknown)], [])[1] == []
+    assert store.scripts.read_job([store.keys.for_job(unknown).job(unknown)], [])[1] == []
 
 
 def test_only_read_job_may_run_as_a_read_only_script(store):
     job, _ = store.register("teams")
     key = store.keys.for_job(job.id).job(job.id)
     store.ready()
-    _, flat = store.client.evalsha_ro(store.scripts.readJob.script.sha, 1, key)
+    _, flat = store.client.evalsha_ro(store.scripts.read_job.script.sha, 1, key)
     assert flat
     with pytest.raises(redis.exceptions.ResponseError, match="write"):
-        store.client.evalsha_ro(store.scripts.applyCommand.script.sha, 9,
+        store.client.evalsha_ro(store.scripts.apply_command.script.sha, 10,
                                 *apply_keys(store, job.id), *apply_args(store, job.id, "pause"))
     assert store.get(job.id).state == "start"
 
@@ -446,3 +461,56 @@ def test_terminal_jobs_are_swept_with_every_index_entry(store, redis_client, key
     assert short.get(running.id) == running
     assert short.get(kept.id) == kept
     assert short.sweep_expired() == 0
+
+
+
+def test_sweep_moves_past_entries_of_jobs_that_are_gone(store, redis_client):
+    """250 due expiry entries in one shard whose jobs are gone (evicted, say) come
+    first, before a due finished job of the same shard: the sweep clears them
+    and reaches that job (it used to read the same 200 entries for ever)."""
+    short = JobStore(store.client, retention_seconds=1, keys=store.keys)
+    finished = next(job for job in (short.register("teams")[0] for _ in range(200))
+                    if job.id[0] == "7")
+    finished, _ = short.apply_command(finished.id, "done")
+    running, _ = short.register("teams")
+    shard = store.keys.shards["7"]
+    gone = [new_job_id("7") for _ in range(250)]
+    for index in (shard.expiries, shard.all_jobs, shard.state_index("done"),
+                  shard.type_index("teams"), shard.deadlines):
+        redis_client.zadd(index, dict.fromkeys(gone, 1000))
+    redis_client.rpush(shard.history(gone[0]), "{}")
+    # An entry of an unfinished job does not belong in expiry: it goes too.
+    redis_client.zadd(shard.expiries, {running.id: 1000})
+    due_ms = redis_client.zscore(shard.expiries, finished.id)
+    while short.server_time_ms() <= due_ms:
+        time.sleep(0.05)
+
+    rounds = 0
+    while short.sweep_expired(job_types=("teams",)):
+        rounds += 1
+        assert rounds < 10
+
+    assert rounds >= 2  # 200 entries a round and shard
+    assert traces(redis_client, store.keys.prefix, finished.id) == []
+    for index in (shard.expiries, shard.all_jobs, shard.state_index("done"),
+                  shard.type_index("teams"), shard.deadlines):
+        assert not set(gone) & set(redis_client.zrange(index, 0, -1)), index
+    assert not redis_client.exists(shard.history(gone[0]))
+    assert short.get(running.id) == running
+    assert redis_client.zscore(store.keys.for_job(running.id).expiries, running.id) is None
+
+
+# -- return codes ---------------------------------------------------------------
+
+_HEADER_CODE_RE = re.compile(r"^\s*\{ (-?\d+)\b[^}]*\}\s+([A-Z_]+)", re.MULTILINE)
+
+
+@pytest.mark.parametrize("name", sorted(RETURN_CODES))
+def test_each_header_documents_the_codes_of_its_script(name):
+    """Every code of a script's set is in its Lua header's Output, by number and
+    name, and the header lists no other."""
+    (path,) = script_dir().glob(f"{name}-*.lua")
+    header = path.read_text(encoding="utf-8").split("]]", 1)[0]
+    output = header.split("Output", 1)[1]
+    documented = {int(number): label for number, label in _HEADER_CODE_RE.findall(output)}
+    assert documented == {code.value: code.name for code in RETURN_CODES[name]}

@@ -11,11 +11,13 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from karmchari_client import Backoff, Client, JobEnded, JobKilled, ServiceUnavailable, Worker
+from karmchari_client.watcher import Watcher
 from tests.servers import ROOT, ServiceProcess
 from tests.waiting import eventually
 
@@ -259,12 +261,82 @@ def test_heartbeats_alone_carry_the_commands(live_service, api):
     assert worker_threads(worker.job_id) == []
 
 
-def test_workers_beyond_the_long_poll_limit_still_obey(redis_url, key_prefix):
-    # Two request threads: one long-poll slot, so one of the workers gets 429s.
+def gauge(service: ServiceProcess, name: str) -> float:
+    with urllib.request.urlopen(service.url + "/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
+
+
+def start_workers(url: str, count: int, **options) -> list[Worker]:
+    # Heartbeats far apart: within a test, only the watch can bring a command.
+    workers = [Worker.register("teams", url, heartbeat_interval=600, **options)
+               for _ in range(count)]
+    for worker in workers:
+        worker.start()
+    return workers
+
+
+def finish_killed(api: Client, workers: list[Worker]) -> None:
+    for worker in workers:
+        api.command(worker.job_id, "kill")
+    for worker in workers:
+        eventually(lambda w=worker: w.state == "kill", timeout=30)
+        worker.finish(JobKilled(worker.job_id))
+
+
+def test_many_workers_in_one_process_share_one_watch(live_service, api):
+    workers = start_workers(live_service.url, 40)
+    try:
+        eventually(lambda: gauge(live_service, "karmchari_watched_jobs") == 40, timeout=30)
+        assert gauge(live_service, "karmchari_long_poll_waiters") == 1
+        assert Watcher.shared(live_service.url, None).jobs() == 40
+        for worker in workers:  # a heartbeat thread each, no poller of its own
+            assert [t.name for t in worker_threads(worker.job_id)] == \
+                [f"karmchari-heartbeat-{worker.job_id[:8]}"]
+
+        for worker in workers:
+            api.command(worker.job_id, "pause")
+        for worker in workers:
+            eventually(lambda w=worker: w.state == "pause", timeout=30)
+        api.command(workers[3].job_id, "start")
+        eventually(lambda: workers[3].state == "start", timeout=30)
+        assert [w.state for w in workers].count("pause") == 39
+    finally:
+        finish_killed(api, workers)
+    assert Watcher.shared(live_service.url, None).jobs() == 0
+    eventually(lambda: gauge(live_service, "karmchari_watched_jobs") == 0, timeout=30)
+
+
+def test_past_the_services_job_limit_the_jobs_are_split_over_several_watches(redis_url,
+                                                                             key_prefix):
+    service = ServiceProcess("--redis-url", redis_url, "--max-watch-jobs", "5",
+                             env={"KARMCHARI_KEY_PREFIX": key_prefix}).start()
+    api = Client(service.url)
+    workers = start_workers(service.url, 12)
+    try:
+        eventually(lambda: gauge(service, "karmchari_watched_jobs") == 12, timeout=30)
+        assert gauge(service, "karmchari_long_poll_waiters") == 3
+        for worker in workers:
+            api.command(worker.job_id, "pause")
+        for worker in workers:
+            eventually(lambda w=worker: w.state == "pause", timeout=30)
+    finally:
+        finish_killed(api, workers)
+        api.close()
+        service.stop()
+
+
+def test_workers_obey_through_heartbeats_while_the_watch_gets_429(redis_url, key_prefix):
     service = ServiceProcess("--redis-url", redis_url, "--threads", "2",
                              env={"KARMCHARI_KEY_PREFIX": key_prefix}).start()
     api = Client(service.url)
     try:
+        # Two request threads: one slot for waiting requests, taken here.
+        held = api.register("teams")
+        holder = threading.Thread(target=lambda: Client(service.url).get(
+            held["id"], wait=60, version=held["version"]), daemon=True)
+        holder.start()
+        eventually(lambda: gauge(service, "karmchari_long_poll_waiters") == 1)
         workers = [Worker.register("teams", service.url, heartbeat_interval=0.3)
                    for _ in range(3)]
         for worker in workers:
@@ -278,6 +350,8 @@ def test_workers_beyond_the_long_poll_limit_still_obey(redis_url, key_prefix):
                 worker.checkpoint()
             worker.finish(JobKilled(worker.job_id))
             assert api.get(worker.job_id)["observed_state"] == "kill"
+        api.command(held["id"], "kill")
+        holder.join(10)
     finally:
         api.close()
         service.stop()
@@ -327,6 +401,38 @@ def test_the_worker_carries_on_across_a_service_restart(redis_url, key_prefix, s
     finally:
         client.close()
         service.stop()
+
+
+def test_the_shared_watch_carries_on_across_a_service_restart(redis_url, key_prefix, store):
+    service = ServiceProcess("--redis-url", redis_url,
+                             env={"KARMCHARI_KEY_PREFIX": key_prefix}).start()
+    api = Client(service.url)
+    workers = start_workers(service.url, 5)
+    try:
+        eventually(lambda: gauge(service, "karmchari_watched_jobs") == 5, timeout=30)
+        assert service.stop() == 0
+        store.apply_command(workers[0].job_id, "pause", reason="while the API was down")
+        time.sleep(2)
+        service.start()  # same port, same Redis
+        eventually(lambda: workers[0].state == "pause", timeout=40)
+        eventually(lambda: gauge(service, "karmchari_watched_jobs") == 5, timeout=30)
+        api.command(workers[1].job_id, "pause")
+        eventually(lambda: workers[1].state == "pause", timeout=30)
+    finally:
+        finish_killed(api, workers)
+        api.close()
+        service.stop()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
+def test_a_forked_child_starts_without_the_parents_watchers():
+    parent = Watcher.shared("http://127.0.0.1:9", None)
+    pid = os.fork()
+    if pid == 0:  # the child: a new watcher of its own, with threads that exist here
+        os._exit(0 if Watcher.shared("http://127.0.0.1:9", None) is not parent else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert Watcher.shared("http://127.0.0.1:9", None) is parent
 
 
 # -- backoff ----------------------------------------------------------------------

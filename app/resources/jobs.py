@@ -8,12 +8,12 @@ import re
 
 import falcon
 
-from app.auth import FINISH_COMMANDS, require
+from app.auth import require
 from app.config import Config
 from app.errors import JobNotFound
 from app.inputs import int_param, read_json, single_param
-from app.model import STATES, format_time, is_job_id
-from app.problems import Problem, bad_request
+from app.model import FINISH_COMMANDS, STATES, format_time, is_job_id
+from app.problems import Problem, bad_request, too_many_waiters
 from app.representation import etag, job_json
 from app.schemas import (
     CURSOR_PATTERN,
@@ -38,6 +38,20 @@ def checked_id(job_id: str) -> str:
     return job_id
 
 
+def idempotency_key(req: falcon.Request) -> str | None:
+    """The request's Idempotency-Key: absent, or 1 to 255 visible ASCII characters."""
+    key = req.get_header("Idempotency-Key")
+    if key is not None and not matches(IDEMPOTENCY_KEY_PATTERN, key):
+        raise bad_request("invalid_idempotency_key",
+                          "Idempotency-Key must be 1 to 255 visible ASCII characters")
+    return key
+
+
+def register_fingerprint(body: dict) -> str:
+    """What a replayed Idempotency-Key must match: the registration's body."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def _set_job(resp: falcon.Response, job, now_ms: int, body: dict | None = None) -> None:
     resp.etag = etag(job)
     resp.media = job_json(job, now_ms) if body is None else body
@@ -54,24 +68,21 @@ class JobCollection:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json(req, self._validator, self._config.max_body_bytes)
-        key = req.get_header("Idempotency-Key")
-        if key is not None and not matches(IDEMPOTENCY_KEY_PATTERN, key):
-            raise bad_request("invalid_idempotency_key",
-                              "Idempotency-Key must be 1 to 255 visible ASCII characters")
-        fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        key = idempotency_key(req)
+        fingerprint = register_fingerprint(body)
         try:
-            job, created = self._store.register(
+            job, created, now_ms = self._store.register_with_time(
                 body["type"], name=body.get("name", ""), labels=body.get("labels", {}),
                 heartbeat_timeout=body.get("heartbeat_timeout", 0),
                 actor=req.context.principal.name, idempotency_key=key,
-                fingerprint=fingerprint)
+                fingerprint=fingerprint, owner=req.context.principal.owner)
         except JobNotFound:
             raise Problem(falcon.HTTP_404, "job_not_found", "Job not found",
                           "the job registered with this Idempotency-Key has been deleted") \
                 from None
         resp.status = falcon.HTTP_201 if created else falcon.HTTP_200
         resp.location = f"/v1/jobs/{job.id}"
-        _set_job(resp, job, job.created_at)
+        _set_job(resp, job, now_ms)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         # A parameter is absent or valid: an empty one is refused too.
@@ -130,10 +141,7 @@ class JobItem:
             try:
                 job, now_ms = self._notifier.wait_for_change(job_id, version, seconds)
             except TooManyWaiters:
-                raise Problem(falcon.HTTP_429, "too_many_waiters", "Too many waiting requests",
-                              "the long-poll limit is reached; poll again shortly",
-                              headers={"Retry-After": str(self._config.retry_after_seconds)}) \
-                    from None
+                raise too_many_waiters(self._config.retry_after_seconds) from None
         else:
             job, now_ms = self._store.get_with_time(job_id)
         if wait is None and req.if_none_match and any(t == "*" or str(t) == etag(job)
@@ -160,23 +168,24 @@ class JobCommands:
     def on_post(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
         checked_id(job_id)
         body = read_json(req, self._validator, self._config.max_body_bytes)
+        key = idempotency_key(req)
         if body["command"] not in FINISH_COMMANDS:
-            require(req, "command")
+            require(req, "command", f"send {body['command']} to a job")
         expected = None
         if_match = req.get_header("If-Match")
         if if_match is not None:
             if not matches(IF_MATCH_PATTERN, if_match.strip()):
                 raise bad_request("invalid_if_match", "If-Match must be one job version, or *")
-            if if_match.strip() != "*":
-                tag = req.if_match[0]
+            tag = (req.if_match or ["*"])[0]
+            if isinstance(tag, falcon.ETag):  # not "*"
                 # If-Match compares strongly (RFC 9110 §13.1.1): a weak tag never
                 # matches, and no job has version 0.
                 expected = 0 if tag.is_weak else int(str(tag))
-        job, changed = self._store.apply_command(
+        job, changed, now_ms = self._store.apply_command_with_time(
             job_id, body["command"], actor=req.context.principal.name,
-            reason=body.get("reason", ""), expected_version=expected)
-        _set_job(resp, job, job.updated_at,
-                 {"job": job_json(job, job.updated_at), "changed": changed})
+            reason=body.get("reason", ""), expected_version=expected,
+            owner=req.context.principal.owner, idempotency_key=key)
+        _set_job(resp, job, now_ms, {"job": job_json(job, now_ms), "changed": changed})
 
 
 class JobHistory:

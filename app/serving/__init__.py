@@ -7,7 +7,7 @@ from pathlib import Path
 
 from app.auth import TokenConfigError, TokenRegistry
 from app.config import Config
-from app.embedded import EmbeddedRedis, EmbeddedServerError
+from app.embedded import EmbeddedRedis, EmbeddedServerError, choose_server_binary
 from app.serving.common import (
     StartupError,
     build_store,
@@ -41,7 +41,8 @@ def serve(config: Config) -> int:
     url = config.store_url
     if not url:
         try:
-            embedded = EmbeddedRedis(Path(config.data_dir))
+            binary, why = choose_server_binary(config.store_binary)
+            embedded = EmbeddedRedis(Path(config.data_dir), binary=binary, why=why)
             url = embedded.start()
         except (EmbeddedServerError, OSError) as error:
             raise StartupError(f"cannot start the embedded store: {error}") from None

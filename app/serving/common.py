@@ -11,6 +11,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from app.app import build_store, create_app
@@ -81,12 +82,14 @@ def check_store(store: JobStore, wait_seconds: float = 30.0) -> None:
     store.scripts.load_all()
 
 
-def start_sweeper(store: JobStore, interval: float, stopping: threading.Event) -> None:
-    """Deletes terminal jobs past their retention, with their index entries."""
+def start_sweeper(store: JobStore, interval: float, stopping: threading.Event,
+                  job_types: Sequence[str] = ()) -> None:
+    """Deletes terminal jobs past their retention, with their index entries
+    (and clears the entries of jobs that are gone, in ``job_types``' indexes too)."""
     def sweep() -> None:
         while not stopping.wait(interval):
             try:
-                while store.sweep_expired() and not stopping.is_set():
+                while store.sweep_expired(job_types=job_types) and not stopping.is_set():
                     pass
             except StoreUnavailable:
                 pass
@@ -151,7 +154,7 @@ class Worker:
         self.notifier = ChangeNotifier(self.store, config.waiter_limit)
         self.app = create_app(config, self.store, notifier=self.notifier)
         self.draining = threading.Event()
-        start_sweeper(self.store, config.sweep_interval, self.draining)
+        start_sweeper(self.store, config.sweep_interval, self.draining, config.job_types)
 
     def drain(self) -> None:
         """From now on each answer closes its connection, and long-polls answer now."""

@@ -8,25 +8,59 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import heapq
 import itertools
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
-import redis
-
-from app.errors import JobNotFound, NotDue, StaleRead, StoreUnavailable, raise_for_code
+from app.errors import (
+    JobNotFound,
+    NotDue,
+    NotOwner,
+    StaleRead,
+    StoreUnavailable,
+    not_owner_detail,
+    raise_for_code,
+)
 from app.model import STATES, Job, is_job_id, new_job_id
-from app.store.connection import connect, is_transient, unavailable_on_redis_errors
-from app.store.keys import KeySchema
-from app.store.scripts import Scripts
+from app.store.bulk import (
+    BATCH,
+    MAX_EXAMINED,
+    BulkResult,
+    decode_cursor,
+    encode_cursor,
+    next_entries,
+    script_call,
+    take_entries,
+)
+from app.store.connection import (
+    StoreClient,
+    connect,
+    is_transient,
+    unavailable_on_redis_errors,
+)
+from app.store.keys import KeySchema, ShardKeys
+from app.store.scripts import (
+    ApplyCommandCode,
+    ClearOrphansCode,
+    LuaScript,
+    RecordHeartbeatsCode,
+    RegisterJobCode,
+    Scripts,
+)
 
-__all__ = ["JobStore", "JobFilter", "HeartbeatReport", "Page", "connect", "is_transient",
-           "StoreUnavailable"]
+__all__ = ["JobStore", "JobFilter", "HeartbeatReport", "Page", "BulkResult", "connect",
+           "is_transient", "StoreUnavailable"]
 
-HEARTBEAT_FIELDS = ("worker", "progress", "message", "observed_state")
+
+def _decoded(values: Sequence[object]) -> list[str | None]:
+    """HMGET's answer as it is: the client decodes replies (decode_responses),
+    which redis-py's types do not know."""
+    return cast("list[str | None]", values)
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
@@ -57,6 +91,15 @@ class HeartbeatAnswer:
     state: str = ""
     version: int = 0
     observed_state: str = ""
+    not_owner: bool = False  # refused: the caller does not own the job; nothing recorded
+
+    @classmethod
+    def from_reply(cls, job_id: str, entry: list) -> HeartbeatAnswer:
+        if entry[0] == RecordHeartbeatsCode.JOB_NOT_FOUND:
+            return cls(job_id, False)
+        if entry[0] == RecordHeartbeatsCode.NOT_OWNER:
+            return cls(job_id, True, not_owner=True)
+        return cls(job_id, True, entry[0], int(entry[1]), entry[2])
 
 
 @dataclass(frozen=True)
@@ -71,6 +114,17 @@ class JobFilter:
                 and (self.type is None or job.type == self.type)
                 and all(job.labels.get(k) == v for k, v in self.labels)
                 and (self.stalled is None or job.stalled(now_ms) == self.stalled))
+
+
+@dataclass
+class Stats:
+    now_ms: int
+    total: int = 0
+    states: dict[str, int] = field(default_factory=dict)
+    stalled: int = 0
+    types: dict[str, int] = field(default_factory=dict)
+    labels: dict[str, int] = field(default_factory=dict)     # "key:value": jobs, largest first
+    changes_per_minute: list[tuple[int, int]] = field(default_factory=list)  # (ms, count)
 
 
 @dataclass
@@ -103,9 +157,17 @@ class _Position:
         raise ValueError("invalid cursor")
 
 
+# The key of one index in a shard: listings read the same index of every shard.
+IndexOf = Callable[[ShardKeys], str]
+
+
+def _label_index_of(key: str, value: str) -> IndexOf:
+    return lambda shard: shard.label_index(key, value)
+
+
 @dataclass
 class JobStore:
-    client: redis.Redis
+    client: StoreClient
     history_cap: int = 100
     retention_seconds: int = 7 * 24 * 3600
     idempotency_ttl: int = 24 * 3600
@@ -118,20 +180,36 @@ class JobStore:
 
     def register(self, job_type: str, *, name: str = "", labels: dict[str, str] | None = None,
                  heartbeat_timeout: int = 0, actor: str = "", idempotency_key: str | None = None,
-                 fingerprint: str = "") -> tuple[Job, bool]:
+                 fingerprint: str = "", owner: str = "") -> tuple[Job, bool]:
         """Register a job; returns it and whether it was created now (False for
-        an Idempotency-Key replay)."""
+        an Idempotency-Key replay). ``owner``: the worker token that alone may
+        heartbeat and finish it ("" for none)."""
+        job, created, _ = self.register_with_time(
+            job_type, name=name, labels=labels, heartbeat_timeout=heartbeat_timeout,
+            actor=actor, idempotency_key=idempotency_key, fingerprint=fingerprint, owner=owner)
+        return job, created
+
+    def register_with_time(self, job_type: str, *, name: str = "",
+                           labels: dict[str, str] | None = None, heartbeat_timeout: int = 0,
+                           actor: str = "", idempotency_key: str | None = None,
+                           fingerprint: str = "", owner: str = "") -> tuple[Job, bool, int]:
+        """``register``, and the Redis server time of the answer (a replayed
+        job may be stalled by now)."""
         job_id, keys, args = self._register_call(job_type, name, labels or {},
                                                  heartbeat_timeout, actor, idempotency_key,
-                                                 fingerprint)
-        with unavailable_on_redis_errors():
-            reply = self.scripts.registerJob(keys, args)
+                                                 fingerprint, owner)
+        with unavailable_on_redis_errors(write=True):
+            reply = self.scripts.register_job(keys, args)
         raise_for_code(reply)
-        if reply[0] == 2:
-            # The job of an earlier request, or of this very call: redis-py
-            # retried it after its reply was lost, and the id is the one made here.
-            return self.get(reply[1]), reply[1] == job_id
-        return Job.from_hash(_pairs(reply[1])), True
+        if reply[0] == RegisterJobCode.CREATED:
+            job = Job.from_hash(_pairs(reply[1]))
+            return job, True, job.created_at
+        # EXISTS: this very call, retried by redis-py after its reply was lost.
+        # REPLAY: the job of an earlier request, or of this very call likewise
+        # (then the id is the one made here).
+        existing = reply[1] if reply[0] == RegisterJobCode.REPLAY else job_id
+        job, now_ms = self.get_with_time(existing)
+        return job, existing == job_id, now_ms
 
     def register_many(self, job_type: str, count: int, *, name: str = "",
                       labels: dict[str, str] | None = None,
@@ -139,17 +217,17 @@ class JobStore:
         """Register ``count`` jobs alike with one pipeline of registerJob calls
         (bulk loading, as the listing benchmark does); returns their ids."""
         calls = [self._register_call(job_type, name, labels or {}, heartbeat_timeout, "", None,
-                                     "") for _ in range(count)]
-        with unavailable_on_redis_errors():
+                                     "", "") for _ in range(count)]
+        with unavailable_on_redis_errors(write=True):
             replies = self.scripts.run_pipeline(
-                [(self.scripts.registerJob, keys, args) for _, keys, args in calls])
+                [(self.scripts.register_job, keys, args) for _, keys, args in calls])
         for reply in replies:
             raise_for_code(reply)
         return [job_id for job_id, _, _ in calls]
 
     def _register_call(self, job_type: str, name: str, labels: dict[str, str],
                        heartbeat_timeout: int, actor: str, idempotency_key: str | None,
-                       fingerprint: str) -> tuple[str, list[str], list]:
+                       fingerprint: str, owner: str) -> tuple[str, list[str], list]:
         """A new id, and the KEYS and ARGV of the registerJob call for it."""
         if idempotency_key is not None:
             shard = self.keys.idempotency_shard(actor, idempotency_key)
@@ -161,29 +239,126 @@ class JobStore:
             idem_key, idem_ttl = f"{shard.tag}:idem:-", 0
         keys = [shard.job(job_id), shard.history(job_id), shard.all_jobs,
                 shard.state_index("start"), shard.type_index(job_type), shard.deadlines, idem_key,
+                shard.label_counts, shard.changes,
                 *(shard.label_index(k, v) for k, v in sorted(labels.items()))]
         args = [job_id, job_type, name, json.dumps(labels, sort_keys=True, separators=(",", ":")),
-                heartbeat_timeout, actor, self.history_cap, idem_ttl, fingerprint, shard.channel]
+                heartbeat_timeout, actor, self.history_cap, idem_ttl, fingerprint, shard.channel,
+                owner]
         return job_id, keys, args
 
     def apply_command(self, job_id: str, command: str, *, actor: str = "", reason: str = "",
-                      expected_version: int | None = None) -> tuple[Job, bool]:
-        """Apply a command; returns the job after it and whether the state changed."""
+                      expected_version: int | None = None, owner: str = "",
+                      idempotency_key: str | None = None) -> tuple[Job, bool]:
+        """Apply a command; returns the job after it and whether the state changed.
+        ``owner``: the caller must own the job (a worker token), "" for any job.
+        ``idempotency_key``: the client's key for this command; a retry with the
+        same key (same caller, same command) is not applied twice."""
+        job, changed, _ = self.apply_command_with_time(
+            job_id, command, actor=actor, reason=reason, expected_version=expected_version,
+            owner=owner, idempotency_key=idempotency_key)
+        return job, changed
+
+    def apply_command_with_time(self, job_id: str, command: str, *, actor: str = "",
+                                reason: str = "", expected_version: int | None = None,
+                                owner: str = "", idempotency_key: str | None = None,
+                                ) -> tuple[Job, bool, int]:
+        """``apply_command``, and the Redis server time of the answer (a
+        repeated ``start`` leaves a stalled job stalled)."""
         shard = self.keys.for_job(job_id)
         keys = [shard.job(job_id), shard.history(job_id), *shard.state_indexes(),
-                shard.deadlines, shard.expiries]
-        # The operation id lets the script recognise redis-py's retry of this very
-        # call after a lost reply, and not apply it twice.
+                shard.deadlines, shard.expiries, shard.changes]
+        # The operation id lets the script recognise a retry of this very command
+        # after a lost reply (redis-py's, or the client's with the same key), and
+        # not apply it twice.
+        if idempotency_key is None:
+            operation = secrets.token_hex(6)
+        else:
+            operation = hashlib.sha256(
+                f"{actor}\n{command}\n{idempotency_key}".encode()).hexdigest()[:16]
         args = [command, actor, reason, "" if expected_version is None else expected_version,
-                self.history_cap, self.retention_seconds, shard.channel, secrets.token_hex(6)]
-        with unavailable_on_redis_errors():
-            reply = self.scripts.applyCommand(keys, args)
+                self.history_cap, self.retention_seconds, shard.channel, operation, owner]
+        with unavailable_on_redis_errors(write=True):
+            reply = self.scripts.apply_command(keys, args)
+        if reply[0] == ApplyCommandCode.NOT_OWNER:
+            raise NotOwner(not_owner_detail(owner))
         raise_for_code(reply)
-        return Job.from_hash(_pairs(reply[1])), reply[0] == 1
+        return (Job.from_hash(_pairs(reply[1])), reply[0] == ApplyCommandCode.CHANGED,
+                int(reply[2]))
 
-    def heartbeats(self, reports: Sequence[HeartbeatReport]) -> list[HeartbeatAnswer]:
+    def bulk_command(self, command: str, *, actor: str = "", reason: str = "",
+                     ids: Sequence[str] | None = None, where: JobFilter | None = None,
+                     cursor: str | None = None, max_examined: int = MAX_EXAMINED) -> BulkResult:
+        """Apply ``command`` to the jobs named by ``ids``, or to every job that
+        matches ``where``: batches of one applyCommands call per shard, each
+        round of them in one pipeline. A filter walks the index ``list_jobs``
+        would read, newest first, at most ``max_examined`` entries; past that
+        the result has a ``next_cursor`` to continue from (ValueError for a
+        cursor this service did not give)."""
+        result = BulkResult()
+        if ids is not None:
+            by_shard: dict[str, list[str]] = {}
+            for job_id in dict.fromkeys(ids):
+                by_shard.setdefault(self.keys.for_job(job_id).shard, []).append(job_id)
+            self._bulk_round(result, [
+                self._bulk_call(self.keys.shards[shard], chunk, command, actor, reason)
+                for shard, shard_ids in by_shard.items()
+                for chunk in (shard_ids[i:i + BATCH] for i in range(0, len(shard_ids), BATCH))])
+            return result
+
+        where = where or JobFilter()
+        positions = decode_cursor(cursor) if cursor else dict.fromkeys(self.keys.shards)
+        index = self._index_for(where)
+        upper = self.server_time_ms() if where.stalled else None
+        while positions and result.examined < max_examined:
+            shards = list(positions)
+            with unavailable_on_redis_errors():
+                pipe = self.client.pipeline(transaction=False)
+                for shard in shards:
+                    next_entries(pipe, index(self.keys.shards[shard]), positions[shard], upper)
+                replies = pipe.execute()
+            calls = []
+            for shard in shards:
+                reads = 1 if positions[shard] is None else 2
+                rows, exhausted = take_entries(replies[:reads], positions[shard])
+                del replies[:reads]
+                if rows:
+                    calls.append(self._bulk_call(
+                        self.keys.shards[shard], [job_id for _, job_id in rows], command, actor,
+                        reason, where))
+                    positions[shard] = rows[-1]
+                    result.examined += len(rows)
+                if exhausted:
+                    del positions[shard]
+            self._bulk_round(result, calls, filtered=True)
+        result.next_cursor = encode_cursor(positions) if positions else None
+        return result
+
+    def _bulk_call(self, shard, job_ids: list[str], command: str, actor: str, reason: str,
+                   where: JobFilter | None = None) -> tuple:
+        where = where or JobFilter()
+        keys, args = script_call(shard, job_ids, command, actor, reason, self.history_cap,
+                                 self.retention_seconds, state=where.state, job_type=where.type,
+                                 labels=where.labels, stalled=where.stalled)
+        return self.scripts.apply_commands, keys, args
+
+    def _bulk_round(self, result: BulkResult, calls: list, filtered: bool = False) -> None:
+        if not calls:
+            return
+        with unavailable_on_redis_errors(write=True):
+            replies = self.scripts.run_pipeline(calls)
+        for reply in replies:
+            if len(reply) == 1:
+                raise_for_code(reply)
+            if filtered:
+                # Listed a moment ago, deleted since: it no longer matches.
+                reply = [*reply[:3], 0, reply[4] + reply[3]]
+            result.add(reply)
+
+    def heartbeats(self, reports: Sequence[HeartbeatReport], *,
+                   owner: str = "") -> list[HeartbeatAnswer]:
         """Record many heartbeats: one script call per shard touched, all of
-        them in one pipeline."""
+        them in one pipeline. With ``owner``, a job the caller does not own is
+        answered ``not_owner`` and not written; the others are recorded."""
         by_shard: dict[str, list[int]] = {}
         for index, report in enumerate(reports):
             by_shard.setdefault(self.keys.for_job(report.job_id).shard, []).append(index)
@@ -192,27 +367,27 @@ class JobStore:
         for shard_name, indexes in by_shard.items():
             shard = self.keys.shards[shard_name]
             keys = [shard.deadlines, *(shard.job(reports[i].job_id) for i in indexes)]
-            args = [a for i in indexes for a in reports[i].script_args()]
-            calls.append((self.scripts.recordHeartbeats, keys, args))
-        with unavailable_on_redis_errors():
+            args = [owner, *(a for i in indexes for a in reports[i].script_args())]
+            calls.append((self.scripts.record_heartbeats, keys, args))
+        with unavailable_on_redis_errors(write=True):
             replies = self.scripts.run_pipeline(calls)
         answers: list[HeartbeatAnswer | None] = [None] * len(reports)
         for indexes, reply in zip(by_shard.values(), replies, strict=True):
             for i, entry in zip(indexes, reply, strict=True):
-                job_id = reports[i].job_id
-                answers[i] = (HeartbeatAnswer(job_id, False) if entry[0] == -1 else
-                              HeartbeatAnswer(job_id, True, entry[0], int(entry[1]), entry[2]))
+                answers[i] = HeartbeatAnswer.from_reply(reports[i].job_id, entry)
         return answers  # type: ignore[return-value]
 
-    def heartbeat(self, report: HeartbeatReport) -> HeartbeatAnswer:
+    def heartbeat(self, report: HeartbeatReport, *, owner: str = "") -> HeartbeatAnswer:
         shard = self.keys.for_job(report.job_id)
-        with unavailable_on_redis_errors():
-            reply = self.scripts.recordHeartbeats(
-                [shard.deadlines, shard.job(report.job_id)], report.script_args())
-        entry = reply[0]
-        if entry[0] == -1:
+        with unavailable_on_redis_errors(write=True):
+            reply = self.scripts.record_heartbeats(
+                [shard.deadlines, shard.job(report.job_id)], [owner, *report.script_args()])
+        answer = HeartbeatAnswer.from_reply(report.job_id, reply[0])
+        if not answer.found:
             raise JobNotFound()
-        return HeartbeatAnswer(report.job_id, True, entry[0], int(entry[1]), entry[2])
+        if answer.not_owner:
+            raise NotOwner(not_owner_detail(owner))
+        return answer
 
     def delete(self, job_id: str, *, sweep: bool = False) -> None:
         """Delete a terminal job, its history and its index entries. The index
@@ -221,17 +396,18 @@ class JobStore:
         shard = self.keys.for_job(job_id)
         for _ in range(3):
             with unavailable_on_redis_errors():
-                job_type, labels = self.client.hmget(shard.job(job_id), "type", "labels")
-            if job_type is None:
+                job_type, labels = _decoded(self.client.hmget(shard.job(job_id), "type",
+                                                              "labels"))
+            if job_type is None or labels is None:
                 raise JobNotFound()
             keys = [shard.job(job_id), shard.history(job_id), shard.all_jobs,
                     *(shard.state_index(s) for s in ("kill", "done", "failed")),
                     shard.deadlines, shard.expiries, shard.type_index(job_type),
-                    shard.state_index("start"), shard.state_index("pause"),
+                    shard.state_index("start"), shard.state_index("pause"), shard.label_counts,
                     *(shard.label_index(k, v) for k, v in sorted(json.loads(labels).items()))]
             args = [job_id, job_type, labels, "sweep" if sweep else "api", shard.channel]
-            with unavailable_on_redis_errors():
-                reply = self.scripts.deleteJob(keys, args)
+            with unavailable_on_redis_errors(write=True):
+                reply = self.scripts.delete_job(keys, args)
             try:
                 raise_for_code(reply)
                 return
@@ -243,22 +419,45 @@ class JobStore:
                 return
         raise StaleRead("the job changed while it was being deleted")
 
-    def sweep_expired(self, batch: int = 200) -> int:
-        """Delete terminal jobs whose retention has run out; returns how many."""
+    def sweep_expired(self, batch: int = 200, job_types: Sequence[str] = ()) -> int:
+        """Delete terminal jobs whose retention has run out, up to ``batch`` per
+        shard; returns how many due entries were dealt with (0: none left).
+
+        First ``clearOrphans`` removes the entries of jobs that are gone (and of
+        ``job_types``' indexes) and stale entries of unfinished jobs, in one
+        pipeline of one call per shard: an entry that cannot be deleted is
+        never read again, so it cannot hold up the jobs due after it."""
         now_ms = self.server_time_ms()
+        shards = list(self.keys.shards.values())
         with unavailable_on_redis_errors():
             pipe = self.client.pipeline(transaction=False)
-            for shard in self.keys.shards.values():
+            for shard in shards:
                 pipe.zrangebyscore(shard.expiries, "-inf", now_ms, start=0, num=batch)
-            due = [job_id for ids in pipe.execute() for job_id in ids]
-        deleted = 0
-        for job_id in due:
+            due_by_shard = pipe.execute()
+        calls = []
+        for shard, ids in zip(shards, due_by_shard, strict=True):
+            if ids:
+                keys = [shard.expiries, shard.all_jobs, *shard.state_indexes(), shard.deadlines,
+                        *(shard.type_index(t) for t in job_types),
+                        *(key for job_id in ids
+                          for key in (shard.job(job_id), shard.history(job_id)))]
+                calls.append((self.scripts.clear_orphans, keys, [len(job_types), *ids]))
+        if not calls:
+            return 0
+        with unavailable_on_redis_errors():
+            replies = self.scripts.run_pipeline(calls)
+        present = [job_id for ids, codes in zip([i for i in due_by_shard if i], replies,
+                                                strict=True)
+                   for job_id, code in zip(ids, codes, strict=True)
+                   if code == ClearOrphansCode.PRESENT]
+        handled = sum(len(ids) for ids in due_by_shard) - len(present)
+        for job_id in present:
             try:
                 self.delete(job_id, sweep=True)
-                deleted += 1
             except (JobNotFound, NotDue):
-                continue  # deleted meanwhile, or its retention was renewed
-        return deleted
+                pass  # deleted meanwhile, or its retention was renewed
+            handled += 1
+        return handled
 
     # -- reads --------------------------------------------------------------
 
@@ -271,7 +470,7 @@ class JobStore:
         answers nothing else, so it skips the script, the server time and
         the decoding of the whole job."""
         with unavailable_on_redis_errors():
-            (state,) = self.client.hmget(self.keys.for_job(job_id).job(job_id), "state")
+            (state,) = _decoded(self.client.hmget(self.keys.for_job(job_id).job(job_id), "state"))
         if state is None:
             raise JobNotFound()
         return state
@@ -279,10 +478,32 @@ class JobStore:
     def get_with_time(self, job_id: str) -> tuple[Job, int]:
         """The job and the Redis server time, in one round trip."""
         with unavailable_on_redis_errors():
-            now_ms, flat = self.scripts.readJob([self.keys.for_job(job_id).job(job_id)], [])
+            now_ms, flat = self.scripts.read_job([self.keys.for_job(job_id).job(job_id)], [])
         if not flat:
             raise JobNotFound()
         return Job.from_hash(_pairs(flat)), int(now_ms)
+
+    def versions(self, job_ids: Sequence[str]) -> list[int | None]:
+        """Each job's version (None for a job that does not exist), one
+        pipeline: how a watch tells which of many jobs changed."""
+        with unavailable_on_redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.hget(self.keys.for_job(job_id).job(job_id), "version")
+            replies = pipe.execute()
+        return [None if v is None else int(v) for v in replies]
+
+    def get_many_with_time(self, job_ids: Sequence[str]) -> tuple[list[Job | None], int]:
+        """Jobs (None where there is none) and the Redis server time, in one
+        pipeline of readJob calls."""
+        calls: list[tuple[LuaScript, list[str], list[Any]]] = [
+            (self.scripts.read_job, [self.keys.for_job(i).job(i)], []) for i in job_ids]
+        if not calls:
+            return [], self.server_time_ms()
+        with unavailable_on_redis_errors():
+            replies = self.scripts.run_pipeline(calls)
+        jobs = [Job.from_hash(_pairs(flat)) if flat else None for _, flat in replies]
+        return jobs, max(int(now_ms) for now_ms, _ in replies)
 
     def history(self, job_id: str) -> list[dict]:
         shard = self.keys.for_job(job_id)
@@ -328,18 +549,19 @@ class JobStore:
         next_cursor = None if exhausted or position is None else position.encode()
         return Page(found, next_cursor, now_ms, scanned)
 
-    def _index_for(self, where: JobFilter):
+    def _index_for(self, where: JobFilter) -> IndexOf:
         """The deadlines for stalled jobs; else the smallest index the filter
         names, so a selective condition is not checked on a page's worth of
         jobs that fail it. Those indexes share one score (the time of
         registration): a cursor stays valid whichever of them is read."""
         if where.stalled:
             return lambda shard: shard.deadlines
-        candidates = [lambda shard, k=k, v=v: shard.label_index(k, v) for k, v in where.labels]
-        if where.type:
-            candidates.append(lambda shard: shard.type_index(where.type))
-        if where.state:
-            candidates.append(lambda shard: shard.state_index(where.state))
+        candidates: list[IndexOf] = [_label_index_of(k, v) for k, v in where.labels]
+        job_type, state = where.type, where.state
+        if job_type:
+            candidates.append(lambda shard: shard.type_index(job_type))
+        if state:
+            candidates.append(lambda shard: shard.state_index(state))
         if len(candidates) < 2:
             return candidates[0] if candidates else lambda shard: shard.all_jobs
         shards = list(self.keys.shards.values())
@@ -352,35 +574,35 @@ class JobStore:
         sizes = [sum(counts[i:i + len(shards)]) for i in range(0, len(counts), len(shards))]
         return candidates[sizes.index(min(sizes))]
 
-    def _merged_entries(self, index, position: _Position | None, upper: int | None,
+    def _merged_entries(self, index: IndexOf, position: _Position | None, upper: int | None,
                         count: int) -> list[tuple[int, str]]:
         """The next ``count`` entries after ``position`` over all shards.
 
         Entries tied with the cursor's score are read in full, then at most
         ``count`` below it per shard: any number of ties pages correctly."""
-        tied = position is not None and (upper is None or position.score <= upper)
-        if tied:
-            below: int | str = f"({position.score}"
-        elif position is None and upper is None:
-            below = "+inf"
-        else:
+        tied = position if position is not None and (upper is None or position.score <= upper) \
+            else None
+        if tied is not None:
+            below: int | str = f"({tied.score}"
+        elif upper is not None:
             below = upper
+        else:
+            below = "+inf"
         with unavailable_on_redis_errors():
             pipe = self.client.pipeline(transaction=False)
             for shard in self.keys.shards.values():
-                if tied:
-                    pipe.zrevrangebyscore(index(shard), position.score, position.score,
-                                          withscores=True)
+                if tied is not None:
+                    pipe.zrevrangebyscore(index(shard), tied.score, tied.score, withscores=True)
                 pipe.zrevrangebyscore(index(shard), below, "-inf", start=0, num=count,
                                       withscores=True)
             replies = pipe.execute()
-        if tied:
+        if tied is not None:
             replies = [replies[i] + replies[i + 1] for i in range(0, len(replies), 2)]
         streams = []
         for entries in replies:
             rows = [(int(score), job_id) for job_id, score in entries]
-            if tied:
-                rows = [r for r in rows if r < (position.score, position.job_id)]
+            if tied is not None:
+                rows = [r for r in rows if r < (tied.score, tied.job_id)]
             streams.append(sorted(rows, reverse=True))
         merged = heapq.merge(*streams, reverse=True)
         return list(itertools.islice(merged, count))
@@ -406,6 +628,53 @@ class JobStore:
         for i, count in enumerate(counts):
             totals[STATES[i % len(STATES)]] += count
         return totals
+
+    def stats(self, job_types: Sequence[str], top_labels: int = 50) -> Stats:
+        """Counts for an overview, from the indexes and the counters the
+        scripts keep: two pipelines, whatever the number of jobs."""
+        now_ms = self.server_time_ms()
+        shards = list(self.keys.shards.values())
+        with unavailable_on_redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for shard in shards:
+                pipe.zcard(shard.all_jobs)
+                for state in STATES:
+                    pipe.zcard(shard.state_index(state))
+                pipe.zcount(shard.deadlines, "-inf", f"({now_ms}")
+                for job_type in job_types:
+                    pipe.zcard(shard.type_index(job_type))
+                pipe.zrevrange(shard.label_counts, 0, top_labels - 1)
+                pipe.hgetall(shard.changes)
+            replies = iter(pipe.execute())
+        result = Stats(now_ms, states=dict.fromkeys(STATES, 0),
+                       types=dict.fromkeys(job_types, 0))
+        labels: set[str] = set()
+        minutes: dict[int, int] = {}
+        for _ in shards:
+            result.total += next(replies)
+            for state in STATES:
+                result.states[state] += next(replies)
+            result.stalled += next(replies)
+            for job_type in job_types:
+                result.types[job_type] += next(replies)
+            labels.update(next(replies))
+            for minute, count in next(replies).items():
+                minutes[int(minute)] = minutes.get(int(minute), 0) + int(count)
+        # Each shard's largest labels are the candidates; their totals are exact.
+        candidates = sorted(labels)
+        if candidates:
+            with unavailable_on_redis_errors():
+                pipe = self.client.pipeline(transaction=False)
+                for shard in shards:
+                    pipe.zmscore(shard.label_counts, candidates)
+                totals = [sum(int(c or 0) for c in counts)
+                          for counts in zip(*pipe.execute(), strict=True)]
+            ranked = sorted(zip(candidates, totals, strict=True), key=lambda p: (-p[1], p[0]))
+            result.labels = dict(ranked[:top_labels])
+        this_minute = now_ms // 60_000
+        result.changes_per_minute = [(m * 60_000, minutes.get(m, 0))
+                                     for m in range(this_minute - 59, this_minute + 1)]
+        return result
 
     # -- health -------------------------------------------------------------
 

@@ -16,9 +16,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import redis.cluster
 
+from app.model import Job
 from app.store import JobStore
 from app.store.connection import left_behind
 
@@ -29,13 +33,41 @@ class TooManyWaiters(Exception):
     pass
 
 
+class _Waiter:
+    """One waiting request: the jobs named in change messages since it last
+    looked, and an event that wakes it."""
+
+    __slots__ = ("event", "dirty")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.dirty: set[str] = set()
+
+    def take(self, lock: threading.Lock) -> set[str]:
+        with lock:
+            dirty, self.dirty = self.dirty, set()
+            self.event.clear()
+        return dirty
+
+
+@dataclass
+class WatchResult:
+    changed: list[Job]
+    missing: list[str]
+    now_ms: int
+
+
 class ChangeNotifier:
+    """Counts waiting requests, not jobs: a watch of many jobs holds one
+    request thread, so it takes one of the ``max_waiters`` slots."""
+
     def __init__(self, store: JobStore, max_waiters: int, poll_interval: float = 1.0) -> None:
         self._store = store
         self._poll_interval = poll_interval
         self._slots = threading.BoundedSemaphore(max_waiters)
         self._lock = threading.Lock()
-        self._events: dict[str, set[threading.Event]] = {}
+        self._waiters: dict[str, set[_Waiter]] = {}
+        self._waiting = 0
         self._stopping = threading.Event()
         self._wanted = threading.Event()  # set by the first long-poll
         self._threads: list[threading.Thread] = []
@@ -72,19 +104,37 @@ class ChangeNotifier:
         self._stopping.set()
         self._wanted.set()  # a listener still waiting for it ends
         with self._lock:
-            for events in self._events.values():
-                for event in events:
-                    event.set()
+            for waiters in self._waiters.values():
+                for waiter in waiters:
+                    waiter.event.set()
+
+    @contextmanager
+    def _waiting_on(self, job_ids) -> Iterator[_Waiter]:
+        """A slot, and a waiter that change messages of ``job_ids`` wake."""
+        if not self._slots.acquire(blocking=False):
+            raise TooManyWaiters()
+        waiter = _Waiter()
+        with self._lock:
+            self._waiting += 1
+            for job_id in job_ids:
+                self._waiters.setdefault(job_id, set()).add(waiter)
+        try:
+            yield waiter
+        finally:
+            with self._lock:
+                self._waiting -= 1
+                for job_id in job_ids:
+                    waiters = self._waiters.get(job_id)
+                    if waiters is not None:
+                        waiters.discard(waiter)
+                        if not waiters:
+                            del self._waiters[job_id]
+            self._slots.release()
 
     def wait_for_change(self, job_id: str, version: int | None, timeout: float):
         """The job once its version differs from ``version`` (or its current
         version when None), or after ``timeout`` seconds; with server time."""
-        if not self._slots.acquire(blocking=False):
-            raise TooManyWaiters()
-        event = threading.Event()
-        with self._lock:
-            self._events.setdefault(job_id, set()).add(event)
-        try:
+        with self._waiting_on((job_id,)) as waiter:
             deadline = time.monotonic() + timeout
             self._await_subscriptions(min(timeout, self._poll_interval))
             job, now_ms = self._store.get_with_time(job_id)
@@ -94,18 +144,49 @@ class ChangeNotifier:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._stopping.is_set():
                     break
-                event.wait(min(remaining, self._poll_interval))
-                event.clear()
+                waiter.event.wait(min(remaining, self._poll_interval))
+                waiter.take(self._lock)
                 job, now_ms = self._store.get_with_time(job_id)
             return job, now_ms
-        finally:
-            with self._lock:
-                waiting = self._events.get(job_id)
-                if waiting is not None:
-                    waiting.discard(event)
-                    if not waiting:
-                        del self._events[job_id]
-            self._slots.release()
+
+    def watch(self, versions: dict[str, int], timeout: float) -> WatchResult:
+        """Wait until a job's version differs from the one given (or the job
+        is gone), at most ``timeout`` seconds. Only the jobs named in change
+        messages are read again, and every job at least every
+        ``poll_interval`` (by version alone: one HGET each)."""
+        with self._waiting_on(versions) as waiter:
+            deadline = time.monotonic() + timeout
+            self._await_subscriptions(min(timeout, self._poll_interval))
+            last_full = time.monotonic()
+            result = self._changes(versions, versions)
+            while not (result.changed or result.missing):
+                now = time.monotonic()
+                if now >= deadline or self._stopping.is_set():
+                    break
+                waiter.event.wait(max(0.0, min(deadline, last_full + self._poll_interval) - now))
+                dirty = waiter.take(self._lock)
+                # By time, not by wake-ups: a stream of messages about other
+                # jobs must not put off the re-read that covers a lost one.
+                if time.monotonic() - last_full >= self._poll_interval:
+                    last_full = time.monotonic()
+                    suspects: Iterable[str] = versions
+                else:
+                    suspects = [i for i in dirty if i in versions]
+                result = self._changes(versions, suspects)
+            return result
+
+    def _changes(self, versions: dict[str, int], suspects: Iterable[str]) -> WatchResult:
+        ids = list(suspects)
+        current = self._store.versions(ids) if ids else []
+        missing = [i for i, v in zip(ids, current, strict=True) if v is None]
+        changed_ids = [i for i, v in zip(ids, current, strict=True)
+                       if v is not None and v != versions[i]]
+        if not changed_ids:
+            return WatchResult([], missing, 0)
+        jobs, now_ms = self._store.get_many_with_time(changed_ids)
+        # A job deleted between the two reads is missing too.
+        missing += [i for i, job in zip(changed_ids, jobs, strict=True) if job is None]
+        return WatchResult([job for job in jobs if job is not None], missing, now_ms)
 
     def _await_subscriptions(self, timeout: float) -> None:
         """Have the listeners subscribe, and wait (at most ``timeout``) until
@@ -118,14 +199,20 @@ class ChangeNotifier:
                 return
 
     def waiting(self) -> int:
-        """How many requests are in a long-poll now."""
+        """How many requests are in a long-poll or a watch now."""
         with self._lock:
-            return sum(len(events) for events in self._events.values())
+            return self._waiting
+
+    def watched(self) -> int:
+        """How many distinct jobs the waiting requests wait on."""
+        with self._lock:
+            return len(self._waiters)
 
     def _wake(self, job_id: str) -> None:
         with self._lock:
-            for event in self._events.get(job_id, ()):
-                event.set()
+            for waiter in self._waiters.get(job_id, ()):
+                waiter.dirty.add(job_id)
+                waiter.event.set()
 
     def _listen(self, channels: list[str], subscribed: threading.Event) -> None:
         self._wanted.wait()

@@ -1,19 +1,107 @@
-"""Loads the Lua scripts of ``lua/`` and runs them.
+"""Loads the Lua scripts of ``lua/`` and runs them, and names their return codes.
 
 Files are named ``<verbNoun>-<numKeys>.lua`` (numKeys: the fixed keys; some
 scripts take more after them); the loader reads the count from the name and
 checks every call against it.
+
+Return codes: each script has its own set below, documented in its header
+(tests/test_scripts.py checks that they agree). They follow one rule:
+1 means this call wrote, 0 that nothing needed writing, 2 and up another
+answer that writes nothing; a negative code is the error of
+``app.errors.ScriptCode`` with that number.
 """
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.commands.core import Script
+
+from app.errors import ScriptCode
+
+if TYPE_CHECKING:
+    from app.store.connection import StoreClient
+
+
+class RegisterJobCode(enum.IntEnum):
+    CREATED = 1
+    EXISTS = 0             # a retry of this very call: the job it created
+    REPLAY = 2             # Idempotency-Key replay: the id of the first request's job
+    IDEMPOTENCY_KEY_REUSED = ScriptCode.IDEMPOTENCY_KEY_REUSED
+
+
+class ApplyCommandCode(enum.IntEnum):
+    CHANGED = 1
+    UNCHANGED = 0
+    JOB_NOT_FOUND = ScriptCode.JOB_NOT_FOUND
+    INVALID_COMMAND = ScriptCode.INVALID_COMMAND
+    VERSION_MISMATCH = ScriptCode.VERSION_MISMATCH
+    ILLEGAL_TRANSITION = ScriptCode.ILLEGAL_TRANSITION
+    NOT_OWNER = ScriptCode.NOT_OWNER
+
+
+class ApplyCommandsCode(enum.IntEnum):
+    """A batch answers its counts instead of a code, unless the command is unknown."""
+
+    INVALID_COMMAND = ScriptCode.INVALID_COMMAND
+
+
+class DeleteJobCode(enum.IntEnum):
+    DELETED = 1
+    JOB_NOT_FOUND = ScriptCode.JOB_NOT_FOUND
+    ILLEGAL_TRANSITION = ScriptCode.ILLEGAL_TRANSITION
+    STALE_READ = ScriptCode.STALE_READ
+    NOT_DUE = ScriptCode.NOT_DUE
+
+
+class RecordHeartbeatsCode(enum.IntEnum):
+    """Per job: a recorded heartbeat answers the job's state instead of a code."""
+
+    JOB_NOT_FOUND = ScriptCode.JOB_NOT_FOUND
+    NOT_OWNER = ScriptCode.NOT_OWNER
+
+
+class ClearOrphansCode(enum.IntEnum):
+    """Per job."""
+
+    CLEARED = 1
+    PRESENT = 0
+
+
+class ImportLegacyJobsCode(enum.IntEnum):
+    """Per job. UPDATED is the one code above 1 that writes: an import either
+    creates a job or brings an imported one up to date, and the report tells
+    the two apart."""
+
+    IMPORTED = 1
+    ALREADY = 0
+    ID_TAKEN = 2
+    CHANGED_HERE = 3
+    UPDATED = 4
+
+
+class DeleteLegacyJobCode(enum.IntEnum):
+    DELETED = 1
+    CHANGED = 0
+
+
+# The code set of each script that has one (readJob answers data only).
+RETURN_CODES: dict[str, type[enum.IntEnum]] = {
+    "registerJob": RegisterJobCode,
+    "applyCommand": ApplyCommandCode,
+    "applyCommands": ApplyCommandsCode,
+    "deleteJob": DeleteJobCode,
+    "recordHeartbeats": RecordHeartbeatsCode,
+    "clearOrphans": ClearOrphansCode,
+    "importLegacyJobs": ImportLegacyJobsCode,
+    "deleteLegacyJob": DeleteLegacyJobCode,
+}
 
 _NAME_RE = re.compile(r"(?P<name>[a-zA-Z]+)-(?P<keys>\d+)\.lua\Z")
 
@@ -33,7 +121,7 @@ class LuaScript:
     source: str
     script: Script
 
-    def __call__(self, keys: list[str], args: list) -> list:
+    def __call__(self, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA, and EVAL when the server lost the script (a restart, SCRIPT
         FLUSH): EVAL loads and runs in one step, so no flush can come between
         (a SCRIPT LOAD then EVALSHA can meet a second NOSCRIPT)."""
@@ -48,7 +136,7 @@ class LuaScript:
         if len(keys) < self.num_keys:
             raise ValueError(f"{self.name} takes at least {self.num_keys} keys, got {len(keys)}")
 
-    def queue(self, pipe: redis.client.Pipeline, keys: list[str], args: list, *,
+    def queue(self, pipe: Any, keys: list[str], args: list[Any], *,
               by_source: bool = False) -> None:
         self.check(keys)
         # execute_command, not pipe.evalsha(): redis-py's cluster pipeline blocks
@@ -61,9 +149,20 @@ class LuaScript:
 
 class Scripts:
     """Every script of ``lua/``, registered once per client (redis-py's Script
-    runs EVALSHA and reloads the source on NOSCRIPT)."""
+    runs EVALSHA and reloads the source on NOSCRIPT), each one an attribute
+    declared here, so a misspelt name fails the type check, not a request."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    register_job: LuaScript
+    apply_command: LuaScript
+    apply_commands: LuaScript
+    delete_job: LuaScript
+    read_job: LuaScript
+    record_heartbeats: LuaScript
+    clear_orphans: LuaScript
+    import_legacy_jobs: LuaScript
+    delete_legacy_job: LuaScript
+
+    def __init__(self, client: StoreClient) -> None:
         self._client = client
         self.by_name: dict[str, LuaScript] = {}
         for path in sorted(script_dir().glob("*.lua")):
@@ -75,11 +174,21 @@ class Scripts:
                 match["name"], int(match["keys"]), source, client.register_script(source)
             )
 
-    def __getattr__(self, name: str) -> LuaScript:
+        self.register_job = self._named("registerJob")
+        self.apply_command = self._named("applyCommand")
+        self.apply_commands = self._named("applyCommands")
+        self.delete_job = self._named("deleteJob")
+        self.read_job = self._named("readJob")
+        self.record_heartbeats = self._named("recordHeartbeats")
+        self.clear_orphans = self._named("clearOrphans")
+        self.import_legacy_jobs = self._named("importLegacyJobs")
+        self.delete_legacy_job = self._named("deleteLegacyJob")
+
+    def _named(self, name: str) -> LuaScript:
         try:
             return self.by_name[name]
         except KeyError:
-            raise AttributeError(name) from None
+            raise FileNotFoundError(f"{script_dir()}: no script {name}-<numKeys>.lua") from None
 
     def load_all(self) -> None:
         for lua in self.by_name.values():
@@ -89,7 +198,7 @@ class Scripts:
         shas = [lua.script.sha for lua in self.by_name.values()]
         return all(self._client.script_exists(*shas))
 
-    def run_pipeline(self, calls: list[tuple[LuaScript, list[str], list]]) -> list:
+    def run_pipeline(self, calls: list[tuple[LuaScript, list[str], list[Any]]]) -> list[Any]:
         """Run (script, keys, args) calls in one non-transactional pipeline (one
         round trip per node); if a script was missing from the server's cache,
         run the pipeline once more with EVAL. Scripts are idempotent for a replay."""

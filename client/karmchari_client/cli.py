@@ -10,12 +10,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 
-from app.config import DEFAULT_PORT
-from app.model import STATES, is_job_id
 from karmchari_client import ApiError, Client, ServiceUnavailable
+from karmchari_client.worker import (
+    DONE,
+    DONE_COMMAND,
+    FAIL_COMMAND,
+    FAILED,
+    KILLED,
+    PAUSED,
+    RUNNING,
+)
 
 EXIT_OK = 0
 EXIT_ERROR = 1        # any other refusal, e.g. a missing token or a role that may not
@@ -32,11 +40,16 @@ EXIT_CODES_HELP = f"""exit codes:
   {EXIT_REFUSED}  refused: the job's state does not allow it, or --if-match is stale
   {EXIT_UNAVAILABLE}  service down or unavailable"""
 
+DEFAULT_PORT = 51463
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+# The server's job states and ids (app/model.py), defined by this package's
+# worker library because it must not import the server.
+STATES = (RUNNING, PAUSED, KILLED, DONE, FAILED)
+JOB_ID_RE = re.compile(r"[0-9a-f]{32}\Z")
 
 # The command sent by each subcommand that changes a job's state.
-STATE_COMMANDS = {"pause": "pause", "resume": "start", "kill": "kill", "done": "done",
-                  "fail": "fail"}
+STATE_COMMANDS = {"pause": PAUSED, "resume": RUNNING, "kill": KILLED, "done": DONE_COMMAND,
+                  "fail": FAIL_COMMAND}
 
 
 class BadInput(Exception):
@@ -77,7 +90,8 @@ def _print_job(job: dict) -> None:
               ("observed state", job.get("observed_state") or "-"),
               ("stalled", "yes" if job.get("stalled") else "no"),
               ("version", str(job["version"])), ("name", job.get("name") or ""),
-              ("labels", labels), ("worker", job.get("worker") or ""),
+              ("labels", labels), ("owner", job.get("owner") or "-"),
+              ("worker", job.get("worker") or ""),
               ("progress", _progress(job)), ("message", job.get("message") or ""),
               ("heartbeat timeout", f"{job.get('heartbeat_timeout', 0)}s"),
               ("heartbeat at", job.get("heartbeat_at") or ""),
@@ -92,7 +106,7 @@ def _print_job(job: dict) -> None:
 
 
 def _job_id(value: str) -> str:
-    if not is_job_id(value):
+    if not JOB_ID_RE.match(value):
         raise argparse.ArgumentTypeError(
             f"not a job id: {value!r} (32 lowercase hexadecimal characters)")
     return value
@@ -129,14 +143,37 @@ def run_register(args: argparse.Namespace, client: Client) -> int:
 
 
 def run_get(args: argparse.Namespace, client: Client) -> int:
-    if args.version is not None and args.wait is None:
-        raise BadInput("--version needs --wait")
-    job = client.get(args.job_id, wait=args.wait, version=args.version)
-    if args.json:
-        _print_json(job)
+    ids = list(dict.fromkeys(args.job_ids))
+    args.job_id = ids[0]  # for the error messages
+    if args.version is not None and (args.wait is None or len(ids) > 1):
+        raise BadInput("--version needs --wait and a single job")
+    if len(ids) == 1:
+        jobs = [client.get(ids[0], wait=args.wait, version=args.version)]
     else:
-        _print_job(job)
+        jobs = _get_many(args, client, ids)
+    if args.json:
+        _print_json(jobs[0] if len(args.job_ids) == 1 else jobs)
+    else:
+        for index, job in enumerate(jobs):
+            if index:
+                print()
+            _print_job(job)
     return EXIT_OK
+
+
+def _get_many(args: argparse.Namespace, client: Client, ids: list[str]) -> list[dict]:
+    """Several jobs with one request (POST /v1/watch: version 0 means any
+    version is news); with --wait, then one more that waits until any of them
+    changes."""
+    answer = client.watch(dict.fromkeys(ids, 0), wait=0)
+    jobs = {job["id"]: job for job in answer["changed"]}
+    if args.wait and not answer["missing"]:
+        answer = client.watch({i: jobs[i]["version"] for i in ids}, wait=args.wait)
+        jobs.update({job["id"]: job for job in answer["changed"]})
+    if answer["missing"]:
+        args.job_id = ", ".join(answer["missing"])
+        raise ApiError(404, {"title": "Job not found", "code": "job_not_found"})
+    return [jobs[i] for i in ids]
 
 
 def run_command(args: argparse.Namespace, client: Client) -> int:
@@ -280,10 +317,11 @@ def add_client_commands(commands) -> None:
     register.add_argument("--idempotency-key", metavar="KEY",
                           help="retrying with the same key returns the same job")
 
-    get = add("get", run_get, "show a job", as_json)
-    get.add_argument("job_id", type=_job_id, metavar="ID")
+    get = add("get", run_get, "show jobs", as_json)
+    get.add_argument("job_ids", type=_job_id, metavar="ID", nargs="+")
     get.add_argument("--wait", type=float, metavar="SECONDS",
-                     help="wait up to SECONDS for the job to change (long-poll)")
+                     help="first wait up to SECONDS until the job, or any of the jobs, "
+                          "changes (one long-poll for all)")
     get.add_argument("--version", type=int,
                      help="with --wait: return once the version differs from this one")
 
@@ -316,3 +354,55 @@ def add_client_commands(commands) -> None:
 
     delete = add("delete", run_delete, "delete a finished job and its history")
     delete.add_argument("job_id", type=_job_id, metavar="ID")
+
+
+# -- the whole command ----------------------------------------------------------------
+
+# Subcommands that come with the server distribution (``karmchari``): each is an
+# entry point of this group, a function that adds its parser to the subcommands
+# and sets ``run`` on it.
+SERVER_COMMAND_GROUP = "karmchari.commands"
+SERVER_COMMANDS = ("serve", "import-legacy")
+SERVER_INSTALL_HINT = "pip install karmchari (the server, which brings this client too)"
+
+
+def installed_server_commands() -> dict[str, Callable]:
+    from importlib.metadata import entry_points
+    return {point.name: point.load() for point in entry_points(group=SERVER_COMMAND_GROUP)}
+
+
+def build_parser(server_commands: dict[str, Callable]) -> argparse.ArgumentParser:
+    from karmchari_client import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="karmchari", allow_abbrev=False, epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Karmchari: a REST job manager for long-running jobs.")
+    parser.add_argument("--version", action="version", version=f"karmchari {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in sorted(server_commands, key=lambda name: (name != "serve", name)):
+        server_commands[name](commands)
+    add_client_commands(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None,
+         server_commands: dict[str, Callable] | None = None) -> int:
+    """``karmchari``. The old service's command line (``karmchari -port 51463``,
+    no subcommand) means ``serve``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if server_commands is None:
+        server_commands = installed_server_commands()
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
+        argv = ["serve", *argv]
+    if argv[0] in SERVER_COMMANDS and argv[0] not in server_commands:
+        if argv == ["serve"]:  # a bare ``karmchari`` on a client-only install
+            build_parser(server_commands).print_help(sys.stderr)
+        return _fail(f"{argv[0]!r} is part of the Karmchari server, which is not installed "
+                     f"here: {SERVER_INSTALL_HINT}", EXIT_BAD_INPUT)
+    args = build_parser(server_commands).parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,10 +13,12 @@
         clean_up()
 
 A background thread heartbeats (progress, message, and the state the worker is
-in) and learns the job's state from each answer; another long-polls the job so
-that a command reaches the worker within milliseconds rather than at the next
-heartbeat. ``checkpoint()`` is where the program obeys: it returns at once
-while the job runs, blocks while it is paused (acknowledging the pause with
+in) and learns the job's state from each answer; and the job joins the
+process's one watch (``POST /v1/watch``, shared by all the Workers of the
+process, see ``karmchari_client.watcher``), so that a command reaches the
+worker within milliseconds rather than at the next heartbeat.
+``checkpoint()`` is where the program obeys: it returns at once while the job
+runs, blocks while it is paused (acknowledging the pause with
 ``observed_state=pause``) and raises ``JobKilled`` once it is killed. Leaving
 the ``with`` block reports ``done``, or ``fail`` with the exception as reason,
 or, after a kill, acknowledges it (``observed_state=kill``).
@@ -40,11 +42,16 @@ from collections.abc import Callable
 from typing import Any
 
 from karmchari_client.client import ApiError, Client, ServiceUnavailable
+from karmchari_client.watcher import Watcher
 
 log = logging.getLogger(__name__)
 
-RUNNING, PAUSED, KILLED = "start", "pause", "kill"
-ENDED_STATES = frozenset({"kill", "done", "failed"})
+# The service's states and the commands this library sends, defined once here
+# (the library needs only the standard library, so it does not import the
+# service's app.model; tests/test_transitions.py checks that they agree).
+RUNNING, PAUSED, KILLED, DONE, FAILED = "start", "pause", "kill", "done", "failed"
+ENDED_STATES = frozenset({KILLED, DONE, FAILED})
+DONE_COMMAND, FAIL_COMMAND = "done", "fail"
 MAX_TEXT_CHARS = 1024  # the service's limit on message and reason
 
 
@@ -102,9 +109,11 @@ class Worker:
     ``heartbeat_interval`` defaults to a third of the job's
     ``heartbeat_timeout`` (so that two lost heartbeats do not make it look
     stalled), at most 10 s. ``long_poll=False`` learns commands from the
-    heartbeats alone. ``on_state(state)`` is called from a background thread
-    each time the worker learns a new state. ``give_up_after`` bounds how long
-    the start and the final report are retried while the service is away.
+    heartbeats alone; otherwise the job joins the process's shared watch,
+    which waits at most ``long_poll_wait`` seconds per request.
+    ``on_state(state)`` is called from a background thread each time the
+    worker learns a new state. ``give_up_after`` bounds how long the start and
+    the final report are retried while the service is away.
     """
 
     def __init__(self, url: str | None, job_id: str, *, token: str | None = None,
@@ -118,7 +127,8 @@ class Worker:
         self._client = client or Client(url, token=token)
         self._interval = heartbeat_interval
         self._long_poll = long_poll
-        self._long_poll_wait = long_poll_wait
+        self.long_poll_wait = long_poll_wait
+        self._watcher: Watcher | None = None
         self._on_state = on_state
         self._max_backoff = max_backoff
         self._give_up_after = give_up_after
@@ -132,7 +142,6 @@ class Worker:
         self._send_now = False
         self._closing = False
         self._heartbeat_thread: threading.Thread | None = None
-        self._long_poll_thread: threading.Thread | None = None
 
     # -- starting a job -------------------------------------------------------
 
@@ -165,13 +174,15 @@ class Worker:
         answer = self._retry(lambda: self._client.heartbeat(
             self.job_id, worker=self.worker_name, observed_state=RUNNING))
         self._learn(answer["state"], answer["version"])
-        if self._interval is None:
+        interval = self._interval
+        if interval is None:
             job = self._retry(lambda: self._client.get(self.job_id))
             timeout = job["heartbeat_timeout"]
-            self._interval = min(10.0, max(0.2, timeout / 3)) if timeout else 10.0
-        self._heartbeat_thread = self._spawn(self._heartbeat_loop, "heartbeat")
+            interval = self._interval = min(10.0, max(0.2, timeout / 3)) if timeout else 10.0
+        self._heartbeat_thread = self._spawn(lambda: self._heartbeat_loop(interval), "heartbeat")
         if self._long_poll:
-            self._long_poll_thread = self._spawn(self._long_poll_loop, "long-poll")
+            self._watcher = Watcher.shared(self._client.url, self._client.token)
+            self._watcher.add(self)
 
     def _spawn(self, target: Callable[[], None], role: str) -> threading.Thread:
         thread = threading.Thread(target=target, name=f"karmchari-{role}-{self.job_id[:8]}",
@@ -214,21 +225,34 @@ class Worker:
         with self._changed:
             self._closing = True
             self._changed.notify_all()
+        if self._watcher is not None:
+            self._watcher.remove(self)
         if self._heartbeat_thread is not None:
             self._heartbeat_thread.join()  # so that no heartbeat overtakes the last report
         try:
             if isinstance(error, JobEnded) or self.state in ENDED_STATES or self.state is None:
                 self._acknowledge_end()
             elif error is None or isinstance(error, SystemExit) and not error.code:
-                self._send_final("done", "")
+                self._send_final(DONE_COMMAND, "")
             else:
-                self._send_final("fail", _clip(f"{type(error).__name__}: {error}"))
+                self._send_final(FAIL_COMMAND, _clip(f"{type(error).__name__}: {error}"))
         finally:
-            self._client.close()  # ends a long-poll in flight
-            if self._long_poll_thread is not None:
-                self._long_poll_thread.join()
+            self._client.close()
 
     # -- internals ------------------------------------------------------------
+
+    # -- what the shared watch calls -------------------------------------------
+
+    def known_version(self) -> int:
+        with self._changed:
+            return self._version
+
+    def ended(self) -> bool:
+        with self._changed:
+            return self._closing or self._state is None or self._state in ENDED_STATES
+
+    def learn_from_watch(self, state: str | None, version: int) -> None:
+        self._learn(state, version)
 
     def _raise_if_ended(self) -> None:
         if self._state == KILLED:
@@ -258,9 +282,9 @@ class Worker:
             except Exception:  # a faulty callback must not stop the heartbeats
                 log.exception("on_state callback of job %s failed", self.job_id)
 
-    def _heartbeat_loop(self) -> None:
+    def _heartbeat_loop(self, interval: float) -> None:
         backoff = Backoff(cap=self._max_backoff)
-        delay = self._interval
+        delay = interval
         while True:
             with self._changed:
                 deadline = time.monotonic() + delay
@@ -286,42 +310,8 @@ class Worker:
                 log.warning("heartbeat of job %s refused: %s", self.job_id, error)
                 continue
             backoff.reset()
-            delay = self._interval
+            delay = interval
             self._learn(answer["state"], answer["version"])
-
-    def _long_poll_loop(self) -> None:
-        backoff = Backoff(cap=self._max_backoff)
-        while not self._closing:
-            with self._changed:
-                if self._state in ENDED_STATES or self._state is None:
-                    return
-                version = self._version
-            asked = time.monotonic()
-            try:
-                job = self._client.get(self.job_id, wait=self._long_poll_wait, version=version)
-            except ServiceUnavailable as error:
-                # Also the answer when the service's long-poll slots are all
-                # taken (429): the heartbeats carry on meanwhile.
-                self._pause_polling(backoff.next(error.retry_after))
-                continue
-            except ApiError as error:
-                if error.status == 404:
-                    self._learn(None, 0)
-                    return
-                log.warning("long-poll of job %s refused: %s", self.job_id, error)
-                self._pause_polling(backoff.next())
-                continue
-            self._learn(job["state"], job["version"])
-            if job["version"] == version and time.monotonic() - asked < self._long_poll_wait / 2:
-                # Answered early without a change (a service shutting down, a
-                # proxy with a shorter timeout): do not ask again at once.
-                self._pause_polling(backoff.next())
-            else:
-                backoff.reset()
-
-    def _pause_polling(self, seconds: float) -> None:
-        with self._changed:
-            self._changed.wait_for(lambda: self._closing, seconds)
 
     def _retry(self, call: Callable[[], Any]) -> Any:
         return _retrying(call, Backoff(cap=self._max_backoff), self._give_up_after)

@@ -4,8 +4,10 @@ Standard library only, and a package name of its own, so that importing it
 into a worker program pulls in nothing else and clashes with nothing.
 """
 
+__version__ = "0.1.0"
+
 from karmchari_client.client import ApiError, Client, ServiceUnavailable
 from karmchari_client.worker import Backoff, JobEnded, JobKilled, Worker
 
 __all__ = ["ApiError", "Backoff", "Client", "JobEnded", "JobKilled", "ServiceUnavailable",
-           "Worker"]
+           "Worker", "__version__"]

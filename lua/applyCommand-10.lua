@@ -2,6 +2,9 @@
 --[[
   Apply a command (start, pause, kill, done, fail) to a job.
 
+  lua/applyCommands-8.lua applies the same change to many jobs: keep the two
+  alike (tests/test_bulk_commands.py compares them).
+
   Input:
     KEYS[1]  job hash              {kc:s}:job:<id>
     KEYS[2]  history list          {kc:s}:hist:<id>
@@ -12,6 +15,7 @@
     KEYS[7]  index of state failed {kc:s}:idx:state:failed
     KEYS[8]  heartbeat deadlines   {kc:s}:deadline
     KEYS[9]  retention deadlines   {kc:s}:expiry
+    KEYS[10] changes per minute    {kc:s}:changes
 
     ARGV[1]  command
     ARGV[2]  actor
@@ -24,15 +28,20 @@
              when the client library retries the call after a lost connection
              ("" or absent: none). The job keeps the ids of its last 4 changes
              (field "ops"), so a retry of a change already made changes nothing.
+    ARGV[9]  required owner: "" for a caller who may command any job; else the
+             caller's name, which must be the job's owner (a worker token)
 
-  Output:
-    { 1, job hash as a flat array }   the state changed (now, or by this very
-                                      operation before its reply was lost)
-    { 0, job hash as a flat array }   repeated command: nothing changed
-    { -1 }                            no such job
-    { -2 }                            unknown command
-    { -3, state, version }            version differs from ARGV[4]
-    { -4, state, version }            transition not allowed from the current state
+  Output (app/store/scripts.py ApplyCommandCode):
+    { 1, job hash as a flat array, now }   CHANGED: the state changed (now, or by
+                                           this very operation before its reply
+                                           was lost); now: the server time in ms
+    { 0, job hash as a flat array, now }   UNCHANGED: already in the target state
+    { -1 }                            JOB_NOT_FOUND
+    { -2 }                            INVALID_COMMAND
+    { -3, state, version }            VERSION_MISMATCH: version differs from ARGV[4]
+    { -4, state, version }            ILLEGAL_TRANSITION: the job is in a terminal
+                                      state (app/model.py outcome())
+    { -8 }                            NOT_OWNER: the caller is not the job's owner
 ]]
 local rcall = redis.call
 local jobKey, histKey = KEYS[1], KEYS[2]
@@ -43,17 +52,24 @@ local target = ({ start = "start", pause = "pause", kill = "kill",
 local terminal = { kill = true, done = true, failed = true }
 local op = ARGV[8] or ""
 local keptOps = 4
+-- The time goes with every answer that carries the job: "stalled" depends on it.
+local t = rcall("TIME")
+local nowMs = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 -- Preconditions, before the first write.
 local job = rcall("HMGET", jobKey, "id", "state", "version", "score", "heartbeat_timeout",
-                  "ops")
+                  "ops", "owner")
 local id, state, version = job[1], job[2], tonumber(job[3])
 if not id then
   return { -1 }
 end
+local requiredOwner = ARGV[9] or ""
+if requiredOwner ~= "" and (job[7] or "") ~= requiredOwner then
+  return { -8 }
+end
 -- A retry of a change already made (other changes may have come since).
 if op ~= "" and string.find(" " .. (job[6] or "") .. " ", " " .. op .. " ", 1, true) then
-  return { 1, rcall("HGETALL", jobKey) }
+  return { 1, rcall("HGETALL", jobKey), nowMs }
 end
 if not target then
   return { -2 }
@@ -62,14 +78,12 @@ if ARGV[4] ~= "" and tonumber(ARGV[4]) ~= version then
   return { -3, state, version }
 end
 if state == target then
-  return { 0, rcall("HGETALL", jobKey) }
+  return { 0, rcall("HGETALL", jobKey), nowMs }
 end
 if terminal[state] then
   return { -4, state, version }
 end
 
-local t = rcall("TIME")
-local nowMs = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 version = version + 1
 rcall("HSET", jobKey, "state", target, "version", version, "updated_at", nowMs)
 if op ~= "" then
@@ -100,4 +114,14 @@ rcall("RPUSH", histKey, cjson.encode({
   actor = ARGV[2], reason = ARGV[3] }))
 rcall("LTRIM", histKey, -tonumber(ARGV[5]), -1)
 rcall("SPUBLISH", ARGV[7], id .. " " .. version .. " " .. target)
-return { 1, rcall("HGETALL", jobKey) }
+-- Changes per minute (GET /v1/stats); the same lines in registerJob.
+local minute = math.floor(nowMs / 60000)
+if rcall("HINCRBY", KEYS[10], minute, 1) == 1 then
+  rcall("EXPIRE", KEYS[10], 3720)
+  if rcall("HLEN", KEYS[10]) > 61 then
+    for _, m in ipairs(rcall("HKEYS", KEYS[10])) do
+      if tonumber(m) < minute - 60 then rcall("HDEL", KEYS[10], m) end
+    end
+  end
+end
+return { 1, rcall("HGETALL", jobKey), nowMs }

@@ -3,6 +3,7 @@ thread)."""
 
 from __future__ import annotations
 
+import builtins
 import http.client
 import json
 import os
@@ -44,6 +45,7 @@ class Client:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
         self._parts = parts
+        self._host: str = parts.hostname
         self._token = token if token is not None else os.environ.get("KARMCHARI_TOKEN")
         self._timeout = timeout
         self._local = threading.local()
@@ -55,6 +57,10 @@ class Client:
     @property
     def url(self) -> str:
         return urllib.parse.urlunsplit(self._parts)
+
+    @property
+    def token(self) -> str | None:
+        return self._token
 
     # -- jobs ---------------------------------------------------------------
 
@@ -80,6 +86,12 @@ class Client:
                 query["version"] = str(version)
         timeout = self._timeout + (wait or 0)
         return self.request("GET", f"/v1/jobs/{job_id}", query=query, timeout=timeout)
+
+    def watch(self, jobs: dict[str, int], *, wait: float) -> dict:
+        """Wait up to ``wait`` seconds until a job's version differs from the
+        one given; ``{"changed": [jobs], "missing": [ids]}``."""
+        return self.request("POST", "/v1/watch", {"jobs": jobs, "wait": wait},
+                            timeout=self._timeout + wait)
 
     def command(self, job_id: str, command: str, *, reason: str | None = None,
                 if_match: int | None = None) -> dict:
@@ -110,13 +122,14 @@ class Client:
         body = {k: v for k, v in report.items() if v is not None}
         return self.request("POST", f"/v1/jobs/{job_id}/heartbeat", body)
 
-    def heartbeats(self, reports: list[dict]) -> list[dict]:
+    # builtins.list: in the class body "list" names the method above.
+    def heartbeats(self, reports: builtins.list[dict]) -> builtins.list[dict]:
         return self.request("POST", "/v1/heartbeats", {"heartbeats": reports})["results"]
 
     # -- transport ----------------------------------------------------------
 
     def request(self, method: str, path: str, body: Any = None, *,
-                query: dict | list | None = None, headers: dict | None = None,
+                query: dict | builtins.list | None = None, headers: dict | None = None,
                 timeout: float | None = None) -> Any:
         if query:
             path += "?" + urllib.parse.urlencode(query)
@@ -168,7 +181,7 @@ class Client:
         if connection is None:
             kind = (http.client.HTTPSConnection if self._parts.scheme == "https"
                     else http.client.HTTPConnection)
-            connection = kind(self._parts.hostname, self._parts.port, timeout=timeout)
+            connection = kind(self._host, self._parts.port, timeout=timeout)
             self._local.connection = connection
         with self._connections_lock:
             # Again after close(): http.client reopens a closed connection.

@@ -1,0 +1,31 @@
+"""``POST /v1/watch``: one long-poll over many jobs (a worker process waits on
+all its jobs with one request, so one request thread serves many jobs)."""
+
+from __future__ import annotations
+
+import falcon
+
+from app.config import Config
+from app.inputs import read_json
+from app.problems import too_many_waiters
+from app.representation import job_json
+from app.store.events import ChangeNotifier, TooManyWaiters
+
+
+class Watch:
+    permissions = {"POST": "read"}
+
+    def __init__(self, config: Config, notifier: ChangeNotifier, validators: dict) -> None:
+        self._config = config
+        self._notifier = notifier
+        self._validator = validators["Watch"]
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        # The schema checks every id (32 hex digits) before any Redis call.
+        body = read_json(req, self._validator, self._config.max_body_bytes)
+        try:
+            result = self._notifier.watch(body["jobs"], float(body["wait"]))
+        except TooManyWaiters:
+            raise too_many_waiters(self._config.retry_after_seconds) from None
+        resp.media = {"changed": [job_json(job, result.now_ms) for job in result.changed],
+                      "missing": result.missing}

@@ -1,0 +1,275 @@
+// The jobs table: filters, cursor paging (newest first), selection, actions,
+// and rows that update themselves through the watcher.
+
+import { canCommand, commandJob, commandMany, summary } from "./actions.js";
+import { get, jobsQuery, whereOf } from "./api.js";
+import { age, clear, el, labelChips, progressBar, stateChip, status } from "./dom.js";
+import { Watcher } from "./live.js";
+import { notify } from "./notice.js";
+
+const PAGE_SIZE = 50;
+const ACK_CHECKS = 10;  // jobs re-read per second while their worker has not acknowledged
+const ROW_ACTIONS = { start: ["pause", "kill"], pause: ["start", "kill"] };
+const ACTION_WORDS = { pause: "Pause", start: "Resume", kill: "Kill" };
+
+const view = {
+  filter: {},
+  cursors: [null],   // cursor of each page seen so far; the last is the one shown
+  nextCursor: null,
+  rows: new Map(),   // id -> {job, tr}
+  selected: new Set(),
+  request: 0,
+};
+const watcher = new Watcher(updateRow, markMissing);
+
+export function filterFromQuery(query) {
+  return {
+    state: query.get("state") || "",
+    type: query.get("type") || "",
+    labels: query.getAll("label").filter(Boolean),
+    stalled: query.get("stalled") === "true",
+  };
+}
+
+function queryOf(filter) {
+  const query = new URLSearchParams();
+  if (filter.state) query.set("state", filter.state);
+  if (filter.type) query.set("type", filter.type);
+  for (const label of filter.labels) query.append("label", label);
+  if (filter.stalled) query.set("stalled", "true");
+  return query;
+}
+
+function describe(filter) {
+  const parts = [];
+  if (filter.state) parts.push(`state ${filter.state}`);
+  if (filter.type) parts.push(`type ${filter.type}`);
+  for (const label of filter.labels) parts.push(`label ${label}`);
+  if (filter.stalled) parts.push("stalled");
+  return parts.length ? `Every job with ${parts.join(", ")}` : "Every job";
+}
+
+function actionButtons(job) {
+  if (!canCommand()) return [];
+  return (ROW_ACTIONS[job.state] || []).map((command) => el("button", {
+    type: "button", class: `small${command === "kill" ? " danger" : ""}`, dataset: { command },
+    "aria-label": `${ACTION_WORDS[command]} job ${job.name || job.id}`,
+    onclick: () => act(job.id, command),
+  }, ACTION_WORDS[command]));
+}
+
+async function act(id, command) {
+  const row = view.rows.get(id);
+  if (!row) return;
+  const result = await commandJob(row.job, command);
+  if (result) updateRow(result.job);
+}
+
+function rowCells(job) {
+  const label = job.name || job.id;
+  const select = el("input", { type: "checkbox", class: "select-row",
+    "aria-label": `Select job ${label}`, checked: view.selected.has(job.id),
+    onchange: (e) => { toggle(job.id, e.target.checked); } });
+  return [
+    el("td", { class: "sel" }, canCommand() ? select : null),
+    el("td", { class: "id" }, el("a", { href: `#/jobs/${job.id}`, class: "mono",
+      title: job.id }, job.id)),
+    el("td", { class: "name" }, job.name || el("span", { class: "muted" }, "–")),
+    el("td", {}, job.type),
+    el("td", { class: "requested" }, job.state),
+    el("td", { class: "status" }, stateChip(job), job.stalled
+      ? el("span", { class: "state stalled" }, "stalled") : null),
+    el("td", {}, progressBar(job.progress)),
+    el("td", { class: "worker" }, job.worker || el("span", { class: "muted" }, "–")),
+    el("td", { class: "age", dataset: { at: job.heartbeat_at || "" } }, age(job.heartbeat_at)),
+    el("td", {}, labelChips(job.labels)),
+    el("td", { class: "row-actions" }, actionButtons(job)),
+  ];
+}
+
+function renderRow(job) {
+  const tr = el("tr", { dataset: { id: job.id, state: job.state } }, rowCells(job));
+  view.rows.set(job.id, { job, tr });
+  return tr;
+}
+
+// A changed job from the watcher or from an action: redraw its row in place.
+export function updateRow(job) {
+  const row = view.rows.get(job.id);
+  if (!row || job.version < row.job.version) return;
+  row.job = job;
+  row.tr.dataset.state = job.state;
+  row.tr.classList.remove("missing");
+  // Keyboard users keep their place: focus goes back to the same control, or
+  // to the row's link when that control is gone (a finished job has no buttons).
+  const focused = row.tr.contains(document.activeElement) ? document.activeElement : null;
+  row.tr.replaceChildren(...rowCells(job));
+  if (focused) {
+    const selector = focused.dataset.command ? `[data-command="${focused.dataset.command}"]`
+      : focused.classList.contains("select-row") ? ".select-row" : "a";
+    (row.tr.querySelector(selector) || row.tr.querySelector("a")).focus();
+  }
+}
+
+function markMissing(id) {
+  const row = view.rows.get(id);
+  if (!row) return;
+  row.tr.classList.add("missing");
+  row.tr.querySelector(".status").replaceChildren(el("span", { class: "state" }, "deleted"));
+  row.tr.querySelector(".row-actions").replaceChildren();
+}
+
+function toggle(id, on) {
+  if (on) view.selected.add(id);
+  else view.selected.delete(id);
+  showSelection();
+}
+
+function showSelection() {
+  document.getElementById("selection-count").textContent = `${view.selected.size} selected`;
+  for (const b of document.querySelectorAll("[data-scope=selected]")) {
+    b.disabled = view.selected.size === 0;
+  }
+}
+
+// The first page of a filter, asked for at start-up beside GET /v1/whoami
+// rather than after it; null if it fails (the normal path then tries again).
+export function prefetch(filter) {
+  return get(jobsQuery(filter, null, PAGE_SIZE)).catch(() => null);
+}
+
+export async function loadPage(prefetched = null) {
+  const request = ++view.request;
+  const cursor = view.cursors[view.cursors.length - 1];
+  const page = (prefetched && await prefetched)
+    || await get(jobsQuery(view.filter, cursor, PAGE_SIZE));
+  if (request !== view.request) return;  // a newer request replaced this one
+  view.nextCursor = page.next_cursor;
+  view.rows.clear();
+  clear(document.getElementById("job-rows")).append(...page.jobs.map(renderRow));
+  document.getElementById("empty").hidden = page.jobs.length > 0;
+  document.getElementById("next-page").disabled = !page.next_cursor;
+  document.getElementById("first-page").disabled = view.cursors.length === 1;
+  document.getElementById("new-jobs").hidden = true;
+  const selectAll = document.getElementById("select-all");
+  selectAll.checked = false;
+  for (const id of [...view.selected]) if (!view.rows.has(id)) view.selected.delete(id);
+  showSelection();
+  watcher.watch(Object.fromEntries(page.jobs.map((j) => [j.id, j.version])));
+}
+
+export function onFirstPage() {
+  return view.cursors.length === 1;
+}
+
+// Heartbeats (progress, worker, acknowledgements) do not change a job's
+// version, so the watch does not report them. Two bounded reads cover them:
+// the jobs awaiting their worker's acknowledgement, once a second...
+export async function checkAcknowledgements() {
+  const awaiting = [...view.rows.values()].filter((r) => status(r.job).awaiting)
+    .slice(0, ACK_CHECKS);
+  await Promise.all(awaiting.map(({ job }) => get(`/v1/jobs/${job.id}`)
+    .then(updateRow, () => {})));
+}
+
+// ...and the page shown, at the slow pace of the counts. New jobs are not
+// inserted under the reader's eyes: a notice offers them.
+export async function refreshRows() {
+  const cursor = view.cursors[view.cursors.length - 1];
+  const request = view.request;
+  const page = await get(jobsQuery(view.filter, cursor, PAGE_SIZE));
+  if (request !== view.request) return;
+  let unseen = 0;
+  for (const job of page.jobs) {
+    if (view.rows.has(job.id)) updateRow(job);
+    else unseen += 1;
+  }
+  if (unseen && onFirstPage()) document.getElementById("new-jobs").hidden = false;
+}
+
+export function showFilter(filter, prefetched = null) {
+  view.filter = filter;
+  view.cursors = [null];
+  const form = document.getElementById("filters");
+  form.elements.state.value = filter.state;
+  const typeSelect = form.elements.type;
+  if (filter.type && ![...typeSelect.options].some((o) => o.value === filter.type)) {
+    typeSelect.append(el("option", {}, filter.type));
+  }
+  typeSelect.value = filter.type;
+  form.elements.label.value = filter.labels.join(" ");  // one label in the form
+  form.elements.stalled.checked = filter.stalled;
+  return loadPage(prefetched);
+}
+
+export function setTypes(types) {
+  const select = document.getElementById("filter-type");
+  const known = new Set([...select.options].map((o) => o.value));
+  for (const type of types) if (!known.has(type)) select.append(el("option", {}, type));
+}
+
+export function stopLive() {
+  watcher.stop();
+}
+
+// Redraws heartbeat ages from the clock alone: no request.
+export function tickAges() {
+  for (const cell of document.querySelectorAll("#job-rows td.age")) {
+    cell.textContent = age(cell.dataset.at);
+  }
+}
+
+async function bulk(command, scope) {
+  const ids = scope === "selected" ? [...view.selected] : null;
+  const result = await commandMany(command, ids
+    ? { ids, description: `${ids.length} selected jobs` }
+    : { where: whereOf(view.filter), description: describe(view.filter) });
+  if (!result) return;
+  notify(summary(result));
+  view.selected.clear();
+  await loadPage();
+}
+
+export function setUp(navigate) {
+  document.getElementById("filters").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const form = event.target.elements;
+    const filter = {
+      state: form.state.value, type: form.type.value,
+      labels: form.label.value.trim() ? [form.label.value.trim()] : [],
+      stalled: form.stalled.checked,
+    };
+    navigate(`#/?${queryOf(filter)}`);
+  });
+  document.getElementById("clear-filters").addEventListener("click", () => navigate("#/"));
+  document.getElementById("search").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const id = event.target.elements.id.value.trim().toLowerCase();
+    if (/^[0-9a-f]{32}$/.test(id)) navigate(`#/jobs/${id}`);
+    else notify("A job id is 32 hexadecimal characters.", true);
+  });
+  document.getElementById("next-page").addEventListener("click", () => {
+    if (!view.nextCursor) return;
+    view.cursors.push(view.nextCursor);
+    loadPage().catch((e) => notify(e.message, true));
+  });
+  document.getElementById("first-page").addEventListener("click", () => {
+    view.cursors = [null];
+    loadPage().catch((e) => notify(e.message, true));
+  });
+  document.getElementById("show-new").addEventListener("click", () => {
+    view.cursors = [null];
+    loadPage().catch((e) => notify(e.message, true));
+  });
+  document.getElementById("select-all").addEventListener("change", (event) => {
+    for (const box of document.querySelectorAll("#job-rows .select-row")) {
+      box.checked = event.target.checked;
+      toggle(box.closest("tr").dataset.id, event.target.checked);
+    }
+  });
+  for (const button of document.querySelectorAll("[data-bulk]")) {
+    button.addEventListener("click", () => {
+      bulk(button.dataset.bulk, button.dataset.scope).catch((e) => notify(e.message, true));
+    });
+  }
+}

@@ -1,0 +1,78 @@
+// The overview: counts from GET /v1/stats and a chart of changes per minute.
+
+import { get, setServerNow } from "./api.js";
+import { clear, el } from "./dom.js";
+
+const STATES = ["start", "pause", "kill", "done", "failed"];
+const STATE_NAMES = { start: "running", pause: "paused", kill: "killed", done: "done",
+  failed: "failed" };
+const SVG = "http://www.w3.org/2000/svg";
+
+function countItem(name, count, href) {
+  const label = href ? el("a", { href }, name) : el("span", {}, name);
+  return el("li", { dataset: { name } }, label, el("strong", { class: "count" },
+    count.toLocaleString("en")));
+}
+
+function filterLink(params) {
+  return `#/?${new URLSearchParams(params)}`;
+}
+
+export async function loadStats() {
+  const stats = await get("/v1/stats");
+  setServerNow(stats.now);
+  return stats;
+}
+
+export function renderStats(stats) {
+  document.getElementById("total-count").textContent = stats.total.toLocaleString("en");
+  clear(document.getElementById("state-counts")).append(
+    ...STATES.map((s) => countItem(STATE_NAMES[s], stats.states[s] || 0,
+      filterLink({ state: s }))),
+    countItem("stalled", stats.stalled, filterLink({ stalled: "true" })));
+  clear(document.getElementById("type-counts")).append(
+    ...Object.entries(stats.types).map(([t, n]) => countItem(t, n, filterLink({ type: t }))));
+  const labels = Object.entries(stats.labels);
+  clear(document.getElementById("label-counts")).append(
+    ...(labels.length ? labels.map(([l, n]) => countItem(l, n, filterLink({ label: l })))
+      : [el("li", { class: "muted" }, "no labels")]));
+  drawChart(document.getElementById("chart"), stats.changes_per_minute);
+}
+
+function svg(tag, attrs) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+  return node;
+}
+
+// One bar per minute, oldest on the left; attributes only (no style), so the
+// strict CSP holds.
+export function drawChart(container, minutes) {
+  const width = 600, height = 120, pad = 18;
+  const peak = Math.max(1, ...minutes.map((m) => m.count));
+  const total = minutes.reduce((sum, m) => sum + m.count, 0);
+  const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img",
+    "aria-label": `${total} changes in the last ${minutes.length} minutes, at most ${peak} a minute`,
+    class: "bars", preserveAspectRatio: "none" });
+  const step = (width - 2) / Math.max(1, minutes.length);
+  minutes.forEach((m, i) => {
+    const h = ((height - pad) * m.count) / peak;
+    const bar = svg("rect", { x: 1 + i * step, y: height - pad - h, width: Math.max(1, step - 1),
+      height: h, class: "bar" });
+    const title = svg("title", {});
+    title.textContent = `${new Date(m.minute).toLocaleTimeString()}: ${m.count}`;
+    bar.append(title);
+    chart.append(bar);
+  });
+  chart.append(svg("line", { x1: 0, y1: height - pad, x2: width, y2: height - pad,
+    class: "axis" }));
+  const peakText = svg("text", { x: 2, y: 10, class: "axis-text" });
+  peakText.textContent = `peak ${peak}/min`;
+  const endText = svg("text", { x: width - 2, y: height - 4, class: "axis-text end" });
+  endText.textContent = "now";
+  const startText = svg("text", { x: 2, y: height - 4, class: "axis-text" });
+  startText.textContent = `−${minutes.length} min`;
+  chart.append(peakText, startText, endText);
+  clear(container).append(chart,
+    el("p", { class: "muted small" }, `${total.toLocaleString("en")} changes`));
+}

@@ -1,0 +1,79 @@
+"""``karmchari-client`` on its own: a fresh venv holding only the client's
+wheel (built here, offline) runs ``examples/worker.py`` against a live
+service, and has none of the server's dependencies."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+from tests.servers import ROOT
+
+SERVER_ONLY = ("app", "falcon", "redis", "waitress", "jsonschema", "prometheus_client")
+
+
+@pytest.fixture(scope="module")
+def client_venv(tmp_path_factory) -> Path:
+    """A venv with pip (from ensurepip, no network) and the client's wheel."""
+    base = tmp_path_factory.mktemp("client-only")
+    wheels = base / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-index",
+                    "--no-build-isolation", "--wheel-dir", str(wheels), str(ROOT / "client")],
+                   check=True, timeout=300)
+    [wheel] = wheels.glob("karmchari_client-*.whl")
+    home = base / "venv"
+    venv.create(home, with_pip=True)
+    python = home / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-index",
+                    str(wheel)], check=True, timeout=300)
+    return home
+
+
+def run(home: Path, *argv: str, **kwargs) -> subprocess.CompletedProcess:
+    # Outside the repository, so that nothing is imported from the source tree.
+    return subprocess.run([str(home / "bin" / argv[0]), *argv[1:]], cwd=home,
+                          capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin"}, **kwargs)
+
+
+def test_only_the_standard_library(client_venv):
+    installed = run(client_venv, "python", "-m", "pip", "list", "--format", "freeze")
+    names = {line.split("==")[0].lower() for line in installed.stdout.split()}
+    assert "karmchari-client" in names
+    assert "karmchari" not in names
+    assert not names - {"karmchari-client", "pip", "setuptools"}, names
+    for module in SERVER_ONLY:
+        found = run(client_venv, "python", "-c", f"import {module}")
+        assert found.returncode != 0, f"{module} is importable in the client-only venv"
+    imported = run(client_venv, "python", "-c", "import karmchari_client, karmchari_client.cli; "
+                   "print(karmchari_client.__file__)")
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.startswith(str(client_venv)), imported.stdout
+
+
+def test_client_command_without_the_server(client_venv):
+    shown = run(client_venv, "karmchari", "--help")
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"^ +register ", shown.stdout, re.M)
+    assert not re.search(r"^ +(serve|import-legacy) ", shown.stdout, re.M)
+    for argv in (["serve"], ["-port", "51463"], ["import-legacy"]):
+        refused = run(client_venv, "karmchari", *argv)
+        assert refused.returncode == 2, refused
+        assert "part of the Karmchari server, which is not installed here" in refused.stderr
+        assert "pip install karmchari" in refused.stderr
+
+
+def test_example_worker_runs_against_a_live_service(client_venv, live_service):
+    worked = run(client_venv, "python", str(ROOT / "examples" / "worker.py"),
+                 "--url", live_service.url, "--steps", "3", "--step-seconds", "0.05")
+    assert worked.returncode == 0, worked.stdout + worked.stderr
+    assert "step 3/3 done" in worked.stdout
+    job_id = re.search(r"^job ([0-9a-f]{32}) running", worked.stdout, re.M).group(1)
+    listed = run(client_venv, "karmchari", "get", job_id, "--json", "--url", live_service.url)
+    assert listed.returncode == 0, listed.stderr
+    assert '"state": "done"' in listed.stdout

@@ -1,0 +1,350 @@
+"""The dashboard in a real browser: headless Chromium (Debian's package, driven
+by Playwright) against ``karmchari serve`` and a real Redis, with auth on.
+
+Each test registers its own jobs under a label of its own, so the tests share
+one service; the overview test counts everything and gets a service of its own.
+Without Chromium or Playwright these tests are skipped, except under CI=true,
+where that is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import uuid
+
+import pytest
+import redis
+
+from karmchari_client import Client, JobKilled, Worker
+from tests.browser import BrowserMissing, chromium_path, launch
+from tests.servers import ServiceProcess
+
+pytestmark = pytest.mark.browser
+
+ADMIN, OPERATOR, READER = "admin-token-1", "operator-token-1", "reader-token-1"
+TOKENS = f"root:admin:{ADMIN},ops:operator:{OPERATOR},viewer:reader:{READER}"
+HOSTILE = "<img src=x onerror=alert(1)>"
+WAIT_MS = 10_000  # generous bound on what should take milliseconds
+
+
+def _unavailable(reason: str):
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"browser tests cannot run under CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def playwright():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("the playwright package is not installed (pip install -e '.[test]')")
+    try:
+        chromium_path()
+    except BrowserMissing as error:
+        _unavailable(str(error))
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    chromium = launch(playwright)
+    yield chromium
+    chromium.close()
+
+
+def _start_service(redis_url: str, prefix: str) -> ServiceProcess:
+    # Each page holds one watch; a closed page's watch waits out its time on the
+    # server, so the tests leave room for many.
+    return ServiceProcess("--redis-url", redis_url, "--threads", "40",
+                          env={"KARMCHARI_KEY_PREFIX": prefix, "KARMCHARI_TOKENS": TOKENS,
+                               "KARMCHARI_MAX_WAITERS": "32"}).start()
+
+
+def _drop_prefix(redis_url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(match=f"{{{prefix}:*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def service(redis_url):
+    prefix = "ui" + uuid.uuid4().hex[:10]
+    running = _start_service(redis_url, prefix)
+    yield running
+    running.stop()
+    _drop_prefix(redis_url, prefix)
+
+
+@pytest.fixture
+def api(service):
+    client = Client(service.url, token=ADMIN)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def tag():
+    """A label value of this test's own jobs."""
+    return uuid.uuid4().hex[:8]
+
+
+class Watched:
+    """A page, and what must never happen on it: an alert or another dialog
+    the page did not mean to open, an uncaught script error."""
+
+    def __init__(self, page) -> None:
+        self.page = page
+        self.problems: list[str] = []
+        page.on("dialog", self._on_dialog)
+        page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
+
+    def _on_dialog(self, dialog) -> None:
+        self.problems.append(f"{dialog.type} dialog: {dialog.message}")
+        dialog.dismiss()
+
+
+@pytest.fixture
+def open_page(browser, service):
+    """Opens the dashboard at a hash (``#/…``), signed in with ``token`` (put in
+    sessionStorage, as the sign-in form does), or signed out with None."""
+    contexts = []
+    watched = []
+
+    def opener(hash_: str = "#/", token: str | None = OPERATOR, width: int = 1280):
+        context = browser.new_context(viewport={"width": width, "height": 900})
+        contexts.append(context)
+        if token:
+            context.add_init_script(
+                f"sessionStorage.setItem('karmchari.token', {json.dumps(token)})")
+        page = context.new_page()
+        watched.append(Watched(page))
+        page.goto(f"{service.url}/ui/{hash_}")
+        return page
+
+    yield opener
+    for context in contexts:
+        context.close()
+    assert [p for w in watched for p in w.problems] == []
+
+
+def rows(page):
+    return page.locator("#job-rows tr")
+
+
+def row(page, job_id: str):
+    return page.locator(f'#job-rows tr[data-id="{job_id}"]')
+
+
+def register(api, count: int, tag: str, **fields) -> list[str]:
+    return [api.register(fields.get("type", "export"), name=fields.get("name", f"job {i}"),
+                         labels={"run": tag, **fields.get("labels", {})})["id"]
+            for i in range(count)]
+
+
+# -- the jobs table -----------------------------------------------------------
+
+def test_filters_and_cursor_paging(open_page, api, tag):
+    from playwright.sync_api import expect
+
+    ids = register(api, 55, tag, type="upload")
+    for job_id in ids[:5]:
+        api.command(job_id, "pause")
+    page = open_page()
+    page.get_by_label("Label", exact=True).fill(f"run:{tag}")
+    page.get_by_role("button", name="Apply").click()
+    expect(rows(page)).to_have_count(50, timeout=WAIT_MS)
+    shown = rows(page).evaluate_all("rows => rows.map(r => r.dataset.id)")
+    assert shown == ids[::-1][:50]  # newest first
+    assert "label=run" in page.url and "token" not in page.url
+
+    page.get_by_role("button", name="Older").click()
+    expect(rows(page)).to_have_count(5)
+    assert rows(page).evaluate_all("rows => rows.map(r => r.dataset.id)") == ids[4::-1]
+    expect(page.get_by_role("button", name="Older")).to_be_disabled()
+    page.get_by_role("button", name="Newest").click()
+    expect(rows(page)).to_have_count(50)
+
+    page.get_by_label("State", exact=True).select_option("pause")
+    page.get_by_role("button", name="Apply").click()
+    expect(rows(page)).to_have_count(5)
+    expect(page.locator("#job-rows td.requested")).to_have_text(["pause"] * 5)
+    page.get_by_label("Type", exact=True).select_option("export")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.locator("#empty")).to_be_visible()
+
+    # Search by id opens the job page.
+    page.get_by_label("Job id").fill(ids[7])
+    page.get_by_label("Job id").press("Enter")
+    expect(page.locator("#job-fields [data-field=id]")).to_have_text(ids[7])
+    expect(page.locator("#timeline li")).to_have_count(1)
+
+
+def test_pausing_from_the_ui_waits_for_the_worker(open_page, service, api, tag):
+    """"pausing…" until the worker acknowledges with observed_state, then "paused"."""
+    from playwright.sync_api import expect
+
+    ready, go = threading.Event(), threading.Event()
+    box: dict = {}
+
+    def run_job() -> None:
+        try:
+            with Worker.register("export", service.url, token=ADMIN, name="nightly export",
+                                 labels={"run": tag}, worker_name="host-7",
+                                 heartbeat_interval=5) as worker:
+                box["id"] = worker.job_id
+                worker.checkpoint(progress=40)
+                ready.set()
+                go.wait(60)
+                worker.checkpoint(progress=50)  # blocks while paused: acknowledges it
+                while True:
+                    worker.checkpoint()
+                    go.wait(0.05)
+        except JobKilled:
+            box["killed"] = True
+        except BaseException as error:  # noqa: BLE001 - reported by the test
+            box["error"] = error
+            ready.set()
+
+    thread = threading.Thread(target=run_job, daemon=True)
+    thread.start()
+    assert ready.wait(30) and "error" not in box, box
+    page = open_page(f"#/?label=run:{tag}")
+    job = row(page, box["id"])
+    expect(job.locator("td.status")).to_have_text("running", timeout=WAIT_MS)
+    expect(job.locator("td.worker")).to_have_text("host-7")
+
+    job.get_by_role("button", name="Pause job nightly export").click()
+    dialog = page.locator("#command-dialog")
+    expect(dialog).to_be_visible()
+    dialog.get_by_label("Reason").fill("database maintenance")
+    dialog.get_by_role("button", name="Pause").click()
+    expect(job.locator("td.status")).to_have_text("pausing…", timeout=WAIT_MS)
+    expect(job.locator("td.requested")).to_have_text("pause")
+
+    go.set()  # the worker reaches its checkpoint and acknowledges the pause
+    expect(job.locator("td.status")).to_have_text("paused", timeout=WAIT_MS)
+    entry = api.history(box["id"])[-1]
+    assert (entry["command"], entry["actor"], entry["reason"]) == \
+        ("pause", "ops", "database maintenance")
+
+    job.get_by_role("button", name="Resume job nightly export").click()
+    dialog.get_by_role("button", name="Resume").click()
+    expect(job.locator("td.status")).to_have_text("running", timeout=WAIT_MS)
+    job.get_by_role("button", name="Kill job nightly export").click()
+    dialog.get_by_role("button", name="Yes, kill").click()
+    thread.join(30)
+    assert box.get("killed"), box
+    expect(job.locator("td.status")).to_have_text("killed", timeout=WAIT_MS)
+
+
+def test_list_updates_when_another_client_kills_a_job(open_page, api, tag):
+    from playwright.sync_api import expect
+
+    ids = register(api, 3, tag)
+    page = open_page(f"#/?label=run:{tag}")
+    expect(rows(page)).to_have_count(3, timeout=WAIT_MS)
+    page.wait_for_function("() => document.body.dataset.ready === 'true'")
+    api.command(ids[1], "kill", reason="out of quota")
+    # Well before the slow refresh (15 s): the watch brings it.
+    expect(row(page, ids[1]).locator("td.requested")).to_have_text("kill", timeout=WAIT_MS)
+    expect(row(page, ids[1]).locator("td.status")).to_have_text("killed")
+    expect(row(page, ids[0]).locator("td.requested")).to_have_text("start")
+    assert page.evaluate("performance.getEntriesByType('navigation').length") == 1  # no reload
+
+
+def test_kill_asks_for_confirmation_and_records_the_reason(open_page, api, tag):
+    from playwright.sync_api import expect
+
+    (job_id,) = register(api, 1, tag, name="to be killed")
+    page = open_page(f"#/jobs/{job_id}")
+    expect(page.locator("#job-title")).to_contain_text("to be killed", timeout=WAIT_MS)
+    page.locator("#job-actions").get_by_role("button", name="Kill").click()
+    dialog = page.locator("#command-dialog")
+    expect(dialog).to_contain_text("cannot be undone")
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(dialog).to_be_hidden()
+    assert api.get(job_id)["state"] == "start"
+
+    page.locator("#job-actions").get_by_role("button", name="Kill").click()
+    dialog.get_by_label("Reason").fill("wrong input file")
+    dialog.get_by_role("button", name="Yes, kill").click()
+    expect(page.locator("#timeline li")).to_have_count(2, timeout=WAIT_MS)
+    expect(page.locator("#timeline li").last).to_contain_text("wrong input file")
+    expect(page.locator("#timeline li").last).to_contain_text("ops")
+    assert api.get(job_id)["state"] == "kill"
+
+
+def test_values_from_users_are_shown_as_text(open_page, api, tag):
+    from playwright.sync_api import expect
+
+    (job_id,) = register(api, 1, tag, name=HOSTILE, labels={"note": "<script>alert(2)</script>"})
+    api.command(job_id, "pause", reason="<img src=y onerror=alert(3)>")
+    api.heartbeat(job_id, worker="<b onmouseover=alert(4)>w</b>", observed_state="pause")
+    page = open_page(f"#/?label=run:{tag}")
+    job = row(page, job_id)
+    expect(job.locator("td.name")).to_have_text(HOSTILE, timeout=WAIT_MS)
+    expect(job.locator("td.worker")).to_have_text("<b onmouseover=alert(4)>w</b>")
+    expect(job.locator(".chip", has_text="note:")).to_have_text("note:<script>alert(2)</script>")
+    job.locator("td.worker").hover()
+    page.locator(f'a[href="#/jobs/{job_id}"]').click()
+    expect(page.locator("#timeline .reason")).to_have_text("<img src=y onerror=alert(3)>",
+                                                           timeout=WAIT_MS)
+    expect(page.locator("#job-title")).to_contain_text(HOSTILE)
+    # Nothing became markup: no image, script or bold element was made from the data.
+    assert page.locator("main img, main script, main b").count() == 0
+    # (The page's dialog and error listeners fail the test if any alert ran.)
+
+
+def test_reader_token_sees_no_action_and_the_server_refuses_anyway(open_page, api, tag):
+    from playwright.sync_api import expect
+
+    (job_id,) = register(api, 1, tag, name="read only")
+    page = open_page(f"#/?label=run:{tag}", token=None)
+    login = page.locator("#login-dialog")
+    expect(login).to_be_visible(timeout=WAIT_MS)
+    login.get_by_label("Token").fill("not-a-token")
+    login.get_by_role("button", name="Sign in").click()
+    expect(login.locator("#login-error")).to_have_text("This token is not accepted.")
+    login.get_by_label("Token").fill(READER)
+    login.get_by_role("button", name="Sign in").click()
+    expect(rows(page)).to_have_count(1, timeout=WAIT_MS)
+    expect(page.locator("#who")).to_have_text("viewer (reader)")
+    assert page.evaluate("sessionStorage.getItem('karmchari.token')") == READER
+    assert READER not in page.url
+    assert page.evaluate("document.cookie") == ""
+    expect(page.get_by_role("button", name=re.compile("^(Pause|Resume|Kill)"))).to_have_count(0)
+    expect(page.locator("#bulk-bar")).to_be_hidden()
+    expect(page.locator(".select-row")).to_have_count(0)
+    page.locator(f'a[href="#/jobs/{job_id}"]').click()
+    expect(page.locator("#job-fields [data-field=id]")).to_have_text(job_id)
+    expect(page.locator("#job-actions")).to_be_hidden()
+    status = page.evaluate("""async (id) => (await fetch(`/v1/jobs/${id}/commands`, {
+        method: "POST", body: JSON.stringify({command: "pause"}),
+        headers: {"Content-Type": "application/json",
+                  Authorization: "Bearer " + sessionStorage.getItem("karmchari.token")}
+        })).status""", job_id)
+    assert status == 403
+    assert api.get(job_id)["state"] == "start"
+
+
+def test_narrow_window_and_keyboard(open_page, api, tag):
+    """On a phone-sized window the table scrolls inside its box, not the page;
+    the controls are reachable with Tab and have labels."""
+    from playwright.sync_api import expect
+
+    register(api, 2, tag, name="small screen")
+    page = open_page(f"#/?label=run:{tag}", width=380)
+    expect(rows(page)).to_have_count(2, timeout=WAIT_MS)
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    unlabelled = page.evaluate("""() => [...document.querySelectorAll('input, select')]
+        .filter(e => !e.labels?.length && !e.getAttribute('aria-label')).map(e => e.id)""")
+    assert unlabelled == []
+    page.locator("#filter-state").focus()
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "filter-type"
