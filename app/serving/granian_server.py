@@ -101,7 +101,9 @@ def run(config: Config, url: str, shown_store: str, open_files: int) -> None:
         "app.serving.granian_server:worker_app", factory=True, interface=Interfaces.WSGI,
         address=config.host.strip("[]"), port=config.port, workers=config.workers,
         blocking_threads=config.threads, blocking_threads_idle_timeout=5, runtime_threads=1,
-        backlog=1024,
+        # Granian's backpressure is the connections a worker serves at once, idle
+        # ones included: past it, new clients wait. The connection limit, then.
+        backlog=1024, backpressure=config.connection_limit,
         http=HTTPModes.http1, websockets=False,
         # The read buffer holds the request head: its size is the head's limit.
         http1_settings=HTTP1Settings(header_read_timeout=header_timeout * 1000,
