@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import falcon
 
 from app.auth import AuthMiddleware, TokenRegistry
@@ -50,8 +52,9 @@ def create_app(config: Config | None = None, store: JobStore | None = None,
     metrics.watched.set_function(notifier.watched)
     checks = validators(config)
 
-    app = falcon.App(middleware=[ObservabilityMiddleware(metrics), QueryEncodingMiddleware(),
-                                 AuthMiddleware(tokens)])
+    middleware: list[Any] = [ObservabilityMiddleware(metrics), QueryEncodingMiddleware(),
+                             AuthMiddleware(tokens)]
+    app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     app.set_error_serializer(serialize_error)
     domain_errors = make_domain_error_handler(config.retry_after_seconds)

@@ -17,8 +17,18 @@ import falcon
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "admin": frozenset({"read", "register", "command", "finish", "heartbeat", "delete"}),
     "operator": frozenset({"read", "register", "command", "finish"}),
-    "worker": frozenset({"read", "heartbeat", "finish"}),
+    # Heartbeat and finish only the jobs it owns: the scripts check that.
+    "worker": frozenset({"read", "register", "heartbeat", "finish"}),
     "reader": frozenset({"read"}),
+}
+# How a refusal names what was asked.
+ACTIONS = {
+    "read": "read jobs",
+    "register": "register jobs",
+    "command": "command this job",
+    "finish": "command this job",
+    "heartbeat": "send heartbeats",
+    "delete": "delete jobs",
 }
 
 
@@ -29,6 +39,12 @@ class Principal:
 
     def can(self, permission: str) -> bool:
         return permission in ROLE_PERMISSIONS[self.role]
+
+    @property
+    def owner(self) -> str:
+        """The owner this caller registers jobs under, and must be to heartbeat or
+        finish one: its name for a worker token, "" (none, any job) otherwise."""
+        return self.name if self.role == "worker" else ""
 
 
 ANONYMOUS = Principal("", "admin")
@@ -94,12 +110,14 @@ def _unauthorized() -> falcon.HTTPUnauthorized:
         challenges=['Bearer realm="karmchari"'], code="unauthorized")
 
 
-def require(req: falcon.Request, permission: str) -> None:
-    """Refuse with 403 unless the caller may do ``permission``."""
+def require(req: falcon.Request, permission: str, action: str | None = None) -> None:
+    """Refuse with 403 unless the caller may do ``permission``; the refusal names
+    ``action`` (by default the permission's usual action)."""
     if not req.context.principal.can(permission):
         raise falcon.HTTPForbidden(
             title="Forbidden",
-            description=f"role {req.context.principal.role!r} may not {permission}",
+            description=f"role {req.context.principal.role!r} may not "
+                        f"{action or ACTIONS[permission]}",
             code="forbidden")
 
 

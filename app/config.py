@@ -1,15 +1,21 @@
-"""Settings: defaults as class attributes, overridden by ``KARMCHARI_*``
-environment variables, then by command-line options."""
+"""Settings, each declared once: its type (the annotation), default, range, help
+and option name live on the ``Config`` field. The ``KARMCHARI_<NAME>`` environment
+variables, the ``karmchari serve`` flags and the range check at start-up are all
+derived from these declarations (see ``SETTINGS``, ``from_env``, ``app/cli.py``).
+Precedence: defaults, then the environment, then the command line."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 from app.model import DEFAULT_JOB_TYPES
 
 DEFAULT_PORT = 51463
+ENV_PREFIX = "KARMCHARI_"
+DAY = 24 * 3600
 SERVERS = ("waitress", "granian")
 
 
@@ -20,64 +26,106 @@ def _default_data_dir() -> str:
     return str(Path(base) / "karmchari")
 
 
+def setting(default, help: str, *, range: tuple | None = None, metavar: str | None = None,
+            choices: tuple[str, ...] | None = None, old_flag: str | None = None,
+            flag: bool = True):
+    """One setting's declaration. ``range`` is inclusive (min, max); ``flag=False``
+    keeps a setting out of the command line (secrets must not show in ``ps``)."""
+    meta = {"help": help, "range": range, "metavar": metavar, "choices": choices,
+            "old_flag": old_flag, "flag": flag}
+    if callable(default):
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class Config:
     # Listening
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
-    threads: int = 16
-    workers: int = 1
-    # The HTTP server: "waitress" (default, everywhere) or "granian" (karmchari[fast]).
-    server: str = "waitress"
-    # Seconds a drain (SIGTERM/SIGINT) may take before open requests are cut.
-    shutdown_timeout: float = 30.0
+    host: str = setting("127.0.0.1", "address to listen on; any other than loopback needs "
+                        "tokens, or --allow-unauthenticated")
+    port: int = setting(DEFAULT_PORT, "port to listen on (0: any free port)",
+                        range=(0, 65535), old_flag="-port")
+    threads: int = setting(16, "request threads per process", range=(1, 1024))
+    workers: int = setting(1, "processes sharing one listening socket (Linux)", range=(1, 64))
+    server: str = setting("waitress", "the HTTP server; granian needs karmchari[fast]",
+                          choices=SERVERS)
+    shutdown_timeout: float = setting(30.0, "longest drain after SIGTERM/SIGINT before open "
+                                      "requests are cut", range=(0.0, 3600.0),
+                                      metavar="SECONDS")
     # Store: redis_url, shost or redis_sentinel selects an external server; none runs the
     # embedded one.
-    redis_url: str = ""
-    shost: str = ""
-    redis_cluster: bool = False
+    redis_url: str = setting("", "use the Redis at this redis://, rediss:// (TLS) or unix:// "
+                             "URL; wins over --shost", metavar="URL")
+    shost: str = setting("", "use the Redis at HOST:PORT (database 0)", metavar="HOST:PORT",
+                         old_flag="-shost")
+    redis_cluster: bool = setting(False, "the Redis URL names a node of a Redis Cluster")
     # HOST:PORT,... of Sentinels that name the master; redis_url then brings only the
     # master's credentials, database and TLS options (its host and port are not used).
-    redis_sentinel: str = ""
-    sentinel_master: str = "mymaster"
-    redis_socket_timeout: float = 2.0
-    data_dir: str = field(default_factory=_default_data_dir)
-    # The embedded store's server binary; "" chooses (app/embedded.py).
-    store_binary: str = ""
-    key_prefix: str = "kc"
+    redis_sentinel: str = setting("", "ask these Sentinels for the master; --redis-url then "
+                                  "brings only its credentials, database and TLS options",
+                                  metavar="HOST:PORT[,HOST:PORT...]")
+    sentinel_master: str = setting("mymaster", "the master's name at the Sentinels",
+                                   metavar="NAME")
+    redis_socket_timeout: float = setting(2.0, "seconds to wait for one Redis reply or "
+                                          "connection before answering 503",
+                                          range=(0.05, 300.0), metavar="SECONDS")
+    data_dir: str = setting(_default_data_dir, "where the embedded store keeps its data",
+                            metavar="PATH")
+    store_binary: str = setting("", "the embedded store's server (Redis >= 7.0 or Valkey >= "
+                                "7.2); empty: redis-server or valkey-server on PATH if new "
+                                "enough, else the bundled Valkey", metavar="PATH")
+    key_prefix: str = setting("kc", "namespace of the Redis keys", metavar="PREFIX")
     # Jobs
-    job_types: tuple[str, ...] = DEFAULT_JOB_TYPES
-    history_cap: int = 100
-    retention_seconds: int = 7 * 24 * 3600
-    idempotency_ttl: int = 24 * 3600
-    sweep_interval: float = 60.0
+    job_types: tuple[str, ...] = setting(DEFAULT_JOB_TYPES, "the job types accepted, "
+                                         "comma-separated", metavar="TYPE,...")
+    history_cap: int = setting(100, "history entries kept per job", range=(1, 100_000))
+    retention_seconds: int = setting(7 * DAY, "how long finished jobs are kept",
+                                     range=(1, 3650 * DAY), metavar="SECONDS")
+    idempotency_ttl: int = setting(DAY, "how long an Idempotency-Key is remembered",
+                                   range=(1, 365 * DAY), metavar="SECONDS")
+    sweep_interval: float = setting(60.0, "seconds between sweeps of the listing indexes",
+                                    range=(0.1, DAY), metavar="SECONDS")
     # Limits
-    max_body_bytes: int = 64 * 1024
-    max_header_bytes: int = 16 * 1024
-    max_labels: int = 16
-    max_label_chars: int = 256
-    max_text_chars: int = 1024
-    max_batch: int = 500
-    max_list_limit: int = 500
-    max_wait_seconds: float = 60.0
-    # Waiting requests (long-polls and watches) per process; each holds a request
-    # thread. 0: half the threads, so the other half stays free for ordinary requests.
-    max_waiters: int = 0
-    max_watch_jobs: int = 1000  # jobs in one POST /v1/watch
-    # Open connections per process (waitress; granian is bounded by the open-files limit).
-    connection_limit: int = 10_000
-    # Seconds an idle keep-alive connection stays open.
-    idle_timeout: int = 60
-    # Seconds a client may take to send a request head (granian).
-    header_timeout: int = 30
-    retry_after_seconds: int = 1
+    max_body_bytes: int = setting(64 * 1024, "largest request body",
+                                  range=(64, 64 * 1024 * 1024), metavar="BYTES")
+    max_header_bytes: int = setting(16 * 1024, "largest request head",
+                                    range=(1024, 1024 * 1024), metavar="BYTES")
+    max_labels: int = setting(16, "labels per job", range=(0, 1000))
+    max_label_chars: int = setting(256, "characters per label key or value",
+                                   range=(1, 65536))
+    max_text_chars: int = setting(1024, "characters of a reason, message or name",
+                                  range=(1, 1024 * 1024))
+    max_batch: int = setting(500, "items in one batch request", range=(1, 100_000))
+    max_list_limit: int = setting(500, "largest page of a listing", range=(1, 100_000))
+    max_wait_seconds: float = setting(60.0, "longest long-poll wait", range=(0.0, 3600.0),
+                                      metavar="SECONDS")
+    # Each waiting request holds a request thread; by default the other half of the
+    # threads stays free for ordinary requests.
+    max_waiters: int = setting(0, "waiting requests (long-polls and watches) per process; "
+                               "past it 429 (0: half the threads)", range=(0, 100_000),
+                               metavar="N")
+    max_watch_jobs: int = setting(1000, "jobs in one POST /v1/watch", range=(1, 100_000),
+                                  metavar="N")
+    connection_limit: int = setting(10_000, "open connections per process (waitress; granian "
+                                    "is bounded by the open-files limit)",
+                                    range=(1, 1_000_000))
+    idle_timeout: int = setting(60, "seconds an idle keep-alive connection stays open",
+                                range=(1, DAY), metavar="SECONDS")
+    header_timeout: int = setting(30, "longest wait for a request head (granian)",
+                                  range=(1, 3600), metavar="SECONDS")
+    retry_after_seconds: int = setting(1, "Retry-After of a 503", range=(0, 3600),
+                                       metavar="SECONDS")
     # Security
-    tokens: str = ""
-    tokens_file: str = ""
-    allow_unauthenticated: bool = False
+    tokens: str = setting("", "bearer tokens, name:role:token,...", flag=False)
+    tokens_file: str = setting("", "lines of 'name role sha256-hex-of-token', so the file "
+                               "holds no secret", metavar="PATH")
+    allow_unauthenticated: bool = setting(False, "listen beyond loopback without tokens "
+                                          "(dangerous)")
     # The address of a reverse proxy whose X-Forwarded-For/-Proto waitress may believe.
-    trusted_proxy: str = ""
-    log_level: str = "info"
+    trusted_proxy: str = setting("", "address of a reverse proxy whose X-Forwarded-For and "
+                                 "-Proto are believed", metavar="ADDRESS")
+    log_level: str = setting("info", "log level",
+                             choices=("debug", "info", "warning", "error"))
 
     @property
     def store_url(self) -> str:
@@ -100,49 +148,90 @@ class Config:
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> Config:
-        """``KARMCHARI_<FIELD>`` for every field (``KARMCHARI_JOB_TYPES`` is a
-        comma-separated list); ``overrides`` win over the environment."""
-        environ = os.environ if environ is None else environ
+        """``KARMCHARI_<NAME>`` for every setting; ``overrides`` (the command line)
+        win over the environment. Raises ValueError naming the variable or option."""
+        env: Mapping[str, str] = os.environ if environ is None else environ
         values: dict = {}
-        for f in fields(cls):
-            raw = environ.get(f"KARMCHARI_{f.name.upper()}")
+        for s in SETTINGS:
+            raw = env.get(s.env)
             if raw is not None and raw != "":
-                values[f.name] = parse_value(f.name, raw)
+                values[s.name] = s.parse(raw, s.env)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
     def __post_init__(self) -> None:
-        """Refuse a malformed setting at start-up, not at the first request."""
-        if self.server not in SERVERS:
-            raise ValueError(f"KARMCHARI_SERVER: not one of {', '.join(SERVERS)}: "
-                             f"{self.server!r}")
-        if self.max_waiters < 0:
-            raise ValueError("KARMCHARI_MAX_WAITERS: must be 0 (half the threads) or more")
-        if self.max_watch_jobs < 1:
-            raise ValueError("KARMCHARI_MAX_WATCH_JOBS: must be at least 1")
+        """Refuse a value out of range or a malformed Sentinel list at start-up, not at
+        the first request."""
+        for s in SETTINGS:
+            s.check(getattr(self, s.name))
         if self.redis_sentinel:
             parse_addresses(self.redis_sentinel)
             if self.redis_cluster:
                 raise ValueError("--redis-sentinel and --redis-cluster exclude each other")
 
 
-def parse_value(name: str, raw: str):
-    kind = {f.name: f.type for f in fields(Config)}[name]
-    if kind == "bool":
-        lowered = raw.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"KARMCHARI_{name.upper()}: not a boolean: {raw!r}")
-    if kind in ("int", "float"):
-        try:
-            return int(raw) if kind == "int" else float(raw)
-        except ValueError:
-            raise ValueError(f"KARMCHARI_{name.upper()}: not a number: {raw!r}") from None
-    if kind.startswith("tuple"):
-        return tuple(t.strip() for t in raw.split(",") if t.strip())
-    return raw
+class Setting:
+    """A view of one declared ``Config`` field."""
+
+    def __init__(self, f) -> None:
+        self.name: str = f.name
+        self.kind: str = f.type if isinstance(f.type, str) else f.type.__name__
+        self.default = f.default_factory() if f.default is MISSING else f.default
+        meta = f.metadata
+        self.help: str = meta["help"]
+        self.range: tuple | None = meta["range"]
+        self.metavar: str | None = meta["metavar"]
+        self.choices: tuple[str, ...] | None = meta["choices"]
+        self.old_flag: str | None = meta["old_flag"]
+        self.flag: bool = meta["flag"]
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def range_text(self) -> str:
+        low, high = self.range
+        return f"{low} to {high}" if self.kind == "int" else f"{low:g} to {high:g}"
+
+    def parse(self, raw: str, source: str):
+        """Text (an environment value or a flag's argument) as this setting's type."""
+        if self.kind == "bool":
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"{source}: not a boolean: {raw!r}")
+        if self.kind in ("int", "float"):
+            try:
+                return int(raw) if self.kind == "int" else float(raw)
+            except ValueError:
+                raise ValueError(f"{source}: not a number: {raw!r}") from None
+        if self.kind.startswith("tuple"):
+            return tuple(t.strip() for t in raw.split(",") if t.strip())
+        if self.choices and raw not in self.choices:
+            raise ValueError(f"{source}: must be one of {', '.join(self.choices)}: {raw!r}")
+        return raw
+
+    def check(self, value) -> None:
+        if self.choices and value not in self.choices:
+            raise ValueError(f"{self.option} ({self.env}) must be one of "
+                             f"{', '.join(self.choices)}, not {value!r}")
+        if self.range is None:
+            return
+        low, high = self.range
+        # float('nan') compares false with everything, so test for "inside", not "outside".
+        if not (isinstance(value, int | float) and low <= value <= high):
+            raise ValueError(f"{self.option} ({self.env}) must be from {self.range_text}, "
+                             f"not {value!r}")
+
+
+SETTINGS: tuple[Setting, ...] = tuple(Setting(f) for f in fields(Config))
 
 
 def parse_addresses(text: str) -> list[tuple[str, int]]:

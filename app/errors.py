@@ -15,6 +15,7 @@ class ScriptCode(enum.IntEnum):
     STALE_READ = -5
     IDEMPOTENCY_KEY_REUSED = -6
     NOT_DUE = -7
+    NOT_OWNER = -8
 
 
 class KarmchariError(Exception):
@@ -56,10 +57,28 @@ class NotDue(KarmchariError):
     code = "not_due"
 
 
+class NotOwner(KarmchariError):
+    """A worker token touched a job it did not register."""
+
+    code = "not_owner"
+
+
+def not_owner_detail(owner: str) -> str:
+    return (f"worker {owner!r} may heartbeat and finish only the jobs it registered; "
+            "this job is not one of them")
+
+
 class StoreUnavailable(KarmchariError):
     """Redis cannot answer now (down, loading, busy, out of memory, read-only)."""
 
     code = "store_unavailable"
+
+
+class OutcomeUnknown(StoreUnavailable):
+    """A write was sent to Redis but no reply came (a timeout, a lost connection):
+    it may or may not have been applied."""
+
+    code = "outcome_unknown"
 
 
 _BY_CODE: dict[ScriptCode, type[KarmchariError]] = {
@@ -70,6 +89,7 @@ _BY_CODE: dict[ScriptCode, type[KarmchariError]] = {
     ScriptCode.STALE_READ: StaleRead,
     ScriptCode.IDEMPOTENCY_KEY_REUSED: IdempotencyKeyReused,
     ScriptCode.NOT_DUE: NotDue,
+    ScriptCode.NOT_OWNER: NotOwner,
 }
 
 

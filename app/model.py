@@ -6,7 +6,7 @@ imports it. ``lua/applyCommand-10.lua`` and ``lua/applyCommands-8.lua`` enforce
 the same table atomically (Lua cannot import it): tests/test_scripts.py drives
 every (state, command) pair through the scripts and compares with ``outcome()``. The
 standard-library client keeps its own copy of the state names
-(karmchari_client/worker.py), checked against this one by tests/test_transitions.py.
+(client/karmchari_client/worker.py), checked against this one by tests/test_transitions.py.
 """
 
 from __future__ import annotations
@@ -111,6 +111,9 @@ class Job:
     heartbeat_at: int | None = None
     observed_state: str = ""
     ended_at: int | None = None
+    # The worker token that registered the job; "" when none (registered without
+    # auth, or by an operator or admin): then only operators and admins end it.
+    owner: str = ""
 
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> Job:
@@ -125,6 +128,7 @@ class Job:
             heartbeat_at=_int_or_none(h.get("heartbeat_at")),
             observed_state=h.get("observed_state", ""),
             ended_at=_int_or_none(h.get("ended_at")),
+            owner=h.get("owner", ""),
         )
 
     def stalled(self, now_ms: int) -> bool:

@@ -43,9 +43,24 @@ def _problem(description: str) -> dict:
 _COMMON = {
     "400": _problem("Malformed or invalid input"),
     "401": _problem("Missing or unknown bearer token"),
-    "403": _problem("The token's role may not do this"),
-    "503": _problem("Redis is unavailable; retry after Retry-After seconds"),
+    "403": _problem("The token's role may not do this (forbidden), or a worker token "
+                    "touched a job it does not own (not_owner)"),
+    "503": _problem("Redis is unavailable; retry after Retry-After seconds. "
+                    "store_unavailable: nothing was applied; outcome_unknown: a change was "
+                    "sent and may have been applied (retry with the same Idempotency-Key)"),
 }
+
+
+def _idempotency_key(description: str) -> dict:
+    return {"name": "Idempotency-Key", "in": "header", "required": False,
+            "description": description,
+            "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN}}
+
+
+_REGISTER_KEY = _idempotency_key("Retrying with the same key returns the same job (for the "
+                                 "idempotency TTL, 24 hours by default)")
+_COMMAND_KEY = _idempotency_key("Retrying the same command with the same key applies it "
+                                "once (while it is among the job's last 4 changes)")
 # Bodies far over the limit are refused by the HTTP server itself, in plain text.
 _BODY_ERRORS = {"413": {"description": "Body too large",
                         "content": {**_problem("")["content"], **_TEXT}},
@@ -70,11 +85,13 @@ def build_openapi(config: Config) -> dict:
     paths = {
         "/registerJob": {"post": {
             "summary": "Register a job (old API)", "tags": ["old API"],
+            "parameters": [_REGISTER_KEY],
             "requestBody": legacy_form({"type": {"type": "string",
                                                  "enum": list(config.job_types)}}, ["type"]),
             "responses": {"200": {"description": "`Created! id = <id>`", "content": _TEXT},
                           "400": text_error, "401": text_error, "403": text_error,
-                          "415": text_error, "413": text_error, "503": text_error}}},
+                          "404": text_error, "415": text_error, "413": text_error,
+                          "422": text_error, "503": text_error}}},
         "/jobState": {
             "get": {"summary": "Read a job's state (old API)", "tags": ["old API"],
                     "parameters": [{"name": "id", "in": "query", "required": True,
@@ -83,6 +100,7 @@ def build_openapi(config: Config) -> dict:
                                   "400": text_error, "401": text_error, "403": text_error,
                                   "404": text_error, "503": text_error}},
             "post": {"summary": "Send a command to a job (old API)", "tags": ["old API"],
+                     "parameters": [_COMMAND_KEY],
                      "requestBody": legacy_form(
                          {"id": legacy_id,
                           "command": {"type": "string", "enum": list(COMMANDS)}},
@@ -96,11 +114,7 @@ def build_openapi(config: Config) -> dict:
         "/v1/jobs": {
             "post": {
                 "summary": "Register a job", "tags": ["jobs"],
-                "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                                "description": "Retrying with the same key returns the "
-                                               "same job (for 24 hours)",
-                                "schema": {"type": "string",
-                                           "pattern": IDEMPOTENCY_KEY_PATTERN}}],
+                "parameters": [_REGISTER_KEY],
                 "requestBody": {"required": True, "content": _json("RegisterJob")},
                 "responses": _responses(
                     {"201": {"description": "Registered", "content": _json("Job")},
@@ -183,7 +197,8 @@ def build_openapi(config: Config) -> dict:
                 "tags": ["jobs"],
                 "parameters": [{"name": "If-Match", "in": "header",
                                 "description": "Apply only if the job is at this version",
-                                "schema": {"type": "string", "pattern": IF_MATCH_PATTERN}}],
+                                "schema": {"type": "string", "pattern": IF_MATCH_PATTERN}},
+                               _COMMAND_KEY],
                 "requestBody": {"required": True, "content": _json("Command")},
                 "responses": _responses(
                     {"200": {"description": "The job after the command",

@@ -12,6 +12,7 @@ def job_json(job: Job, now_ms: int) -> dict:
         "state": job.state,
         "version": job.version,
         "name": job.name,
+        "owner": job.owner or None,
         "labels": job.labels,
         "created_at": format_time(job.created_at),
         "updated_at": format_time(job.updated_at),

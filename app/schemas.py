@@ -203,6 +203,10 @@ RESPONSE_SCHEMAS: dict[str, dict] = {
             "state": {"type": "string", "enum": list(STATES)},
             "version": {"type": "integer", "minimum": 1},
             "name": {"type": "string"},
+            "owner": {"type": ["string", "null"],
+                      "description": "The worker token that registered the job, the only "
+                                     "worker that may heartbeat and finish it; null: none "
+                                     "(only operators and admins end it)."},
             "labels": {"type": "object", "additionalProperties": {"type": "string"}},
             "created_at": {"type": "string", "format": "date-time"},
             "updated_at": {"type": "string", "format": "date-time"},
@@ -313,7 +317,11 @@ RESPONSE_SCHEMAS: dict[str, dict] = {
         "properties": {"id": {"type": "string"}, "found": {"type": "boolean"},
                        "state": {"type": "string", "enum": list(STATES)},
                        "version": {"type": "integer"},
-                       "observed_state": {"type": "string"}},
+                       "observed_state": {"type": "string"},
+                       "status": {"type": "integer", "description": "403 for an item this "
+                                  "batch may not heartbeat (nothing recorded for it)"},
+                       "code": {"type": "string", "enum": ["not_owner"]},
+                       "detail": {"type": "string"}},
     },
     "HeartbeatAnswers": {
         "type": "object",

@@ -28,6 +28,8 @@
              when the client library retries the call after a lost connection
              ("" or absent: none). The job keeps the ids of its last 4 changes
              (field "ops"), so a retry of a change already made changes nothing.
+    ARGV[9]  required owner: "" for a caller who may command any job; else the
+             caller's name, which must be the job's owner (a worker token)
 
   Output (app/store/scripts.py ApplyCommandCode):
     { 1, job hash as a flat array, now }   CHANGED: the state changed (now, or by
@@ -39,6 +41,7 @@
     { -3, state, version }            VERSION_MISMATCH: version differs from ARGV[4]
     { -4, state, version }            ILLEGAL_TRANSITION: the job is in a terminal
                                       state (app/model.py outcome())
+    { -8 }                            NOT_OWNER: the caller is not the job's owner
 ]]
 local rcall = redis.call
 local jobKey, histKey = KEYS[1], KEYS[2]
@@ -55,10 +58,14 @@ local nowMs = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 -- Preconditions, before the first write.
 local job = rcall("HMGET", jobKey, "id", "state", "version", "score", "heartbeat_timeout",
-                  "ops")
+                  "ops", "owner")
 local id, state, version = job[1], job[2], tonumber(job[3])
 if not id then
   return { -1 }
+end
+local requiredOwner = ARGV[9] or ""
+if requiredOwner ~= "" and (job[7] or "") ~= requiredOwner then
+  return { -8 }
 end
 -- A retry of a change already made (other changes may have come since).
 if op ~= "" and string.find(" " .. (job[6] or "") .. " ", " " .. op .. " ", 1, true) then

@@ -8,7 +8,9 @@
     KEYS[1]     heartbeat deadlines   {kc:s}:deadline
     KEYS[2..n]  job hashes            {kc:s}:job:<id>
 
-    ARGV, five per job, in the order of KEYS[2..n]:
+    ARGV[1]     required owner: "" for a caller who may heartbeat any job; else the
+                caller's name, which must be each job's owner (a worker token)
+    then ARGV, five per job, in the order of KEYS[2..n]:
       mask            which of the next four were sent: 1 worker, 2 progress,
                       4 message, 8 observed_state
       worker, progress, message, observed_state   ("" when not sent)
@@ -17,6 +19,8 @@
   (app/store/scripts.py RecordHeartbeatsCode):
     { state, version, observed_state, heartbeat_timeout }   recorded
     { -1 }                                                   JOB_NOT_FOUND
+    { -8 }                                                   NOT_OWNER: that job is
+                                                             not written
   Jobs in a terminal state are answered but not updated, with one exception:
   a killed job records observed_state "kill", the worker's acknowledgement
   that it has stopped (so a reader can tell "kill requested" from "stopped").
@@ -29,19 +33,22 @@ local bits = { 1, 2, 4, 8 }
 local jobs = {}
 for i = 2, #KEYS do
   jobs[i] = rcall("HMGET", KEYS[i], "id", "state", "version", "observed_state",
-                  "heartbeat_timeout")
+                  "heartbeat_timeout", "owner")
 end
 
 local t = rcall("TIME")
 local nowMs = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local requiredOwner = ARGV[1]
 local answers = {}
 for i = 2, #KEYS do
   local job = jobs[i]
   if not job[1] then
     answers[i - 1] = { -1 }
+  elseif requiredOwner ~= "" and (job[6] or "") ~= requiredOwner then
+    answers[i - 1] = { -8 }
   else
     local state, observed, timeout = job[2], job[4] or "", tonumber(job[5])
-    local base = (i - 2) * 5
+    local base = 1 + (i - 2) * 5
     local mask = tonumber(ARGV[base + 1])
     if state == "start" or state == "pause" then
       local update = { "heartbeat_at", nowMs }

@@ -24,6 +24,8 @@
     ARGV[8]  idempotency record TTL in seconds (0: no Idempotency-Key)
     ARGV[9]  request fingerprint stored with the idempotency record
     ARGV[10] event channel (sharded pub/sub)
+    ARGV[11] owner: the name of the worker token that registers it ("" for none);
+             only that worker may heartbeat and finish the job
 
   Output (app/store/scripts.py RegisterJobCode):
     { 1, job hash as a flat array }   CREATED
@@ -66,7 +68,7 @@ local timeout = tonumber(ARGV[5])
 rcall("HSET", jobKey,
   "id", id, "type", ARGV[2], "state", "start", "version", 1,
   "created_at", nowMs, "updated_at", nowMs, "name", ARGV[3], "labels", ARGV[4],
-  "heartbeat_timeout", timeout, "score", score)
+  "heartbeat_timeout", timeout, "score", score, "owner", ARGV[11] or "")
 rcall("ZADD", KEYS[3], score, id)
 rcall("ZADD", KEYS[4], score, id)
 rcall("ZADD", KEYS[5], score, id)

@@ -8,6 +8,7 @@ import base64
 import hashlib
 import os
 import subprocess
+import threading
 import urllib.error
 import urllib.request
 import uuid
@@ -22,25 +23,35 @@ from app.app import build_store, create_app
 from app.auth import TokenConfigError, TokenRegistry
 from app.config import Config
 from app.store import JobStore
+from karmchari_client import ApiError, Client, JobKilled, Worker
 from tests.servers import ROOT, ServiceProcess, karmchari_command
+from tests.waiting import eventually
 
 TOKENS = {  # role: (name, token)
-    "admin": ("ada", "tok-admin-5d1e"),
-    "operator": ("otto", "tok-operator-77a0"),
-    "worker": ("wim", "tok-worker-c3b9"),
-    "reader": ("rea", "tok-reader-0f42"),
+    "admin": ("ada", "tok-admin-5d1e-8c2a40"),
+    "operator": ("otto", "tok-operator-77a0-19fe"),
+    "worker": ("wim", "tok-worker-c3b9-5a7d1e"),
+    "reader": ("rea", "tok-reader-0f42-b6e390"),
 }
 ROLES = tuple(TOKENS)
+# A second worker, to touch the first one's jobs.
+OTHER_WORKER = ("wendy", "tok-worker-2-e0d4c7a9")
 # SPEC §7, written out here rather than read from app.auth, so the code is checked against it.
+# On a job with no owner (registered without auth, or by an operator or admin):
 ALLOWED = {
     "read": {"admin", "operator", "worker", "reader"},
-    "register": {"admin", "operator"},
+    "register": {"admin", "operator", "worker"},
     "command": {"admin", "operator"},
-    "finish": {"admin", "operator", "worker"},  # done and fail
-    "heartbeat": {"admin", "worker"},
+    "finish": {"admin", "operator"},  # done and fail
+    "heartbeat": {"admin"},
     "delete": {"admin"},
 }
+# On a job its worker registered: that worker may heartbeat and finish it too.
+ALLOWED_ON_OWN_JOB = {**ALLOWED, "finish": {"admin", "operator", "worker"},
+                      "heartbeat": {"admin", "worker"}}
 OPEN_ROUTES = {"/healthz", "/readyz", "/openapi.json"}
+# The dashboard's static files and the redirect to them: no data, open too.
+DASHBOARD_ROUTES = {"/", "/ui", "/ui/{name}"}
 FORM = "application/x-www-form-urlencoded"
 
 
@@ -50,6 +61,9 @@ def sha256_hex(token: str) -> str:
 
 def tokens_env(*roles: str) -> str:
     return ",".join(f"{TOKENS[r][0]}:{r}:{TOKENS[r][1]}" for r in roles)
+
+
+OTHER_WORKER_ENV = f"{OTHER_WORKER[0]}:worker:{OTHER_WORKER[1]}"
 
 
 def tokens_file_text(*roles: str) -> str:
@@ -64,8 +78,8 @@ def bearer(role: str) -> dict:
 
 # -- one call per route, method and permission ----------------------------------
 
-def new_job(store: JobStore, command: str | None = None) -> str:
-    job_id = store.register("teams")[0].id
+def new_job(store: JobStore, command: str | None = None, owner: str = "") -> str:
+    job_id = store.register("teams", owner=owner)[0].id
     if command:
         store.apply_command(job_id, command)
     return job_id
@@ -75,9 +89,10 @@ def new_job(store: JobStore, command: str | None = None) -> str:
 class Call:
     label: str
     permission: str
-    # Prepares what the call needs (a job in the right state) and returns
-    # method, path and falcon simulate_request keyword arguments.
-    prepare: Callable[[JobStore], tuple[str, str, dict]]
+    # Prepares what the call needs (a job in the right state, owned by the
+    # given worker name or by none) and returns method, path and falcon
+    # simulate_request keyword arguments.
+    prepare: Callable[..., tuple[str, str, dict]]
     success: int = 200
 
 
@@ -86,58 +101,64 @@ def _form(**values: str) -> dict:
             "headers": {"Content-Type": FORM}}
 
 
+def _v1(command: str, state: str | None = None, **extra: str):
+    return lambda s, o="": ("POST", f"/v1/jobs/{new_job(s, state, o)}/commands",
+                            {"json": {"command": command, **extra}})
+
+
+def _old(command: str, state: str | None = None):
+    return lambda s, o="": ("POST", "/jobState", _form(id=new_job(s, state, o), command=command))
+
+
 CALLS = [
-    Call("POST /registerJob", "register", lambda s: ("POST", "/registerJob", _form(type="teams"))),
+    Call("POST /registerJob", "register",
+         lambda s, o="": ("POST", "/registerJob", _form(type="teams"))),
     Call("GET /jobState", "read",
-         lambda s: ("GET", "/jobState", {"query_string": f"id={new_job(s)}"})),
-    Call("POST /jobState pause", "command",
-         lambda s: ("POST", "/jobState", _form(id=new_job(s), command="pause"))),
-    Call("POST /jobState start (resume)", "command",
-         lambda s: ("POST", "/jobState", _form(id=new_job(s, "pause"), command="start"))),
-    Call("POST /jobState kill", "command",
-         lambda s: ("POST", "/jobState", _form(id=new_job(s), command="kill"))),
-    Call("POST /jobState done", "finish",
-         lambda s: ("POST", "/jobState", _form(id=new_job(s), command="done"))),
-    Call("POST /jobState fail", "finish",
-         lambda s: ("POST", "/jobState", _form(id=new_job(s), command="fail"))),
+         lambda s, o="": ("GET", "/jobState", {"query_string": f"id={new_job(s, owner=o)}"})),
+    Call("POST /jobState pause", "command", _old("pause")),
+    Call("POST /jobState start (resume)", "command", _old("start", "pause")),
+    Call("POST /jobState kill", "command", _old("kill")),
+    Call("POST /jobState done", "finish", _old("done")),
+    Call("POST /jobState fail", "finish", _old("fail")),
     Call("POST /v1/jobs", "register",
-         lambda s: ("POST", "/v1/jobs", {"json": {"type": "teams"}}), 201),
-    Call("GET /v1/jobs", "read", lambda s: ("GET", "/v1/jobs", {})),
-    Call("GET /v1/jobs/{id}", "read", lambda s: ("GET", f"/v1/jobs/{new_job(s)}", {})),
+         lambda s, o="": ("POST", "/v1/jobs", {"json": {"type": "teams"}}), 201),
+    Call("GET /v1/jobs", "read", lambda s, o="": ("GET", "/v1/jobs", {})),
+    Call("GET /v1/jobs/{id}", "read",
+         lambda s, o="": ("GET", f"/v1/jobs/{new_job(s, owner=o)}", {})),
     Call("GET /v1/jobs/{id} long-poll", "read",
-         lambda s: ("GET", f"/v1/jobs/{new_job(s)}", {"query_string": "wait=0&version=0"})),
+         lambda s, o="": ("GET", f"/v1/jobs/{new_job(s, owner=o)}",
+                          {"query_string": "wait=0&version=0"})),
     Call("DELETE /v1/jobs/{id}", "delete",
-         lambda s: ("DELETE", f"/v1/jobs/{new_job(s, 'kill')}", {}), 204),
-    Call("POST /v1/jobs/{id}/commands pause", "command",
-         lambda s: ("POST", f"/v1/jobs/{new_job(s)}/commands", {"json": {"command": "pause"}})),
-    Call("POST /v1/jobs/{id}/commands start", "command",
-         lambda s: ("POST", f"/v1/jobs/{new_job(s, 'pause')}/commands",
-                    {"json": {"command": "start"}})),
-    Call("POST /v1/jobs/{id}/commands kill", "command",
-         lambda s: ("POST", f"/v1/jobs/{new_job(s)}/commands", {"json": {"command": "kill"}})),
-    Call("POST /v1/jobs/{id}/commands done", "finish",
-         lambda s: ("POST", f"/v1/jobs/{new_job(s)}/commands", {"json": {"command": "done"}})),
-    Call("POST /v1/jobs/{id}/commands fail", "finish",
-         lambda s: ("POST", f"/v1/jobs/{new_job(s)}/commands",
-                    {"json": {"command": "fail", "reason": "disk full"}})),
+         lambda s, o="": ("DELETE", f"/v1/jobs/{new_job(s, 'kill', o)}", {}), 204),
+    Call("POST /v1/jobs/{id}/commands pause", "command", _v1("pause")),
+    Call("POST /v1/jobs/{id}/commands start", "command", _v1("start", "pause")),
+    Call("POST /v1/jobs/{id}/commands kill", "command", _v1("kill")),
+    Call("POST /v1/jobs/{id}/commands done", "finish", _v1("done")),
+    Call("POST /v1/jobs/{id}/commands fail", "finish", _v1("fail", reason="disk full")),
     Call("GET /v1/jobs/{id}/history", "read",
-         lambda s: ("GET", f"/v1/jobs/{new_job(s)}/history", {})),
+         lambda s, o="": ("GET", f"/v1/jobs/{new_job(s, owner=o)}/history", {})),
     Call("POST /v1/jobs/{id}/heartbeat", "heartbeat",
-         lambda s: ("POST", f"/v1/jobs/{new_job(s)}/heartbeat", {"json": {"progress": 10}})),
+         lambda s, o="": ("POST", f"/v1/jobs/{new_job(s, owner=o)}/heartbeat",
+                          {"json": {"progress": 10}})),
     Call("POST /v1/heartbeats", "heartbeat",
-         lambda s: ("POST", "/v1/heartbeats", {"json": {"heartbeats": [{"id": new_job(s)}]}})),
+         lambda s, o="": ("POST", "/v1/heartbeats",
+                          {"json": {"heartbeats": [{"id": new_job(s, owner=o)}]}})),
     Call("POST /v1/watch", "read",
-         lambda s: ("POST", "/v1/watch", {"json": {"jobs": {new_job(s): 0}, "wait": 0}})),
-    Call("GET /metrics", "read", lambda s: ("GET", "/metrics", {})),
+         lambda s, o="": ("POST", "/v1/watch",
+                          {"json": {"jobs": {new_job(s, owner=o): 0}, "wait": 0}})),
+    Call("GET /metrics", "read", lambda s, o="": ("GET", "/metrics", {})),
+    Call("GET /v1/whoami", "read", lambda s, o="": ("GET", "/v1/whoami", {})),
     Call("POST /v1/jobs/commands pause by ids", "command",
-         lambda s: ("POST", "/v1/jobs/commands",
-                    {"json": {"command": "pause", "ids": [new_job(s)]}})),
+         lambda s, o="": ("POST", "/v1/jobs/commands",
+                          {"json": {"command": "pause", "ids": [new_job(s, owner=o)]}})),
     # Even done and fail: a worker reports on its own job, never on a set of them.
     Call("POST /v1/jobs/commands done by filter", "command",
-         lambda s: ("POST", "/v1/jobs/commands",
-                    {"json": {"command": "done", "where": {"state": "start"}}})),
-    Call("GET /v1/stats", "read", lambda s: ("GET", "/v1/stats", {})),
+         lambda s, o="": ("POST", "/v1/jobs/commands",
+                          {"json": {"command": "done", "where": {"state": "start"}}})),
+    Call("GET /v1/stats", "read", lambda s, o="": ("GET", "/v1/stats", {})),
 ]
+# The calls whose outcome for a worker depends on who owns the job.
+OWNED_CALLS = [c for c in CALLS if c.permission in ("finish", "heartbeat")]
 
 UNAUTHENTICATED = {
     "no header": None,
@@ -196,7 +217,8 @@ def tokens_file(tmp_path_factory):
 def auth_app(redis_url, module_prefix, tokens_file):
     """The whole app with admin and operator tokens from KARMCHARI_TOKENS and
     worker and reader tokens (as hashes) from a tokens file."""
-    config = Config.from_env({"KARMCHARI_TOKENS": tokens_env("admin", "operator"),
+    config = Config.from_env({"KARMCHARI_TOKENS": tokens_env("admin", "operator") + ","
+                              + OTHER_WORKER_ENV,
                               "KARMCHARI_TOKENS_FILE": str(tokens_file)},
                              redis_url=redis_url, key_prefix=module_prefix, threads=4)
     store = build_store(config, redis_url)
@@ -254,9 +276,31 @@ def test_every_unauthenticated_case_gets_the_same_answer(auth_app, spec):
         assert '"code": "unauthorized"' in body
 
 
+def batch_results(response) -> list | None:
+    if response.headers.get("content-type", "").startswith("application/json"):
+        return response.json.get("results")
+    return None
+
+
+def assert_refused(response, code: str, before: dict, after: dict) -> None:
+    """403 with ``code``, nothing written; in a batch, 200 with the item refused."""
+    assert after == before
+    if batch_results(response) is not None:
+        assert response.status_code == 200, response.text
+        [item] = batch_results(response)
+        assert (item["status"], item["code"]) == (403, code), item
+        return
+    assert response.status_code == 403, response.text
+    if response.headers["content-type"].startswith("text/plain"):  # the old API
+        assert response.text.startswith("role" if code == "forbidden" else "worker")
+    else:
+        assert response.json["code"] == code
+
+
 @pytest.mark.parametrize("spec", CALLS, ids=lambda c: c.label)
 @pytest.mark.parametrize("role", ROLES)
 def test_each_role_is_allowed_or_forbidden(auth_app, admin_redis, module_prefix, spec, role):
+    """On jobs with no owner: only operators and admins end them."""
     client, store = auth_app
     admin = admin_redis
     method, path, kwargs = spec.prepare(store)
@@ -265,14 +309,34 @@ def test_each_role_is_allowed_or_forbidden(auth_app, admin_redis, module_prefix,
     response = client.simulate_request(method, path, headers=headers, **kwargs)
     if role in ALLOWED[spec.permission]:
         assert response.status_code == spec.success, response.text
+        assert "code" not in (batch_results(response) or [{}])[0]
+    elif role == "worker" and spec in OWNED_CALLS:  # allowed on its own jobs only
+        assert_refused(response, "not_owner", before, key_contents(admin, module_prefix))
     else:
-        assert response.status_code == 403, response.text
-        assert key_contents(admin, module_prefix) == before
-        if path in ("/registerJob", "/jobState"):
-            assert response.headers["content-type"].startswith("text/plain")
-        else:
-            assert response.json["code"] == "forbidden"
-            assert role in response.json["detail"]
+        assert_refused(response, "forbidden", before, key_contents(admin, module_prefix))
+        assert f"role {role!r} may not " in response.text
+
+
+@pytest.mark.parametrize("spec", OWNED_CALLS, ids=lambda c: c.label)
+@pytest.mark.parametrize("role", [*ROLES, "other worker"])
+def test_on_a_job_a_worker_owns(auth_app, admin_redis, module_prefix, spec, role):
+    """Its worker may heartbeat and finish it; another worker gets not_owner and
+    changes nothing; operators and admins keep their rights."""
+    client, store = auth_app
+    method, path, kwargs = spec.prepare(store, TOKENS["worker"][0])
+    before = key_contents(admin_redis, module_prefix)
+    token = OTHER_WORKER[1] if role == "other worker" else TOKENS[role][1]
+    headers = {**kwargs.pop("headers", {}), "Authorization": f"Bearer {token}"}
+    response = client.simulate_request(method, path, headers=headers, **kwargs)
+    if role in ALLOWED_ON_OWN_JOB[spec.permission]:
+        assert response.status_code == spec.success, response.text
+        assert "code" not in (batch_results(response) or [{}])[0]
+        assert key_contents(admin_redis, module_prefix) != before
+    elif role == "other worker":
+        assert_refused(response, "not_owner", before, key_contents(admin_redis, module_prefix))
+        assert "'wendy' may heartbeat and finish only the jobs it registered" in response.text
+    else:
+        assert_refused(response, "forbidden", before, key_contents(admin_redis, module_prefix))
 
 
 def test_the_matrix_covers_every_route_and_method(auth_app):
@@ -281,7 +345,7 @@ def test_the_matrix_covers_every_route_and_method(auth_app):
     for route in inspect.inspect_routes(client.app):
         path = route.path.replace("{job_id}", "{id}")
         for method in route.methods:
-            if method.internal or path in OPEN_ROUTES:
+            if method.internal or path in OPEN_ROUTES | DASHBOARD_ROUTES:
                 continue
             assert (method.method, path) in covered, f"{method.method} {path} is not tested"
 
@@ -309,7 +373,7 @@ def test_tokens_in_the_query_string_are_refused(auth_app, parameter):
 def test_the_token_name_is_the_actor_in_history(auth_app):
     client, store = auth_app
     response = client.simulate_post("/v1/jobs", json={"type": "upload"},
-                                    headers=bearer("operator"))
+                                    headers=bearer("worker"))
     job_id = response.json["id"]
     client.simulate_post(f"/v1/jobs/{job_id}/commands", json={"command": "pause"},
                          headers=bearer("admin"))
@@ -319,11 +383,96 @@ def test_the_token_name_is_the_actor_in_history(auth_app):
                          headers=bearer("worker"))
     history = client.simulate_get(f"/v1/jobs/{job_id}/history", headers=bearer("reader")).json
     assert [(e["to"], e["actor"]) for e in history["entries"]] == [
-        ("start", "otto"), ("pause", "ada"), ("start", "otto"), ("done", "wim")]
+        ("start", "wim"), ("pause", "ada"), ("start", "otto"), ("done", "wim")]
     legacy = client.simulate_post("/registerJob", body="type=teams",
                                   headers={"Content-Type": FORM, **bearer("admin")})
     legacy_id = legacy.text.rsplit(" ", 1)[1]
     assert store.history(legacy_id)[0]["actor"] == "ada"
+
+
+# -- job ownership --------------------------------------------------------------
+
+def test_a_job_records_the_worker_that_registered_it(auth_app):
+    """A worker token owns what it registers (old and v1 API); operators and
+    admins register jobs with no owner."""
+    client, store = auth_app
+    owners = {}
+    for role in ROLES[:3]:
+        job = client.simulate_post("/v1/jobs", json={"type": "teams"}, headers=bearer(role))
+        legacy = client.simulate_post("/registerJob", body="type=teams",
+                                      headers={"Content-Type": FORM, **bearer(role)})
+        legacy_id = legacy.text.rsplit(" ", 1)[1]
+        read = client.simulate_get(f"/v1/jobs/{legacy_id}", headers=bearer("reader")).json
+        owners[role] = (job.json["owner"], read["owner"], store.get(legacy_id).owner)
+    assert owners == {"admin": (None, None, ""), "operator": (None, None, ""),
+                      "worker": ("wim", "wim", "wim")}
+
+
+def test_a_batch_heartbeat_is_refused_item_by_item(auth_app, admin_redis, module_prefix):
+    client, store = auth_app
+    mine, theirs, unowned = (new_job(store, owner="wim"), new_job(store, owner="wendy"),
+                             new_job(store))
+    unknown = "f" * 32
+    before = {job_id: store.get(job_id) for job_id in (theirs, unowned)}
+    response = client.simulate_post("/v1/heartbeats", headers=bearer("worker"), json={
+        "heartbeats": [{"id": job_id, "progress": 50, "worker": "w1"}
+                       for job_id in (theirs, mine, unknown, unowned)]})
+    assert response.status_code == 200
+    theirs_answer, mine_answer, unknown_answer, unowned_answer = response.json["results"]
+    assert (mine_answer["found"], mine_answer["state"]) == (True, "start")
+    assert unknown_answer == {"id": unknown, "found": False}
+    for answer in (theirs_answer, unowned_answer):
+        assert (answer["status"], answer["code"]) == (403, "not_owner")
+        assert "state" not in answer
+    assert store.get(mine).progress == 50
+    assert {job_id: store.get(job_id) for job_id in before} == before
+
+
+def test_a_worker_cannot_revive_anothers_stalled_job(auth_app):
+    """The attack of issue 10: a heartbeat on a stalled job of another worker."""
+    client, store = auth_app
+    job_id = store.register("teams", heartbeat_timeout=1, owner="wendy")[0].id
+    store.client.hset(store.keys.for_job(job_id).job(job_id), "updated_at", 1)  # long ago
+    assert client.simulate_get(f"/v1/jobs/{job_id}", headers=bearer("worker")).json["stalled"]
+    response = client.simulate_post(f"/v1/jobs/{job_id}/heartbeat", headers=bearer("worker"),
+                                    json={"worker": "impostor", "progress": 99})
+    assert response.status_code == 403
+    assert response.json["code"] == "not_owner"
+    job = client.simulate_get(f"/v1/jobs/{job_id}", headers=bearer("reader")).json
+    assert (job["stalled"], job["worker"], job["progress"]) == (True, "", None)
+
+
+@pytest.mark.parametrize("role,command,text", [
+    ("reader", "pause", "role 'reader' may not command this job"),
+    ("reader", "done", "role 'reader' may not command this job"),
+    ("worker", "pause", "role 'worker' may not send pause to a job"),
+    ("worker", "kill", "role 'worker' may not send kill to a job"),
+    ("operator", None, "role 'operator' may not delete jobs"),
+    ("reader", "register", "role 'reader' may not register jobs"),
+    ("operator", "heartbeat", "role 'operator' may not send heartbeats"),
+])
+def test_a_refusal_names_the_action(auth_app, role, command, text):
+    client, store = auth_app
+    job_id = new_job(store, "kill" if command is None else None)
+    if command is None:
+        answers = [client.simulate_delete(f"/v1/jobs/{job_id}", headers=bearer(role))]
+    elif command == "register":
+        answers = [client.simulate_post("/v1/jobs", json={"type": "teams"},
+                                        headers=bearer(role)),
+                   client.simulate_post("/registerJob", body="type=teams",
+                                        headers={"Content-Type": FORM, **bearer(role)})]
+    elif command == "heartbeat":
+        answers = [client.simulate_post(f"/v1/jobs/{job_id}/heartbeat", json={},
+                                        headers=bearer(role))]
+    else:
+        answers = [client.simulate_post(f"/v1/jobs/{job_id}/commands",
+                                        json={"command": command}, headers=bearer(role)),
+                   client.simulate_post("/jobState", body=f"id={job_id}&command={command}",
+                                        headers={"Content-Type": FORM, **bearer(role)})]
+    for answer in answers:
+        assert answer.status_code == 403
+        plain = answer.headers["content-type"].startswith("text/plain")
+        assert (answer.text if plain else answer.json["detail"]) == text
 
 
 # -- the token registry ---------------------------------------------------------
@@ -438,3 +587,68 @@ def test_tokens_from_env_and_file_work_through_waitress(redis_url, key_prefix, t
         assert _get(service.url + "/healthz") == 200
     finally:
         service.stop()
+
+
+# -- the worker library with nothing but a worker token ----------------------------
+
+# Each server `karmchari serve` can run on (--server), by its options.
+SERVERS = {"waitress": ["--server", "waitress"], "granian": ["--server", "granian"]}
+
+
+@pytest.fixture(params=list(SERVERS))
+def secured_service(request, redis_url, key_prefix):
+    service = ServiceProcess("--redis-url", redis_url, *SERVERS[request.param],
+                             env={"KARMCHARI_KEY_PREFIX": key_prefix,
+                                  "KARMCHARI_TOKENS": tokens_env("operator", "worker", "reader")
+                                  + "," + OTHER_WORKER_ENV})
+    service.start()
+    yield service
+    service.stop()
+
+
+def test_the_worker_library_runs_on_a_worker_token(secured_service):
+    """Register, heartbeats, pause, resume and done; and a kill, acknowledged;
+    the worker holds only its worker token, an operator sends the commands."""
+    url = secured_service.url
+    operator = Client(url, token=TOKENS["operator"][1])
+    other = Client(url, token=OTHER_WORKER[1])
+    seen: list[str | None] = []
+    worker = Worker.register("teams", url, token=TOKENS["worker"][1], heartbeat_timeout=3,
+                             heartbeat_interval=0.2, on_state=seen.append)
+    try:
+        with worker:
+            job_id = worker.job_id
+            assert operator.get(job_id)["owner"] == "wim"
+            worker.checkpoint(progress=10)
+            eventually(lambda: operator.get(job_id)["progress"] == 10)
+            with pytest.raises(ApiError) as refused:
+                other.command(job_id, "fail")
+            assert refused.value.code == "not_owner"
+
+            operator.command(job_id, "pause")
+            eventually(lambda: worker.state == "pause")
+            paused = threading.Thread(target=worker.checkpoint, kwargs={"progress": 20})
+            paused.start()
+            eventually(lambda: operator.get(job_id)["observed_state"] == "pause")
+            assert paused.is_alive()
+            operator.command(job_id, "start")
+            paused.join(30)
+            assert not paused.is_alive()
+            eventually(lambda: operator.get(job_id)["observed_state"] == "start")
+        job = operator.get(job_id)
+        assert (job["state"], job["progress"]) == ("done", 20)
+        assert [(e["command"], e["actor"]) for e in operator.history(job_id)] == [
+            ("register", "wim"), ("pause", "otto"), ("start", "otto"), ("done", "wim")]
+        assert seen == ["pause", "start", "done"]
+
+        killed = Worker.register("teams", url, token=TOKENS["worker"][1],
+                                 heartbeat_interval=0.2)
+        with pytest.raises(JobKilled), killed:
+            operator.command(killed.job_id, "kill")
+            eventually(lambda: killed.state == "kill")
+            killed.checkpoint()
+        job = operator.get(killed.job_id)
+        assert (job["state"], job["observed_state"], job["owner"]) == ("kill", "kill", "wim")
+    finally:
+        operator.close()
+        other.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -17,9 +18,10 @@ import redis
 from falcon import testing
 
 from app.app import build_store, create_app
-from app.config import Config
+from app.cli import main as cli_main
+from app.config import SETTINGS, Config
 from app.store.keys import KeySchema
-from tests.servers import RedisProcess, ServiceProcess
+from tests.servers import ROOT, RedisProcess, ServiceProcess, karmchari_command
 
 PREFIX = "bad"
 LIMITS = Config()
@@ -648,7 +650,7 @@ LIMIT_ENV = {
     "KARMCHARI_MAX_LIST_LIMIT": "7",
     "KARMCHARI_MAX_WAIT_SECONDS": "2.5",
     "KARMCHARI_CONNECTION_LIMIT": "20",
-    "KARMCHARI_CHANNEL_TIMEOUT": "9",
+    "KARMCHARI_IDLE_TIMEOUT": "9",
 }
 
 
@@ -692,3 +694,57 @@ def test_limits_follow_the_configuration_and_name_the_limit(redis_url, key_prefi
     refused(client.simulate_post("/v1/jobs", json={"type": "teams", "name": "n" * 300}),
             413, "the body may be at most 300 bytes")
     store.client.close()
+
+
+# -- settings out of their range stop `karmchari serve` before it starts --------
+
+NUMERIC_SETTINGS = [s for s in SETTINGS if s.range]
+
+
+def out_of_range(setting) -> list[str]:
+    low, high = setting.range
+    below = low - 1 if setting.kind == "int" else low - abs(low) / 2 - 0.01
+    above = high + 1 if setting.kind == "int" else high * 2
+    return [str(below), str(above)]
+
+
+def test_every_numeric_setting_has_a_range():
+    numeric = {s.name for s in SETTINGS if s.kind in ("int", "float")}
+    assert numeric == {s.name for s in NUMERIC_SETTINGS}
+    for s in NUMERIC_SETTINGS:
+        assert s.range[0] <= s.default <= s.range[1], s.name
+
+
+@pytest.mark.parametrize("setting", NUMERIC_SETTINGS, ids=lambda s: s.name)
+def test_a_setting_out_of_range_stops_serve_with_2(setting, capsys):
+    """Through the flag and through the environment; nothing is started (main
+    returns before it reaches the store)."""
+    for value in [*out_of_range(setting), *(["nan"] if setting.kind == "float" else [])]:
+        assert cli_main(["serve", f"{setting.option}={value}"]) == 2
+        error = capsys.readouterr().err
+        assert f"karmchari: {setting.option} ({setting.env}) must be from " \
+               f"{setting.range_text}, not " in error, error
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv(setting.env, value)
+            assert cli_main(["serve"]) == 2
+        assert setting.range_text in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["--history-cap", "0"], ["--history-cap", "-3"],
+                                  ["--threads", "0"], ["--retention-seconds", "-100"]],
+                         ids=" ".join)
+def test_the_reported_bad_settings_stop_the_real_command(args):
+    run = subprocess.run([*karmchari_command(), "serve", *args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    option = args[0]
+    setting = next(s for s in SETTINGS if s.option == option)
+    assert run.stderr.strip() == (f"karmchari: {option} ({setting.env}) must be from "
+                                  f"{setting.range_text}, not {args[1]}")
+
+
+def test_a_setting_that_does_not_parse_names_the_flag(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli_main(["serve", "--history-cap", "many"])
+    assert stop.value.code == 2
+    assert "argument --history-cap: not a number: 'many'" in capsys.readouterr().err

@@ -294,7 +294,7 @@ def test_heartbeat_of_an_unknown_job_creates_nothing(store, raw, key_prefix):
     shard = store.keys.for_job(job.id)
     reply = store.scripts.record_heartbeats(
         [shard.deadlines, shard.job(unknown), shard.job(job.id)],
-        ["2", "", "1.0", "", "", "1", "w", "", "", ""])
+        ["", "2", "", "1.0", "", "", "1", "w", "", "", ""])
     assert reply[0] == [-1]
     assert reply[1][:2] == ["start", 1]
     assert not raw.exists(shard.job(unknown))

@@ -38,6 +38,20 @@ def checked_id(job_id: str) -> str:
     return job_id
 
 
+def idempotency_key(req: falcon.Request) -> str | None:
+    """The request's Idempotency-Key: absent, or 1 to 255 visible ASCII characters."""
+    key = req.get_header("Idempotency-Key")
+    if key is not None and not matches(IDEMPOTENCY_KEY_PATTERN, key):
+        raise bad_request("invalid_idempotency_key",
+                          "Idempotency-Key must be 1 to 255 visible ASCII characters")
+    return key
+
+
+def register_fingerprint(body: dict) -> str:
+    """What a replayed Idempotency-Key must match: the registration's body."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def _set_job(resp: falcon.Response, job, now_ms: int, body: dict | None = None) -> None:
     resp.etag = etag(job)
     resp.media = job_json(job, now_ms) if body is None else body
@@ -54,17 +68,14 @@ class JobCollection:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json(req, self._validator, self._config.max_body_bytes)
-        key = req.get_header("Idempotency-Key")
-        if key is not None and not matches(IDEMPOTENCY_KEY_PATTERN, key):
-            raise bad_request("invalid_idempotency_key",
-                              "Idempotency-Key must be 1 to 255 visible ASCII characters")
-        fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        key = idempotency_key(req)
+        fingerprint = register_fingerprint(body)
         try:
             job, created, now_ms = self._store.register_with_time(
                 body["type"], name=body.get("name", ""), labels=body.get("labels", {}),
                 heartbeat_timeout=body.get("heartbeat_timeout", 0),
                 actor=req.context.principal.name, idempotency_key=key,
-                fingerprint=fingerprint)
+                fingerprint=fingerprint, owner=req.context.principal.owner)
         except JobNotFound:
             raise Problem(falcon.HTTP_404, "job_not_found", "Job not found",
                           "the job registered with this Idempotency-Key has been deleted") \
@@ -157,21 +168,23 @@ class JobCommands:
     def on_post(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
         checked_id(job_id)
         body = read_json(req, self._validator, self._config.max_body_bytes)
+        key = idempotency_key(req)
         if body["command"] not in FINISH_COMMANDS:
-            require(req, "command")
+            require(req, "command", f"send {body['command']} to a job")
         expected = None
         if_match = req.get_header("If-Match")
         if if_match is not None:
             if not matches(IF_MATCH_PATTERN, if_match.strip()):
                 raise bad_request("invalid_if_match", "If-Match must be one job version, or *")
-            if if_match.strip() != "*":
-                tag = req.if_match[0]
+            tag = (req.if_match or ["*"])[0]
+            if isinstance(tag, falcon.ETag):  # not "*"
                 # If-Match compares strongly (RFC 9110 §13.1.1): a weak tag never
                 # matches, and no job has version 0.
                 expected = 0 if tag.is_weak else int(str(tag))
         job, changed, now_ms = self._store.apply_command_with_time(
             job_id, body["command"], actor=req.context.principal.name,
-            reason=body.get("reason", ""), expected_version=expected)
+            reason=body.get("reason", ""), expected_version=expected,
+            owner=req.context.principal.owner, idempotency_key=key)
         _set_job(resp, job, now_ms, {"job": job_json(job, now_ms), "changed": changed})
 
 

@@ -14,11 +14,19 @@ from app.config import Config
 from app.errors import IllegalTransition, JobNotFound
 from app.inputs import read_form
 from app.model import COMMANDS, FINISH_COMMANDS, TARGET_STATE, Command, State, is_job_id
+from app.resources.jobs import register_fingerprint
+from app.schemas import IDEMPOTENCY_KEY_PATTERN, matches
 from app.store import JobStore
 
 
 def old_state_name(state: str) -> str:
     return Command.FAIL.value if state == State.FAILED.value else state
+
+
+def _idempotency_key(req: falcon.Request) -> tuple[str | None, bool]:
+    """The Idempotency-Key header (absent: None), and whether it is valid."""
+    key = req.get_header("Idempotency-Key")
+    return key, key is None or matches(IDEMPOTENCY_KEY_PATTERN, key)
 
 
 def _text(resp: falcon.Response, status: str, body: str) -> None:
@@ -41,7 +49,17 @@ class RegisterJob:
             return _text(resp, falcon.HTTP_400, "Type is required")
         if job_type not in self._config.job_types:
             return _text(resp, falcon.HTTP_400, "Type is invalid")
-        job, _ = self._store.register(job_type, actor=req.context.principal.name)
+        key, valid = _idempotency_key(req)
+        if not valid:
+            return _text(resp, falcon.HTTP_400, "Idempotency-Key is invalid")
+        try:
+            # The same fingerprint as POST /v1/jobs {"type": ...}: one key, one job.
+            job, _ = self._store.register(job_type, actor=req.context.principal.name,
+                                          owner=req.context.principal.owner,
+                                          idempotency_key=key,
+                                          fingerprint=register_fingerprint({"type": job_type}))
+        except JobNotFound:  # the job of this key has been deleted since
+            return _text(resp, falcon.HTTP_404, "Job not available")
         _text(resp, falcon.HTTP_200, f"Created! id = {job.id}")
 
 
@@ -75,11 +93,15 @@ class JobState:
         if command not in COMMANDS:
             return _text(resp, falcon.HTTP_400, "Command is invalid")
         if command not in FINISH_COMMANDS:
-            require(req, "command")
+            require(req, "command", f"send {command} to a job")
+        key, valid = _idempotency_key(req)
+        if not valid:
+            return _text(resp, falcon.HTTP_400, "Idempotency-Key is invalid")
         if not is_job_id(job_id):
             return _text(resp, falcon.HTTP_404, "Job not available")
         try:
-            self._store.apply_command(job_id, command, actor=req.context.principal.name)
+            self._store.apply_command(job_id, command, actor=req.context.principal.name,
+                                      owner=req.context.principal.owner, idempotency_key=key)
         except JobNotFound:
             return _text(resp, falcon.HTTP_404, "Job not available")
         except IllegalTransition as refused:

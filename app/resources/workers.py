@@ -6,6 +6,7 @@ from __future__ import annotations
 import falcon
 
 from app.config import Config
+from app.errors import not_owner_detail
 from app.inputs import read_json
 from app.problems import bad_request
 from app.resources.jobs import checked_id
@@ -18,7 +19,10 @@ def _report(job_id: str, body: dict) -> HeartbeatReport:
                            observed_state=body.get("observed_state"))
 
 
-def _answer_json(answer: HeartbeatAnswer) -> dict:
+def _answer_json(answer: HeartbeatAnswer, owner: str) -> dict:
+    if answer.not_owner:
+        return {"id": answer.job_id, "found": True, "status": 403, "code": "not_owner",
+                "detail": not_owner_detail(owner)}
     if not answer.found:
         return {"id": answer.job_id, "found": False}
     return {"id": answer.job_id, "found": True, "state": answer.state,
@@ -36,9 +40,10 @@ class JobHeartbeat:
     def on_post(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
         checked_id(job_id)
         body = read_json(req, self._validator, self._config.max_body_bytes, required=False)
-        answer = self._store.heartbeat(_report(job_id, body))
+        owner = req.context.principal.owner
+        answer = self._store.heartbeat(_report(job_id, body), owner=owner)
         resp.etag = str(answer.version)
-        resp.media = _answer_json(answer)
+        resp.media = _answer_json(answer, owner)
 
 
 class Heartbeats:
@@ -53,5 +58,7 @@ class Heartbeats:
         items = read_json(req, self._validator, self._config.max_body_bytes)["heartbeats"]
         if len({item["id"] for item in items}) != len(items):
             raise bad_request("duplicate_job", "each job may appear once per batch")
-        answers = self._store.heartbeats([_report(item["id"], item) for item in items])
-        resp.media = {"results": [_answer_json(a) for a in answers]}
+        owner = req.context.principal.owner
+        answers = self._store.heartbeats([_report(item["id"], item) for item in items],
+                                         owner=owner)
+        resp.media = {"results": [_answer_json(a, owner) for a in answers]}

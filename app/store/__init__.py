@@ -8,16 +8,24 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import heapq
 import itertools
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
-import redis
-
-from app.errors import JobNotFound, NotDue, StaleRead, StoreUnavailable, raise_for_code
+from app.errors import (
+    JobNotFound,
+    NotDue,
+    NotOwner,
+    StaleRead,
+    StoreUnavailable,
+    not_owner_detail,
+    raise_for_code,
+)
 from app.model import STATES, Job, is_job_id, new_job_id
 from app.store.bulk import (
     BATCH,
@@ -29,8 +37,13 @@ from app.store.bulk import (
     script_call,
     take_entries,
 )
-from app.store.connection import connect, is_transient, unavailable_on_redis_errors
-from app.store.keys import KeySchema
+from app.store.connection import (
+    StoreClient,
+    connect,
+    is_transient,
+    unavailable_on_redis_errors,
+)
+from app.store.keys import KeySchema, ShardKeys
 from app.store.scripts import (
     ApplyCommandCode,
     ClearOrphansCode,
@@ -41,6 +54,12 @@ from app.store.scripts import (
 
 __all__ = ["JobStore", "JobFilter", "HeartbeatReport", "Page", "BulkResult", "connect",
            "is_transient", "StoreUnavailable"]
+
+
+def _decoded(values: Sequence[object]) -> list[str | None]:
+    """HMGET's answer as it is: the client decodes replies (decode_responses),
+    which redis-py's types do not know."""
+    return cast("list[str | None]", values)
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
@@ -71,6 +90,15 @@ class HeartbeatAnswer:
     state: str = ""
     version: int = 0
     observed_state: str = ""
+    not_owner: bool = False  # refused: the caller does not own the job; nothing recorded
+
+    @classmethod
+    def from_reply(cls, job_id: str, entry: list) -> HeartbeatAnswer:
+        if entry[0] == RecordHeartbeatsCode.JOB_NOT_FOUND:
+            return cls(job_id, False)
+        if entry[0] == RecordHeartbeatsCode.NOT_OWNER:
+            return cls(job_id, True, not_owner=True)
+        return cls(job_id, True, entry[0], int(entry[1]), entry[2])
 
 
 @dataclass(frozen=True)
@@ -128,9 +156,17 @@ class _Position:
         raise ValueError("invalid cursor")
 
 
+# The key of one index in a shard: listings read the same index of every shard.
+IndexOf = Callable[[ShardKeys], str]
+
+
+def _label_index_of(key: str, value: str) -> IndexOf:
+    return lambda shard: shard.label_index(key, value)
+
+
 @dataclass
 class JobStore:
-    client: redis.Redis
+    client: StoreClient
     history_cap: int = 100
     retention_seconds: int = 7 * 24 * 3600
     idempotency_ttl: int = 24 * 3600
@@ -143,24 +179,25 @@ class JobStore:
 
     def register(self, job_type: str, *, name: str = "", labels: dict[str, str] | None = None,
                  heartbeat_timeout: int = 0, actor: str = "", idempotency_key: str | None = None,
-                 fingerprint: str = "") -> tuple[Job, bool]:
+                 fingerprint: str = "", owner: str = "") -> tuple[Job, bool]:
         """Register a job; returns it and whether it was created now (False for
-        an Idempotency-Key replay)."""
+        an Idempotency-Key replay). ``owner``: the worker token that alone may
+        heartbeat and finish it ("" for none)."""
         job, created, _ = self.register_with_time(
             job_type, name=name, labels=labels, heartbeat_timeout=heartbeat_timeout,
-            actor=actor, idempotency_key=idempotency_key, fingerprint=fingerprint)
+            actor=actor, idempotency_key=idempotency_key, fingerprint=fingerprint, owner=owner)
         return job, created
 
     def register_with_time(self, job_type: str, *, name: str = "",
                            labels: dict[str, str] | None = None, heartbeat_timeout: int = 0,
                            actor: str = "", idempotency_key: str | None = None,
-                           fingerprint: str = "") -> tuple[Job, bool, int]:
+                           fingerprint: str = "", owner: str = "") -> tuple[Job, bool, int]:
         """``register``, and the Redis server time of the answer (a replayed
         job may be stalled by now)."""
         job_id, keys, args = self._register_call(job_type, name, labels or {},
                                                  heartbeat_timeout, actor, idempotency_key,
-                                                 fingerprint)
-        with unavailable_on_redis_errors():
+                                                 fingerprint, owner)
+        with unavailable_on_redis_errors(write=True):
             reply = self.scripts.register_job(keys, args)
         raise_for_code(reply)
         if reply[0] == RegisterJobCode.CREATED:
@@ -179,8 +216,8 @@ class JobStore:
         """Register ``count`` jobs alike with one pipeline of registerJob calls
         (bulk loading, as the listing benchmark does); returns their ids."""
         calls = [self._register_call(job_type, name, labels or {}, heartbeat_timeout, "", None,
-                                     "") for _ in range(count)]
-        with unavailable_on_redis_errors():
+                                     "", "") for _ in range(count)]
+        with unavailable_on_redis_errors(write=True):
             replies = self.scripts.run_pipeline(
                 [(self.scripts.register_job, keys, args) for _, keys, args in calls])
         for reply in replies:
@@ -189,7 +226,7 @@ class JobStore:
 
     def _register_call(self, job_type: str, name: str, labels: dict[str, str],
                        heartbeat_timeout: int, actor: str, idempotency_key: str | None,
-                       fingerprint: str) -> tuple[str, list[str], list]:
+                       fingerprint: str, owner: str) -> tuple[str, list[str], list]:
         """A new id, and the KEYS and ARGV of the registerJob call for it."""
         if idempotency_key is not None:
             shard = self.keys.idempotency_shard(actor, idempotency_key)
@@ -204,30 +241,45 @@ class JobStore:
                 shard.label_counts, shard.changes,
                 *(shard.label_index(k, v) for k, v in sorted(labels.items()))]
         args = [job_id, job_type, name, json.dumps(labels, sort_keys=True, separators=(",", ":")),
-                heartbeat_timeout, actor, self.history_cap, idem_ttl, fingerprint, shard.channel]
+                heartbeat_timeout, actor, self.history_cap, idem_ttl, fingerprint, shard.channel,
+                owner]
         return job_id, keys, args
 
     def apply_command(self, job_id: str, command: str, *, actor: str = "", reason: str = "",
-                      expected_version: int | None = None) -> tuple[Job, bool]:
-        """Apply a command; returns the job after it and whether the state changed."""
+                      expected_version: int | None = None, owner: str = "",
+                      idempotency_key: str | None = None) -> tuple[Job, bool]:
+        """Apply a command; returns the job after it and whether the state changed.
+        ``owner``: the caller must own the job (a worker token), "" for any job.
+        ``idempotency_key``: the client's key for this command; a retry with the
+        same key (same caller, same command) is not applied twice."""
         job, changed, _ = self.apply_command_with_time(
-            job_id, command, actor=actor, reason=reason, expected_version=expected_version)
+            job_id, command, actor=actor, reason=reason, expected_version=expected_version,
+            owner=owner, idempotency_key=idempotency_key)
         return job, changed
 
     def apply_command_with_time(self, job_id: str, command: str, *, actor: str = "",
                                 reason: str = "", expected_version: int | None = None,
+                                owner: str = "", idempotency_key: str | None = None,
                                 ) -> tuple[Job, bool, int]:
         """``apply_command``, and the Redis server time of the answer (a
         repeated ``start`` leaves a stalled job stalled)."""
         shard = self.keys.for_job(job_id)
         keys = [shard.job(job_id), shard.history(job_id), *shard.state_indexes(),
                 shard.deadlines, shard.expiries, shard.changes]
-        # The operation id lets the script recognise redis-py's retry of this very
-        # call after a lost reply, and not apply it twice.
+        # The operation id lets the script recognise a retry of this very command
+        # after a lost reply (redis-py's, or the client's with the same key), and
+        # not apply it twice.
+        if idempotency_key is None:
+            operation = secrets.token_hex(6)
+        else:
+            operation = hashlib.sha256(
+                f"{actor}\n{command}\n{idempotency_key}".encode()).hexdigest()[:16]
         args = [command, actor, reason, "" if expected_version is None else expected_version,
-                self.history_cap, self.retention_seconds, shard.channel, secrets.token_hex(6)]
-        with unavailable_on_redis_errors():
+                self.history_cap, self.retention_seconds, shard.channel, operation, owner]
+        with unavailable_on_redis_errors(write=True):
             reply = self.scripts.apply_command(keys, args)
+        if reply[0] == ApplyCommandCode.NOT_OWNER:
+            raise NotOwner(not_owner_detail(owner))
         raise_for_code(reply)
         return (Job.from_hash(_pairs(reply[1])), reply[0] == ApplyCommandCode.CHANGED,
                 int(reply[2]))
@@ -291,7 +343,7 @@ class JobStore:
     def _bulk_round(self, result: BulkResult, calls: list, filtered: bool = False) -> None:
         if not calls:
             return
-        with unavailable_on_redis_errors():
+        with unavailable_on_redis_errors(write=True):
             replies = self.scripts.run_pipeline(calls)
         for reply in replies:
             if len(reply) == 1:
@@ -301,9 +353,11 @@ class JobStore:
                 reply = [*reply[:3], 0, reply[4] + reply[3]]
             result.add(reply)
 
-    def heartbeats(self, reports: Sequence[HeartbeatReport]) -> list[HeartbeatAnswer]:
+    def heartbeats(self, reports: Sequence[HeartbeatReport], *,
+                   owner: str = "") -> list[HeartbeatAnswer]:
         """Record many heartbeats: one script call per shard touched, all of
-        them in one pipeline."""
+        them in one pipeline. With ``owner``, a job the caller does not own is
+        answered ``not_owner`` and not written; the others are recorded."""
         by_shard: dict[str, list[int]] = {}
         for index, report in enumerate(reports):
             by_shard.setdefault(self.keys.for_job(report.job_id).shard, []).append(index)
@@ -312,28 +366,27 @@ class JobStore:
         for shard_name, indexes in by_shard.items():
             shard = self.keys.shards[shard_name]
             keys = [shard.deadlines, *(shard.job(reports[i].job_id) for i in indexes)]
-            args = [a for i in indexes for a in reports[i].script_args()]
+            args = [owner, *(a for i in indexes for a in reports[i].script_args())]
             calls.append((self.scripts.record_heartbeats, keys, args))
-        with unavailable_on_redis_errors():
+        with unavailable_on_redis_errors(write=True):
             replies = self.scripts.run_pipeline(calls)
         answers: list[HeartbeatAnswer | None] = [None] * len(reports)
         for indexes, reply in zip(by_shard.values(), replies, strict=True):
             for i, entry in zip(indexes, reply, strict=True):
-                job_id = reports[i].job_id
-                answers[i] = (HeartbeatAnswer(job_id, False)
-                              if entry[0] == RecordHeartbeatsCode.JOB_NOT_FOUND else
-                              HeartbeatAnswer(job_id, True, entry[0], int(entry[1]), entry[2]))
+                answers[i] = HeartbeatAnswer.from_reply(reports[i].job_id, entry)
         return answers  # type: ignore[return-value]
 
-    def heartbeat(self, report: HeartbeatReport) -> HeartbeatAnswer:
+    def heartbeat(self, report: HeartbeatReport, *, owner: str = "") -> HeartbeatAnswer:
         shard = self.keys.for_job(report.job_id)
-        with unavailable_on_redis_errors():
+        with unavailable_on_redis_errors(write=True):
             reply = self.scripts.record_heartbeats(
-                [shard.deadlines, shard.job(report.job_id)], report.script_args())
-        entry = reply[0]
-        if entry[0] == RecordHeartbeatsCode.JOB_NOT_FOUND:
+                [shard.deadlines, shard.job(report.job_id)], [owner, *report.script_args()])
+        answer = HeartbeatAnswer.from_reply(report.job_id, reply[0])
+        if not answer.found:
             raise JobNotFound()
-        return HeartbeatAnswer(report.job_id, True, entry[0], int(entry[1]), entry[2])
+        if answer.not_owner:
+            raise NotOwner(not_owner_detail(owner))
+        return answer
 
     def delete(self, job_id: str, *, sweep: bool = False) -> None:
         """Delete a terminal job, its history and its index entries. The index
@@ -342,8 +395,9 @@ class JobStore:
         shard = self.keys.for_job(job_id)
         for _ in range(3):
             with unavailable_on_redis_errors():
-                job_type, labels = self.client.hmget(shard.job(job_id), "type", "labels")
-            if job_type is None:
+                job_type, labels = _decoded(self.client.hmget(shard.job(job_id), "type",
+                                                              "labels"))
+            if job_type is None or labels is None:
                 raise JobNotFound()
             keys = [shard.job(job_id), shard.history(job_id), shard.all_jobs,
                     *(shard.state_index(s) for s in ("kill", "done", "failed")),
@@ -351,7 +405,7 @@ class JobStore:
                     shard.state_index("start"), shard.state_index("pause"), shard.label_counts,
                     *(shard.label_index(k, v) for k, v in sorted(json.loads(labels).items()))]
             args = [job_id, job_type, labels, "sweep" if sweep else "api", shard.channel]
-            with unavailable_on_redis_errors():
+            with unavailable_on_redis_errors(write=True):
                 reply = self.scripts.delete_job(keys, args)
             try:
                 raise_for_code(reply)
@@ -415,7 +469,7 @@ class JobStore:
         answers nothing else, so it skips the script, the server time and
         the decoding of the whole job."""
         with unavailable_on_redis_errors():
-            (state,) = self.client.hmget(self.keys.for_job(job_id).job(job_id), "state")
+            (state,) = _decoded(self.client.hmget(self.keys.for_job(job_id).job(job_id), "state"))
         if state is None:
             raise JobNotFound()
         return state
@@ -493,18 +547,19 @@ class JobStore:
         next_cursor = None if exhausted or position is None else position.encode()
         return Page(found, next_cursor, now_ms, scanned)
 
-    def _index_for(self, where: JobFilter):
+    def _index_for(self, where: JobFilter) -> IndexOf:
         """The deadlines for stalled jobs; else the smallest index the filter
         names, so a selective condition is not checked on a page's worth of
         jobs that fail it. Those indexes share one score (the time of
         registration): a cursor stays valid whichever of them is read."""
         if where.stalled:
             return lambda shard: shard.deadlines
-        candidates = [lambda shard, k=k, v=v: shard.label_index(k, v) for k, v in where.labels]
-        if where.type:
-            candidates.append(lambda shard: shard.type_index(where.type))
-        if where.state:
-            candidates.append(lambda shard: shard.state_index(where.state))
+        candidates: list[IndexOf] = [_label_index_of(k, v) for k, v in where.labels]
+        job_type, state = where.type, where.state
+        if job_type:
+            candidates.append(lambda shard: shard.type_index(job_type))
+        if state:
+            candidates.append(lambda shard: shard.state_index(state))
         if len(candidates) < 2:
             return candidates[0] if candidates else lambda shard: shard.all_jobs
         shards = list(self.keys.shards.values())
@@ -517,35 +572,35 @@ class JobStore:
         sizes = [sum(counts[i:i + len(shards)]) for i in range(0, len(counts), len(shards))]
         return candidates[sizes.index(min(sizes))]
 
-    def _merged_entries(self, index, position: _Position | None, upper: int | None,
+    def _merged_entries(self, index: IndexOf, position: _Position | None, upper: int | None,
                         count: int) -> list[tuple[int, str]]:
         """The next ``count`` entries after ``position`` over all shards.
 
         Entries tied with the cursor's score are read in full, then at most
         ``count`` below it per shard: any number of ties pages correctly."""
-        tied = position is not None and (upper is None or position.score <= upper)
-        if tied:
-            below: int | str = f"({position.score}"
-        elif position is None and upper is None:
-            below = "+inf"
-        else:
+        tied = position if position is not None and (upper is None or position.score <= upper) \
+            else None
+        if tied is not None:
+            below: int | str = f"({tied.score}"
+        elif upper is not None:
             below = upper
+        else:
+            below = "+inf"
         with unavailable_on_redis_errors():
             pipe = self.client.pipeline(transaction=False)
             for shard in self.keys.shards.values():
-                if tied:
-                    pipe.zrevrangebyscore(index(shard), position.score, position.score,
-                                          withscores=True)
+                if tied is not None:
+                    pipe.zrevrangebyscore(index(shard), tied.score, tied.score, withscores=True)
                 pipe.zrevrangebyscore(index(shard), below, "-inf", start=0, num=count,
                                       withscores=True)
             replies = pipe.execute()
-        if tied:
+        if tied is not None:
             replies = [replies[i] + replies[i + 1] for i in range(0, len(replies), 2)]
         streams = []
         for entries in replies:
             rows = [(int(score), job_id) for job_id, score in entries]
-            if tied:
-                rows = [r for r in rows if r < (position.score, position.job_id)]
+            if tied is not None:
+                rows = [r for r in rows if r < (tied.score, tied.job_id)]
             streams.append(sorted(rows, reverse=True))
         merged = heapq.merge(*streams, reverse=True)
         return list(itertools.islice(merged, count))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Iterator, Sequence
 
@@ -14,7 +15,10 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.connection import parse_url
 from redis.retry import Retry
 
-from app.errors import StoreUnavailable
+from app.errors import OutcomeUnknown, StoreUnavailable
+
+# What connect() gives: one server (or a Sentinel's master), or a cluster.
+StoreClient = redis.Redis | redis.cluster.RedisCluster
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +29,7 @@ _TRANSIENT_REPLIES = ("BUSY", "LOADING", "OOM", "READONLY", "MASTERDOWN", "CLUST
 
 def connect(url: str, *, cluster: bool = False, sentinels: Sequence[tuple[str, int]] = (),
             sentinel_master: str = "mymaster", max_connections: int = 32,
-            socket_timeout: float = 2.0) -> redis.Redis:
+            socket_timeout: float = 2.0) -> StoreClient:
     """A client with explicit timeouts, so a dead or frozen Redis costs at most
     ``socket_timeout`` per request, never a hang.
 
@@ -45,15 +49,50 @@ def connect(url: str, *, cluster: bool = False, sentinels: Sequence[tuple[str, i
         client_name="karmchari",
     )
     if cluster:
+        tls = url.startswith("rediss:")
         return redis.cluster.RedisCluster.from_url(
-            url, max_connections=max_connections, **options
-        )
+            url, max_connections=max_connections, **options,
+            connection_class=counting_sends(redis.SSLConnection if tls else redis.Connection))
     if sentinels:
-        return _sentinel_master(url, sentinels, sentinel_master, max_connections, options)
-    pool = redis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=socket_timeout, **options
-    )
-    return redis.Redis(connection_pool=pool)
+        client = _sentinel_master(url, sentinels, sentinel_master, max_connections, options)
+    else:
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=socket_timeout, **options
+        )
+        client = redis.Redis(connection_pool=pool)
+    pool = client.connection_pool
+    pool.connection_class = counting_sends(pool.connection_class)
+    return client
+
+
+class _Sent(threading.local):
+    scripts = 0
+
+
+_SENT = _Sent()
+
+
+def counting_sends(connection_class: type) -> type:
+    """``connection_class`` that counts, per thread, the scripts (EVAL, EVALSHA)
+    it has sent in full. Once a script is sent, a missing reply leaves its
+    outcome unknown; before, the failure proves it did not run."""
+    if getattr(connection_class, "counts_sends", False):
+        return connection_class
+
+    class Counting(connection_class):  # type: ignore[valid-type, misc]
+        counts_sends = True
+
+        def send_packed_command(self, command, check_health=True):
+            super().send_packed_command(command, check_health)
+            first = command.encode() if isinstance(command, str) else (
+                command if isinstance(command, bytes) else next(iter(command), b""))
+            # "*<n>\r\n$7\r\nEVALSHA\r\n...": the command name opens the first chunk
+            # (also of a pipeline's, whose commands here are all scripts).
+            if b"EVAL" in bytes(first[:32]).upper():
+                _SENT.scripts += 1
+
+    Counting.__name__ = Counting.__qualname__ = "Counting" + connection_class.__name__
+    return Counting
 
 
 class _MasterFollowingPool(redis.sentinel.SentinelConnectionPool):
@@ -128,11 +167,31 @@ def is_transient(error: Exception) -> bool:
     )
 
 
+# Connection errors that come with a reply or before any command: the command
+# did not run.
+_REFUSED = (redis.exceptions.BusyLoadingError, redis.exceptions.AuthenticationError,
+            redis.exceptions.MaxConnectionsError)
+
+
+def _reply_lost(error: Exception) -> bool:
+    return isinstance(error, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)) \
+        and not isinstance(error, _REFUSED)
+
+
 @contextlib.contextmanager
-def unavailable_on_redis_errors() -> Iterator[None]:
+def unavailable_on_redis_errors(*, write: bool = False) -> Iterator[None]:
+    """Redis trouble as ``StoreUnavailable`` (503, the change did not happen), or,
+    for a ``write`` whose script was sent but whose reply never came (a timeout
+    after sending, a connection lost while waiting, even if redis-py's retry then
+    failed to reconnect), as ``OutcomeUnknown``: it may have been applied."""
+    sent_before = _SENT.scripts
     try:
         yield
     except redis.exceptions.RedisError as error:
+        if write and _SENT.scripts > sent_before and _reply_lost(error):
+            log.warning("redis reply lost after a write was sent: %s: %s",
+                        type(error).__name__, error)
+            raise OutcomeUnknown(str(error) or type(error).__name__) from error
         if is_transient(error):
             log.warning("redis unavailable: %s: %s", type(error).__name__, error)
             raise StoreUnavailable(str(error) or type(error).__name__) from error

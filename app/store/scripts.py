@@ -18,12 +18,15 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.commands.core import Script
 
 from app.errors import ScriptCode
+
+if TYPE_CHECKING:
+    from app.store.connection import StoreClient
 
 
 class RegisterJobCode(enum.IntEnum):
@@ -40,6 +43,7 @@ class ApplyCommandCode(enum.IntEnum):
     INVALID_COMMAND = ScriptCode.INVALID_COMMAND
     VERSION_MISMATCH = ScriptCode.VERSION_MISMATCH
     ILLEGAL_TRANSITION = ScriptCode.ILLEGAL_TRANSITION
+    NOT_OWNER = ScriptCode.NOT_OWNER
 
 
 class ApplyCommandsCode(enum.IntEnum):
@@ -60,6 +64,7 @@ class RecordHeartbeatsCode(enum.IntEnum):
     """Per job: a recorded heartbeat answers the job's state instead of a code."""
 
     JOB_NOT_FOUND = ScriptCode.JOB_NOT_FOUND
+    NOT_OWNER = ScriptCode.NOT_OWNER
 
 
 class ClearOrphansCode(enum.IntEnum):
@@ -136,7 +141,7 @@ class Scripts:
     record_heartbeats: LuaScript
     clear_orphans: LuaScript
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: StoreClient) -> None:
         self._client = client
         self.by_name: dict[str, LuaScript] = {}
         for path in sorted(script_dir().glob("*.lua")):

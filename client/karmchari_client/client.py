@@ -3,6 +3,7 @@ thread)."""
 
 from __future__ import annotations
 
+import builtins
 import http.client
 import json
 import os
@@ -44,6 +45,7 @@ class Client:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
         self._parts = parts
+        self._host: str = parts.hostname
         self._token = token if token is not None else os.environ.get("KARMCHARI_TOKEN")
         self._timeout = timeout
         self._local = threading.local()
@@ -139,13 +141,14 @@ class Client:
         body = {k: v for k, v in report.items() if v is not None}
         return self.request("POST", f"/v1/jobs/{job_id}/heartbeat", body)
 
-    def heartbeats(self, reports: list[dict]) -> list[dict]:
+    # builtins.list: in the class body "list" names the method above.
+    def heartbeats(self, reports: builtins.list[dict]) -> builtins.list[dict]:
         return self.request("POST", "/v1/heartbeats", {"heartbeats": reports})["results"]
 
     # -- transport ----------------------------------------------------------
 
     def request(self, method: str, path: str, body: Any = None, *,
-                query: dict | list | None = None, headers: dict | None = None,
+                query: dict | builtins.list | None = None, headers: dict | None = None,
                 timeout: float | None = None) -> Any:
         if query:
             path += "?" + urllib.parse.urlencode(query)
@@ -197,7 +200,7 @@ class Client:
         if connection is None:
             kind = (http.client.HTTPSConnection if self._parts.scheme == "https"
                     else http.client.HTTPConnection)
-            connection = kind(self._parts.hostname, self._parts.port, timeout=timeout)
+            connection = kind(self._host, self._parts.port, timeout=timeout)
             self._local.connection = connection
         with self._connections_lock:
             # Again after close(): http.client reopens a closed connection.
