@@ -300,12 +300,18 @@ def test_list_updates_when_another_client_kills_a_job(open_page, api, tag):
     page = open_page(f"#/?label=run:{tag}")
     expect(rows(page)).to_have_count(3, timeout=WAIT_MS)
     page.wait_for_function("() => document.body.dataset.ready === 'true'")
+    # Idle, the page waits on its one watch: no request goes out meanwhile.
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.wait_for_timeout(2500)
+    assert requests == []
     api.command(ids[1], "kill", reason="out of quota")
     # Well before the slow refresh (15 s): the watch brings it.
     expect(row(page, ids[1]).locator("td.requested")).to_have_text("kill", timeout=WAIT_MS)
     expect(row(page, ids[1]).locator("td.status")).to_have_text("killed")
     expect(row(page, ids[0]).locator("td.requested")).to_have_text("start")
     assert page.evaluate("performance.getEntriesByType('navigation').length") == 1  # no reload
+    assert all(url.endswith("/v1/watch") for url in requests), requests  # no reload, no storm
 
 
 def test_kill_asks_for_confirmation_and_records_the_reason(open_page, api, tag):
