@@ -24,7 +24,8 @@ from tests.servers import ServiceProcess
 
 pytestmark = pytest.mark.browser
 
-ADMIN, OPERATOR, READER = "admin-token-1", "operator-token-1", "reader-token-1"
+ADMIN, OPERATOR, READER = ("admin-token-1-c9e8f7a6", "operator-token-1-b5d4",
+                           "reader-token-1-a3f2e1d0")
 TOKENS = f"root:admin:{ADMIN},ops:operator:{OPERATOR},viewer:reader:{READER}"
 HOSTILE = "<img src=x onerror=alert(1)>"
 WAIT_MS = 10_000  # generous bound on what should take milliseconds

@@ -143,19 +143,43 @@ def run_register(args: argparse.Namespace, client: Client) -> int:
 
 
 def run_get(args: argparse.Namespace, client: Client) -> int:
-    if args.version is not None and args.wait is None:
-        raise BadInput("--version needs --wait")
-    job = client.get(args.job_id, wait=args.wait, version=args.version)
-    if args.json:
-        _print_json(job)
+    ids = list(dict.fromkeys(args.job_ids))
+    args.job_id = ids[0]  # for the error messages
+    if args.version is not None and (args.wait is None or len(ids) > 1):
+        raise BadInput("--version needs --wait and a single job")
+    if len(ids) == 1:
+        jobs = [client.get(ids[0], wait=args.wait, version=args.version)]
     else:
-        _print_job(job)
+        jobs = _get_many(args, client, ids)
+    if args.json:
+        _print_json(jobs[0] if len(args.job_ids) == 1 else jobs)
+    else:
+        for index, job in enumerate(jobs):
+            if index:
+                print()
+            _print_job(job)
     return EXIT_OK
+
+
+def _get_many(args: argparse.Namespace, client: Client, ids: list[str]) -> list[dict]:
+    """Several jobs with one request (POST /v1/watch: version 0 means any
+    version is news); with --wait, then one more that waits until any of them
+    changes."""
+    answer = client.watch(dict.fromkeys(ids, 0), wait=0)
+    jobs = {job["id"]: job for job in answer["changed"]}
+    if args.wait and not answer["missing"]:
+        answer = client.watch({i: jobs[i]["version"] for i in ids}, wait=args.wait)
+        jobs.update({job["id"]: job for job in answer["changed"]})
+    if answer["missing"]:
+        args.job_id = ", ".join(answer["missing"])
+        raise ApiError(404, {"title": "Job not found", "code": "job_not_found"})
+    return [jobs[i] for i in ids]
 
 
 def run_command(args: argparse.Namespace, client: Client) -> int:
     result = client.command(args.job_id, STATE_COMMANDS[args.command],
-                                   reason=args.reason, if_match=args.if_match)
+                            reason=args.reason, if_match=args.if_match,
+                            idempotency_key=args.idempotency_key)
     if args.json:
         _print_json(result)
     else:
@@ -243,6 +267,10 @@ def _guarded(run: Callable[[argparse.Namespace, Client], int]
             return _fail(str(error), EXIT_BAD_INPUT)
         except ServiceUnavailable as error:
             detail = error.problem.get("detail") or f"HTTP {error.status}"
+            if error.code == "outcome_unknown" and error.idempotency_key:
+                return _fail(f"service at {client.url}: {detail} To retry safely, run the "
+                             f"same command with --idempotency-key {error.idempotency_key}",
+                             EXIT_UNAVAILABLE)
             if error.status:
                 return _fail(f"service at {client.url} is unavailable: {detail}",
                              EXIT_UNAVAILABLE)
@@ -294,10 +322,11 @@ def add_client_commands(commands) -> None:
     register.add_argument("--idempotency-key", metavar="KEY",
                           help="retrying with the same key returns the same job")
 
-    get = add("get", run_get, "show a job", as_json)
-    get.add_argument("job_id", type=_job_id, metavar="ID")
+    get = add("get", run_get, "show jobs", as_json)
+    get.add_argument("job_ids", type=_job_id, metavar="ID", nargs="+")
     get.add_argument("--wait", type=float, metavar="SECONDS",
-                     help="wait up to SECONDS for the job to change (long-poll)")
+                     help="first wait up to SECONDS until the job, or any of the jobs, "
+                          "changes (one long-poll for all)")
     get.add_argument("--version", type=int,
                      help="with --wait: return once the version differs from this one")
 
@@ -311,6 +340,8 @@ def add_client_commands(commands) -> None:
         state.add_argument("--reason", help="why, kept in the job's history")
         state.add_argument("--if-match", type=int, metavar="VERSION",
                            help="only if the job is still at this version")
+        state.add_argument("--idempotency-key", metavar="KEY",
+                           help="running again with the same key applies the command once")
 
     listing = add("list", run_list, "list jobs, newest first", as_json)
     listing.add_argument("--state", choices=STATES)
@@ -356,8 +387,8 @@ def build_parser(server_commands: dict[str, Callable]) -> argparse.ArgumentParse
         description="Karmchari: a REST job manager for long-running jobs.")
     parser.add_argument("--version", action="version", version=f"karmchari {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add_command in server_commands.values():
-        add_command(commands)
+    for name in sorted(server_commands, key=lambda name: (name != "serve", name)):
+        server_commands[name](commands)
     add_client_commands(commands)
     return parser
 
