@@ -20,6 +20,7 @@ import os
 import signal
 import threading
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from app.config import Config
 from app.serving.common import StartupError, Worker, guarded, listen_socket
@@ -29,8 +30,9 @@ log = logging.getLogger("karmchari")
 # ordinary requests (granian issue #873); a long-poll is such a response.
 MIN_GRANIAN = (2, 7, 9)
 STATE_VARIABLE = "KARMCHARI_SERVING_STATE"
-DRAIN_SIGNAL = signal.SIGUSR1 if hasattr(signal, "SIGUSR1") else None
-NUDGE_SIGNAL = signal.SIGUSR2 if hasattr(signal, "SIGUSR2") else None
+# Not on Windows, where check_available refuses Granian.
+DRAIN_SIGNAL: int = getattr(signal, "SIGUSR1", 0)
+NUDGE_SIGNAL: int = getattr(signal, "SIGUSR2", 0)
 
 
 def check_available() -> None:
@@ -43,7 +45,7 @@ def check_available() -> None:
     if numbers < MIN_GRANIAN:
         raise StartupError(f"granian {found} is too old: Karmchari needs granian "
                            f"{'.'.join(map(str, MIN_GRANIAN))} or newer")
-    if DRAIN_SIGNAL is None:
+    if not DRAIN_SIGNAL:
         raise StartupError("--server granian is not supported on Windows; use waitress")
 
 
@@ -68,10 +70,11 @@ def _forward_drain() -> None:
 
         def handler(signum, frame, previous=previous):
             for child in multiprocessing.active_children():
-                try:
-                    os.kill(child.pid, DRAIN_SIGNAL)
-                except ProcessLookupError:
-                    pass
+                if child.pid:
+                    try:
+                        os.kill(child.pid, DRAIN_SIGNAL)
+                    except ProcessLookupError:
+                        pass
             if callable(previous):
                 previous(signum, frame)
 
@@ -82,6 +85,7 @@ def run(config: Config, url: str, shown_store: str, open_files: int) -> None:
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces
     from granian.http import HTTP1Settings
+    from granian.log import LogLevels
 
     listen_socket(config.host, config.port).close()  # a clear message if taken
     os.environ[STATE_VARIABLE] = json.dumps({"config": dataclasses.asdict(config),
@@ -104,7 +108,7 @@ def run(config: Config, url: str, shown_store: str, open_files: int) -> None:
         # The read buffer holds the request head: its size is the head's limit.
         http1_settings=HTTP1Settings(header_read_timeout=header_timeout * 1000,
                                      max_buffer_size=max(8192, config.max_header_bytes)),
-        log_level=config.log_level if config.log_level != "warning" else "warn",
+        log_level=LogLevels("warn" if config.log_level == "warning" else config.log_level),
         log_dictconfig=_log_config(config.log_level), log_access=False,
         workers_kill_timeout=max(1, math.ceil(config.shutdown_timeout)))
     server.on_startup(_forward_drain)
@@ -115,7 +119,7 @@ def run(config: Config, url: str, shown_store: str, open_files: int) -> None:
 def worker_app():
     """Granian's factory, called in each worker process."""
     state = json.loads(os.environ[STATE_VARIABLE])
-    values = {name: tuple(value) if isinstance(value, list) else value
+    values: dict[str, Any] = {name: tuple(value) if isinstance(value, list) else value
               for name, value in state["config"].items()}
     worker = Worker(Config(**values), state["url"])
     signal.signal(DRAIN_SIGNAL, lambda signum, frame: worker.drain())
@@ -134,7 +138,7 @@ def _watch_signals(worker: Worker) -> None:
     os.set_blocking(write_fd, False)
     signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
     signal.signal(NUDGE_SIGNAL, lambda signum, frame: None)
-    main = threading.main_thread().ident
+    main = threading.main_thread().ident or 0
 
     def watch() -> None:
         while True:
