@@ -127,19 +127,21 @@ def assert_every_endpoint_works(service, job_id, finished_id) -> None:
 
 
 @pytest.fixture
-def processes():
-    """Starts Redis servers and services for one test; stops them all after it."""
+def processes(server):
+    """Starts Redis servers and services (on each HTTP server in turn) for one
+    test; stops them all after it."""
     started: list = []
 
     class Processes:
         def redis(self, *args: str) -> RedisProcess:
-            server = RedisProcess(*args)
-            started.append(server)
-            return server.start()
+            redis_server = RedisProcess(*args)
+            started.append(redis_server)
+            return redis_server.start()
 
         def service(self, redis_url: str, *args: str,
                     socket_timeout: float = SOCKET_TIMEOUT) -> ServiceProcess:
-            service = ServiceProcess("--redis-url", redis_url, "--redis-socket-timeout",
+            service = ServiceProcess("--server", server, "--redis-url", redis_url,
+                                     "--redis-socket-timeout",
                                      str(socket_timeout), "--threads", "24", *args)
             started.append(service)
             return service.start()

@@ -30,8 +30,9 @@ log = logging.getLogger("karmchari")
 # ordinary requests (granian issue #873); a long-poll is such a response.
 MIN_GRANIAN = (2, 7, 9)
 STATE_VARIABLE = "KARMCHARI_SERVING_STATE"
-DRAIN_SIGNAL = signal.SIGUSR1 if hasattr(signal, "SIGUSR1") else None
-NUDGE_SIGNAL = signal.SIGUSR2 if hasattr(signal, "SIGUSR2") else None
+# Not on Windows, where check_available refuses Granian.
+DRAIN_SIGNAL: int = getattr(signal, "SIGUSR1", 0)
+NUDGE_SIGNAL: int = getattr(signal, "SIGUSR2", 0)
 
 
 def check_available() -> None:
@@ -44,7 +45,7 @@ def check_available() -> None:
     if numbers < MIN_GRANIAN:
         raise StartupError(f"granian {found} is too old: Karmchari needs granian "
                            f"{'.'.join(map(str, MIN_GRANIAN))} or newer")
-    if DRAIN_SIGNAL is None:
+    if not DRAIN_SIGNAL:
         raise StartupError("--server granian is not supported on Windows; use waitress")
 
 
@@ -139,7 +140,7 @@ def _watch_signals(worker: Worker) -> None:
     os.set_blocking(write_fd, False)
     signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
     signal.signal(NUDGE_SIGNAL, lambda signum, frame: None)
-    main = threading.main_thread().ident
+    main = threading.main_thread().ident or 0
 
     def watch() -> None:
         while True:
