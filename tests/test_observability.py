@@ -4,6 +4,7 @@ answer before it)."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import urllib.error
@@ -12,11 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from falcon import testing
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.app import create_app
 from app.auth import TokenRegistry
 from app.model import STATES
+from app.observability import _quoted
 from app.store.scripts import Scripts
 from tests.servers import RedisProcess, ServiceProcess
 
@@ -314,3 +318,8 @@ def test_long_poll_waiters_gauge(live_service):
         assert status == 200
         assert [poll.result()[0] for poll in polls] == [200, 200]
     assert waiters() == 0
+
+
+@given(st.text() | st.sampled_from(["/jobState", '/a"b', "/a\\b", "/\x7f", "/\x1f", "/é", ""]))
+def test_access_log_quoting_is_json_quoting(text):
+    assert _quoted(text) == json.dumps(text)

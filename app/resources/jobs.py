@@ -176,8 +176,8 @@ class JobCommands:
         if if_match is not None:
             if not matches(IF_MATCH_PATTERN, if_match.strip()):
                 raise bad_request("invalid_if_match", "If-Match must be one job version, or *")
-            if if_match.strip() != "*":
-                tag = req.if_match[0]
+            tag = (req.if_match or ["*"])[0]
+            if isinstance(tag, falcon.ETag):  # not "*"
                 # If-Match compares strongly (RFC 9110 §13.1.1): a weak tag never
                 # matches, and no job has version 0.
                 expected = 0 if tag.is_weak else int(str(tag))

@@ -3,6 +3,7 @@ thread)."""
 
 from __future__ import annotations
 
+import builtins
 import http.client
 import json
 import os
@@ -52,6 +53,7 @@ class Client:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
         self._parts = parts
+        self._host: str = parts.hostname
         self._token = token if token is not None else os.environ.get("KARMCHARI_TOKEN")
         self._timeout = timeout
         self._local = threading.local()
@@ -112,6 +114,25 @@ class Client:
             headers["If-Match"] = f'"{if_match}"'
         return self.request("POST", f"/v1/jobs/{job_id}/commands", body, headers=headers)
 
+    def command_many(self, command: str, *, ids: list[str] | None = None,
+                     where: dict | None = None, reason: str | None = None,
+                     cursor: str | None = None) -> dict:
+        """One command for the jobs named by ``ids``, or for every job matching
+        ``where`` (``state``, ``type``, ``label``: ["key:value", ...], ``stalled``).
+        Answers the counts; a walk that stopped at the service's limit has a
+        ``next_cursor`` to send back as ``cursor``, with the same ``where``."""
+        body: dict[str, Any] = {"command": command, **({"reason": reason} if reason else {})}
+        if ids is not None:
+            body["ids"] = ids
+        else:
+            body["where"] = where or {}
+            if cursor:
+                body["cursor"] = cursor
+        return self.request("POST", "/v1/jobs/commands", body, timeout=max(self._timeout, 60))
+
+    def stats(self) -> dict:
+        return self.request("GET", "/v1/stats")
+
     def history(self, job_id: str) -> list[dict]:
         return self.request("GET", f"/v1/jobs/{job_id}/history")["entries"]
 
@@ -136,14 +157,15 @@ class Client:
         body = {k: v for k, v in report.items() if v is not None}
         return self.request("POST", f"/v1/jobs/{job_id}/heartbeat", body, retry_safe=True)
 
-    def heartbeats(self, reports: list[dict]) -> list[dict]:
+    # builtins.list: in the class body "list" names the method above.
+    def heartbeats(self, reports: builtins.list[dict]) -> builtins.list[dict]:
         return self.request("POST", "/v1/heartbeats", {"heartbeats": reports},
                             retry_safe=True)["results"]
 
     # -- transport ----------------------------------------------------------
 
     def request(self, method: str, path: str, body: Any = None, *,
-                query: dict | list | None = None, headers: dict | None = None,
+                query: dict | builtins.list | None = None, headers: dict | None = None,
                 timeout: float | None = None, retry_safe: bool | None = None) -> Any:
         """One request. On a kept-alive connection the server had closed, it is
         sent again once, but only if that cannot apply it twice: reads, deletes,
@@ -209,7 +231,7 @@ class Client:
         if connection is None:
             kind = (http.client.HTTPSConnection if self._parts.scheme == "https"
                     else http.client.HTTPConnection)
-            connection = kind(self._parts.hostname, self._parts.port, timeout=timeout)
+            connection = kind(self._host, self._parts.port, timeout=timeout)
             self._local.connection = connection
         with self._connections_lock:
             # Again after close(): http.client reopens a closed connection.

@@ -174,11 +174,12 @@ class Worker:
         answer = self._retry(lambda: self._client.heartbeat(
             self.job_id, worker=self.worker_name, observed_state=RUNNING))
         self._learn(answer["state"], answer["version"])
-        if self._interval is None:
+        interval = self._interval
+        if interval is None:
             job = self._retry(lambda: self._client.get(self.job_id))
             timeout = job["heartbeat_timeout"]
-            self._interval = min(10.0, max(0.2, timeout / 3)) if timeout else 10.0
-        self._heartbeat_thread = self._spawn(self._heartbeat_loop, "heartbeat")
+            interval = self._interval = min(10.0, max(0.2, timeout / 3)) if timeout else 10.0
+        self._heartbeat_thread = self._spawn(lambda: self._heartbeat_loop(interval), "heartbeat")
         if self._long_poll:
             self._watcher = Watcher.shared(self._client.url, self._client.token)
             self._watcher.add(self)
@@ -281,9 +282,9 @@ class Worker:
             except Exception:  # a faulty callback must not stop the heartbeats
                 log.exception("on_state callback of job %s failed", self.job_id)
 
-    def _heartbeat_loop(self) -> None:
+    def _heartbeat_loop(self, interval: float) -> None:
         backoff = Backoff(cap=self._max_backoff)
-        delay = self._interval
+        delay = interval
         while True:
             with self._changed:
                 deadline = time.monotonic() + delay
@@ -309,7 +310,7 @@ class Worker:
                 log.warning("heartbeat of job %s refused: %s", self.job_id, error)
                 continue
             backoff.reset()
-            delay = self._interval
+            delay = interval
             self._learn(answer["state"], answer["version"])
 
     def _retry(self, call: Callable[[], Any]) -> Any:
