@@ -1,6 +1,6 @@
 """What Redis must hold for a given set of live jobs: every index (see
 docs/redis-keys.md) holds exactly the jobs it should, with the job's score,
-and no key is left of a job that is gone."""
+the label counts count them, and no key is left of a job that is gone."""
 
 from __future__ import annotations
 
@@ -43,20 +43,25 @@ def assert_store_holds(client: redis.Redis, keys: KeySchema, jobs: dict[str, Ind
     ``jobs`` says; the listing indexes score each job with its ``score``;
     job hashes and histories exist for these jobs and no others."""
     pattern = f"{{{keys.prefix}:*"
-    zsets = sorted(key for key in client.scan_iter(match=pattern, count=1000, _type="zset")
+    all_zsets = set(client.scan_iter(match=pattern, count=1000, _type="zset"))
+    zsets = sorted(key for key in all_zsets
                    if ":idx:" in key or key.endswith((":deadline", ":expiry")))
+    counted = sorted(key for key in all_zsets if key.endswith(":labels"))
     hashes = set(client.scan_iter(match=pattern + ":job:*", count=1000, _type="hash"))
     lists = set(client.scan_iter(match=pattern + ":hist:*", count=1000, _type="list"))
     pipe = client.pipeline(transaction=False)
-    for key in zsets:
+    for key in zsets + counted:
         pipe.zrange(key, 0, -1, withscores=True)
     ids = sorted(jobs)
     for job_id in ids:
         pipe.hget(keys.for_job(job_id).job(job_id), "score")
     replies = pipe.execute()
     actual = {key: dict(entries) for key, entries in zip(zsets, replies, strict=False)}
-    scores = {job_id: int(score) for job_id, score in zip(ids, replies[len(zsets):],
-                                                           strict=True) if score is not None}
+    label_counts = {key: {label: int(n) for label, n in entries}
+                    for key, entries in zip(counted, replies[len(zsets):], strict=False)}
+    scores = {job_id: int(score)
+              for job_id, score in zip(ids, replies[len(zsets) + len(counted):], strict=True)
+              if score is not None}
 
     assert hashes == {keys.for_job(j).job(j) for j in ids}, "job hashes"
     assert lists <= {keys.for_job(j).history(j) for j in ids}, "histories of gone jobs"
@@ -66,6 +71,11 @@ def assert_store_holds(client: redis.Redis, keys: KeySchema, jobs: dict[str, Ind
     for key, entries in actual.items():
         if key not in timed:
             assert entries == {j: scores[j] for j in entries}, f"scores of {key}"
+    expected_counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for job_id, job in jobs.items():
+        for k, v in job.labels:
+            expected_counts[keys.for_job(job_id).label_counts][f"{k}:{v}"] += 1
+    assert label_counts == {key: dict(c) for key, c in expected_counts.items()}, "label counts"
 
 
 def indexed_from_hashes(client: redis.Redis, keys: KeySchema) -> dict[str, Indexed]:
