@@ -37,7 +37,7 @@ def watch_listing(args: argparse.Namespace, client: Client,
                 drawn += 1
                 if args.count and drawn >= args.count:
                     return 0
-            versions = {job["id"]: job["version"] for job in shown}
+            versions = {job["id"]: job["version"] for job in shown or ()}
             if use_watch and versions:
                 try:
                     client.watch(versions, wait=args.interval)
