@@ -20,6 +20,7 @@ import os
 import signal
 import threading
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from app.config import Config
 from app.serving.common import StartupError, Worker, guarded, listen_socket
@@ -68,6 +69,8 @@ def _forward_drain() -> None:
 
         def handler(signum, frame, previous=previous):
             for child in multiprocessing.active_children():
+                if child.pid is None or DRAIN_SIGNAL is None:
+                    continue
                 try:
                     os.kill(child.pid, DRAIN_SIGNAL)
                 except ProcessLookupError:
@@ -82,6 +85,7 @@ def run(config: Config, url: str, shown_store: str, open_files: int) -> None:
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces
     from granian.http import HTTP1Settings
+    from granian.log import LogLevels
 
     listen_socket(config.host, config.port).close()  # a clear message if taken
     os.environ[STATE_VARIABLE] = json.dumps({"config": dataclasses.asdict(config),
@@ -97,12 +101,14 @@ def run(config: Config, url: str, shown_store: str, open_files: int) -> None:
         "app.serving.granian_server:worker_app", factory=True, interface=Interfaces.WSGI,
         address=config.host.strip("[]"), port=config.port, workers=config.workers,
         blocking_threads=config.threads, blocking_threads_idle_timeout=5, runtime_threads=1,
-        backlog=1024,
+        # Granian's backpressure is the connections a worker serves at once, idle
+        # ones included: past it, new clients wait. The connection limit, then.
+        backlog=1024, backpressure=config.connection_limit,
         http=HTTPModes.http1, websockets=False,
         # The read buffer holds the request head: its size is the head's limit.
         http1_settings=HTTP1Settings(header_read_timeout=header_timeout * 1000,
                                      max_buffer_size=max(8192, config.max_header_bytes)),
-        log_level=config.log_level if config.log_level != "warning" else "warn",
+        log_level=LogLevels(config.log_level if config.log_level != "warning" else "warn"),
         log_dictconfig=_log_config(config.log_level), log_access=False,
         workers_kill_timeout=max(1, math.ceil(config.shutdown_timeout)))
     server.on_startup(_forward_drain)
@@ -113,11 +119,12 @@ def run(config: Config, url: str, shown_store: str, open_files: int) -> None:
 def worker_app():
     """Granian's factory, called in each worker process."""
     state = json.loads(os.environ[STATE_VARIABLE])
-    values = {name: tuple(value) if isinstance(value, list) else value
-              for name, value in state["config"].items()}
+    values: dict[str, Any] = {name: tuple(value) if isinstance(value, list) else value
+                              for name, value in state["config"].items()}
     worker = Worker(Config(**values), state["url"])
-    signal.signal(DRAIN_SIGNAL, lambda signum, frame: worker.drain())
-    _watch_signals(worker)
+    if DRAIN_SIGNAL is not None:  # POSIX
+        signal.signal(DRAIN_SIGNAL, lambda signum, frame: worker.drain())
+        _watch_signals(worker)
     return guarded(worker)
 
 

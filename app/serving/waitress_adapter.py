@@ -80,11 +80,27 @@ class _Task(WSGITask):
         return super().build_response_header()
 
 
+ACCEPTS_PER_TURN = 64
+
+
 def install(server: BaseWSGIServer, worker: Worker) -> None:
-    """Our channel class on ``server``, for the connections it accepts from now on."""
+    """Our channel class on ``server``, for the connections it accepts from now on;
+    and up to ACCEPTS_PER_TURN accepts per turn of the loop, not one: each turn
+    costs time for every open connection, and a burst of a thousand connections
+    must not keep the next client waiting in the backlog for seconds."""
     server.channel_class = type("KarmchariChannel", (HTTPChannel,), {
         "parser_class": _Parser, "task_class": _Task, "error_task_class": _ErrorTask,
         "worker": worker})
+    accept_one, socket_map, limit = server.handle_accept, server._map, server.adj.connection_limit
+
+    def handle_accept() -> None:
+        for _ in range(ACCEPTS_PER_TURN):
+            before = len(socket_map)
+            accept_one()
+            if len(socket_map) == before or len(socket_map) >= limit:
+                return  # nothing more waiting, or the limit reached
+
+    server.handle_accept = handle_accept
 
 
 def wake(server: BaseWSGIServer) -> None:

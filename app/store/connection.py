@@ -61,8 +61,8 @@ def connect(url: str, *, cluster: bool = False, sentinels: Sequence[tuple[str, i
             url, max_connections=max_connections, timeout=socket_timeout, **options
         )
         client = LeanRedis(connection_pool=pool)
-    pool = client.connection_pool
-    pool.connection_class = counting_sends(pool.connection_class)
+    used = client.connection_pool
+    used.connection_class = counting_sends(used.connection_class)
     return client
 
 
@@ -80,7 +80,7 @@ def counting_sends(connection_class: type) -> type:
     if getattr(connection_class, "counts_sends", False):
         return connection_class
 
-    class Counting(connection_class):  # type: ignore[valid-type, misc]
+    class Counting(connection_class):
         counts_sends = True
 
         def send_packed_command(self, command, check_health=True):

@@ -114,6 +114,25 @@ class Client:
             headers["If-Match"] = f'"{if_match}"'
         return self.request("POST", f"/v1/jobs/{job_id}/commands", body, headers=headers)
 
+    def command_many(self, command: str, *, ids: list[str] | None = None,
+                     where: dict | None = None, reason: str | None = None,
+                     cursor: str | None = None) -> dict:
+        """One command for the jobs named by ``ids``, or for every job matching
+        ``where`` (``state``, ``type``, ``label``: ["key:value", ...], ``stalled``).
+        Answers the counts; a walk that stopped at the service's limit has a
+        ``next_cursor`` to send back as ``cursor``, with the same ``where``."""
+        body: dict[str, Any] = {"command": command, **({"reason": reason} if reason else {})}
+        if ids is not None:
+            body["ids"] = ids
+        else:
+            body["where"] = where or {}
+            if cursor:
+                body["cursor"] = cursor
+        return self.request("POST", "/v1/jobs/commands", body, timeout=max(self._timeout, 60))
+
+    def stats(self) -> dict:
+        return self.request("GET", "/v1/stats")
+
     def history(self, job_id: str) -> list[dict]:
         return self.request("GET", f"/v1/jobs/{job_id}/history")["entries"]
 
