@@ -15,7 +15,7 @@ import json
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from app.errors import (
     JobNotFound,
@@ -47,6 +47,7 @@ from app.store.keys import KeySchema, ShardKeys
 from app.store.scripts import (
     ApplyCommandCode,
     ClearOrphansCode,
+    LuaScript,
     RecordHeartbeatsCode,
     RegisterJobCode,
     Scripts,
@@ -332,8 +333,9 @@ class JobStore:
         result.next_cursor = encode_cursor(positions) if positions else None
         return result
 
-    def _bulk_call(self, shard, job_ids: list[str], command: str, actor: str, reason: str,
-                   where: JobFilter | None = None) -> tuple:
+    def _bulk_call(self, shard: ShardKeys, job_ids: list[str], command: str, actor: str,
+                   reason: str, where: JobFilter | None = None
+                   ) -> tuple[LuaScript, list[str], list[Any]]:
         where = where or JobFilter()
         keys, args = script_call(shard, job_ids, command, actor, reason, self.history_cap,
                                  self.retention_seconds, state=where.state, job_type=where.type,
