@@ -7,6 +7,8 @@ import json
 import os
 import re
 import subprocess
+import threading
+import time
 
 import pytest
 
@@ -273,6 +275,30 @@ def test_get_waits_for_a_change(url):
     one_line_error(karmchari("get", job_id, "--version", "1", url=url), EXIT_BAD_INPUT)
 
 
+def test_get_several_jobs_in_one_request_and_wait_for_any_of_them(url):
+    ids = [ok(karmchari("register", "teams", url=url)).strip() for _ in range(3)]
+    shown = json.loads(ok(karmchari("get", *ids, "--json", url=url)))
+    assert [(j["id"], j["state"]) for j in shown] == [(i, "start") for i in ids]
+    ok(karmchari("pause", ids[1], url=url))
+
+    def kill_soon():
+        time.sleep(2)  # most likely while the get below waits; before it, it waits 30 s
+        ok(karmchari("kill", ids[2], url=url))
+
+    killer = threading.Thread(target=kill_soon)
+    killer.start()
+    after = json.loads(ok(karmchari("get", *ids, "--wait", "30", "--json", url=url)))
+    killer.join()
+    assert [j["state"] for j in after] == ["start", "pause", "kill"]
+    text = ok(karmchari("get", ids[0], ids[1], url=url))
+    assert text.count("\nstate:") == 2 and re.search(rf"^id: +{ids[1]}$", text, re.M)
+    missing = "0" * 32
+    assert missing in one_line_error(karmchari("get", ids[0], missing, url=url),
+                                     EXIT_NOT_FOUND)
+    one_line_error(karmchari("get", *ids, "--wait", "1", "--version", "1", url=url),
+                   EXIT_BAD_INPUT)
+
+
 def test_bad_url():
     assert one_line_error(karmchari("list", "--url", "ftp://example.org"), EXIT_BAD_INPUT) == \
         "karmchari: not an http(s) URL: 'ftp://example.org'"
@@ -303,18 +329,19 @@ def test_service_up_but_redis_down_is_unavailable():
 def test_token_option_and_environment(redis_url, key_prefix):
     service = ServiceProcess("--redis-url", redis_url,
                              env={"KARMCHARI_KEY_PREFIX": key_prefix,
-                                  "KARMCHARI_TOKENS": "ops:operator:op-secret,"
-                                                      "viewer:reader:read-secret"}).start()
+                                  "KARMCHARI_TOKENS": "ops:operator:op-secret-5f2a9c81,"
+                                                      "viewer:reader:read-secret-7d3e1b40"}).start()
     try:
         url = service.url
         line = one_line_error(karmchari("list", url=url), EXIT_ERROR)
         assert line.startswith("karmchari: 401 ")
-        job_id = ok(karmchari("register", "teams", "--token", "op-secret", url=url)).strip()
-        ok(karmchari("pause", job_id, url=url, token="op-secret"))
-        assert one_line_error(karmchari("kill", job_id, url=url, token="read-secret"),
+        job_id = ok(karmchari("register", "teams", "--token", "op-secret-5f2a9c81",
+                              url=url)).strip()
+        ok(karmchari("pause", job_id, url=url, token="op-secret-5f2a9c81"))
+        assert one_line_error(karmchari("kill", job_id, url=url, token="read-secret-7d3e1b40"),
                               EXIT_ERROR).startswith("karmchari: 403 ")
         history = json.loads(ok(karmchari("history", job_id, "--json", url=url,
-                                          token="read-secret")))
+                                          token="read-secret-7d3e1b40")))
         assert [e["actor"] for e in history] == ["ops", "ops"]
     finally:
         service.stop()

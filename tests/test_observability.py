@@ -4,6 +4,7 @@ answer before it)."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import urllib.error
@@ -12,11 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from falcon import testing
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.app import create_app
 from app.auth import TokenRegistry
 from app.model import STATES
+from app.observability import _quoted
 from app.store.scripts import Scripts
 from tests.servers import RedisProcess, ServiceProcess
 
@@ -239,10 +243,12 @@ def test_access_log_cannot_be_forged_through_the_path(live_service):
 def test_access_log_names_the_actor(redis_url, key_prefix):
     service = ServiceProcess("--redis-url", redis_url,
                              env={"KARMCHARI_KEY_PREFIX": key_prefix,
-                                  "KARMCHARI_TOKENS": "ci-bot:operator:s3cr3t-token"}).start()
+                                  "KARMCHARI_TOKENS": "ci-bot:operator:s3cr3t-token-9a8b7c6d"}
+                             ).start()
     try:
         status, _, _ = fetch(service.url + "/v1/jobs", "POST", '{"type": "teams"}',
-                             {"Authorization": "Bearer s3cr3t-token", "X-Request-ID": "r-1"})
+                             {"Authorization": "Bearer s3cr3t-token-9a8b7c6d",
+                              "X-Request-ID": "r-1"})
         assert status == 201
         status, headers, _ = fetch(service.url + "/v1/jobs", headers={"X-Request-ID": "r-2"})
         assert (status, headers["x-request-id"]) == (401, "r-2")
@@ -251,19 +257,19 @@ def test_access_log_names_the_actor(redis_url, key_prefix):
     log = service.log()
     assert re.search(r'status=201 .*request_id=r-1 actor="ci-bot"', log)
     assert re.search(r"status=401 .*request_id=r-2 actor=-", log)
-    assert "s3cr3t-token" not in log
+    assert "s3cr3t-token-9a8b7c6d" not in log
 
 
 def test_request_id_on_answers_the_app_gives_before_any_resource(config, store):
     """413, 415, 401 and 403 come from checks ahead of the resource; they carry
     the id too (waitress's own 413/431 never reach the app)."""
-    tokens = TokenRegistry.load("r:reader:read-token,a:admin:admin-token")
+    tokens = TokenRegistry.load("r:reader:read-token-0f1e2d3c,a:admin:admin-token-4b5a6978")
     client = testing.TestClient(create_app(config, store, tokens=tokens))
-    admin = {"Authorization": "Bearer admin-token", "X-Request-ID": "pre-1"}
+    admin = {"Authorization": "Bearer admin-token-4b5a6978", "X-Request-ID": "pre-1"}
     cases = [
         (401, client.simulate_get("/v1/jobs", headers={"X-Request-ID": "pre-1"})),
         (403, client.simulate_post("/v1/jobs", json={"type": "teams"},
-                                   headers={"Authorization": "Bearer read-token",
+                                   headers={"Authorization": "Bearer read-token-0f1e2d3c",
                                             "X-Request-ID": "pre-1"})),
         (413, client.simulate_post("/v1/jobs", body="x" * (config.max_body_bytes + 1),
                                    headers={**admin, "Content-Type": "application/json"})),
@@ -312,3 +318,8 @@ def test_long_poll_waiters_gauge(live_service):
         assert status == 200
         assert [poll.result()[0] for poll in polls] == [200, 200]
     assert waiters() == 0
+
+
+@given(st.text() | st.sampled_from(["/jobState", '/a"b', "/a\\b", "/\x7f", "/\x1f", "/é", ""]))
+def test_access_log_quoting_is_json_quoting(text):
+    assert _quoted(text) == json.dumps(text)

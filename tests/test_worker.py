@@ -424,6 +424,17 @@ def test_the_shared_watch_carries_on_across_a_service_restart(redis_url, key_pre
         service.stop()
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
+def test_a_forked_child_starts_without_the_parents_watchers():
+    parent = Watcher.shared("http://127.0.0.1:9", None)
+    pid = os.fork()
+    if pid == 0:  # the child: a new watcher of its own, with threads that exist here
+        os._exit(0 if Watcher.shared("http://127.0.0.1:9", None) is not parent else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert Watcher.shared("http://127.0.0.1:9", None) is parent
+
+
 # -- backoff ----------------------------------------------------------------------
 
 def test_backoff_grows_exponentially_up_to_a_cap_and_honours_retry_after():

@@ -29,7 +29,7 @@ def serve(config: Config) -> int:
     if config.server == "granian":
         from app.serving import granian_server as server
     else:
-        from app.serving import waitress_server as server
+        from app.serving import waitress_server as server  # type: ignore[no-redef]
     server.check_available()
     try:
         tokens = TokenRegistry.load(config.tokens, config.tokens_file)

@@ -497,7 +497,8 @@ class JobStore:
     def get_many_with_time(self, job_ids: Sequence[str]) -> tuple[list[Job | None], int]:
         """Jobs (None where there is none) and the Redis server time, in one
         pipeline of readJob calls."""
-        calls = [(self.scripts.read_job, [self.keys.for_job(i).job(i)], []) for i in job_ids]
+        calls: list[tuple[LuaScript, list[str], list[Any]]] = [
+            (self.scripts.read_job, [self.keys.for_job(i).job(i)], []) for i in job_ids]
         if not calls:
             return [], self.server_time_ms()
         with unavailable_on_redis_errors():

@@ -74,6 +74,23 @@ class ClearOrphansCode(enum.IntEnum):
     PRESENT = 0
 
 
+class ImportLegacyJobsCode(enum.IntEnum):
+    """Per job. UPDATED is the one code above 1 that writes: an import either
+    creates a job or brings an imported one up to date, and the report tells
+    the two apart."""
+
+    IMPORTED = 1
+    ALREADY = 0
+    ID_TAKEN = 2
+    CHANGED_HERE = 3
+    UPDATED = 4
+
+
+class DeleteLegacyJobCode(enum.IntEnum):
+    DELETED = 1
+    CHANGED = 0
+
+
 # The code set of each script that has one (readJob answers data only).
 RETURN_CODES: dict[str, type[enum.IntEnum]] = {
     "registerJob": RegisterJobCode,
@@ -82,6 +99,8 @@ RETURN_CODES: dict[str, type[enum.IntEnum]] = {
     "deleteJob": DeleteJobCode,
     "recordHeartbeats": RecordHeartbeatsCode,
     "clearOrphans": ClearOrphansCode,
+    "importLegacyJobs": ImportLegacyJobsCode,
+    "deleteLegacyJob": DeleteLegacyJobCode,
 }
 
 _NAME_RE = re.compile(r"(?P<name>[a-zA-Z]+)-(?P<keys>\d+)\.lua\Z")
@@ -140,6 +159,8 @@ class Scripts:
     read_job: LuaScript
     record_heartbeats: LuaScript
     clear_orphans: LuaScript
+    import_legacy_jobs: LuaScript
+    delete_legacy_job: LuaScript
 
     def __init__(self, client: StoreClient) -> None:
         self._client = client
@@ -160,6 +181,8 @@ class Scripts:
         self.read_job = self._named("readJob")
         self.record_heartbeats = self._named("recordHeartbeats")
         self.clear_orphans = self._named("clearOrphans")
+        self.import_legacy_jobs = self._named("importLegacyJobs")
+        self.delete_legacy_job = self._named("deleteLegacyJob")
 
     def _named(self, name: str) -> LuaScript:
         try:

@@ -52,7 +52,7 @@ function describe(filter) {
 function actionButtons(job) {
   if (!canCommand()) return [];
   return (ROW_ACTIONS[job.state] || []).map((command) => el("button", {
-    type: "button", class: `small${command === "kill" ? " danger" : ""}`,
+    type: "button", class: `small${command === "kill" ? " danger" : ""}`, dataset: { command },
     "aria-label": `${ACTION_WORDS[command]} job ${job.name || job.id}`,
     onclick: () => act(job.id, command),
   }, ACTION_WORDS[command]));
@@ -100,7 +100,15 @@ export function updateRow(job) {
   row.job = job;
   row.tr.dataset.state = job.state;
   row.tr.classList.remove("missing");
+  // Keyboard users keep their place: focus goes back to the same control, or
+  // to the row's link when that control is gone (a finished job has no buttons).
+  const focused = row.tr.contains(document.activeElement) ? document.activeElement : null;
   row.tr.replaceChildren(...rowCells(job));
+  if (focused) {
+    const selector = focused.dataset.command ? `[data-command="${focused.dataset.command}"]`
+      : focused.classList.contains("select-row") ? ".select-row" : "a";
+    (row.tr.querySelector(selector) || row.tr.querySelector("a")).focus();
+  }
 }
 
 function markMissing(id) {

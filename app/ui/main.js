@@ -25,6 +25,7 @@ function listQuery(hash) {
 
 async function route(prefetched = null) {
   const hash = location.hash || "#/";
+  if (!hash.startsWith("#/")) return;  // an in-page anchor (the skip link), not a view
   const job = /^#\/jobs\/([0-9a-f]{32})$/.exec(hash);
   try {
     if (job) {

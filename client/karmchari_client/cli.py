@@ -1,5 +1,6 @@
-"""Client subcommands of ``karmchari``: talk to the JSON API of a running
-service (``--url``, ``KARMCHARI_URL``; ``--token``, ``KARMCHARI_TOKEN``).
+"""The ``karmchari`` command. Its client subcommands talk to the JSON API of a
+running service (``--url``, ``KARMCHARI_URL``; ``--token``, ``KARMCHARI_TOKEN``);
+the server distribution adds ``serve`` and ``import-legacy`` (see ``main``).
 
 Errors are one line on stderr and an exit code a script can test (see
 ``EXIT_CODES_HELP``).
@@ -32,13 +33,22 @@ EXIT_NOT_FOUND = 3
 EXIT_REFUSED = 4      # a transition the job's state does not allow, or a stale --if-match
 EXIT_UNAVAILABLE = 5  # the service cannot be reached, or it says to retry later
 
+# ``karmchari heartbeat`` exits with the state the job should be in, so that a
+# shell worker can act on it (examples/worker.sh); away from the codes above.
+STATE_EXIT = {RUNNING: EXIT_OK, PAUSED: 10, KILLED: 11, DONE: 12, FAILED: 13}
+
 EXIT_CODES_HELP = f"""exit codes:
   {EXIT_OK}  success
   {EXIT_ERROR}  other error (e.g. missing token, role not allowed)
   {EXIT_BAD_INPUT}  bad input
   {EXIT_NOT_FOUND}  no such job
   {EXIT_REFUSED}  refused: the job's state does not allow it, or --if-match is stale
-  {EXIT_UNAVAILABLE}  service down or unavailable"""
+  {EXIT_UNAVAILABLE}  service down or unavailable
+heartbeat exits with the state the job should be in:
+  {STATE_EXIT[RUNNING]}  start: carry on
+  {STATE_EXIT[PAUSED]} pause: stop working, keep heartbeating
+  {STATE_EXIT[KILLED]} kill: clean up and stop
+  {STATE_EXIT[DONE]} done, {STATE_EXIT[FAILED]} failed: finished; nothing more to do"""
 
 DEFAULT_PORT = 51463
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
@@ -144,14 +154,37 @@ def run_register(args: argparse.Namespace, client: Client) -> int:
 
 
 def run_get(args: argparse.Namespace, client: Client) -> int:
-    if args.version is not None and args.wait is None:
-        raise BadInput("--version needs --wait")
-    job = client.get(args.job_id, wait=args.wait, version=args.version)
-    if args.json:
-        _print_json(job)
+    ids = list(dict.fromkeys(args.job_ids))
+    args.job_id = ids[0]  # for the error messages
+    if args.version is not None and (args.wait is None or len(ids) > 1):
+        raise BadInput("--version needs --wait and a single job")
+    if len(ids) == 1:
+        jobs = [client.get(ids[0], wait=args.wait, version=args.version)]
     else:
-        _print_job(job)
+        jobs = _get_many(args, client, ids)
+    if args.json:
+        _print_json(jobs[0] if len(args.job_ids) == 1 else jobs)
+    else:
+        for index, job in enumerate(jobs):
+            if index:
+                print()
+            _print_job(job)
     return EXIT_OK
+
+
+def _get_many(args: argparse.Namespace, client: Client, ids: list[str]) -> list[dict]:
+    """Several jobs with one request (POST /v1/watch: version 0 means any
+    version is news); with --wait, then one more that waits until any of them
+    changes."""
+    answer = client.watch(dict.fromkeys(ids, 0), wait=0)
+    jobs = {job["id"]: job for job in answer["changed"]}
+    if args.wait and not answer["missing"]:
+        answer = client.watch({i: jobs[i]["version"] for i in ids}, wait=args.wait)
+        jobs.update({job["id"]: job for job in answer["changed"]})
+    if answer["missing"]:
+        args.job_id = ", ".join(answer["missing"])
+        raise ApiError(404, {"title": "Job not found", "code": "job_not_found"})
+    return [jobs[i] for i in ids]
 
 
 def _where(args: argparse.Namespace) -> dict:
@@ -257,7 +290,8 @@ def run_command(args: argparse.Namespace, client: Client) -> int:
 
 def run_one_command(args: argparse.Namespace, client: Client) -> int:
     result = client.command(args.job_id, STATE_COMMANDS[args.command],
-                                   reason=args.reason, if_match=args.if_match)
+                            reason=args.reason, if_match=args.if_match,
+                            idempotency_key=args.idempotency_key)
     if args.json:
         _print_json(result)
     else:
@@ -268,6 +302,18 @@ def run_one_command(args: argparse.Namespace, client: Client) -> int:
 
 
 def run_list(args: argparse.Namespace, client: Client) -> int:
+    if args.watch:
+        if args.all:
+            raise BadInput("--watch shows one page: use --limit, not --all")
+        if not 0 < args.interval <= 60:
+            raise BadInput("--interval is more than 0 and at most 60 seconds")
+        from karmchari_client.live_list import watch_listing
+
+        def read_page() -> dict:
+            return client.list(state=args.state, type=args.type, labels=_labels(args.label),
+                               stalled=args.stalled, limit=args.limit, cursor=args.cursor)
+        return watch_listing(args, client, read_page, lambda jobs: _table(
+            JOB_HEADERS, [_job_row(job) for job in jobs]))
     jobs: list[dict] = []
     cursor = args.cursor
     while True:
@@ -298,6 +344,16 @@ def run_history(args: argparse.Namespace, client: Client) -> int:
              e["actor"] or "-", e["reason"]] for e in entries]
     print(_table(["VERSION", "AT", "COMMAND", "FROM", "TO", "ACTOR", "REASON"], rows))
     return EXIT_OK
+
+
+def run_heartbeat(args: argparse.Namespace, client: Client) -> int:
+    answer = client.heartbeat(args.job_id, worker=args.worker, progress=args.progress,
+                              message=args.message, observed_state=args.observed_state)
+    if args.json:
+        _print_json(answer)
+    else:
+        print(answer["state"])
+    return STATE_EXIT.get(answer["state"], EXIT_ERROR)
 
 
 def run_delete(args: argparse.Namespace, client: Client) -> int:
@@ -339,12 +395,18 @@ def _guarded(run: Callable[[argparse.Namespace, Client], int]
             client = Client(args.url, args.token, timeout=args.timeout)
         except ValueError as error:
             return _fail(str(error), EXIT_BAD_INPUT)
+        # Older code reads ``args.json``; ``--output json`` and ``--json`` both set it.
+        args.json = getattr(args, "output", "text") == "json"
         try:
             return run(args, client)
         except BadInput as error:
             return _fail(str(error), EXIT_BAD_INPUT)
         except ServiceUnavailable as error:
             detail = error.problem.get("detail") or f"HTTP {error.status}"
+            if error.code == "outcome_unknown" and error.idempotency_key:
+                return _fail(f"service at {client.url}: {detail} To retry safely, run the "
+                             f"same command with --idempotency-key {error.idempotency_key}",
+                             EXIT_UNAVAILABLE)
             if error.status:
                 return _fail(f"service at {client.url} is unavailable: {detail}",
                              EXIT_UNAVAILABLE)
@@ -376,7 +438,10 @@ def add_client_commands(commands) -> None:
     """Registers the client subcommands; each sets ``run`` to its handler."""
     common = _connection_options()
     as_json = argparse.ArgumentParser(add_help=False)
-    as_json.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    as_json.add_argument("--output", "-o", choices=("text", "json"), default="text",
+                         help="text for people (default), or JSON for scripts")
+    as_json.add_argument("--json", dest="output", action="store_const", const="json",
+                         help="the same as --output json")
 
     def add(name: str, run, help_text: str, *parents: argparse.ArgumentParser):
         parser = commands.add_parser(name, help=help_text, description=help_text,
@@ -396,10 +461,11 @@ def add_client_commands(commands) -> None:
     register.add_argument("--idempotency-key", metavar="KEY",
                           help="retrying with the same key returns the same job")
 
-    get = add("get", run_get, "show a job", as_json)
-    get.add_argument("job_id", type=_job_id, metavar="ID")
+    get = add("get", run_get, "show jobs", as_json)
+    get.add_argument("job_ids", type=_job_id, metavar="ID", nargs="+")
     get.add_argument("--wait", type=float, metavar="SECONDS",
-                     help="wait up to SECONDS for the job to change (long-poll)")
+                     help="first wait up to SECONDS until the job, or any of the jobs, "
+                          "changes (one long-poll for all)")
     get.add_argument("--version", type=int,
                      help="with --wait: return once the version differs from this one")
 
@@ -414,6 +480,9 @@ def add_client_commands(commands) -> None:
         state.add_argument("--reason", help="why, kept in the job's history")
         state.add_argument("--if-match", type=int, metavar="VERSION",
                            help="only if the job is still at this version (one job)")
+        state.add_argument("--idempotency-key", metavar="KEY",
+                           help="running again with the same key applies the command once "
+                           "(one job)")
         matching = state.add_argument_group("every job matching (all of these)")
         matching.add_argument("--label", type=_label, action="append", metavar="KEY:VALUE",
                               help="jobs with this label (repeat: all of them)")
@@ -438,9 +507,28 @@ def add_client_commands(commands) -> None:
     listing.add_argument("--limit", type=int, help="jobs per page, default 50")
     listing.add_argument("--cursor", help="continue where a previous page ended")
     listing.add_argument("--all", action="store_true", help="follow the cursor to the end")
+    listing.add_argument("--watch", action="store_true",
+                         help="draw the page again whenever it changes, until Ctrl-C; with "
+                              "--output json, one line of JSON per drawing")
+    listing.add_argument("--interval", type=float, default=2.0, metavar="SECONDS",
+                         help="with --watch: read the page again at least this often, "
+                              "default 2")
+    listing.add_argument("--count", type=int, metavar="N",
+                         help="with --watch: stop after drawing N times")
 
     history = add("history", run_history, "show a job's changes of state", as_json)
     history.add_argument("job_id", type=_job_id, metavar="ID")
+
+    heartbeat = add("heartbeat", run_heartbeat,
+                    "report a job's liveness and progress; prints the state the job should be "
+                    "in and exits with its code (see below)", as_json)
+    heartbeat.add_argument("job_id", type=_job_id, metavar="ID")
+    heartbeat.add_argument("--progress", type=float, metavar="PERCENT", help="0 to 100")
+    heartbeat.add_argument("--message", help="what the worker is doing")
+    heartbeat.add_argument("--worker", help="the worker's name, e.g. the host")
+    heartbeat.add_argument("--observed-state", choices=(RUNNING, PAUSED, KILLED),
+                           help="the state the worker is actually in: acknowledges a pause, "
+                                "a resume or a kill")
 
     delete = add("delete", run_delete, "delete a finished job and its history")
     delete.add_argument("job_id", type=_job_id, metavar="ID")
@@ -470,8 +558,8 @@ def build_parser(server_commands: dict[str, Callable]) -> argparse.ArgumentParse
         description="Karmchari: a REST job manager for long-running jobs.")
     parser.add_argument("--version", action="version", version=f"karmchari {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add_command in server_commands.values():
-        add_command(commands)
+    for name in sorted(server_commands, key=lambda name: (name != "serve", name)):
+        server_commands[name](commands)
     add_client_commands(commands)
     return parser
 

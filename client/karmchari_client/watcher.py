@@ -14,6 +14,7 @@ limit, 1,000 by default) the jobs are split over several watches.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
@@ -43,6 +44,12 @@ class Watcher:
         self._lock = threading.Condition()
         self._workers: dict[str, Worker] = {}
         self._lanes: list[threading.Thread] = []
+
+    @classmethod
+    def _forget_all(cls) -> None:
+        """In a forked child: the parent's watchers have no threads here."""
+        cls._all = {}
+        cls._all_lock = threading.Lock()
 
     @classmethod
     def shared(cls, url: str, token: str | None) -> Watcher:
@@ -103,7 +110,10 @@ class Watcher:
             versions = {job_id: w.known_version() for job_id, w in share.items()
                         if not w.ended()}
             if not versions:
-                self._pause(0.05)  # ended, about to be removed
+                # Their jobs ended; the Workers leave at finish(). Wait for that
+                # or for a new job (add() notifies), rechecking now and then.
+                with self._lock:
+                    self._lock.wait(1.0)
                 continue
             longest = min(w.long_poll_wait for w in share.values())
             # The wait grows while the set of jobs stays the same.
@@ -151,3 +161,7 @@ class Watcher:
 
     def _pause(self, seconds: float) -> None:
         time.sleep(seconds)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=Watcher._forget_all)
