@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import time
+import uuid
 
 import pytest
 from falcon import testing
@@ -81,6 +82,33 @@ def test_the_fifty_largest_labels_largest_first(client, store):
     assert body["total"] == jobs
     assert list(body["labels"]) == [f"n:{i}" for i in range(59, 9, -1)]
     assert all(body["labels"][f"n:{i}"] == i + 1 for i in range(10, 60))
+
+
+def register_in_shard(store: JobStore, shard: str, labels: dict[str, str]) -> None:
+    """A job in the given shard: an Idempotency-Key registration takes its
+    shard from the key's hash, so try keys until one hashes there."""
+    job = uuid.uuid4().hex
+    for n in range(10_000):
+        key = f"{job}-{n}"
+        if store.keys.idempotency_shard("t", key).shard == shard:
+            store.register("teams", labels=labels, actor="t", idempotency_key=key)
+            return
+    raise AssertionError("no key found")
+
+
+def test_a_label_small_in_every_shard_but_large_overall_is_found(client, store):
+    """Each shard's 50 largest labels are only where the search starts: a label
+    that is 51st in every shard but first over all of them is found too."""
+    for shard in store.keys.shards:
+        for group in range(5):
+            local = {f"k{i}": f"s{shard}g{group}" for i in range(10)}
+            for _ in range(2):          # 50 labels of 2 jobs, only in this shard
+                register_in_shard(store, shard, local)
+        register_in_shard(store, shard, {"spread": "yes"})   # 1 job in every shard
+    labels = stats(client)["labels"]
+    assert len(labels) == 50
+    assert list(labels.items())[0] == ("spread:yes", 16)
+    assert set(list(labels.values())[1:]) == {2}
 
 
 def test_stalled_jobs_are_counted(client, store):
