@@ -194,6 +194,26 @@ def test_heartbeats_batch_over_every_shard(services):
     assert (single.status, single.json()["observed_state"]) == (200, "pause")
 
 
+def test_bulk_commands_and_stats_over_every_master(services):
+    one, other = services
+    label = f"bulk-{time.monotonic_ns()}"
+    ids = [register(one, labels={"bulk": label}) for _ in range(40)]
+    assert len({job_id[0] for job_id in ids}) > 8
+    assert command(one, ids[0], "kill").status == 200
+    reply = call(other.url, "POST", "/v1/jobs/commands",
+                 body={"command": "pause", "where": {"label": [f"bulk:{label}"]}})
+    assert reply.status == 200, reply.text
+    assert reply.json() == {"matched": 40, "changed": 39, "unchanged": 0, "refused": 1,
+                            "not_found": 0, "next_cursor": None}
+    reply = call(one.url, "POST", "/v1/jobs/commands",
+                 body={"command": "start", "ids": [*ids[:10], "0" * 32]})
+    assert reply.json()["changed"] == 9 and reply.json()["not_found"] == 1
+    stats = call(other.url, "GET", "/v1/stats").json()
+    assert stats["labels"][f"bulk:{label}"] == 40
+    assert stats["states"]["pause"] >= 30 and stats["total"] >= 40
+    assert sum(entry["count"] for entry in stats["changes_per_minute"]) >= 40 + 1 + 39 + 9
+
+
 def test_every_service_listens_on_every_shard_channel(cluster, services):
     """Sharded pub/sub: each service subscribes to the 16 shard channels, on
     whichever master owns each, from its first long-poll on."""

@@ -123,10 +123,11 @@ def _job_id(value: str) -> str:
 
 
 def _label(value: str) -> tuple[str, str]:
-    key, sep, label_value = value.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"a label is KEY=VALUE, not {value!r}")
-    return key, label_value
+    """KEY=VALUE or KEY:VALUE: a label key holds neither "=" nor ":"."""
+    found = re.match(r"([^=:]+)[=:](.*)\Z", value, re.DOTALL)
+    if not found:
+        raise argparse.ArgumentTypeError(f"a label is KEY=VALUE or KEY:VALUE, not {value!r}")
+    return found[1], found[2]
 
 
 def _labels(pairs: list[tuple[str, str]] | None) -> dict[str, str]:
@@ -186,9 +187,111 @@ def _get_many(args: argparse.Namespace, client: Client, ids: list[str]) -> list[
     return [jobs[i] for i in ids]
 
 
+def _where(args: argparse.Namespace) -> dict:
+    """The filter options of a state command, as POST /v1/jobs/commands takes them."""
+    where: dict = {}
+    if args.state:
+        where["state"] = args.state
+    if args.type:
+        where["type"] = args.type
+    if args.label:
+        where["label"] = [f"{k}:{v}" for k, v in _labels(args.label).items()]
+    if args.stalled is not None:
+        where["stalled"] = args.stalled
+    return where
+
+
+def _describe(where: dict) -> str:
+    parts = [f"state {where['state']}" if "state" in where else "",
+             f"type {where['type']}" if "type" in where else "",
+             *(f"label {label}" for label in where.get("label", [])),
+             {True: "stalled", False: "not stalled", None: ""}[where.get("stalled")]]
+    return ", ".join(p for p in parts if p)
+
+
+# Counting the jobs of a filter before the confirmation reads the listing,
+# at most this many pages of 500: past them the prompt says "at least".
+COUNT_PAGES = 20
+
+
+def _count_matching(client: Client, where: dict) -> tuple[int, bool]:
+    """How many jobs match, and whether that is all of them."""
+    labels = dict(label.split(":", 1) for label in where.get("label", []))
+    count, cursor = 0, None
+    for _ in range(COUNT_PAGES):
+        page = client.list(state=where.get("state"), type=where.get("type"), labels=labels,
+                           stalled=where.get("stalled"), limit=500, cursor=cursor)
+        count += len(page["jobs"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return count, True
+    return count, False
+
+
+def _confirmed(question: str) -> bool:
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    try:
+        answer = input()
+    except EOFError:
+        answer = ""
+    return answer.strip().lower() in ("y", "yes")
+
+
 def run_command(args: argparse.Namespace, client: Client) -> int:
+    where = _where(args)
+    if len(args.job_ids) == 1 and not where:
+        args.job_id = args.job_ids[0]
+        return run_one_command(args, client)
+    if args.job_ids and where:
+        raise BadInput("give job ids or filter options (--label, --state, --type, --stalled), "
+                       "not both")
+    if not args.job_ids and not where:
+        raise BadInput("give job ids or filter options (--label, --state, --type, --stalled)")
+    if args.if_match is not None:
+        raise BadInput("--if-match applies to one job only")
+    command = STATE_COMMANDS[args.command]
+    if not args.yes:
+        if args.job_ids:
+            question = f"{args.command} {len(args.job_ids)} jobs?"
+        else:
+            count, complete = _count_matching(client, where)
+            if complete and count == 0:
+                print(f"no job matches {_describe(where)}", file=sys.stderr)
+                return EXIT_OK
+            question = (f"{args.command} {'' if complete else 'at least '}{count} "
+                        f"job{'' if count == 1 else 's'} matching {_describe(where)}?")
+        if not _confirmed(question):
+            print("nothing changed", file=sys.stderr)
+            return EXIT_OK
+    totals = dict.fromkeys(("matched", "changed", "unchanged", "refused", "not_found"), 0)
+    ids = list(dict.fromkeys(args.job_ids))
+    # At most 500 ids a request; a filter's walk may answer a cursor to go on from.
+    batches: list[list[str] | None] = [ids[i:i + 500] for i in range(0, len(ids), 500)]
+    for batch in batches or [None]:
+        cursor = None
+        while True:
+            result = client.command_many(command, ids=batch, where=None if batch else where,
+                                         reason=args.reason, cursor=cursor)
+            for name in totals:
+                totals[name] += result[name]
+            cursor = result.get("next_cursor")
+            if cursor is None:
+                break
+    if args.json:
+        _print_json(totals)
+    else:
+        print(f"{totals['matched']} matched: {totals['changed']} changed, "
+              f"{totals['unchanged']} unchanged, {totals['refused']} refused"
+              + (f", {totals['not_found']} not found" if ids else ""))
+    if totals["not_found"]:
+        return EXIT_NOT_FOUND
+    return EXIT_REFUSED if ids and totals["refused"] else EXIT_OK
+
+
+def run_one_command(args: argparse.Namespace, client: Client) -> int:
     result = client.command(args.job_id, STATE_COMMANDS[args.command],
-                                   reason=args.reason, if_match=args.if_match)
+                            reason=args.reason, if_match=args.if_match,
+                            idempotency_key=args.idempotency_key)
     if args.json:
         _print_json(result)
     else:
@@ -300,6 +403,10 @@ def _guarded(run: Callable[[argparse.Namespace, Client], int]
             return _fail(str(error), EXIT_BAD_INPUT)
         except ServiceUnavailable as error:
             detail = error.problem.get("detail") or f"HTTP {error.status}"
+            if error.code == "outcome_unknown" and error.idempotency_key:
+                return _fail(f"service at {client.url}: {detail} To retry safely, run the "
+                             f"same command with --idempotency-key {error.idempotency_key}",
+                             EXIT_UNAVAILABLE)
             if error.status:
                 return _fail(f"service at {client.url} is unavailable: {detail}",
                              EXIT_UNAVAILABLE)
@@ -367,11 +474,26 @@ def add_client_commands(commands) -> None:
                           ("kill", "ask the job's worker to stop the job for good"),
                           ("done", "record that the job finished"),
                           ("fail", "record that the job failed")):
-        state = add(name, run_command, summary, as_json)
-        state.add_argument("job_id", type=_job_id, metavar="ID")
+        state = add(name, run_command, summary + "; with several ids or with filter "
+                    "options, to every job named or matching, after a confirmation", as_json)
+        state.add_argument("job_ids", type=_job_id, nargs="*", metavar="ID")
         state.add_argument("--reason", help="why, kept in the job's history")
         state.add_argument("--if-match", type=int, metavar="VERSION",
-                           help="only if the job is still at this version")
+                           help="only if the job is still at this version (one job)")
+        state.add_argument("--idempotency-key", metavar="KEY",
+                           help="running again with the same key applies the command once "
+                           "(one job)")
+        matching = state.add_argument_group("every job matching (all of these)")
+        matching.add_argument("--label", type=_label, action="append", metavar="KEY:VALUE",
+                              help="jobs with this label (repeat: all of them)")
+        matching.add_argument("--state", choices=STATES)
+        matching.add_argument("--type")
+        stalled = matching.add_mutually_exclusive_group()
+        stalled.add_argument("--stalled", action="store_true", default=None,
+                             help="running jobs whose heartbeat is overdue")
+        stalled.add_argument("--not-stalled", dest="stalled", action="store_false")
+        state.add_argument("-y", "--yes", action="store_true",
+                           help="do not ask for confirmation")
 
     listing = add("list", run_list, "list jobs, newest first", as_json)
     listing.add_argument("--state", choices=STATES)
