@@ -205,7 +205,7 @@ def _describe(where: dict) -> str:
     parts = [f"state {where['state']}" if "state" in where else "",
              f"type {where['type']}" if "type" in where else "",
              *(f"label {label}" for label in where.get("label", [])),
-             {True: "stalled", False: "not stalled"}.get(where.get("stalled"), "")]
+             {True: "stalled", False: "not stalled", None: ""}[where.get("stalled")]]
     return ", ".join(p for p in parts if p)
 
 
@@ -266,7 +266,8 @@ def run_command(args: argparse.Namespace, client: Client) -> int:
     totals = dict.fromkeys(("matched", "changed", "unchanged", "refused", "not_found"), 0)
     ids = list(dict.fromkeys(args.job_ids))
     # At most 500 ids a request; a filter's walk may answer a cursor to go on from.
-    for batch in [ids[i:i + 500] for i in range(0, len(ids), 500)] or [None]:
+    batches: list[list[str] | None] = [ids[i:i + 500] for i in range(0, len(ids), 500)]
+    for batch in batches or [None]:
         cursor = None
         while True:
             result = client.command_many(command, ids=batch, where=None if batch else where,
