@@ -9,6 +9,7 @@ import re
 import time
 import urllib.error
 import urllib.request
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -20,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.app import create_app
 from app.auth import TokenRegistry
 from app.model import STATES
-from app.observability import _quoted
+from app.observability import _quoted, new_request_id
 from app.store.scripts import Scripts
 from tests.servers import RedisProcess, ServiceProcess
 
@@ -323,3 +324,11 @@ def test_long_poll_waiters_gauge(live_service):
 @given(st.text() | st.sampled_from(["/jobState", '/a"b', "/a\\b", "/\x7f", "/\x1f", "/é", ""]))
 def test_access_log_quoting_is_json_quoting(text):
     assert _quoted(text) == json.dumps(text)
+
+
+def test_generated_request_ids_are_uuid4_hex():
+    for _ in range(500):
+        request_id = new_request_id()
+        parsed = uuid.UUID(hex=request_id)
+        assert GENERATED_ID.match(request_id)
+        assert (parsed.hex, parsed.version, parsed.variant) == (request_id, 4, uuid.RFC_4122)
