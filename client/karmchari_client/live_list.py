@@ -32,12 +32,12 @@ def watch_listing(args: argparse.Namespace, client: Client,
         while True:
             page = read_page()
             if page["jobs"] != shown:
-                shown = page["jobs"]
                 _draw(args, page, draw_table, on_terminal)
                 drawn += 1
                 if args.count and drawn >= args.count:
                     return 0
-            versions = {job["id"]: job["version"] for job in shown or ()}
+            shown = page["jobs"]
+            versions = {job["id"]: job["version"] for job in page["jobs"]}
             if use_watch and versions:
                 try:
                     client.watch(versions, wait=args.interval)
