@@ -502,8 +502,8 @@ def test_tokens_file_accepts_upper_case_hex_comments_and_blank_lines(tmp_path):
 
 
 def test_a_token_may_contain_colons():
-    registry = TokenRegistry.load("ci:operator:abc:def:ghi")
-    assert registry.authenticate("abc:def:ghi").name == "ci"
+    registry = TokenRegistry.load("ci:operator:abc:def:ghi:jkl:mno")
+    assert registry.authenticate("abc:def:ghi:jkl:mno").name == "ci"
 
 
 @pytest.mark.parametrize("env_value", ["ada:admin", "ada::tok", ":admin:tok", "ada:root:tok",
@@ -552,9 +552,51 @@ def test_a_broken_tokens_file_refuses_to_start_with_a_clear_message(redis_url, t
     assert result.returncode == 2
     assert f"{broken}:1" in result.stderr
     assert "Traceback" not in result.stderr
-    result = serve_and_wait("--redis-url", redis_url, env={"KARMCHARI_TOKENS": "ada:root:x"})
+    result = serve_and_wait("--redis-url", redis_url,
+                            env={"KARMCHARI_TOKENS": "ada:root:" + TOKENS["admin"][1]})
     assert result.returncode == 2
     assert "unknown role 'root'" in result.stderr
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "\n\n   \n# ada admin x\n"],
+                         ids=["empty", "a comment", "blanks and comments"])
+def test_a_tokens_file_without_tokens_refuses_to_start(redis_url, tmp_path, text):
+    """It would otherwise run without authentication, and say nothing."""
+    path = tmp_path / "tokens"
+    path.write_text(text)
+    for env in ({}, {"KARMCHARI_TOKENS": tokens_env("admin")}):
+        result = serve_and_wait("--tokens-file", str(path), "--redis-url", redis_url, env=env)
+        assert result.returncode == 2
+        assert result.stderr.strip() == (
+            f"karmchari: cannot load tokens: {path}: no token in it (lines are 'name role "
+            "sha256-hex'); the service would run without authentication")
+
+
+@pytest.mark.parametrize("value", [",", " , ,"])
+def test_a_tokens_variable_without_tokens_refuses_to_start(redis_url, value):
+    result = serve_and_wait("--redis-url", redis_url, env={"KARMCHARI_TOKENS": value})
+    assert result.returncode == 2
+    assert "KARMCHARI_TOKENS is set but names no token" in result.stderr
+
+
+def test_a_short_token_refuses_to_start_and_says_how_to_make_one(redis_url):
+    result = serve_and_wait("--redis-url", redis_url,
+                            env={"KARMCHARI_TOKENS": f"{tokens_env('admin')},ops:admin:short"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "karmchari: cannot load tokens: KARMCHARI_TOKENS: the token of 'ops' has 5 characters; "
+        "at least 16 are needed. Make one with: "
+        "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    made = subprocess.run(["python3", "-c", "import secrets; print(secrets.token_urlsafe(32))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert TokenRegistry.load(f"ops:admin:{made}").authenticate(made).name == "ops"
+
+
+@pytest.mark.parametrize("token", ["x" * 15, "tok-admin-5d1e"])
+def test_tokens_of_15_characters_or_fewer_are_refused(token):
+    with pytest.raises(TokenConfigError, match="at least 16"):
+        TokenRegistry.load(f"ada:admin:{token}")
+    assert TokenRegistry.load(f"ada:admin:{token}xy").enabled
 
 
 def _get(url: str, headers: dict | None = None) -> int:

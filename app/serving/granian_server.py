@@ -70,11 +70,12 @@ def _forward_drain() -> None:
 
         def handler(signum, frame, previous=previous):
             for child in multiprocessing.active_children():
-                if child.pid:
-                    try:
-                        os.kill(child.pid, DRAIN_SIGNAL)
-                    except ProcessLookupError:
-                        pass
+                if child.pid is None or DRAIN_SIGNAL is None:
+                    continue
+                try:
+                    os.kill(child.pid, DRAIN_SIGNAL)
+                except ProcessLookupError:
+                    pass
             if callable(previous):
                 previous(signum, frame)
 
@@ -108,7 +109,7 @@ def run(config: Config, url: str, shown_store: str, open_files: int) -> None:
         # The read buffer holds the request head: its size is the head's limit.
         http1_settings=HTTP1Settings(header_read_timeout=header_timeout * 1000,
                                      max_buffer_size=max(8192, config.max_header_bytes)),
-        log_level=LogLevels("warn" if config.log_level == "warning" else config.log_level),
+        log_level=LogLevels(config.log_level if config.log_level != "warning" else "warn"),
         log_dictconfig=_log_config(config.log_level), log_access=False,
         workers_kill_timeout=max(1, math.ceil(config.shutdown_timeout)))
     server.on_startup(_forward_drain)
@@ -120,10 +121,11 @@ def worker_app():
     """Granian's factory, called in each worker process."""
     state = json.loads(os.environ[STATE_VARIABLE])
     values: dict[str, Any] = {name: tuple(value) if isinstance(value, list) else value
-              for name, value in state["config"].items()}
+                              for name, value in state["config"].items()}
     worker = Worker(Config(**values), state["url"])
-    signal.signal(DRAIN_SIGNAL, lambda signum, frame: worker.drain())
-    _watch_signals(worker)
+    if DRAIN_SIGNAL is not None:  # POSIX
+        signal.signal(DRAIN_SIGNAL, lambda signum, frame: worker.drain())
+        _watch_signals(worker)
     return guarded(worker)
 
 
