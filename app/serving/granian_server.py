@@ -70,7 +70,7 @@ def _forward_drain() -> None:
 
         def handler(signum, frame, previous=previous):
             for child in multiprocessing.active_children():
-                if child.pid is None or DRAIN_SIGNAL is None:
+                if not child.pid:
                     continue
                 try:
                     os.kill(child.pid, DRAIN_SIGNAL)
@@ -123,7 +123,7 @@ def worker_app():
     values: dict[str, Any] = {name: tuple(value) if isinstance(value, list) else value
                               for name, value in state["config"].items()}
     worker = Worker(Config(**values), state["url"])
-    if DRAIN_SIGNAL is not None:  # POSIX
+    if DRAIN_SIGNAL:  # POSIX
         signal.signal(DRAIN_SIGNAL, lambda signum, frame: worker.drain())
         _watch_signals(worker)
     return guarded(worker)
