@@ -195,6 +195,8 @@ class Setting:
 
     @property
     def range_text(self) -> str:
+        if self.range is None:
+            return "any value"
         low, high = self.range
         return f"{low} to {high}" if self.kind == "int" else f"{low:g} to {high:g}"
 

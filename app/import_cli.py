@@ -72,9 +72,10 @@ class _Progress:
             return
         self.shown = now
         rate = report.scanned / report.seconds if report.seconds else 0
-        of = f" of about {self.total}" if self.total else ""
+        # DBSIZE counts every key of the source, not only job:* ones.
+        of = f" (of at most {self.total})" if self.total else ""
         written = report.imported + report.updated
-        sys.stderr.write(f"\rimport-legacy: {report.scanned}{of} keys read, "
+        sys.stderr.write(f"\rimport-legacy: {report.scanned} job:* keys read{of}, "
                          f"{written} {'to write' if report.dry_run else 'written'}, "
                          f"{report.already} already there ({rate:,.0f} keys/s)\033[K")
         sys.stderr.flush()

@@ -37,10 +37,9 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
-import redis
-
 from app.model import shard_of
 from app.store import JobStore
+from app.store.connection import StoreClient
 from app.store.scripts import DeleteLegacyJobCode, ImportLegacyJobsCode, Scripts
 
 ACTOR = "import"
@@ -145,7 +144,7 @@ def _chunks(items: Iterator, size: int) -> Iterator[list]:
 
 
 class LegacyImport:
-    def __init__(self, source: redis.Redis, store: JobStore, job_types: Iterable[str], *,
+    def __init__(self, source: StoreClient, store: JobStore, job_types: Iterable[str], *,
                  history_cap: int, retention_seconds: int, batch: int = 1000,
                  dry_run: bool = False, delete_source: bool = False,
                  progress: Callable[[Report], None] | None = None) -> None:

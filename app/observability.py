@@ -66,8 +66,8 @@ class ObservabilityMiddleware:
         # The labelled children of the two metrics, by (route, method[, status]):
         # prometheus-client's labels() looks them up under a lock on every call.
         # Routes are URI templates and methods a fixed set: the dicts stay small.
-        self._counters: dict[tuple[str, str, int], object] = {}
-        self._timers: dict[tuple[str, str], object] = {}
+        self._counters: dict[tuple[str, str, int], Counter] = {}
+        self._timers: dict[tuple[str, str], Histogram] = {}
 
     def process_request(self, req, resp) -> None:
         req.context.started = time.perf_counter()
@@ -108,4 +108,4 @@ class ObservabilityMiddleware:
             # handle(), not info(): the same record and handlers, without the
             # walk up the stack for a source line the format does not show.
             access_log.handle(access_log.makeRecord(
-                access_log.name, logging.INFO, "(access log)", 0, line, None, None))
+                access_log.name, logging.INFO, "(access log)", 0, line, (), None))

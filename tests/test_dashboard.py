@@ -158,17 +158,18 @@ def test_whoami_without_auth_is_an_anonymous_admin(client):
 
 @pytest.fixture
 def auth_client(config, store):
-    tokens = TokenRegistry.load("ops:operator:op-secret,viewer:reader:read-secret")
+    tokens = TokenRegistry.load(
+        "ops:operator:op-secret-5f2a9c81,viewer:reader:read-secret-7d3e1b40")
     return testing.TestClient(create_app(config, store, tokens=tokens))
 
 
 def test_whoami_tells_the_token_name_and_role(auth_client):
     reader = auth_client.simulate_get("/v1/whoami",
-                                      headers={"Authorization": "Bearer read-secret"})
+                                      headers={"Authorization": "Bearer read-secret-7d3e1b40"})
     assert reader.json == {"name": "viewer", "role": "reader", "auth": True,
                            "permissions": ["read"], "job_types": ["upload", "export", "teams"]}
     operator = auth_client.simulate_get("/v1/whoami",
-                                        headers={"Authorization": "Bearer op-secret"})
+                                        headers={"Authorization": "Bearer op-secret-5f2a9c81"})
     assert operator.json["role"] == "operator" and "command" in operator.json["permissions"]
     assert auth_client.simulate_get("/v1/whoami").status_code == 401
     # The page itself holds no data and loads without a token.

@@ -244,10 +244,12 @@ def test_access_log_cannot_be_forged_through_the_path(live_service):
 def test_access_log_names_the_actor(redis_url, key_prefix):
     service = ServiceProcess("--redis-url", redis_url,
                              env={"KARMCHARI_KEY_PREFIX": key_prefix,
-                                  "KARMCHARI_TOKENS": "ci-bot:operator:s3cr3t-token"}).start()
+                                  "KARMCHARI_TOKENS": "ci-bot:operator:s3cr3t-token-9a8b7c6d"}
+                             ).start()
     try:
         status, _, _ = fetch(service.url + "/v1/jobs", "POST", '{"type": "teams"}',
-                             {"Authorization": "Bearer s3cr3t-token", "X-Request-ID": "r-1"})
+                             {"Authorization": "Bearer s3cr3t-token-9a8b7c6d",
+                              "X-Request-ID": "r-1"})
         assert status == 201
         status, headers, _ = fetch(service.url + "/v1/jobs", headers={"X-Request-ID": "r-2"})
         assert (status, headers["x-request-id"]) == (401, "r-2")
@@ -256,19 +258,19 @@ def test_access_log_names_the_actor(redis_url, key_prefix):
     log = service.log()
     assert re.search(r'status=201 .*request_id=r-1 actor="ci-bot"', log)
     assert re.search(r"status=401 .*request_id=r-2 actor=-", log)
-    assert "s3cr3t-token" not in log
+    assert "s3cr3t-token-9a8b7c6d" not in log
 
 
 def test_request_id_on_answers_the_app_gives_before_any_resource(config, store):
     """413, 415, 401 and 403 come from checks ahead of the resource; they carry
     the id too (waitress's own 413/431 never reach the app)."""
-    tokens = TokenRegistry.load("r:reader:read-token,a:admin:admin-token")
+    tokens = TokenRegistry.load("r:reader:read-token-0f1e2d3c,a:admin:admin-token-4b5a6978")
     client = testing.TestClient(create_app(config, store, tokens=tokens))
-    admin = {"Authorization": "Bearer admin-token", "X-Request-ID": "pre-1"}
+    admin = {"Authorization": "Bearer admin-token-4b5a6978", "X-Request-ID": "pre-1"}
     cases = [
         (401, client.simulate_get("/v1/jobs", headers={"X-Request-ID": "pre-1"})),
         (403, client.simulate_post("/v1/jobs", json={"type": "teams"},
-                                   headers={"Authorization": "Bearer read-token",
+                                   headers={"Authorization": "Bearer read-token-0f1e2d3c",
                                             "X-Request-ID": "pre-1"})),
         (413, client.simulate_post("/v1/jobs", body="x" * (config.max_body_bytes + 1),
                                    headers={**admin, "Content-Type": "application/json"})),

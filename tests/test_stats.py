@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import time
+import uuid
 
 import pytest
 from falcon import testing
@@ -14,7 +15,7 @@ from app.config import Config
 from app.model import STATES
 from app.store import HeartbeatReport, JobStore
 
-TOKENS = "rea:reader:tok-reader-5f6a,wim:worker:tok-worker-3d4e"
+TOKENS = "rea:reader:tok-reader-5f6a-d4e5f6,wim:worker:tok-worker-3d4e-a1b2c3"
 
 
 def stats(client: testing.TestClient, token: str | None = None) -> dict:
@@ -83,6 +84,33 @@ def test_the_fifty_largest_labels_largest_first(client, store):
     assert all(body["labels"][f"n:{i}"] == i + 1 for i in range(10, 60))
 
 
+def register_in_shard(store: JobStore, shard: str, labels: dict[str, str]) -> None:
+    """A job in the given shard: an Idempotency-Key registration takes its
+    shard from the key's hash, so try keys until one hashes there."""
+    job = uuid.uuid4().hex
+    for n in range(10_000):
+        key = f"{job}-{n}"
+        if store.keys.idempotency_shard("t", key).shard == shard:
+            store.register("teams", labels=labels, actor="t", idempotency_key=key)
+            return
+    raise AssertionError("no key found")
+
+
+def test_a_label_small_in_every_shard_but_large_overall_is_found(client, store):
+    """Each shard's 50 largest labels are only where the search starts: a label
+    that is 51st in every shard but first over all of them is found too."""
+    for shard in store.keys.shards:
+        for group in range(5):
+            local = {f"k{i}": f"s{shard}g{group}" for i in range(10)}
+            for _ in range(2):          # 50 labels of 2 jobs, only in this shard
+                register_in_shard(store, shard, local)
+        register_in_shard(store, shard, {"spread": "yes"})   # 1 job in every shard
+    labels = stats(client)["labels"]
+    assert len(labels) == 50
+    assert list(labels.items())[0] == ("spread:yes", 16)
+    assert set(list(labels.values())[1:]) == {2}
+
+
 def test_stalled_jobs_are_counted(client, store):
     stalled, _ = store.register("teams", heartbeat_timeout=1)
     alive, _ = store.register("teams", heartbeat_timeout=1)
@@ -147,6 +175,6 @@ def auth_client(config, store):
 
 def test_readers_may_read_it_and_anonymous_callers_may_not(auth_client, store):
     store.register("teams")
-    assert stats(auth_client, "tok-reader-5f6a")["total"] == 1
-    assert stats(auth_client, "tok-worker-3d4e")["total"] == 1
+    assert stats(auth_client, "tok-reader-5f6a-d4e5f6")["total"] == 1
+    assert stats(auth_client, "tok-worker-3d4e-a1b2c3")["total"] == 1
     assert auth_client.simulate_get("/v1/stats").status_code == 401

@@ -229,12 +229,14 @@ def guarded(worker: Worker):
             return refuse(environ, start_response, "431 Request Header Fields Too Large",
                           "headers_too_large", "Request header fields too large",
                           f"the request head may be at most {max_head} bytes")
-        if not draining.is_set():
-            return app(environ, start_response)
 
-        def closing(status, headers, exc_info=None):
-            return start_response(status, [*headers, ("Connection", "close")], exc_info)
+        def respond(status, headers, exc_info=None):
+            # Decided when the answer starts: a long-poll begun before the drain
+            # ends because of it, and its answer closes the connection too.
+            if draining.is_set():
+                headers = [*headers, ("Connection", "close")]
+            return start_response(status, headers, exc_info)
 
-        return app(environ, closing)
+        return app(environ, respond)
 
     return application

@@ -333,8 +333,9 @@ class JobStore:
         result.next_cursor = encode_cursor(positions) if positions else None
         return result
 
-    def _bulk_call(self, shard, job_ids: list[str], command: str, actor: str, reason: str,
-                   where: JobFilter | None = None) -> tuple:
+    def _bulk_call(self, shard: ShardKeys, job_ids: list[str], command: str, actor: str,
+                   reason: str, where: JobFilter | None = None
+                   ) -> tuple[LuaScript, list[str], list[Any]]:
         where = where or JobFilter()
         keys, args = script_call(shard, job_ids, command, actor, reason, self.history_cap,
                                  self.retention_seconds, state=where.state, job_type=where.type,
@@ -631,7 +632,7 @@ class JobStore:
 
     def stats(self, job_types: Sequence[str], top_labels: int = 50) -> Stats:
         """Counts for an overview, from the indexes and the counters the
-        scripts keep: two pipelines, whatever the number of jobs."""
+        scripts keep: a few pipelines, whatever the number of jobs."""
         now_ms = self.server_time_ms()
         shards = list(self.keys.shards.values())
         with unavailable_on_redis_errors():
@@ -643,12 +644,10 @@ class JobStore:
                 pipe.zcount(shard.deadlines, "-inf", f"({now_ms}")
                 for job_type in job_types:
                     pipe.zcard(shard.type_index(job_type))
-                pipe.zrevrange(shard.label_counts, 0, top_labels - 1)
                 pipe.hgetall(shard.changes)
             replies = iter(pipe.execute())
         result = Stats(now_ms, states=dict.fromkeys(STATES, 0),
                        types=dict.fromkeys(job_types, 0))
-        labels: set[str] = set()
         minutes: dict[int, int] = {}
         for _ in shards:
             result.total += next(replies)
@@ -657,12 +656,32 @@ class JobStore:
             result.stalled += next(replies)
             for job_type in job_types:
                 result.types[job_type] += next(replies)
-            labels.update(next(replies))
             for minute, count in next(replies).items():
                 minutes[int(minute)] = minutes.get(int(minute), 0) + int(count)
-        # Each shard's largest labels are the candidates; their totals are exact.
-        candidates = sorted(labels)
-        if candidates:
+        this_minute = now_ms // 60_000
+        result.changes_per_minute = [(m * 60_000, minutes.get(m, 0))
+                                     for m in range(this_minute - 59, this_minute + 1)]
+        result.labels = self._largest_labels(shards, top_labels)
+        return result
+
+    def _largest_labels(self, shards: list[ShardKeys], top: int,
+                        max_depth: int = 800) -> dict[str, int]:
+        """The ``top`` labels with the most jobs over all shards, exactly: the
+        largest of each shard are the candidates, and their totals over every
+        shard are read (ZMSCORE). A label that is no candidate has, in each
+        shard, at most the count of that shard's last one read; while that
+        bound could beat the last of the top, each shard is read deeper (up to
+        ``max_depth`` labels a shard, past which the top is the candidates')."""
+        depth = top
+        while True:
+            with unavailable_on_redis_errors():
+                pipe = self.client.pipeline(transaction=False)
+                for shard in shards:
+                    pipe.zrevrange(shard.label_counts, 0, depth - 1, withscores=True)
+                heads = pipe.execute()
+            candidates = sorted({label for head in heads for label, _ in head})
+            if not candidates:
+                return {}
             with unavailable_on_redis_errors():
                 pipe = self.client.pipeline(transaction=False)
                 for shard in shards:
@@ -670,11 +689,11 @@ class JobStore:
                 totals = [sum(int(c or 0) for c in counts)
                           for counts in zip(*pipe.execute(), strict=True)]
             ranked = sorted(zip(candidates, totals, strict=True), key=lambda p: (-p[1], p[0]))
-            result.labels = dict(ranked[:top_labels])
-        this_minute = now_ms // 60_000
-        result.changes_per_minute = [(m * 60_000, minutes.get(m, 0))
-                                     for m in range(this_minute - 59, this_minute + 1)]
-        return result
+            bound = sum(int(head[-1][1]) for head in heads if len(head) == depth)
+            if bound == 0 or ranked[min(top, len(ranked)) - 1][1] >= bound \
+                    or depth >= max_depth:
+                return dict(ranked[:top])
+            depth *= 4
 
     # -- health -------------------------------------------------------------
 

@@ -12,7 +12,6 @@ import base64
 import binascii
 import json
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 from app.model import SHARDS, is_job_id
@@ -124,5 +123,3 @@ def take_entries(replies: list, position: Position) -> tuple[list[tuple[int, str
     rows.sort(reverse=True)
     return rows[:BATCH], len(rows) <= BATCH and len(replies[-1]) < BATCH
 
-
-IndexOf = Callable[[ShardKeys], str]

@@ -61,9 +61,18 @@ def connect(url: str, *, cluster: bool = False, sentinels: Sequence[tuple[str, i
             url, max_connections=max_connections, timeout=socket_timeout, **options
         )
         client = LeanRedis(connection_pool=pool)
-    pool = client.connection_pool
-    pool.connection_class = counting_sends(pool.connection_class)
+    used = client.connection_pool
+    used.connection_class = counting_sends(used.connection_class)
     return client
+
+
+def _is_script(packed) -> bool:
+    """Whether a packed command (or a pipeline's, whose commands here are all
+    alike) is EVAL or EVALSHA: "*<n>\r\n$<len>\r\nEVALSHA\r\n..." opens its first chunk."""
+    first = packed.encode() if isinstance(packed, str) else (
+        packed if isinstance(packed, bytes | bytearray | memoryview) else next(iter(packed), b""))
+    parts = bytes(first[:48]).split(b"\r\n", 3)
+    return len(parts) > 2 and parts[2].upper() in (b"EVAL", b"EVALSHA")
 
 
 class _Sent(threading.local):
@@ -80,16 +89,12 @@ def counting_sends(connection_class: type) -> type:
     if getattr(connection_class, "counts_sends", False):
         return connection_class
 
-    class Counting(connection_class):  # type: ignore[valid-type, misc]
+    class Counting(connection_class):
         counts_sends = True
 
         def send_packed_command(self, command, check_health=True):
             super().send_packed_command(command, check_health)
-            first = command.encode() if isinstance(command, str) else (
-                command if isinstance(command, bytes) else next(iter(command), b""))
-            # "*<n>\r\n$7\r\nEVALSHA\r\n...": the command name opens the first chunk
-            # (also of a pipeline's, whose commands here are all scripts).
-            if b"EVAL" in bytes(first[:32]).upper():
+            if _is_script(command):
                 _SENT.scripts += 1
 
     Counting.__name__ = Counting.__qualname__ = "Counting" + connection_class.__name__

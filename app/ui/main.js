@@ -131,7 +131,8 @@ async function start() {
   showWho(who);
   jobs.setTypes(who.job_types);
   window.addEventListener("hashchange", () => route());
-  await Promise.all([route(firstPage), refreshStats(false)]);
+  await route(firstPage);  // the rows first; the counts right after
+  await refreshStats(false);
   setInterval(refreshStats, STATS_EVERY_MS);
   setInterval(jobs.tickAges, 5000);
   setInterval(() => {
