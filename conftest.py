@@ -20,6 +20,7 @@ from app.app import create_app
 from app.config import Config
 from app.store import JobStore, connect
 from app.store.keys import KeySchema
+from tests.live import SERVERS, LiveClient
 from tests.servers import RedisProcess, ServiceProcess
 
 
@@ -48,10 +49,17 @@ def redis_client(redis_url):
     client.close()
 
 
+def live_prefix(server: str) -> str:
+    return f"live{server}"
+
+
 @pytest.fixture
-def key_prefix(redis_client):
-    """A fresh key namespace; its keys are deleted after the test."""
-    prefix = "t" + uuid.uuid4().hex[:12]
+def key_prefix(request, redis_client):
+    """A fresh key namespace; its keys are deleted after the test. A test
+    against a live server (``live_client``) shares that server's namespace."""
+    live = "live_client" in request.fixturenames or "live_services" in request.fixturenames
+    server = live and request.node.callspec.params.get("server")
+    prefix = live_prefix(server) if server else "t" + uuid.uuid4().hex[:12]
     yield prefix
     for key in redis_client.scan_iter(match=f"{{{prefix}:*", count=1000):
         redis_client.delete(key)
@@ -84,3 +92,37 @@ def live_service(redis_url, key_prefix):
                              env={"KARMCHARI_KEY_PREFIX": key_prefix}).start()
     yield service
     service.stop()
+
+
+@pytest.fixture(scope="session")
+def live_services(redis_url):
+    """``karmchari serve --server NAME`` processes, started at first use with the
+    given settings (``KARMCHARI_*``) and kept for the session."""
+    started: dict = {}
+
+    def service(server: str, **settings) -> ServiceProcess:
+        key = (server, tuple(sorted(settings.items())))
+        if key not in started:
+            env = {f"KARMCHARI_{name.upper()}": str(value) for name, value in settings.items()}
+            started[key] = ServiceProcess("--server", server, "--redis-url", redis_url,
+                                          env=env).start()
+        return started[key]
+
+    yield service
+    for process in started.values():
+        process.stop()
+        process.log_path.unlink(missing_ok=True)
+
+
+@pytest.fixture(params=SERVERS)
+def server(request):
+    """Each HTTP server ``karmchari serve`` supports."""
+    return request.param
+
+
+@pytest.fixture
+def live_client(server, live_services, key_prefix):
+    """The ``client`` interface over real HTTP to ``karmchari serve --server``
+    (the settings of the ``config`` fixture), once per server."""
+    service = live_services(server, key_prefix=key_prefix, threads=8)
+    return LiveClient(service.url)

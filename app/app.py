@@ -17,6 +17,7 @@ from app.resources.dashboard import DashboardAssets, RootRedirect, WhoAmI
 from app.resources.health import Healthz, MetricsResource, Readyz
 from app.resources.jobs import JobCollection, JobCommands, JobHistory, JobItem
 from app.resources.legacy import JobState, RegisterJob
+from app.resources.overview import BulkCommands, Stats
 from app.resources.watch import Watch
 from app.resources.workers import Heartbeats, JobHeartbeat
 from app.schemas import validators
@@ -68,11 +69,13 @@ def create_app(config: Config | None = None, store: JobStore | None = None,
     app.add_route("/registerJob", RegisterJob(store, config))
     app.add_route("/jobState", JobState(store, config))
     app.add_route("/v1/jobs", JobCollection(store, config, checks))
+    app.add_route("/v1/jobs/commands", BulkCommands(store, config, checks))
     app.add_route("/v1/jobs/{job_id}", JobItem(store, config, notifier))
     app.add_route("/v1/jobs/{job_id}/commands", JobCommands(store, config, checks))
     app.add_route("/v1/jobs/{job_id}/history", JobHistory(store))
     app.add_route("/v1/jobs/{job_id}/heartbeat", JobHeartbeat(store, config, checks))
     app.add_route("/v1/heartbeats", Heartbeats(store, config, checks))
+    app.add_route("/v1/stats", Stats(store, config))
     app.add_route("/v1/watch", Watch(config, notifier, checks))
     app.add_route("/healthz", Healthz())
     app.add_route("/readyz", Readyz(store, config.retry_after_seconds))

@@ -54,6 +54,11 @@ class TokenConfigError(ValueError):
     pass
 
 
+# A token guessable in a few million tries is no token: at least 16 characters.
+MIN_TOKEN_CHARS = 16
+MAKE_TOKEN = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
 class TokenRegistry:
     def __init__(self, entries: list[tuple[str, str, bytes]] | None = None) -> None:
         self._entries: list[tuple[bytes, Principal]] = []
@@ -64,13 +69,25 @@ class TokenRegistry:
 
     @classmethod
     def load(cls, env_value: str = "", file_path: str = "") -> TokenRegistry:
+        """Refuses (TokenConfigError) a malformed entry, a token shorter than
+        MIN_TOKEN_CHARS, and a source that is given but yields no token: that
+        would silently run the service without authentication."""
         entries: list[tuple[str, str, bytes]] = []
         for item in filter(None, (p.strip() for p in env_value.split(","))):
             parts = item.split(":", 2)
             if len(parts) != 3 or not all(parts):
                 raise TokenConfigError("KARMCHARI_TOKENS entries are name:role:token")
+            if len(parts[2]) < MIN_TOKEN_CHARS:
+                raise TokenConfigError(
+                    f"KARMCHARI_TOKENS: the token of {parts[0]!r} has {len(parts[2])} "
+                    f"characters; at least {MIN_TOKEN_CHARS} are needed. Make one with: "
+                    f"{MAKE_TOKEN}")
             entries.append((parts[0], parts[1], _digest(parts[2])))
+        if env_value.strip() and not entries:
+            raise TokenConfigError("KARMCHARI_TOKENS is set but names no token (entries are "
+                                   "name:role:token); unset it to run without tokens")
         if file_path:
+            from_file = len(entries)
             for number, line in enumerate(Path(file_path).read_text().splitlines(), 1):
                 line = line.strip()
                 if not line or line.startswith("#"):
@@ -85,6 +102,10 @@ class TokenRegistry:
                 if len(digest) != 32:
                     raise TokenConfigError(f"{file_path}:{number}: not a SHA-256 hex digest")
                 entries.append((parts[0], parts[1], digest))
+            if len(entries) == from_file:
+                raise TokenConfigError(
+                    f"{file_path}: no token in it (lines are 'name role sha256-hex'); the "
+                    "service would run without authentication")
         return cls(entries)
 
     @property

@@ -13,11 +13,30 @@ import sys
 
 from app.config import SETTINGS, Config, Setting
 
+# The settings of the store (the same for every server subcommand) and of jobs.
+STORE_SETTINGS = ("shost", "redis_url", "redis_cluster", "redis_sentinel", "sentinel_master",
+                  "redis_socket_timeout", "key_prefix")
+JOB_SETTINGS = ("job_types", "history_cap", "retention_seconds")
+
+
+def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    """The Redis to use: the same options for every server subcommand."""
+    add_setting_arguments(parser, STORE_SETTINGS)
+
+
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    add_setting_arguments(parser, JOB_SETTINGS)
+
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per declared setting (app/config.py), named after it."""
+    add_setting_arguments(parser, [s.name for s in SETTINGS])
+
+
+def add_setting_arguments(parser: argparse.ArgumentParser, names) -> None:
+    wanted = set(names)
     for s in SETTINGS:
-        if not s.flag:
+        if not s.flag or s.name not in wanted:
             continue
         names = [s.old_flag, s.option] if s.old_flag else [s.option]
         extra = f" (env {s.env}"
@@ -54,7 +73,8 @@ def shown(value: object) -> str:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    return Config.from_env(**{s.name: getattr(args, s.name) for s in SETTINGS if s.flag})
+    # Subcommands other than serve take only some of the options.
+    return Config.from_env(**{s.name: getattr(args, s.name, None) for s in SETTINGS if s.flag})
 
 
 def add_serve_command(commands) -> None:
@@ -77,8 +97,13 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
 
 
+def add_import_command(commands) -> None:
+    from app.import_cli import add_import_command as add
+    add(commands)
+
+
 # The same as the entry points, for ``python -m app`` from a tree that is not installed.
-SERVER_COMMANDS = {"serve": add_serve_command}
+SERVER_COMMANDS = {"serve": add_serve_command, "import-legacy": add_import_command}
 
 
 def build_parser() -> argparse.ArgumentParser:

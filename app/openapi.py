@@ -17,6 +17,7 @@ from app.schemas import (
     label_filter_pattern,
     request_schemas,
 )
+from app.store.bulk import MAX_EXAMINED
 
 _JOB_ID = {"name": "job_id", "in": "path", "required": True,
            "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}
@@ -145,6 +146,27 @@ def build_openapi(config: Config) -> dict:
                 ],
                 "responses": _responses({"200": {"description": "A page of jobs",
                                                  "content": _json("JobList")}})},
+        },
+        "/v1/jobs/commands": {
+            "post": {
+                "summary": "Send a command to many jobs: by ids, or to every job matching a "
+                           "filter", "tags": ["jobs"],
+                "description": "Each job changes as with POST /v1/jobs/{job_id}/commands, with "
+                               "its history entry. A filter is walked newest first, in batches "
+                               f"of one script call per shard; after {MAX_EXAMINED} jobs the "
+                               "answer carries next_cursor to continue from.",
+                "requestBody": {"required": True, "content": _json("BulkCommand")},
+                "responses": _responses(
+                    {"200": {"description": "What the command did",
+                             "content": _json("BulkCommandResult")}},
+                    **_BODY_ERRORS)},
+        },
+        "/v1/stats": {
+            "get": {"summary": "Counts for an overview: per state, stalled, per type, per "
+                               "label, and changes per minute over the last hour",
+                    "tags": ["jobs"],
+                    "responses": _responses({"200": {"description": "Counts",
+                                                     "content": _json("Stats")}})},
         },
         "/v1/jobs/{job_id}": {
             "parameters": [_JOB_ID],

@@ -23,6 +23,9 @@ MAX_VERSION = 2**53
 JOB_ID_PATTERN = "^[0-9a-f]{32}$"
 # An opaque listing cursor: base64url without padding.
 CURSOR_PATTERN = "^[A-Za-z0-9_-]{1,200}$"
+# The cursor of a bulk command: where each shard's walk stopped.
+BULK_CURSOR_PATTERN = "^[A-Za-z0-9_-]{1,2000}$"
+JOB_ID_PATTERN = "^[0-9a-f]{32}$"
 # One job version (a strong or weak entity tag, quoted or not), or "*".
 IF_MATCH_PATTERN = '^(\\*|(W/)?"[0-9]{1,15}"|[0-9]{1,15})$'
 
@@ -71,6 +74,36 @@ def request_schemas(config: Config) -> dict[str, dict]:
             "additionalProperties": False,
             "properties": {"command": {"type": "string", "enum": list(COMMANDS)},
                            "reason": text},
+        },
+        "BulkCommand": {
+            "type": "object",
+            "required": ["command"],
+            "additionalProperties": False,
+            "description": "A command for the jobs named by `ids`, or for every job that "
+                           "matches `where` (the filters of GET /v1/jobs; {} matches all).",
+            "properties": {
+                "command": {"type": "string", "enum": list(COMMANDS)},
+                "reason": text,
+                "ids": {"type": "array", "minItems": 1, "maxItems": config.max_batch,
+                        "items": {"type": "string", "pattern": JOB_ID_PATTERN}},
+                "where": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "state": {"type": "string", "enum": list(STATES)},
+                        "type": {"type": "string", "enum": list(config.job_types)},
+                        "label": {"type": "array", "maxItems": config.max_labels,
+                                  "items": {"type": "string",
+                                            "pattern": label_filter_pattern(config)}},
+                        "stalled": {"type": "boolean"},
+                    },
+                },
+                "cursor": {"type": "string", "pattern": BULK_CURSOR_PATTERN,
+                           "description": "With `where`: next_cursor of the previous answer, "
+                                          "to continue a walk that stopped."},
+            },
+            "oneOf": [{"required": ["ids"]}, {"required": ["where"]}],
+            "dependentRequired": {"cursor": ["where"]},
         },
         "Heartbeat": {"type": "object", "additionalProperties": False,
                       "properties": heartbeat_props},
@@ -192,6 +225,47 @@ RESPONSE_SCHEMAS: dict[str, dict] = {
         "required": ["job", "changed"],
         "properties": {"job": {"$ref": "#/components/schemas/Job"},
                        "changed": {"type": "boolean"}},
+    },
+    "BulkCommandResult": {
+        "type": "object",
+        "required": ["matched", "changed", "unchanged", "refused", "not_found", "next_cursor"],
+        "properties": {
+            "matched": {"type": "integer", "minimum": 0,
+                        "description": "Jobs found that match: changed + unchanged + refused"},
+            "changed": {"type": "integer", "minimum": 0},
+            "unchanged": {"type": "integer", "minimum": 0,
+                          "description": "Already in the command's state"},
+            "refused": {"type": "integer", "minimum": 0,
+                        "description": "In a final state, which no command leaves"},
+            "not_found": {"type": "integer", "minimum": 0,
+                          "description": "Ids with no job (0 for a filter)"},
+            "next_cursor": {"type": ["string", "null"],
+                            "description": "Set when the walk of a filter stopped at its "
+                                           "limit: send it as cursor, with the same where"},
+        },
+    },
+    "Stats": {
+        "type": "object",
+        "required": ["total", "states", "stalled", "types", "labels", "changes_per_minute",
+                     "now"],
+        "properties": {
+            "total": {"type": "integer", "minimum": 0},
+            "states": {"type": "object", "required": list(STATES),
+                       "additionalProperties": {"type": "integer", "minimum": 0}},
+            "stalled": {"type": "integer", "minimum": 0},
+            "types": {"type": "object", "additionalProperties": {"type": "integer"},
+                      "description": "Jobs per configured type"},
+            "labels": {"type": "object", "additionalProperties": {"type": "integer"},
+                       "description": "Jobs per label key:value, the 50 largest, "
+                                      "largest first"},
+            "changes_per_minute": {"type": "array", "minItems": 60, "maxItems": 60, "items": {
+                "type": "object", "required": ["minute", "count"],
+                "properties": {"minute": {"type": "string", "format": "date-time"},
+                               "count": {"type": "integer", "minimum": 0}}},
+                "description": "Registrations and changes of state in each of the last 60 "
+                               "minutes, oldest first (the last one is the current minute)"},
+            "now": {"type": "string", "format": "date-time"},
+        },
     },
     "JobList": {
         "type": "object",

@@ -15,23 +15,29 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from functools import partial
 from importlib import metadata
 from pathlib import Path
 
 from bench import RESULTS, ROOT
+from bench.compare import GO_TARGET_RATIO, Contender, compare
 from bench.http_load import ENDPOINTS, JobSets, measure, require_wrk, wrk_version
 from bench.roundtrips import count_round_trips, shown
-from bench.servers import BenchError, BenchRedis, BenchService
+from bench.servers import BenchError, BenchRedis, BenchService, GoService
 
 # Benchmarks of their own, run as ``python -m bench.<name>``; each writes
 # bench/results/<name>.json.
 COMPANIONS = ("listing", "signal_latency")
 SCALING_ENDPOINT = "old_get_job_state"
+# With --go-binary, the benchmark's Redis also listens on this loopback address,
+# port 6379, which the Go service reaches as redis:6379 (an /etc/hosts line).
+GO_REDIS_HOST = "127.0.0.2"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -46,11 +52,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="one short round, no companions: to try the suite, not to publish")
     parser.add_argument("--skip", action="append", default=[],
-                        choices=["endpoints", "roundtrips", "workers", "profile", *COMPANIONS],
+                        choices=["endpoints", "roundtrips", "workers", "profile", "compare",
+                                 *COMPANIONS],
                         help="leave a part out (repeatable)")
     parser.add_argument("--profile", action="store_true",
                         help="also sample the service with py-spy under load (needs ptrace "
                              "rights: root, or kernel.yama.ptrace_scope=0)")
+    parser.add_argument("--go-binary", type=Path, metavar="PATH",
+                        help="the Go service Karmchari replaces, built from its source "
+                             "(docs/benchmarks.md): measured beside Karmchari on the same Redis; "
+                             "needs the line '127.0.0.2 redis' in /etc/hosts")
     parser.add_argument("--no-docs", action="store_true",
                         help="write bench/results only, not docs/benchmarks.md")
     args = parser.parse_args(argv)
@@ -148,6 +159,8 @@ def http_benchmarks(args: argparse.Namespace, redis_server: BenchRedis, jobs: Jo
         with service() as running:
             results["profile"] = profile_endpoints(running, jobs, connections=args.connections,
                                                    log=log)
+    if "compare" not in args.skip:
+        results["comparison"] = comparison(args, redis_server, jobs, work, timing)
     if "workers" not in args.skip:
         results["workers"] = {}
         scaled = tuple(e for e in ENDPOINTS if e.key == SCALING_ENDPOINT)
@@ -157,6 +170,61 @@ def http_benchmarks(args: argparse.Namespace, redis_server: BenchRedis, jobs: Jo
                                                        client, **timing)
     client.close()
     return results
+
+
+def comparison(args: argparse.Namespace, redis_server: BenchRedis, jobs: JobSets, work: Path,
+               timing: dict) -> dict:
+    """The old API against the Go service (with --go-binary), Karmchari under
+    Granian with two processes and under waitress with its defaults. With Go
+    in the run, every server reaches Redis over TCP, as Go does."""
+    url = redis_server.tcp_url if args.go_binary else redis_server.url
+
+    def karmchari(server: str, workers: int):
+        return partial(BenchService, url, threads=args.threads, workers=workers,
+                       log_dir=work, server=server)
+
+    contenders = []
+    if args.go_binary:
+        probe = jobs.file("go_read").read_text().split()[0]
+        go = GoService(args.go_binary, GO_REDIS_HOST, probe, log_dir=work)
+        contenders.append(Contender("go", "Go service", lambda: go, is_go=True))
+    contenders += [
+        Contender("granian_2", "Karmchari, granian, 2 processes", karmchari("granian", 2),
+                  target_go_ratio=GO_TARGET_RATIO),
+        Contender("waitress_1", "Karmchari, waitress, 1 process", karmchari("waitress", 1)),
+    ]
+    timing["log"](f"comparison: {', '.join(c.label for c in contenders)}; Redis at {url}")
+    results = compare(contenders, jobs, redis_server.client(), **timing)
+    results["redis_url"] = "TCP 127.0.0.2:6379" if args.go_binary else "unix socket"
+    return results
+
+
+class LoadSampler:
+    """The 1-minute load average every 5 s while the HTTP benchmarks run: the
+    benchmark's own processes add about 2-3 on a 2-core machine, anything
+    above that is other work sharing the machine."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(5):
+            self.samples.append(os.getloadavg()[0])
+
+    def summary(self) -> dict:
+        values = sorted(self.samples) or [os.getloadavg()[0]]
+        return {"median": statistics.median(values), "min": values[0], "max": values[-1],
+                "samples": len(self.samples)}
+
+    def __enter__(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,18 +239,21 @@ def main(argv: list[str] | None = None) -> int:
         log(f"note: load average is {os.getloadavg()[0]:.2f}; figures from a busy machine "
             "drift (the ratios to /healthz less than the absolute numbers)")
     settings = {"runs": args.runs, "seconds": args.seconds, "warmup": args.warmup,
-                "connections": args.connections, "threads": args.threads, "wrk_threads": 1}
+                "connections": args.connections, "threads": args.threads, "wrk_threads": 1,
+                "go_binary": bool(args.go_binary)}
     results: dict = {"settings": settings}
     work = Path(tempfile.mkdtemp(prefix="karmchari-bench-jobs-"))
     # A quick run is a try-out: its figures stay out of bench/results.
     output = work if args.quick else RESULTS
     output.mkdir(parents=True, exist_ok=True)
     try:
-        with BenchRedis() as redis_server:
+        with BenchRedis(GO_REDIS_HOST if args.go_binary else None) as redis_server:
             results["machine"] = machine(redis_server.version())
             log(f"redis: {redis_server.url}; preloading jobs")
             jobs = JobSets.preload(redis_server.url, work, toggle_slices=args.runs + 1)
-            results.update(http_benchmarks(args, redis_server, jobs, work, log))
+            with LoadSampler() as load:
+                results.update(http_benchmarks(args, redis_server, jobs, work, log))
+            results["machine"]["load_average_during"] = load.summary()
         results["machine"]["load_average_after"] = os.getloadavg()[0]
         results["duration_s"] = round(time.monotonic() - started)
         (output / "endpoints.json").write_text(json.dumps(results, indent=2) + "\n")

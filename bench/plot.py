@@ -11,13 +11,15 @@ import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 
 
 def plot(results: dict, path: Path, listing: dict | None = None) -> Path:
-    """Four panels: throughput as a share of /healthz (with the targets),
-    latency median and 99th percentile, ``--workers`` scaling, and listing
-    latency by the number of jobs stored (bench/results/listing.json)."""
+    """Six panels: throughput as a share of /healthz (with the targets),
+    latency median and 99th percentile, ``--workers`` scaling, listing
+    latency by the number of jobs stored (bench/results/listing.json), and
+    the comparison with the Go service: requests per second and CPU per
+    request of each server."""
     endpoints = {k: v for k, v in results.get("endpoints", {}).items() if k != "healthz"}
     labels = [v["label"].replace(" (", "\n(") for v in endpoints.values()]
-    figure, ((ratio_ax, latency_ax), (workers_ax, listing_ax)) = plt.subplots(
-        2, 2, figsize=(14, 11))
+    figure, ((ratio_ax, latency_ax), (workers_ax, listing_ax), (versus_ax, cpu_ax)) = \
+        plt.subplots(3, 2, figsize=(14, 16))
 
     positions = range(len(endpoints))
     ratio_ax.bar(positions, [v["rps_ratio"] for v in endpoints.values()], color="#4c72b0")
@@ -74,6 +76,8 @@ def plot(results: dict, path: Path, listing: dict | None = None) -> Path:
     else:
         listing_ax.set_axis_off()
 
+    comparison_panels(results.get("comparison"), versus_ax, cpu_ax)
+
     machine = results["machine"]
     figure.suptitle(f"Karmchari {machine['commit']}: {machine['cpu']}, {machine['cores']} cores, "
                     f"Python {machine['python']}, {machine['redis']}", fontsize=10)
@@ -81,3 +85,33 @@ def plot(results: dict, path: Path, listing: dict | None = None) -> Path:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def comparison_panels(comparison: dict | None, rps_ax, cpu_ax) -> None:
+    """Grouped bars, one group per endpoint of the old API, one bar per server."""
+    if not comparison:
+        rps_ax.set_axis_off()
+        cpu_ax.set_axis_off()
+        return
+    servers = list(comparison["servers"].values())
+    keys = [k for k in servers[0]["endpoints"] if k != "healthz"]
+    width = 0.8 / len(servers)
+    for index, server in enumerate(servers):
+        offsets = [x - 0.4 + width * (index + 0.5) for x in range(len(keys))]
+        rps_ax.bar(offsets, [server["endpoints"][k]["rps"] for k in keys], width,
+                   label=server["label"])
+        cpu_ax.bar(offsets, [server["endpoints"][k]["service_cpu_us"] for k in keys], width,
+                   label=server["label"])
+    names = [servers[0]["endpoints"][k]["label"] for k in keys]
+    go = next((s for s in servers if s["is_go"]), None)
+    if go is not None:
+        for x, key in enumerate(keys):
+            target = go["endpoints"][key]["rps"] * comparison["target_go_ratio"]
+            rps_ax.hlines(target, x - 0.4, x + 0.4, colors="#c44e52", linewidth=2,
+                          label="target: 0.5 × Go" if x == 0 else None)
+    for ax, title, unit in ((rps_ax, "Old API against the Go service", "requests/s"),
+                            (cpu_ax, "Server CPU per request", "µs of CPU per request")):
+        ax.set_xticks(range(len(keys)), names)
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.legend(fontsize=8)

@@ -46,8 +46,12 @@ def machine_section(results: dict) -> str:
         f"- CPU: {m['cpu']}, {m['cores']} cores; {m['os']}",
         f"- Python {m['python']}, {m['redis']} (unix socket, no persistence), {m['wrk']}",
         "- " + ", ".join(f"{k} {v}" for k, v in m.get("packages", {}).items()),
-        f"- Load average (1 min) before the run: {m['load_average_before']:.2f} (during it the "
-        "benchmark's own processes load the machine)",
+        f"- Load average (1 min) before the run: {m['load_average_before']:.2f}"
+        + (f"; during it: median {m['load_average_during']['median']:.2f}, from "
+           f"{m['load_average_during']['min']:.2f} to {m['load_average_during']['max']:.2f} "
+           "(the benchmark's own processes account for about 2 to 3 of that)"
+           if "load_average_during" in m else
+           " (during it the benchmark's own processes load the machine)"),
         f"- `karmchari serve`: 1 process, {s['threads']} threads; wrk: {s['wrk_threads']} "
         f"thread, {s['connections']} connections; {s['runs']} rounds, each against a fresh "
         f"service, of {s['seconds']:g} s per endpoint after a {s['warmup']:g} s warm-up; "
@@ -82,6 +86,7 @@ def targets_section(results: dict, listing: dict | None) -> str:
             rows.append([f"{summary['label']}: job updates/s",
                          f"≥ {_n(summary['target_job_updates_per_s'])}",
                          _n(summary["job_updates_per_s"]), "met" if met else "**missed**"])
+    rows += comparison_targets(results)
     for row in listing_target(listing):
         rows.append(row)
     return _table(["target", "wanted", "measured", ""], rows, text_columns=4)
@@ -113,6 +118,47 @@ def workers_section(results: dict) -> str:
                   text_columns=2)
 
 
+def comparison_section(results: dict) -> str:
+    comparison = results["comparison"]
+    rows = []
+    for server in comparison["servers"].values():
+        for summary in server["endpoints"].values():
+            go_ratio = summary.get("go_ratio")
+            rows.append([
+                server["label"], summary["label"], _n(summary["rps"]),
+                "-" if go_ratio is None else f"{go_ratio:.2f}",
+                f"{summary['rps_ratio']:.2f}" if "rps_ratio" in summary else "-",
+                f"{summary['p50_ms']:.2f}", f"{summary['p99_ms']:.2f}",
+                f"{summary['service_cpu_us']:.0f}", f"{summary['redis_cpu_us']:.0f}",
+                str(summary["errors"]),
+            ])
+    intro = (f"Redis: {comparison['redis_url']}, the same server for all. "
+             "Ratios are medians over the rounds of the ratio within a round. "
+             "CPU µs/req: CPU time (user + system) of all the server's processes, and of "
+             "Redis, divided by the requests served.")
+    if not comparison["go"]:
+        intro += (" The Go service was not in this run (`--go-binary`): ratios are to "
+                  "`/healthz` of the same server only.")
+    return intro + "\n\n" + _table(
+        ["server", "endpoint", "req/s", "× Go", "× /healthz", "p50 ms", "p99 ms",
+         "CPU µs/req: server", "Redis", "errors"], rows, text_columns=2)
+
+
+def comparison_targets(results: dict) -> list[list[str]]:
+    comparison = results.get("comparison")
+    if not comparison or not comparison["go"]:
+        return []
+    rows = []
+    for server in comparison["servers"].values():
+        for summary in server["endpoints"].values():
+            if summary.get("target_go_ratio") and "go_ratio" in summary:
+                met = summary["go_ratio"] >= summary["target_go_ratio"]
+                rows.append([f"{summary['label']}, {server['label']}: req/s × Go",
+                             f"≥ {summary['target_go_ratio']:.2f}", f"{summary['go_ratio']:.2f}",
+                             "met" if met else "**missed**"])
+    return rows
+
+
 def round_trips_section(results: dict) -> str:
     rows = [[r["label"], f"{r['commands_per_request']:g}",
              ", ".join(f"{k} {v // r['requests']}" for k, v in r["by_command"].items()),
@@ -141,6 +187,8 @@ def results_markdown(results: dict, listing: dict | None, signal: dict | None) -
                   "requests served.",
                   endpoints_section(results),
                   f"![Benchmark results]({Path('..') / PLOT.relative_to(ROOT)})"]
+    if "comparison" in results:
+        parts += ["### Against the Go service, and under Granian", comparison_section(results)]
     if "workers" in results:
         parts += ["### `--workers` scaling", workers_section(results)]
     if "round_trips" in results:
@@ -169,8 +217,11 @@ def _against(measured: float, target: float, at_least: bool = True, shown=None) 
 def closing_note(results: dict, listing: dict | None, signal: dict | None) -> str:
     """The run's figures against the targets, in a few sentences."""
     endpoints = results["endpoints"]
-    sentences = [f"In this run (load average {results['machine']['load_average_before']:.2f} "
-                 f"before it), `/healthz` served {_n(endpoints['healthz']['rps'])} req/s."]
+    machine = results["machine"]
+    during = (f", median {machine['load_average_during']['median']:.2f} during it"
+              if "load_average_during" in machine else "")
+    sentences = [f"In this run (load average {machine['load_average_before']:.2f} before it"
+                 f"{during}), `/healthz` served {_n(endpoints['healthz']['rps'])} req/s."]
     ratios = [f"{s['label']} {s['rps_ratio']:.2f} ({_against(s['rps_ratio'], s['target_ratio'])})"
               for s in endpoints.values() if s.get("target_ratio")]
     sentences.append("As shares of it: " + "; ".join(ratios) + ".")
@@ -187,6 +238,17 @@ def closing_note(results: dict, listing: dict | None, signal: dict | None) -> st
             f"at 1,000 ({_against(listing['p99_ratio_1m_to_1k'], 1.5, at_least=False)}), and "
             f"Redis held {_n(largest['memory_per_job_bytes'])} bytes per job at "
             f"{_n(largest['jobs'])} jobs.")
+    comparison = results.get("comparison")
+    if comparison and comparison["go"]:
+        for server in comparison["servers"].values():
+            if server["is_go"]:
+                continue
+            shares = [f"{s['label']} {s['go_ratio']:.2f}"
+                      + (f" ({_against(s['go_ratio'], s['target_go_ratio'])})"
+                         if s.get("target_go_ratio") else "")
+                      for s in server["endpoints"].values() if "go_ratio" in s]
+            sentences.append(f"{server['label']}, as shares of the Go service: "
+                             + "; ".join(shares) + ".")
     if "workers" in results:
         one, two = (next(v for k, v in results["workers"][n].items() if k != "healthz")
                     for n in ("1", "2"))
@@ -219,7 +281,7 @@ def write_report() -> list[Path]:
         return []
     listing = _load("listing")
     written = []
-    if "endpoints" in results:
+    if "endpoints" in results or "comparison" in results:
         written.append(plot(results, PLOT, listing))
     section = results_markdown(results, listing, _load("signal_latency"))
     text = DOC.read_text() if DOC.exists() else ""

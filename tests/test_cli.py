@@ -23,7 +23,9 @@ from tests.servers import ROOT, RedisProcess, ServiceProcess, free_port, karmcha
 
 
 def karmchari(*args: str, url: str | None = None, token: str | None = None,
-              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+              env: dict[str, str] | None = None,
+              answer: str = "") -> subprocess.CompletedProcess:
+    """``answer``: what the user types at a confirmation prompt."""
     environ = {k: v for k, v in os.environ.items()
                if k not in ("KARMCHARI_URL", "KARMCHARI_TOKEN")}
     if url is not None:
@@ -31,7 +33,7 @@ def karmchari(*args: str, url: str | None = None, token: str | None = None,
     if token is not None:
         environ["KARMCHARI_TOKEN"] = token
     environ.update(env or {})
-    return subprocess.run([*karmchari_command(), *args], env=environ, cwd=ROOT,
+    return subprocess.run([*karmchari_command(), *args], env=environ, cwd=ROOT, input=answer,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -201,6 +203,66 @@ def test_bad_command_line_is_refused_before_any_request(args):
     assert "error:" in result.stderr.splitlines()[-1]
 
 
+def states(url: str, **filters: str) -> list[str]:
+    args = [a for name, value in filters.items() for a in (f"--{name}", value)]
+    return sorted(j["state"] for j in json.loads(ok(karmchari("list", "--all", "--json", *args,
+                                                              url=url)))["jobs"])
+
+
+def test_pause_and_resume_every_job_of_a_label_after_confirmation(url):
+    team_a = [ok(karmchari("register", "teams", "--label", "team=a", url=url)).strip()
+              for _ in range(3)]
+    ok(karmchari("register", "teams", "--label", "team=b", url=url))
+
+    declined = karmchari("pause", "--label", "team:a", url=url, answer="n\n")
+    assert declined.returncode == 0 and declined.stdout == ""
+    assert "pause 3 jobs matching label team:a? [y/N]" in declined.stderr
+    assert "nothing changed" in declined.stderr
+    assert states(url) == ["start"] * 4
+
+    done = karmchari("pause", "--label", "team:a", "--reason", "freeze", url=url,
+                     answer="y\n")
+    assert done.stdout.strip() == "3 matched: 3 changed, 0 unchanged, 0 refused", done.stderr
+    assert states(url, label="team=a") == ["pause"] * 3
+    assert states(url, label="team=b") == ["start"]
+    history = json.loads(ok(karmchari("history", team_a[0], "--json", url=url)))
+    assert (history[-1]["to"], history[-1]["reason"]) == ("pause", "freeze")
+
+    # No answer (end of input) is no.
+    assert karmchari("resume", "--label", "team=a", url=url).stdout == ""
+    counts = json.loads(ok(karmchari("resume", "--label", "team=a", "--state", "pause",
+                                     "--type", "teams", "--yes", "--json", url=url)))
+    assert counts == {"matched": 3, "changed": 3, "unchanged": 0, "refused": 0, "not_found": 0}
+    assert states(url) == ["start"] * 4
+
+
+def test_kill_by_ids_and_a_filter_matching_nothing(url):
+    ids = [ok(karmchari("register", "export", url=url)).strip() for _ in range(2)]
+    unknown = "f" * 32
+    result = karmchari("kill", *ids, unknown, url=url, answer="y\n")
+    assert "kill 3 jobs? [y/N]" in result.stderr
+    assert result.stdout.strip() == \
+        "2 matched: 2 changed, 0 unchanged, 0 refused, 1 not found"
+    assert result.returncode == EXIT_NOT_FOUND
+    result = karmchari("resume", *ids, "--yes", url=url)
+    assert result.stdout.strip() == "2 matched: 0 changed, 0 unchanged, 2 refused, 0 not found"
+    assert result.returncode == EXIT_REFUSED
+
+    nothing = karmchari("kill", "--label", "team:nobody", url=url)
+    assert nothing.returncode == 0 and nothing.stdout == ""
+    assert "no job matches label team:nobody" in nothing.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ("pause",),
+    ("pause", "a" * 32, "--label", "team:a"),
+    ("pause", "--label", "team:a", "--if-match", "2", "--yes"),
+    ("kill", "--label", "team:a", "--label", "team:b", "--yes"),
+])
+def test_bulk_command_lines_that_cannot_work(url, args):
+    one_line_error(karmchari(*args, url=url), EXIT_BAD_INPUT)
+
+
 def test_get_waits_for_a_change(url):
     job_id = ok(karmchari("register", "teams", url=url)).strip()
     same = json.loads(ok(karmchari("get", job_id, "--wait", "0.2", "--version", "1", "--json",
@@ -267,18 +329,34 @@ def test_service_up_but_redis_down_is_unavailable():
 def test_token_option_and_environment(redis_url, key_prefix):
     service = ServiceProcess("--redis-url", redis_url,
                              env={"KARMCHARI_KEY_PREFIX": key_prefix,
-                                  "KARMCHARI_TOKENS": "ops:operator:op-secret,"
-                                                      "viewer:reader:read-secret"}).start()
+                                  "KARMCHARI_TOKENS": "ops:operator:op-secret-5f2a9c81,"
+                                                      "viewer:reader:read-secret-7d3e1b40,"
+                                                      "w1:worker:work-secret-2c4e6a8b"}
+                             ).start()
     try:
         url = service.url
         line = one_line_error(karmchari("list", url=url), EXIT_ERROR)
         assert line.startswith("karmchari: 401 ")
-        job_id = ok(karmchari("register", "teams", "--token", "op-secret", url=url)).strip()
-        ok(karmchari("pause", job_id, url=url, token="op-secret"))
-        assert one_line_error(karmchari("kill", job_id, url=url, token="read-secret"),
-                              EXIT_ERROR).startswith("karmchari: 403 ")
+        job_id = ok(karmchari("register", "teams", "--token", "op-secret-5f2a9c81",
+                              url=url)).strip()
+        ok(karmchari("pause", job_id, url=url, token="op-secret-5f2a9c81"))
+        refused = one_line_error(karmchari("kill", job_id, url=url,
+                                           token="read-secret-7d3e1b40"), EXIT_ERROR)
+        assert refused.startswith("karmchari: 403 ")
+        assert "role 'reader' may not command this job" in refused
+        assert "owner:             -" in ok(karmchari("get", job_id, url=url,
+                                                      token="read-secret-7d3e1b40"))
+        # A worker token owns what it registers, and may finish only that.
+        own = ok(karmchari("register", "teams", url=url, token="work-secret-2c4e6a8b")).strip()
+        assert "owner:             w1" in ok(karmchari("get", own, url=url,
+                                                       token="work-secret-2c4e6a8b"))
+        refused = one_line_error(karmchari("done", job_id, url=url,
+                                           token="work-secret-2c4e6a8b"), EXIT_ERROR)
+        assert refused.startswith("karmchari: 403 ")
+        assert "'w1' may heartbeat and finish only the jobs it registered" in refused
+        ok(karmchari("done", own, url=url, token="work-secret-2c4e6a8b"))
         history = json.loads(ok(karmchari("history", job_id, "--json", url=url,
-                                          token="read-secret")))
+                                          token="read-secret-7d3e1b40")))
         assert [e["actor"] for e in history] == ["ops", "ops"]
     finally:
         service.stop()

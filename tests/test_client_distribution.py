@@ -77,3 +77,13 @@ def test_example_worker_runs_against_a_live_service(client_venv, live_service):
     listed = run(client_venv, "karmchari", "get", job_id, "--json", "--url", live_service.url)
     assert listed.returncode == 0, listed.stderr
     assert '"state": "done"' in listed.stdout
+
+
+def test_bash_worker_runs_on_the_client_alone(client_venv, live_service):
+    worked = subprocess.run(["bash", str(ROOT / "examples" / "worker.sh")], cwd=client_venv,
+                            capture_output=True, text=True, timeout=120,
+                            env={"PATH": f"{client_venv / 'bin'}:/usr/bin:/bin",
+                                 "KARMCHARI_URL": live_service.url, "STEPS": "2",
+                                 "STEP_SECONDS": "0.05"})
+    assert worked.returncode == 0, worked.stdout + worked.stderr
+    assert worked.stdout.splitlines()[-1] == "done"

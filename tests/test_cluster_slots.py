@@ -7,6 +7,7 @@ import pytest
 from redis.crc import key_slot
 
 from app.errors import JobNotFound
+from app.legacy_import import LegacyImport
 from app.model import SHARDS, STATES
 from app.store import HeartbeatReport, JobFilter, JobStore, connect
 from app.store.keys import KeySchema
@@ -53,13 +54,15 @@ def slots(keys: list[str]) -> set[int]:
     return {key_slot(key.encode()) for key in keys}
 
 
-def test_every_script_call_touches_one_slot(store, monitor):
+def test_every_script_call_touches_one_slot(server, store, monitor):
     first, _ = store.register("teams", name="nightly", labels={"team": "core", "env": "prod"},
                               heartbeat_timeout=30)
     store.register("export", labels={"team": "core"}, idempotency_key="retry-1", actor="ci")
     store.register("export", labels={"team": "core"}, idempotency_key="retry-1", actor="ci")
     store.apply_command(first.id, "pause", reason="maintenance")
     store.apply_command(first.id, "start")
+    store.bulk_command("pause", ids=[first.id], reason="maintenance")
+    store.bulk_command("start", where=JobFilter(type="teams", labels=(("team", "core"),)))
     store.heartbeat(HeartbeatReport(first.id, worker="w1", progress=10.0))
     store.get(first.id)
     store.apply_command(first.id, "done")
@@ -73,6 +76,14 @@ def test_every_script_call_touches_one_slot(store, monitor):
         pass
     with pytest.raises(JobNotFound):
         store.get(swept.id)
+    # import-legacy: the Go service's keys (in this server too, for the monitor)
+    # to the current model, a batch per shard, then deleted one by one.
+    for n in range(40):
+        store.client.hset(f"job:{n % 16:x}{n:031x}", mapping={"type": "teams", "state": "start"})
+    source = connect(server.url, decode_responses=False)
+    LegacyImport(source, store, ["teams"], history_cap=10, retention_seconds=60,
+                 delete_source=True).run()
+    source.close()
 
     calls = script_calls(store, monitor.collect())
     assert {name for name, _ in calls} == set(store.scripts.by_name)

@@ -4,6 +4,8 @@ are in test_dashboard_browser.py)."""
 from __future__ import annotations
 
 import re
+import urllib.error
+import urllib.request
 from fnmatch import fnmatch
 from html.parser import HTMLParser
 from pathlib import Path
@@ -14,6 +16,7 @@ from falcon import testing
 from app.app import create_app
 from app.auth import TokenRegistry
 from app.resources.dashboard import CONTENT_SECURITY_POLICY
+from tests.servers import ServiceProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 UI = ROOT / "app" / "ui"
@@ -155,18 +158,43 @@ def test_whoami_without_auth_is_an_anonymous_admin(client):
 
 @pytest.fixture
 def auth_client(config, store):
-    tokens = TokenRegistry.load("ops:operator:op-secret,viewer:reader:read-secret")
+    tokens = TokenRegistry.load(
+        "ops:operator:op-secret-5f2a9c81,viewer:reader:read-secret-7d3e1b40")
     return testing.TestClient(create_app(config, store, tokens=tokens))
 
 
 def test_whoami_tells_the_token_name_and_role(auth_client):
     reader = auth_client.simulate_get("/v1/whoami",
-                                      headers={"Authorization": "Bearer read-secret"})
+                                      headers={"Authorization": "Bearer read-secret-7d3e1b40"})
     assert reader.json == {"name": "viewer", "role": "reader", "auth": True,
                            "permissions": ["read"], "job_types": ["upload", "export", "teams"]}
     operator = auth_client.simulate_get("/v1/whoami",
-                                        headers={"Authorization": "Bearer op-secret"})
+                                        headers={"Authorization": "Bearer op-secret-5f2a9c81"})
     assert operator.json["role"] == "operator" and "command" in operator.json["permissions"]
     assert auth_client.simulate_get("/v1/whoami").status_code == 401
     # The page itself holds no data and loads without a token.
     assert auth_client.simulate_get("/ui/").status_code == 200
+
+
+@pytest.mark.parametrize("server", ["waitress", "granian"])
+def test_both_http_servers_serve_the_dashboard(redis_url, key_prefix, server):
+    service = ServiceProcess("--redis-url", redis_url, "--server", server,
+                             env={"KARMCHARI_KEY_PREFIX": key_prefix}).start()
+    try:
+        opener = urllib.request.build_opener(_NoRedirect)
+        with pytest.raises(urllib.error.HTTPError) as redirect:
+            opener.open(f"{service.url}/")
+        assert redirect.value.code == 302
+        assert redirect.value.headers["Location"] == "/ui/"
+        for path, content_type in [("/ui/", "text/html"), ("/ui/main.js", "text/javascript")]:
+            with urllib.request.urlopen(f"{service.url}{path}") as response:
+                assert response.headers["Content-Type"].startswith(content_type)
+                assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+                assert response.read() == (UI / (path[4:] or "index.html")).read_bytes()
+    finally:
+        service.stop()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None

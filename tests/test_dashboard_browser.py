@@ -24,7 +24,8 @@ from tests.servers import ServiceProcess
 
 pytestmark = pytest.mark.browser
 
-ADMIN, OPERATOR, READER = "admin-token-1", "operator-token-1", "reader-token-1"
+ADMIN, OPERATOR, READER = ("admin-token-1-c9e8f7a6", "operator-token-1-b5d4",
+                           "reader-token-1-a3f2e1d0")
 TOKENS = f"root:admin:{ADMIN},ops:operator:{OPERATOR},viewer:reader:{READER}"
 HOSTILE = "<img src=x onerror=alert(1)>"
 WAIT_MS = 10_000  # generous bound on what should take milliseconds
@@ -58,8 +59,11 @@ def browser(playwright):
 
 
 def _start_service(redis_url: str, prefix: str) -> ServiceProcess:
-    return ServiceProcess("--redis-url", redis_url,
-                          env={"KARMCHARI_KEY_PREFIX": prefix, "KARMCHARI_TOKENS": TOKENS}).start()
+    # Each page holds one watch; a closed page's watch waits out its time on the
+    # server, so the tests leave room for many.
+    return ServiceProcess("--redis-url", redis_url, "--threads", "40",
+                          env={"KARMCHARI_KEY_PREFIX": prefix, "KARMCHARI_TOKENS": TOKENS,
+                               "KARMCHARI_MAX_WAITERS": "32"}).start()
 
 
 def _drop_prefix(redis_url: str, prefix: str) -> None:
@@ -142,6 +146,56 @@ def register(api, count: int, tag: str, **fields) -> list[str]:
     return [api.register(fields.get("type", "export"), name=fields.get("name", f"job {i}"),
                          labels={"run": tag, **fields.get("labels", {})})["id"]
             for i in range(count)]
+
+
+# -- the overview -------------------------------------------------------------
+
+@pytest.fixture
+def counted_service(redis_url):
+    prefix = "ui" + uuid.uuid4().hex[:10]
+    running = _start_service(redis_url, prefix)
+    yield running
+    running.stop()
+    _drop_prefix(redis_url, prefix)
+
+
+def test_overview_shows_the_counts(browser, counted_service):
+    from playwright.sync_api import expect
+
+    api = Client(counted_service.url, token=ADMIN)
+    for _ in range(3):
+        api.register("upload", labels={"team": "red"})
+    for _ in range(2):
+        api.command(api.register("export", labels={"team": "blue"})["id"], "pause")
+    api.command(api.register("teams")["id"], "kill")
+    stats = api.request("GET", "/v1/stats")
+    api.close()
+
+    context = browser.new_context()
+    context.add_init_script(f"sessionStorage.setItem('karmchari.token', {json.dumps(READER)})")
+    page = context.new_page()
+    page.goto(f"{counted_service.url}/ui/")
+    count = lambda card, name: page.locator(f'#{card} li[data-name="{name}"] .count')  # noqa: E731
+    expect(page.locator("#total-count")).to_have_text("6", timeout=WAIT_MS)
+    for name, expected in [("running", "3"), ("paused", "2"), ("killed", "1"), ("done", "0"),
+                           ("failed", "0"), ("stalled", "0")]:
+        expect(count("state-counts", name)).to_have_text(expected)
+    for name, expected in [("upload", "3"), ("export", "2"), ("teams", "1")]:
+        expect(count("type-counts", name)).to_have_text(expected)
+    expect(count("label-counts", "team:red")).to_have_text("3")
+    expect(count("label-counts", "team:blue")).to_have_text("2")
+    # One bar a minute, and the total the service counted.
+    minutes = stats["changes_per_minute"]
+    expect(page.locator("#chart svg rect")).to_have_count(len(minutes))
+    changes = sum(m["count"] for m in minutes)
+    assert changes >= 9  # six registrations and three commands, at least
+    expect(page.locator("#chart svg")).to_have_attribute(
+        "aria-label", re.compile(rf"^{changes} changes "))
+    # A count links to the list filtered by it.
+    count("state-counts", "paused").locator("xpath=..").get_by_role("link").click()
+    expect(rows(page)).to_have_count(2)
+    expect(page.locator("#job-rows td.requested")).to_have_text(["pause", "pause"])
+    context.close()
 
 
 # -- the jobs table -----------------------------------------------------------
@@ -240,6 +294,27 @@ def test_pausing_from_the_ui_waits_for_the_worker(open_page, service, api, tag):
     expect(job.locator("td.status")).to_have_text("killed", timeout=WAIT_MS)
 
 
+def test_list_updates_when_another_client_kills_a_job(open_page, api, tag):
+    from playwright.sync_api import expect
+
+    ids = register(api, 3, tag)
+    page = open_page(f"#/?label=run:{tag}")
+    expect(rows(page)).to_have_count(3, timeout=WAIT_MS)
+    page.wait_for_function("() => document.body.dataset.ready === 'true'")
+    # Idle, the page waits on its one watch: no request goes out meanwhile.
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.wait_for_timeout(2500)
+    assert requests == []
+    api.command(ids[1], "kill", reason="out of quota")
+    # Well before the slow refresh (15 s): the watch brings it.
+    expect(row(page, ids[1]).locator("td.requested")).to_have_text("kill", timeout=WAIT_MS)
+    expect(row(page, ids[1]).locator("td.status")).to_have_text("killed")
+    expect(row(page, ids[0]).locator("td.requested")).to_have_text("start")
+    assert page.evaluate("performance.getEntriesByType('navigation').length") == 1  # no reload
+    assert all(url.endswith("/v1/watch") for url in requests), requests  # no reload, no storm
+
+
 def test_kill_asks_for_confirmation_and_records_the_reason(open_page, api, tag):
     from playwright.sync_api import expect
 
@@ -313,6 +388,46 @@ def test_reader_token_sees_no_action_and_the_server_refuses_anyway(open_page, ap
         })).status""", job_id)
     assert status == 403
     assert api.get(job_id)["state"] == "start"
+
+
+def test_bulk_pause_of_every_job_matching_the_filter(open_page, api, tag):
+    from playwright.sync_api import expect
+
+    team = f"a{tag}"  # no other test's job has it
+    ids = register(api, 4, tag, labels={"team": team})
+    others = register(api, 2, tag, labels={"team": "b"})
+    page = open_page(f"#/?label=run:{tag}")
+    expect(rows(page)).to_have_count(6, timeout=WAIT_MS)
+    page.get_by_label("Label", exact=True).fill(f"team:{team}")  # the form takes one label
+    page.get_by_role("button", name="Apply").click()
+    expect(rows(page)).to_have_count(4, timeout=WAIT_MS)
+    page.get_by_role("button", name="Pause all matching").click()
+    dialog = page.locator("#command-dialog")
+    expect(dialog).to_contain_text(f"Every job with label team:{team}")
+    dialog.get_by_label("Reason").fill("team a on hold")
+    dialog.get_by_role("button", name="Pause").click()
+    expect(page.locator("#notice")).to_contain_text("4 matched: 4 changed", timeout=WAIT_MS)
+    expect(page.locator("#job-rows td.requested")).to_have_text(["pause"] * 4)
+    assert {api.get(i)["state"] for i in ids} == {"pause"}
+    assert {api.get(i)["state"] for i in others} == {"start"}
+    assert api.history(ids[0])[-1]["reason"] == "team a on hold"
+
+
+def test_bulk_resume_of_selected_rows(open_page, api, tag):
+    from playwright.sync_api import expect
+
+    ids = register(api, 3, tag, name="selectable")
+    for job_id in ids:
+        api.command(job_id, "pause")
+    page = open_page(f"#/?label=run:{tag}")
+    expect(rows(page)).to_have_count(3, timeout=WAIT_MS)
+    row(page, ids[0]).get_by_role("checkbox").check()
+    row(page, ids[2]).get_by_role("checkbox").check()
+    expect(page.locator("#selection-count")).to_have_text("2 selected")
+    page.get_by_role("button", name="Resume selected").click()
+    page.locator("#command-dialog").get_by_role("button", name="Resume").click()
+    expect(page.locator("#notice")).to_contain_text("2 matched: 2 changed", timeout=WAIT_MS)
+    assert [api.get(i)["state"] for i in ids] == ["start", "pause", "start"]
 
 
 def test_narrow_window_and_keyboard(open_page, api, tag):

@@ -64,7 +64,7 @@ def test_image_command_is_the_old_command_line(monkeypatch):
     # Listening beyond loopback: tokens are required, and enough.
     with pytest.raises(StartupError):
         check_exposure(config, TokenRegistry())
-    check_exposure(config, TokenRegistry.load("ops:admin:secret"))
+    check_exposure(config, TokenRegistry.load("ops:admin:secret-token-8e7d6c5b"))
 
 
 def test_health_check_asks_healthz_without_curl(monkeypatch):

@@ -6,10 +6,14 @@ the service must recover by itself when Redis does."""
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 import socket
 import struct
+import subprocess
 import threading
 import time
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,8 +21,10 @@ import pytest
 import redis
 
 from app.store.scripts import script_dir
+from karmchari_client import Client, ServiceUnavailable
 from tests.http_calls import Reply, call
-from tests.servers import RedisProcess, ServiceProcess, free_port
+from tests.servers import ROOT, RedisProcess, ServiceProcess, free_port, karmchari_command
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +83,13 @@ def every_endpoint(job_id: str, finished_id: str) -> list[tuple[str, str, dict]]
     ]
 
 
-def assert_unavailable(reply: Reply, method: str, path: str) -> None:
+def is_write(method: str, path: str) -> bool:
+    return method in ("POST", "DELETE") and path != "/v1/watch"
+
+
+def assert_unavailable(reply: Reply, method: str, path: str,
+                       codes: tuple[str, ...] = ("store_unavailable",)) -> None:
+    """503 with Retry-After; on the v1 API with one of ``codes``."""
     where = f"{method} {path}"
     assert reply.status == 503, (where, reply.status, reply.text)
     assert reply.headers.get("retry-after", "").isdigit(), (where, reply.headers)
@@ -85,7 +97,7 @@ def assert_unavailable(reply: Reply, method: str, path: str) -> None:
         assert reply.headers["content-type"].startswith("text/plain"), where
     else:
         assert reply.headers["content-type"] == "application/problem+json", where
-        assert reply.json()["code"] == "store_unavailable", where
+        assert reply.json()["code"] in codes, (where, reply.text)
 
 
 def hit_every_endpoint(service: ServiceProcess, job_id: str, finished_id: str) -> list:
@@ -96,11 +108,14 @@ def hit_every_endpoint(service: ServiceProcess, job_id: str, finished_id: str) -
     return list(zip(requests, replies, strict=True))
 
 
-def assert_every_endpoint_unavailable(service, job_id, finished_id) -> float:
-    """Every route answers 503 within the bound; returns the slowest answer."""
+def assert_every_endpoint_unavailable(service, job_id, finished_id,
+                                      write_codes=("store_unavailable",)) -> float:
+    """Every route answers 503 within the bound; returns the slowest answer.
+    Reads say store_unavailable; writes one of ``write_codes``."""
     results = hit_every_endpoint(service, job_id, finished_id)
     for (method, path, _), reply in results:
-        assert_unavailable(reply, method, path)
+        assert_unavailable(reply, method, path,
+                           write_codes if is_write(method, path) else ("store_unavailable",))
         assert reply.elapsed < HANG_BOUND, (method, path, reply.elapsed)
     # Liveness and metrics do not depend on Redis.
     assert call(service.url, "GET", "/healthz").status == 200
@@ -115,19 +130,21 @@ def assert_every_endpoint_works(service, job_id, finished_id) -> None:
 
 
 @pytest.fixture
-def processes():
-    """Starts Redis servers and services for one test; stops them all after it."""
+def processes(server):
+    """Starts Redis servers and services (on each HTTP server in turn) for one
+    test; stops them all after it."""
     started: list = []
 
     class Processes:
         def redis(self, *args: str) -> RedisProcess:
-            server = RedisProcess(*args)
-            started.append(server)
-            return server.start()
+            redis_server = RedisProcess(*args)
+            started.append(redis_server)
+            return redis_server.start()
 
         def service(self, redis_url: str, *args: str,
                     socket_timeout: float = SOCKET_TIMEOUT) -> ServiceProcess:
-            service = ServiceProcess("--redis-url", redis_url, "--redis-socket-timeout",
+            service = ServiceProcess("--server", server, "--redis-url", redis_url,
+                                     "--redis-socket-timeout",
                                      str(socket_timeout), "--threads", "24", *args)
             started.append(service)
             return service.start()
@@ -238,7 +255,11 @@ def test_redis_frozen_gives_503_within_the_timeout_then_recovers(processes):
         server.freeze()
         frozen_at = time.monotonic()
         try:
-            slowest = assert_every_endpoint_unavailable(service, job_id, finished_id)
+            # A write sent on a pooled connection may run once Redis wakes: its
+            # outcome is unknown. One that meets the frozen server while connecting
+            # was never sent.
+            slowest = assert_every_endpoint_unavailable(
+                service, job_id, finished_id, ("outcome_unknown", "store_unavailable"))
             # A long-poll already waiting re-reads the job at least every second.
             long_poll = waiting.result()
             assert_unavailable(long_poll, "GET", "/v1/jobs/{id}?wait=30")
@@ -254,6 +275,123 @@ def test_redis_frozen_gives_503_within_the_timeout_then_recovers(processes):
           f"waiting long-poll ended {long_poll_end:.3f}s after the freeze; "
           f"{sum(statuses.values())} requests in {time.monotonic() - started:.1f}s "
           "after SIGCONT, all 200")
+
+
+# -- a 503 says whether the write may have happened -------------------------------
+
+
+def retried_while_frozen(server: RedisProcess, attempt) -> tuple[object, list[str]]:
+    """Freezes Redis, calls ``attempt()`` until it succeeds (as a client that
+    retries would, every half second), and thaws Redis once an attempt has
+    answered outcome_unknown. Returns the result and every failed attempt's code."""
+    codes: list[str] = []
+    result: list = []
+
+    def retry() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                result.append(attempt())
+                return
+            except ServiceUnavailable as error:
+                codes.append(error.code)
+                time.sleep(0.5)
+
+    server.freeze()
+    thread = threading.Thread(target=retry)
+    try:
+        thread.start()
+        eventually(lambda: "outcome_unknown" in codes, timeout=30)
+        time.sleep(1.5)  # a few more attempts meet the frozen server
+    finally:
+        server.thaw()
+    thread.join(60)
+    assert result, codes
+    return result[0], codes
+
+
+def test_retrying_a_registration_while_redis_is_frozen_registers_one_job(processes):
+    """The issue: a 503 after a frozen Redis, and the job existed afterwards; a
+    retry then made a second one. Now the 503 says the outcome is unknown, and
+    the client's retries, all with one Idempotency-Key, give one job."""
+    server = processes.redis()
+    service = processes.service(server.url)
+    client = Client(service.url, timeout=30)
+    register(service)  # the service's pool holds a live connection
+    run = uuid.uuid4().hex
+    key = uuid.uuid4().hex
+    job, codes = retried_while_frozen(server, lambda: client.register(
+        "teams", labels={"run": run}, idempotency_key=key))
+    assert codes[0] == "outcome_unknown", codes
+    assert set(codes) <= {"outcome_unknown", "store_unavailable"}, codes
+    [listed] = client.list(labels={"run": run})["jobs"]
+    assert listed["id"] == job["id"]
+    assert [e["command"] for e in client.history(job["id"])] == ["register"]
+    # The old endpoint takes the key too, and keeps its text answers.
+    reply = call(service.url, "POST", "/registerJob", form={"type": "teams"},
+                 headers={"Idempotency-Key": key + "-old"})
+    again = call(service.url, "POST", "/registerJob", form={"type": "teams"},
+                 headers={"Idempotency-Key": key + "-old"})
+    assert (reply.status, again.status) == (200, 200)
+    assert reply.text == again.text and reply.text.startswith("Created! id = ")
+    client.close()
+
+
+def test_retrying_a_command_while_redis_is_frozen_applies_it_once(processes):
+    server = processes.redis()
+    service = processes.service(server.url)
+    client = Client(service.url, timeout=30)
+    job_id = register(service)
+    key = uuid.uuid4().hex
+    answer, codes = retried_while_frozen(
+        server, lambda: client.command(job_id, "kill", reason="frozen", idempotency_key=key))
+    assert codes[0] == "outcome_unknown", codes
+    # The first attempt ran when Redis woke; the retry was recognised as it.
+    assert (answer["job"]["state"], answer["changed"]) == ("kill", True)
+    assert [(e["command"], e["reason"]) for e in client.history(job_id)] == [
+        ("register", ""), ("kill", "frozen")]
+    client.close()
+
+
+def test_the_command_line_says_how_to_retry_an_unknown_outcome(processes):
+    server = processes.redis()
+    service = processes.service(server.url)
+    job_id = register(service)
+    environ = {**os.environ, "KARMCHARI_URL": service.url}
+    environ.pop("KARMCHARI_TOKEN", None)
+
+    def karmchari(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*karmchari_command(), *args], env=environ, cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+
+    server.freeze()
+    try:
+        first = karmchari("pause", job_id, "--reason", "frozen")
+    finally:
+        server.thaw()
+    assert first.returncode == 5, first.stderr
+    hint = re.search(r"run the same command with --idempotency-key (\S+)", first.stderr)
+    assert hint and "may or may not have been applied" in first.stderr, first.stderr
+    again = karmchari("pause", job_id, "--reason", "frozen", "--idempotency-key", hint[1])
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == f"{job_id} -- pause, version 2"
+    assert [e["command"] for e in history(service, job_id)] == ["register", "pause"]
+
+
+def test_a_write_refused_before_it_was_sent_stays_store_unavailable(processes):
+    """No connection (Redis stopped): nothing was sent, so nothing happened.
+    (Refusals that come as a reply, OOM, READONLY and BUSY, are checked below.)"""
+    server = processes.redis("--appendonly", "yes")
+    service = processes.service(server.url)
+    job_id = register(service)
+    server.stop()
+    for reply in (call(service.url, "POST", "/v1/jobs", body={"type": "teams"}),
+                  command(service, job_id, "kill")):
+        assert reply.status == 503
+        assert reply.json()["code"] == "store_unavailable", reply.text
+        assert "not applied" in reply.json()["detail"]
+    server.start()
+    assert [e["command"] for e in history(service, job_id)] == ["register"]
 
 
 # -- NOSCRIPT ------------------------------------------------------------------

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+@pytest.fixture
+def client(live_client):
+    """Every test here runs through each real HTTP server."""
+    return live_client
 
 
 def register(client, job_type="teams"):

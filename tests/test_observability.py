@@ -4,20 +4,26 @@ answer before it)."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import urllib.error
 import urllib.request
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from falcon import testing
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.app import create_app
 from app.auth import TokenRegistry
 from app.model import STATES
+from app.observability import _quoted, new_request_id
 from app.store.scripts import Scripts
+from tests.live import SERVERS
 from tests.servers import RedisProcess, ServiceProcess
 
 GENERATED_ID = re.compile(r"[0-9a-f]{32}\Z")
@@ -239,10 +245,12 @@ def test_access_log_cannot_be_forged_through_the_path(live_service):
 def test_access_log_names_the_actor(redis_url, key_prefix):
     service = ServiceProcess("--redis-url", redis_url,
                              env={"KARMCHARI_KEY_PREFIX": key_prefix,
-                                  "KARMCHARI_TOKENS": "ci-bot:operator:s3cr3t-token"}).start()
+                                  "KARMCHARI_TOKENS": "ci-bot:operator:s3cr3t-token-9a8b7c6d"}
+                             ).start()
     try:
         status, _, _ = fetch(service.url + "/v1/jobs", "POST", '{"type": "teams"}',
-                             {"Authorization": "Bearer s3cr3t-token", "X-Request-ID": "r-1"})
+                             {"Authorization": "Bearer s3cr3t-token-9a8b7c6d",
+                              "X-Request-ID": "r-1"})
         assert status == 201
         status, headers, _ = fetch(service.url + "/v1/jobs", headers={"X-Request-ID": "r-2"})
         assert (status, headers["x-request-id"]) == (401, "r-2")
@@ -251,19 +259,19 @@ def test_access_log_names_the_actor(redis_url, key_prefix):
     log = service.log()
     assert re.search(r'status=201 .*request_id=r-1 actor="ci-bot"', log)
     assert re.search(r"status=401 .*request_id=r-2 actor=-", log)
-    assert "s3cr3t-token" not in log
+    assert "s3cr3t-token-9a8b7c6d" not in log
 
 
 def test_request_id_on_answers_the_app_gives_before_any_resource(config, store):
     """413, 415, 401 and 403 come from checks ahead of the resource; they carry
     the id too (waitress's own 413/431 never reach the app)."""
-    tokens = TokenRegistry.load("r:reader:read-token,a:admin:admin-token")
+    tokens = TokenRegistry.load("r:reader:read-token-0f1e2d3c,a:admin:admin-token-4b5a6978")
     client = testing.TestClient(create_app(config, store, tokens=tokens))
-    admin = {"Authorization": "Bearer admin-token", "X-Request-ID": "pre-1"}
+    admin = {"Authorization": "Bearer admin-token-4b5a6978", "X-Request-ID": "pre-1"}
     cases = [
         (401, client.simulate_get("/v1/jobs", headers={"X-Request-ID": "pre-1"})),
         (403, client.simulate_post("/v1/jobs", json={"type": "teams"},
-                                   headers={"Authorization": "Bearer read-token",
+                                   headers={"Authorization": "Bearer read-token-0f1e2d3c",
                                             "X-Request-ID": "pre-1"})),
         (413, client.simulate_post("/v1/jobs", body="x" * (config.max_body_bytes + 1),
                                    headers={**admin, "Content-Type": "application/json"})),
@@ -276,12 +284,14 @@ def test_request_id_on_answers_the_app_gives_before_any_resource(config, store):
         assert response.headers["x-request-id"] == "pre-1"
 
 
+@pytest.mark.parametrize("server", SERVERS)
 @pytest.mark.parametrize("trusted", [True, False])
-def test_client_address_from_a_trusted_proxy_only(redis_url, key_prefix, trusted):
+def test_client_address_from_a_trusted_proxy_only(redis_url, key_prefix, trusted, server):
+    """The access log's address, on each HTTP server."""
     env = {"KARMCHARI_KEY_PREFIX": key_prefix}
     if trusted:
         env["KARMCHARI_TRUSTED_PROXY"] = "127.0.0.1"
-    service = ServiceProcess("--redis-url", redis_url, env=env).start()
+    service = ServiceProcess("--server", server, "--redis-url", redis_url, env=env).start()
     try:
         status, _, _ = fetch(service.url + "/v1/jobs",
                              headers={"X-Forwarded-For": "203.0.113.7", "X-Request-ID": "xff"})
@@ -312,3 +322,16 @@ def test_long_poll_waiters_gauge(live_service):
         assert status == 200
         assert [poll.result()[0] for poll in polls] == [200, 200]
     assert waiters() == 0
+
+
+@given(st.text() | st.sampled_from(["/jobState", '/a"b', "/a\\b", "/\x7f", "/\x1f", "/é", ""]))
+def test_access_log_quoting_is_json_quoting(text):
+    assert _quoted(text) == json.dumps(text)
+
+
+def test_generated_request_ids_are_uuid4_hex():
+    for _ in range(500):
+        request_id = new_request_id()
+        parsed = uuid.UUID(hex=request_id)
+        assert GENERATED_ID.match(request_id)
+        assert (parsed.hex, parsed.version, parsed.variant) == (request_id, 4, uuid.RFC_4122)

@@ -123,6 +123,11 @@ def drive_every_endpoint(base: str, admin: redis.Redis) -> tuple[list[tuple[str,
         go(f"list {query}", f"{base}/v1/jobs{query}")
     cursor = json.loads(call(f"{base}/v1/jobs?limit=1")[1])["next_cursor"]
     go("list next page", f"{base}/v1/jobs?limit=1&cursor={cursor}")
+    go("stats", base + "/v1/stats")
+    go("bulk pause by filter", base + "/v1/jobs/commands", "POST",
+       {"command": "pause", "where": {"label": ["team:a"], "stalled": False}})
+    go("bulk resume by ids", base + "/v1/jobs/commands", "POST",
+       {"command": "start", "ids": [job_id]})
     go("metrics", base + "/metrics")
     go("openapi", base + "/openapi.json")
 

@@ -73,7 +73,7 @@ def history(store: JobStore, job_id: str) -> list[dict]:
 def apply_keys(store: JobStore, job_id: str) -> list[str]:
     shard = store.keys.for_job(job_id)
     return [shard.job(job_id), shard.history(job_id), *shard.state_indexes(), shard.deadlines,
-            shard.expiries]
+            shard.expiries, shard.changes]
 
 
 def apply_args(store: JobStore, job_id: str, command: str, expected: str = "") -> list:
@@ -115,7 +115,8 @@ def test_register_never_overwrites_an_existing_id(store, raw, key_prefix):
 
     reply = store.scripts.register_job(
         [shard.job(job.id), shard.history(job.id), shard.all_jobs, shard.state_index("start"),
-         shard.type_index("export"), shard.deadlines, f"{shard.tag}:idem:-"],
+         shard.type_index("export"), shard.deadlines, f"{shard.tag}:idem:-",
+         shard.label_counts, shard.changes],
         [job.id, "export", "second", "{}", 5, "", 100, 0, "", shard.channel])
 
     assert reply[0] == RegisterJobCode.EXISTS
@@ -198,7 +199,7 @@ def test_command_for_an_unknown_id_creates_nothing(store, raw, key_prefix, comma
     with pytest.raises(JobNotFound):
         store.apply_command(unknown, command)
     sha = store.scripts.apply_command.script.sha
-    reply = store.client.evalsha(sha, 9, *apply_keys(store, unknown),
+    reply = store.client.evalsha(sha, 10, *apply_keys(store, unknown),
                                  *apply_args(store, unknown, command))
     assert reply == [-1]
     assert snapshot(raw, key_prefix) == before
@@ -350,7 +351,7 @@ def delete_call(store: JobStore, job: Job, job_type: str, mode: str) -> list:
     keys = [shard.job(job.id), shard.history(job.id), shard.all_jobs,
             *(shard.state_index(s) for s in ("kill", "done", "failed")), shard.deadlines,
             shard.expiries, shard.type_index(job_type), shard.state_index("start"),
-            shard.state_index("pause")]
+            shard.state_index("pause"), shard.label_counts]
     return store.scripts.delete_job(keys, [job.id, job_type, "{}", mode, shard.channel])
 
 
@@ -384,7 +385,7 @@ def test_only_read_job_may_run_as_a_read_only_script(store):
     _, flat = store.client.evalsha_ro(store.scripts.read_job.script.sha, 1, key)
     assert flat
     with pytest.raises(redis.exceptions.ResponseError, match="write"):
-        store.client.evalsha_ro(store.scripts.apply_command.script.sha, 9,
+        store.client.evalsha_ro(store.scripts.apply_command.script.sha, 10,
                                 *apply_keys(store, job.id), *apply_args(store, job.id, "pause"))
     assert store.get(job.id).state == "start"
 

@@ -164,6 +164,11 @@ class Worker:
             self.notifier.stop()
 
 
+PROBLEM_MEDIA = "application/problem+json"
+# The old API's routes, whose errors are plain text (their ``plain_text_errors``).
+PLAIN_TEXT_PATHS = ("/registerJob", "/jobState")
+
+
 def problem_body(status: int, code: str, title: str, detail: str | None = None) -> bytes:
     """A problem document shaped as ``app.problems.serialize_error`` makes it, for
     answers given before the application runs."""
@@ -172,6 +177,15 @@ def problem_body(status: int, code: str, title: str, detail: str | None = None) 
         body["detail"] = detail
     body["code"] = code
     return json.dumps(body).encode()
+
+
+def error_answer(path: str, status: int, code: str, title: str,
+                 detail: str | None = None) -> tuple[str, bytes]:
+    """(Content-Type, body) of an error answered before the application runs, as
+    the application would answer it on ``path``."""
+    if path.rstrip("/") in PLAIN_TEXT_PATHS:
+        return "text/plain; charset=utf-8", (detail or title).encode()
+    return PROBLEM_MEDIA, problem_body(status, code, title, detail)
 
 
 # Request bodies must come with Content-Length. With Transfer-Encoding as well, a
@@ -183,25 +197,63 @@ FRAMING_DETAIL = ("Transfer-Encoding is not accepted in requests: send the body 
                   "Content-Length")
 
 
+def _head_size(environ: dict) -> int:
+    """About the bytes of the request head: the request line and the headers."""
+    size = len(environ.get("PATH_INFO", "")) + len(environ.get("QUERY_STRING", "")) + 16
+    for name, value in environ.items():
+        if name.startswith("HTTP_") or name in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            size += len(name) + len(value) + 4
+    return size
+
+
+def _apply_proxy_headers(environ: dict, trusted_proxy: str) -> None:
+    """As waitress does with ``trusted_proxy``: from that address, the client is the
+    last X-Forwarded-For entry and the scheme X-Forwarded-Proto; from any other,
+    both headers are dropped, so nobody else can claim an address."""
+    forwarded_for = environ.pop("HTTP_X_FORWARDED_FOR", "")
+    forwarded_proto = environ.pop("HTTP_X_FORWARDED_PROTO", "")
+    if environ.get("REMOTE_ADDR") != trusted_proxy:
+        return
+    if forwarded_for.strip():
+        environ["REMOTE_ADDR"] = forwarded_for.split(",")[-1].strip()
+    if forwarded_proto.strip().lower() in ("http", "https"):
+        environ["wsgi.url_scheme"] = forwarded_proto.strip().lower()
+
+
 def guarded(worker: Worker):
     """The WSGI application for a server that leaves these to the application:
-    refusing Transfer-Encoding (above), and ``Connection: close`` on every answer
-    once the drain has begun."""
+    refusing Transfer-Encoding (above), the trusted proxy's headers, a request head
+    over the limit (Granian's own limit cannot go below 8 KiB), and ``Connection:
+    close`` on every answer once the drain has begun."""
     app, draining = worker.app, worker.draining
+    max_head = worker.config.max_header_bytes
+    trusted_proxy = worker.config.trusted_proxy
+
+    def refuse(environ, start_response, status: str, code: str, title: str, detail: str):
+        media, body = error_answer(environ.get("PATH_INFO", ""), int(status[:3]), code,
+                                   title, detail)
+        start_response(status, [("Content-Type", media), ("Content-Length", str(len(body))),
+                                ("Connection", "close")])
+        return [body]
 
     def application(environ, start_response):
         if "HTTP_TRANSFER_ENCODING" in environ:
-            body = problem_body(400, FRAMING_CODE, "Bad request", FRAMING_DETAIL)
-            start_response("400 Bad Request", [
-                ("Content-Type", "application/problem+json"),
-                ("Content-Length", str(len(body))), ("Connection", "close")])
-            return [body]
-        if not draining.is_set():
-            return app(environ, start_response)
+            return refuse(environ, start_response, "400 Bad Request", FRAMING_CODE,
+                          "Bad request", FRAMING_DETAIL)
+        if trusted_proxy:
+            _apply_proxy_headers(environ, trusted_proxy)
+        if _head_size(environ) > max_head:
+            return refuse(environ, start_response, "431 Request Header Fields Too Large",
+                          "headers_too_large", "Request header fields too large",
+                          f"the request head may be at most {max_head} bytes")
 
-        def closing(status, headers, exc_info=None):
-            return start_response(status, [*headers, ("Connection", "close")], exc_info)
+        def respond(status, headers, exc_info=None):
+            # Decided when the answer starts: a long-poll begun before the drain
+            # ends because of it, and its answer closes the connection too.
+            if draining.is_set():
+                headers = [*headers, ("Connection", "close")]
+            return start_response(status, headers, exc_info)
 
-        return app(environ, closing)
+        return app(environ, respond)
 
     return application

@@ -18,7 +18,9 @@ import math
 import multiprocessing
 import os
 import signal
+import threading
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from app.config import Config
 from app.serving.common import StartupError, Worker, guarded, listen_socket
@@ -28,7 +30,9 @@ log = logging.getLogger("karmchari")
 # ordinary requests (granian issue #873); a long-poll is such a response.
 MIN_GRANIAN = (2, 7, 9)
 STATE_VARIABLE = "KARMCHARI_SERVING_STATE"
-DRAIN_SIGNAL = signal.SIGUSR1 if hasattr(signal, "SIGUSR1") else None
+# Not on Windows, where check_available refuses Granian.
+DRAIN_SIGNAL: int = getattr(signal, "SIGUSR1", 0)
+NUDGE_SIGNAL: int = getattr(signal, "SIGUSR2", 0)
 
 
 def check_available() -> None:
@@ -41,7 +45,7 @@ def check_available() -> None:
     if numbers < MIN_GRANIAN:
         raise StartupError(f"granian {found} is too old: Karmchari needs granian "
                            f"{'.'.join(map(str, MIN_GRANIAN))} or newer")
-    if DRAIN_SIGNAL is None:
+    if not DRAIN_SIGNAL:
         raise StartupError("--server granian is not supported on Windows; use waitress")
 
 
@@ -66,6 +70,8 @@ def _forward_drain() -> None:
 
         def handler(signum, frame, previous=previous):
             for child in multiprocessing.active_children():
+                if not child.pid:
+                    continue
                 try:
                     os.kill(child.pid, DRAIN_SIGNAL)
                 except ProcessLookupError:
@@ -80,6 +86,7 @@ def run(config: Config, url: str, shown_store: str, open_files: int) -> None:
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces
     from granian.http import HTTP1Settings
+    from granian.log import LogLevels
 
     listen_socket(config.host, config.port).close()  # a clear message if taken
     os.environ[STATE_VARIABLE] = json.dumps({"config": dataclasses.asdict(config),
@@ -94,10 +101,15 @@ def run(config: Config, url: str, shown_store: str, open_files: int) -> None:
     server = Granian(
         "app.serving.granian_server:worker_app", factory=True, interface=Interfaces.WSGI,
         address=config.host.strip("[]"), port=config.port, workers=config.workers,
-        blocking_threads=config.threads, runtime_threads=1, backlog=1024,
+        blocking_threads=config.threads, blocking_threads_idle_timeout=5, runtime_threads=1,
+        # Granian's backpressure is the connections a worker serves at once, idle
+        # ones included: past it, new clients wait. The connection limit, then.
+        backlog=1024, backpressure=config.connection_limit,
         http=HTTPModes.http1, websockets=False,
-        http1_settings=HTTP1Settings(header_read_timeout=header_timeout * 1000),
-        log_level=config.log_level if config.log_level != "warning" else "warn",
+        # The read buffer holds the request head: its size is the head's limit.
+        http1_settings=HTTP1Settings(header_read_timeout=header_timeout * 1000,
+                                     max_buffer_size=max(8192, config.max_header_bytes)),
+        log_level=LogLevels(config.log_level if config.log_level != "warning" else "warn"),
         log_dictconfig=_log_config(config.log_level), log_access=False,
         workers_kill_timeout=max(1, math.ceil(config.shutdown_timeout)))
     server.on_startup(_forward_drain)
@@ -108,8 +120,35 @@ def run(config: Config, url: str, shown_store: str, open_files: int) -> None:
 def worker_app():
     """Granian's factory, called in each worker process."""
     state = json.loads(os.environ[STATE_VARIABLE])
-    values = {name: tuple(value) if isinstance(value, list) else value
-              for name, value in state["config"].items()}
+    values: dict[str, Any] = {name: tuple(value) if isinstance(value, list) else value
+                              for name, value in state["config"].items()}
     worker = Worker(Config(**values), state["url"])
-    signal.signal(DRAIN_SIGNAL, lambda signum, frame: worker.drain())
+    if DRAIN_SIGNAL:  # POSIX
+        signal.signal(DRAIN_SIGNAL, lambda signum, frame: worker.drain())
+        if NUDGE_SIGNAL:
+            _watch_signals(worker, NUDGE_SIGNAL)
     return guarded(worker)
+
+
+def _watch_signals(worker: Worker, nudge: int) -> None:
+    """Python runs signal handlers in the main thread only, and Granian's worker
+    waits there on a lock that a signal wakes only if the kernel delivers it to
+    that thread; with many threads it often picks another, and the worker would
+    miss SIGTERM until it is killed. So a thread of ours reads each signal from
+    the wakeup fd, begins the drain itself and sends a signal to the main thread,
+    whose handlers (Granian's too) then run."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    signal.signal(nudge, lambda signum, frame: None)
+    main = threading.main_thread().ident
+    assert main is not None  # the main thread has started
+
+    def watch() -> None:
+        while True:
+            for signum in os.read(read_fd, 64):
+                if signum in (signal.SIGTERM, signal.SIGINT, DRAIN_SIGNAL):
+                    worker.drain()
+                    signal.pthread_kill(main, nudge)
+
+    threading.Thread(target=watch, name="karmchari-signals", daemon=True).start()

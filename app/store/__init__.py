@@ -27,6 +27,16 @@ from app.errors import (
     raise_for_code,
 )
 from app.model import STATES, Job, is_job_id, new_job_id
+from app.store.bulk import (
+    BATCH,
+    MAX_EXAMINED,
+    BulkResult,
+    decode_cursor,
+    encode_cursor,
+    next_entries,
+    script_call,
+    take_entries,
+)
 from app.store.connection import (
     StoreClient,
     connect,
@@ -43,8 +53,8 @@ from app.store.scripts import (
     Scripts,
 )
 
-__all__ = ["JobStore", "JobFilter", "HeartbeatReport", "Page", "connect", "is_transient",
-           "StoreUnavailable"]
+__all__ = ["JobStore", "JobFilter", "HeartbeatReport", "Page", "BulkResult", "connect",
+           "is_transient", "StoreUnavailable"]
 
 
 def _decoded(values: Sequence[object]) -> list[str | None]:
@@ -104,6 +114,17 @@ class JobFilter:
                 and (self.type is None or job.type == self.type)
                 and all(job.labels.get(k) == v for k, v in self.labels)
                 and (self.stalled is None or job.stalled(now_ms) == self.stalled))
+
+
+@dataclass
+class Stats:
+    now_ms: int
+    total: int = 0
+    states: dict[str, int] = field(default_factory=dict)
+    stalled: int = 0
+    types: dict[str, int] = field(default_factory=dict)
+    labels: dict[str, int] = field(default_factory=dict)     # "key:value": jobs, largest first
+    changes_per_minute: list[tuple[int, int]] = field(default_factory=list)  # (ms, count)
 
 
 @dataclass
@@ -218,6 +239,7 @@ class JobStore:
             idem_key, idem_ttl = f"{shard.tag}:idem:-", 0
         keys = [shard.job(job_id), shard.history(job_id), shard.all_jobs,
                 shard.state_index("start"), shard.type_index(job_type), shard.deadlines, idem_key,
+                shard.label_counts, shard.changes,
                 *(shard.label_index(k, v) for k, v in sorted(labels.items()))]
         args = [job_id, job_type, name, json.dumps(labels, sort_keys=True, separators=(",", ":")),
                 heartbeat_timeout, actor, self.history_cap, idem_ttl, fingerprint, shard.channel,
@@ -244,7 +266,7 @@ class JobStore:
         repeated ``start`` leaves a stalled job stalled)."""
         shard = self.keys.for_job(job_id)
         keys = [shard.job(job_id), shard.history(job_id), *shard.state_indexes(),
-                shard.deadlines, shard.expiries]
+                shard.deadlines, shard.expiries, shard.changes]
         # The operation id lets the script recognise a retry of this very command
         # after a lost reply (redis-py's, or the client's with the same key), and
         # not apply it twice.
@@ -262,6 +284,76 @@ class JobStore:
         raise_for_code(reply)
         return (Job.from_hash(_pairs(reply[1])), reply[0] == ApplyCommandCode.CHANGED,
                 int(reply[2]))
+
+    def bulk_command(self, command: str, *, actor: str = "", reason: str = "",
+                     ids: Sequence[str] | None = None, where: JobFilter | None = None,
+                     cursor: str | None = None, max_examined: int = MAX_EXAMINED) -> BulkResult:
+        """Apply ``command`` to the jobs named by ``ids``, or to every job that
+        matches ``where``: batches of one applyCommands call per shard, each
+        round of them in one pipeline. A filter walks the index ``list_jobs``
+        would read, newest first, at most ``max_examined`` entries; past that
+        the result has a ``next_cursor`` to continue from (ValueError for a
+        cursor this service did not give)."""
+        result = BulkResult()
+        if ids is not None:
+            by_shard: dict[str, list[str]] = {}
+            for job_id in dict.fromkeys(ids):
+                by_shard.setdefault(self.keys.for_job(job_id).shard, []).append(job_id)
+            self._bulk_round(result, [
+                self._bulk_call(self.keys.shards[shard], chunk, command, actor, reason)
+                for shard, shard_ids in by_shard.items()
+                for chunk in (shard_ids[i:i + BATCH] for i in range(0, len(shard_ids), BATCH))])
+            return result
+
+        where = where or JobFilter()
+        positions = decode_cursor(cursor) if cursor else dict.fromkeys(self.keys.shards)
+        index = self._index_for(where)
+        upper = self.server_time_ms() if where.stalled else None
+        while positions and result.examined < max_examined:
+            shards = list(positions)
+            with unavailable_on_redis_errors():
+                pipe = self.client.pipeline(transaction=False)
+                for shard in shards:
+                    next_entries(pipe, index(self.keys.shards[shard]), positions[shard], upper)
+                replies = pipe.execute()
+            calls = []
+            for shard in shards:
+                reads = 1 if positions[shard] is None else 2
+                rows, exhausted = take_entries(replies[:reads], positions[shard])
+                del replies[:reads]
+                if rows:
+                    calls.append(self._bulk_call(
+                        self.keys.shards[shard], [job_id for _, job_id in rows], command, actor,
+                        reason, where))
+                    positions[shard] = rows[-1]
+                    result.examined += len(rows)
+                if exhausted:
+                    del positions[shard]
+            self._bulk_round(result, calls, filtered=True)
+        result.next_cursor = encode_cursor(positions) if positions else None
+        return result
+
+    def _bulk_call(self, shard: ShardKeys, job_ids: list[str], command: str, actor: str,
+                   reason: str, where: JobFilter | None = None
+                   ) -> tuple[LuaScript, list[str], list[Any]]:
+        where = where or JobFilter()
+        keys, args = script_call(shard, job_ids, command, actor, reason, self.history_cap,
+                                 self.retention_seconds, state=where.state, job_type=where.type,
+                                 labels=where.labels, stalled=where.stalled)
+        return self.scripts.apply_commands, keys, args
+
+    def _bulk_round(self, result: BulkResult, calls: list, filtered: bool = False) -> None:
+        if not calls:
+            return
+        with unavailable_on_redis_errors(write=True):
+            replies = self.scripts.run_pipeline(calls)
+        for reply in replies:
+            if len(reply) == 1:
+                raise_for_code(reply)
+            if filtered:
+                # Listed a moment ago, deleted since: it no longer matches.
+                reply = [*reply[:3], 0, reply[4] + reply[3]]
+            result.add(reply)
 
     def heartbeats(self, reports: Sequence[HeartbeatReport], *,
                    owner: str = "") -> list[HeartbeatAnswer]:
@@ -312,7 +404,7 @@ class JobStore:
             keys = [shard.job(job_id), shard.history(job_id), shard.all_jobs,
                     *(shard.state_index(s) for s in ("kill", "done", "failed")),
                     shard.deadlines, shard.expiries, shard.type_index(job_type),
-                    shard.state_index("start"), shard.state_index("pause"),
+                    shard.state_index("start"), shard.state_index("pause"), shard.label_counts,
                     *(shard.label_index(k, v) for k, v in sorted(json.loads(labels).items()))]
             args = [job_id, job_type, labels, "sweep" if sweep else "api", shard.channel]
             with unavailable_on_redis_errors(write=True):
@@ -538,6 +630,71 @@ class JobStore:
         for i, count in enumerate(counts):
             totals[STATES[i % len(STATES)]] += count
         return totals
+
+    def stats(self, job_types: Sequence[str], top_labels: int = 50) -> Stats:
+        """Counts for an overview, from the indexes and the counters the
+        scripts keep: a few pipelines, whatever the number of jobs."""
+        now_ms = self.server_time_ms()
+        shards = list(self.keys.shards.values())
+        with unavailable_on_redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for shard in shards:
+                pipe.zcard(shard.all_jobs)
+                for state in STATES:
+                    pipe.zcard(shard.state_index(state))
+                pipe.zcount(shard.deadlines, "-inf", f"({now_ms}")
+                for job_type in job_types:
+                    pipe.zcard(shard.type_index(job_type))
+                pipe.hgetall(shard.changes)
+            replies = iter(pipe.execute())
+        result = Stats(now_ms, states=dict.fromkeys(STATES, 0),
+                       types=dict.fromkeys(job_types, 0))
+        minutes: dict[int, int] = {}
+        for _ in shards:
+            result.total += next(replies)
+            for state in STATES:
+                result.states[state] += next(replies)
+            result.stalled += next(replies)
+            for job_type in job_types:
+                result.types[job_type] += next(replies)
+            for minute, count in next(replies).items():
+                minutes[int(minute)] = minutes.get(int(minute), 0) + int(count)
+        this_minute = now_ms // 60_000
+        result.changes_per_minute = [(m * 60_000, minutes.get(m, 0))
+                                     for m in range(this_minute - 59, this_minute + 1)]
+        result.labels = self._largest_labels(shards, top_labels)
+        return result
+
+    def _largest_labels(self, shards: list[ShardKeys], top: int,
+                        max_depth: int = 800) -> dict[str, int]:
+        """The ``top`` labels with the most jobs over all shards, exactly: the
+        largest of each shard are the candidates, and their totals over every
+        shard are read (ZMSCORE). A label that is no candidate has, in each
+        shard, at most the count of that shard's last one read; while that
+        bound could beat the last of the top, each shard is read deeper (up to
+        ``max_depth`` labels a shard, past which the top is the candidates')."""
+        depth = top
+        while True:
+            with unavailable_on_redis_errors():
+                pipe = self.client.pipeline(transaction=False)
+                for shard in shards:
+                    pipe.zrevrange(shard.label_counts, 0, depth - 1, withscores=True)
+                heads = pipe.execute()
+            candidates = sorted({label for head in heads for label, _ in head})
+            if not candidates:
+                return {}
+            with unavailable_on_redis_errors():
+                pipe = self.client.pipeline(transaction=False)
+                for shard in shards:
+                    pipe.zmscore(shard.label_counts, candidates)
+                totals = [sum(int(c or 0) for c in counts)
+                          for counts in zip(*pipe.execute(), strict=True)]
+            ranked = sorted(zip(candidates, totals, strict=True), key=lambda p: (-p[1], p[0]))
+            bound = sum(int(head[-1][1]) for head in heads if len(head) == depth)
+            if bound == 0 or ranked[min(top, len(ranked)) - 1][1] >= bound \
+                    or depth >= max_depth:
+                return dict(ranked[:top])
+            depth *= 4
 
     # -- health -------------------------------------------------------------
 

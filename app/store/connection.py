@@ -16,6 +16,7 @@ from redis.connection import parse_url
 from redis.retry import Retry
 
 from app.errors import OutcomeUnknown, StoreUnavailable
+from app.store.lean import LeanBlockingConnectionPool, LeanRedis
 
 # What connect() gives: one server (or a Sentinel's master), or a cluster.
 StoreClient = redis.Redis | redis.cluster.RedisCluster
@@ -29,7 +30,7 @@ _TRANSIENT_REPLIES = ("BUSY", "LOADING", "OOM", "READONLY", "MASTERDOWN", "CLUST
 
 def connect(url: str, *, cluster: bool = False, sentinels: Sequence[tuple[str, int]] = (),
             sentinel_master: str = "mymaster", max_connections: int = 32,
-            socket_timeout: float = 2.0) -> StoreClient:
+            socket_timeout: float = 2.0, decode_responses: bool = True) -> StoreClient:
     """A client with explicit timeouts, so a dead or frozen Redis costs at most
     ``socket_timeout`` per request, never a hang.
 
@@ -44,7 +45,7 @@ def connect(url: str, *, cluster: bool = False, sentinels: Sequence[tuple[str, i
         socket_timeout=socket_timeout,
         socket_connect_timeout=socket_timeout,
         retry=retry,
-        decode_responses=True,
+        decode_responses=decode_responses,
         health_check_interval=0,
         client_name="karmchari",
     )
@@ -56,13 +57,22 @@ def connect(url: str, *, cluster: bool = False, sentinels: Sequence[tuple[str, i
     if sentinels:
         client = _sentinel_master(url, sentinels, sentinel_master, max_connections, options)
     else:
-        pool = redis.BlockingConnectionPool.from_url(
+        pool = LeanBlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=socket_timeout, **options
         )
-        client = redis.Redis(connection_pool=pool)
-    pool = client.connection_pool
-    pool.connection_class = counting_sends(pool.connection_class)
+        client = LeanRedis(connection_pool=pool)
+    used = client.connection_pool
+    used.connection_class = counting_sends(used.connection_class)
     return client
+
+
+def _is_script(packed) -> bool:
+    """Whether a packed command (or a pipeline's, whose commands here are all
+    alike) is EVAL or EVALSHA: "*<n>\r\n$<len>\r\nEVALSHA\r\n..." opens its first chunk."""
+    first = packed.encode() if isinstance(packed, str) else (
+        packed if isinstance(packed, bytes | bytearray | memoryview) else next(iter(packed), b""))
+    parts = bytes(first[:48]).split(b"\r\n", 3)
+    return len(parts) > 2 and parts[2].upper() in (b"EVAL", b"EVALSHA")
 
 
 class _Sent(threading.local):
@@ -79,16 +89,12 @@ def counting_sends(connection_class: type) -> type:
     if getattr(connection_class, "counts_sends", False):
         return connection_class
 
-    class Counting(connection_class):  # type: ignore[valid-type, misc]
+    class Counting(connection_class):
         counts_sends = True
 
         def send_packed_command(self, command, check_health=True):
             super().send_packed_command(command, check_health)
-            first = command.encode() if isinstance(command, str) else (
-                command if isinstance(command, bytes) else next(iter(command), b""))
-            # "*<n>\r\n$7\r\nEVALSHA\r\n...": the command name opens the first chunk
-            # (also of a pipeline's, whose commands here are all scripts).
-            if b"EVAL" in bytes(first[:32]).upper():
+            if _is_script(command):
                 _SENT.scripts += 1
 
     Counting.__name__ = Counting.__qualname__ = "Counting" + connection_class.__name__

@@ -62,6 +62,14 @@ class ShardKeys:
     def expiries(self) -> str:
         return f"{self.tag}:expiry"
 
+    @property
+    def label_counts(self) -> str:
+        return f"{self.tag}:labels"
+
+    @property
+    def changes(self) -> str:
+        return f"{self.tag}:changes"
+
     def idempotency(self, scope: str, key: str) -> str:
         return f"{self.tag}:idem:{_digest(scope + chr(0) + key)}"
 

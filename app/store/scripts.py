@@ -46,6 +46,12 @@ class ApplyCommandCode(enum.IntEnum):
     NOT_OWNER = ScriptCode.NOT_OWNER
 
 
+class ApplyCommandsCode(enum.IntEnum):
+    """A batch answers its counts instead of a code, unless the command is unknown."""
+
+    INVALID_COMMAND = ScriptCode.INVALID_COMMAND
+
+
 class DeleteJobCode(enum.IntEnum):
     DELETED = 1
     JOB_NOT_FOUND = ScriptCode.JOB_NOT_FOUND
@@ -68,13 +74,33 @@ class ClearOrphansCode(enum.IntEnum):
     PRESENT = 0
 
 
+class ImportLegacyJobsCode(enum.IntEnum):
+    """Per job. UPDATED is the one code above 1 that writes: an import either
+    creates a job or brings an imported one up to date, and the report tells
+    the two apart."""
+
+    IMPORTED = 1
+    ALREADY = 0
+    ID_TAKEN = 2
+    CHANGED_HERE = 3
+    UPDATED = 4
+
+
+class DeleteLegacyJobCode(enum.IntEnum):
+    DELETED = 1
+    CHANGED = 0
+
+
 # The code set of each script that has one (readJob answers data only).
 RETURN_CODES: dict[str, type[enum.IntEnum]] = {
     "registerJob": RegisterJobCode,
     "applyCommand": ApplyCommandCode,
+    "applyCommands": ApplyCommandsCode,
     "deleteJob": DeleteJobCode,
     "recordHeartbeats": RecordHeartbeatsCode,
     "clearOrphans": ClearOrphansCode,
+    "importLegacyJobs": ImportLegacyJobsCode,
+    "deleteLegacyJob": DeleteLegacyJobCode,
 }
 
 _NAME_RE = re.compile(r"(?P<name>[a-zA-Z]+)-(?P<keys>\d+)\.lua\Z")
@@ -128,10 +154,13 @@ class Scripts:
 
     register_job: LuaScript
     apply_command: LuaScript
+    apply_commands: LuaScript
     delete_job: LuaScript
     read_job: LuaScript
     record_heartbeats: LuaScript
     clear_orphans: LuaScript
+    import_legacy_jobs: LuaScript
+    delete_legacy_job: LuaScript
 
     def __init__(self, client: StoreClient) -> None:
         self._client = client
@@ -147,10 +176,13 @@ class Scripts:
 
         self.register_job = self._named("registerJob")
         self.apply_command = self._named("applyCommand")
+        self.apply_commands = self._named("applyCommands")
         self.delete_job = self._named("deleteJob")
         self.read_job = self._named("readJob")
         self.record_heartbeats = self._named("recordHeartbeats")
         self.clear_orphans = self._named("clearOrphans")
+        self.import_legacy_jobs = self._named("importLegacyJobs")
+        self.delete_legacy_job = self._named("deleteLegacyJob")
 
     def _named(self, name: str) -> LuaScript:
         try:

@@ -64,11 +64,30 @@ export function commandJob(job, command) {
     (reason) => post(`/v1/jobs/${job.id}/commands`, body(command, reason)));
 }
 
+const COUNTS = ["matched", "changed", "unchanged", "refused", "not_found"];
+
+// A filter may match more jobs than one request walks: the service then
+// answers a next_cursor, and the same request goes on from there.
+async function commandWhere(command, reason, where) {
+  const total = Object.fromEntries(COUNTS.map((name) => [name, 0]));
+  let cursor = null;
+  do {
+    const answer = await post("/v1/jobs/commands",
+      { ...body(command, reason), where, ...(cursor ? { cursor } : {}) });
+    for (const name of COUNTS) total[name] += answer[name] || 0;
+    cursor = answer.next_cursor;
+    document.getElementById("command-error").textContent = cursor
+      ? `${total.matched.toLocaleString("en")} jobs so far…` : "";
+  } while (cursor);
+  return total;
+}
+
 // ids: a list of job ids, or null to act on every job matching `where`.
 export function commandMany(command, { ids, where, description }) {
   return ask(command, { title: ids ? `${ids.length} jobs` : "every matching job",
     detail: description },
-  (reason) => post("/v1/jobs/commands", { ...body(command, reason), ...(ids ? { ids } : { where }) }));
+  (reason) => (ids ? post("/v1/jobs/commands", { ...body(command, reason), ids })
+    : commandWhere(command, reason, where)));
 }
 
 export function summary(result) {

@@ -2,7 +2,7 @@
 // and rows that update themselves through the watcher.
 
 import { canCommand, commandJob, commandMany, summary } from "./actions.js";
-import { get, jobsQuery, whereOf } from "./api.js";
+import { filterQuery, get, jobsQuery, whereOf } from "./api.js";
 import { age, clear, el, labelChips, progressBar, stateChip, status } from "./dom.js";
 import { Watcher } from "./live.js";
 import { notify } from "./notice.js";
@@ -31,15 +31,6 @@ export function filterFromQuery(query) {
   };
 }
 
-function queryOf(filter) {
-  const query = new URLSearchParams();
-  if (filter.state) query.set("state", filter.state);
-  if (filter.type) query.set("type", filter.type);
-  for (const label of filter.labels) query.append("label", label);
-  if (filter.stalled) query.set("stalled", "true");
-  return query;
-}
-
 function describe(filter) {
   const parts = [];
   if (filter.state) parts.push(`state ${filter.state}`);
@@ -52,7 +43,7 @@ function describe(filter) {
 function actionButtons(job) {
   if (!canCommand()) return [];
   return (ROW_ACTIONS[job.state] || []).map((command) => el("button", {
-    type: "button", class: `small${command === "kill" ? " danger" : ""}`,
+    type: "button", class: `small${command === "kill" ? " danger" : ""}`, dataset: { command },
     "aria-label": `${ACTION_WORDS[command]} job ${job.name || job.id}`,
     onclick: () => act(job.id, command),
   }, ACTION_WORDS[command]));
@@ -100,7 +91,15 @@ export function updateRow(job) {
   row.job = job;
   row.tr.dataset.state = job.state;
   row.tr.classList.remove("missing");
+  // Keyboard users keep their place: focus goes back to the same control, or
+  // to the row's link when that control is gone (a finished job has no buttons).
+  const focused = row.tr.contains(document.activeElement) ? document.activeElement : null;
   row.tr.replaceChildren(...rowCells(job));
+  if (focused) {
+    const selector = focused.dataset.command ? `[data-command="${focused.dataset.command}"]`
+      : focused.classList.contains("select-row") ? ".select-row" : "a";
+    (row.tr.querySelector(selector) || row.tr.querySelector("a")).focus();
+  }
 }
 
 function markMissing(id) {
@@ -231,7 +230,7 @@ export function setUp(navigate) {
       labels: form.label.value.trim() ? [form.label.value.trim()] : [],
       stalled: form.stalled.checked,
     };
-    navigate(`#/?${queryOf(filter)}`);
+    navigate(`#/?${filterQuery(filter)}`);
   });
   document.getElementById("clear-filters").addEventListener("click", () => navigate("#/"));
   document.getElementById("search").addEventListener("submit", (event) => {

@@ -46,33 +46,27 @@ function svg(tag, attrs) {
 }
 
 // One bar per minute, oldest on the left; attributes only (no style), so the
-// strict CSP holds.
+// strict CSP holds. The SVG stretches to the card; its words are HTML.
 export function drawChart(container, minutes) {
-  const width = 600, height = 120, pad = 18;
+  const width = 600, height = 100;
   const peak = Math.max(1, ...minutes.map((m) => m.count));
   const total = minutes.reduce((sum, m) => sum + m.count, 0);
   const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img",
     "aria-label": `${total} changes in the last ${minutes.length} minutes, at most ${peak} a minute`,
     class: "bars", preserveAspectRatio: "none" });
-  const step = (width - 2) / Math.max(1, minutes.length);
+  const step = width / Math.max(1, minutes.length);
   minutes.forEach((m, i) => {
-    const h = ((height - pad) * m.count) / peak;
-    const bar = svg("rect", { x: 1 + i * step, y: height - pad - h, width: Math.max(1, step - 1),
+    const h = (height * m.count) / peak;
+    const bar = svg("rect", { x: i * step, y: height - h, width: Math.max(1, step - 1),
       height: h, class: "bar" });
     const title = svg("title", {});
     title.textContent = `${new Date(m.minute).toLocaleTimeString()}: ${m.count}`;
     bar.append(title);
     chart.append(bar);
   });
-  chart.append(svg("line", { x1: 0, y1: height - pad, x2: width, y2: height - pad,
-    class: "axis" }));
-  const peakText = svg("text", { x: 2, y: 10, class: "axis-text" });
-  peakText.textContent = `peak ${peak}/min`;
-  const endText = svg("text", { x: width - 2, y: height - 4, class: "axis-text end" });
-  endText.textContent = "now";
-  const startText = svg("text", { x: 2, y: height - 4, class: "axis-text" });
-  startText.textContent = `−${minutes.length} min`;
-  chart.append(peakText, startText, endText);
   clear(container).append(chart,
-    el("p", { class: "muted small" }, `${total.toLocaleString("en")} changes`));
+    el("div", { class: "chart-axis muted small" },
+      el("span", {}, `−${minutes.length} min`), el("span", {}, "now")),
+    el("p", { class: "muted small" },
+      `${total.toLocaleString("en")} changes, at most ${peak.toLocaleString("en")} a minute`));
 }

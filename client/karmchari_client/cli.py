@@ -1,5 +1,6 @@
-"""Client subcommands of ``karmchari``: talk to the JSON API of a running
-service (``--url``, ``KARMCHARI_URL``; ``--token``, ``KARMCHARI_TOKEN``).
+"""The ``karmchari`` command. Its client subcommands talk to the JSON API of a
+running service (``--url``, ``KARMCHARI_URL``; ``--token``, ``KARMCHARI_TOKEN``);
+the server distribution adds ``serve`` and ``import-legacy`` (see ``main``).
 
 Errors are one line on stderr and an exit code a script can test (see
 ``EXIT_CODES_HELP``).
@@ -32,13 +33,22 @@ EXIT_NOT_FOUND = 3
 EXIT_REFUSED = 4      # a transition the job's state does not allow, or a stale --if-match
 EXIT_UNAVAILABLE = 5  # the service cannot be reached, or it says to retry later
 
+# ``karmchari heartbeat`` exits with the state the job should be in, so that a
+# shell worker can act on it (examples/worker.sh); away from the codes above.
+STATE_EXIT = {RUNNING: EXIT_OK, PAUSED: 10, KILLED: 11, DONE: 12, FAILED: 13}
+
 EXIT_CODES_HELP = f"""exit codes:
   {EXIT_OK}  success
   {EXIT_ERROR}  other error (e.g. missing token, role not allowed)
   {EXIT_BAD_INPUT}  bad input
   {EXIT_NOT_FOUND}  no such job
   {EXIT_REFUSED}  refused: the job's state does not allow it, or --if-match is stale
-  {EXIT_UNAVAILABLE}  service down or unavailable"""
+  {EXIT_UNAVAILABLE}  service down or unavailable
+heartbeat exits with the state the job should be in:
+  {STATE_EXIT[RUNNING]}  start: carry on
+  {STATE_EXIT[PAUSED]} pause: stop working, keep heartbeating
+  {STATE_EXIT[KILLED]} kill: clean up and stop
+  {STATE_EXIT[DONE]} done, {STATE_EXIT[FAILED]} failed: finished; nothing more to do"""
 
 DEFAULT_PORT = 51463
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
@@ -113,10 +123,11 @@ def _job_id(value: str) -> str:
 
 
 def _label(value: str) -> tuple[str, str]:
-    key, sep, label_value = value.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"a label is KEY=VALUE, not {value!r}")
-    return key, label_value
+    """KEY=VALUE or KEY:VALUE: a label key holds neither "=" nor ":"."""
+    found = re.match(r"([^=:]+)[=:](.*)\Z", value, re.DOTALL)
+    if not found:
+        raise argparse.ArgumentTypeError(f"a label is KEY=VALUE or KEY:VALUE, not {value!r}")
+    return found[1], found[2]
 
 
 def _labels(pairs: list[tuple[str, str]] | None) -> dict[str, str]:
@@ -176,9 +187,111 @@ def _get_many(args: argparse.Namespace, client: Client, ids: list[str]) -> list[
     return [jobs[i] for i in ids]
 
 
+def _where(args: argparse.Namespace) -> dict:
+    """The filter options of a state command, as POST /v1/jobs/commands takes them."""
+    where: dict = {}
+    if args.state:
+        where["state"] = args.state
+    if args.type:
+        where["type"] = args.type
+    if args.label:
+        where["label"] = [f"{k}:{v}" for k, v in _labels(args.label).items()]
+    if args.stalled is not None:
+        where["stalled"] = args.stalled
+    return where
+
+
+def _describe(where: dict) -> str:
+    parts = [f"state {where['state']}" if "state" in where else "",
+             f"type {where['type']}" if "type" in where else "",
+             *(f"label {label}" for label in where.get("label", [])),
+             {True: "stalled", False: "not stalled", None: ""}[where.get("stalled")]]
+    return ", ".join(p for p in parts if p)
+
+
+# Counting the jobs of a filter before the confirmation reads the listing,
+# at most this many pages of 500: past them the prompt says "at least".
+COUNT_PAGES = 20
+
+
+def _count_matching(client: Client, where: dict) -> tuple[int, bool]:
+    """How many jobs match, and whether that is all of them."""
+    labels = dict(label.split(":", 1) for label in where.get("label", []))
+    count, cursor = 0, None
+    for _ in range(COUNT_PAGES):
+        page = client.list(state=where.get("state"), type=where.get("type"), labels=labels,
+                           stalled=where.get("stalled"), limit=500, cursor=cursor)
+        count += len(page["jobs"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return count, True
+    return count, False
+
+
+def _confirmed(question: str) -> bool:
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    try:
+        answer = input()
+    except EOFError:
+        answer = ""
+    return answer.strip().lower() in ("y", "yes")
+
+
 def run_command(args: argparse.Namespace, client: Client) -> int:
+    where = _where(args)
+    if len(args.job_ids) == 1 and not where:
+        args.job_id = args.job_ids[0]
+        return run_one_command(args, client)
+    if args.job_ids and where:
+        raise BadInput("give job ids or filter options (--label, --state, --type, --stalled), "
+                       "not both")
+    if not args.job_ids and not where:
+        raise BadInput("give job ids or filter options (--label, --state, --type, --stalled)")
+    if args.if_match is not None:
+        raise BadInput("--if-match applies to one job only")
+    command = STATE_COMMANDS[args.command]
+    if not args.yes:
+        if args.job_ids:
+            question = f"{args.command} {len(args.job_ids)} jobs?"
+        else:
+            count, complete = _count_matching(client, where)
+            if complete and count == 0:
+                print(f"no job matches {_describe(where)}", file=sys.stderr)
+                return EXIT_OK
+            question = (f"{args.command} {'' if complete else 'at least '}{count} "
+                        f"job{'' if count == 1 else 's'} matching {_describe(where)}?")
+        if not _confirmed(question):
+            print("nothing changed", file=sys.stderr)
+            return EXIT_OK
+    totals = dict.fromkeys(("matched", "changed", "unchanged", "refused", "not_found"), 0)
+    ids = list(dict.fromkeys(args.job_ids))
+    # At most 500 ids a request; a filter's walk may answer a cursor to go on from.
+    batches: list[list[str] | None] = [ids[i:i + 500] for i in range(0, len(ids), 500)]
+    for batch in batches or [None]:
+        cursor = None
+        while True:
+            result = client.command_many(command, ids=batch, where=None if batch else where,
+                                         reason=args.reason, cursor=cursor)
+            for name in totals:
+                totals[name] += result[name]
+            cursor = result.get("next_cursor")
+            if cursor is None:
+                break
+    if args.json:
+        _print_json(totals)
+    else:
+        print(f"{totals['matched']} matched: {totals['changed']} changed, "
+              f"{totals['unchanged']} unchanged, {totals['refused']} refused"
+              + (f", {totals['not_found']} not found" if ids else ""))
+    if totals["not_found"]:
+        return EXIT_NOT_FOUND
+    return EXIT_REFUSED if ids and totals["refused"] else EXIT_OK
+
+
+def run_one_command(args: argparse.Namespace, client: Client) -> int:
     result = client.command(args.job_id, STATE_COMMANDS[args.command],
-                                   reason=args.reason, if_match=args.if_match)
+                            reason=args.reason, if_match=args.if_match,
+                            idempotency_key=args.idempotency_key)
     if args.json:
         _print_json(result)
     else:
@@ -189,6 +302,18 @@ def run_command(args: argparse.Namespace, client: Client) -> int:
 
 
 def run_list(args: argparse.Namespace, client: Client) -> int:
+    if args.watch:
+        if args.all:
+            raise BadInput("--watch shows one page: use --limit, not --all")
+        if not 0 < args.interval <= 60:
+            raise BadInput("--interval is more than 0 and at most 60 seconds")
+        from karmchari_client.live_list import watch_listing
+
+        def read_page() -> dict:
+            return client.list(state=args.state, type=args.type, labels=_labels(args.label),
+                               stalled=args.stalled, limit=args.limit, cursor=args.cursor)
+        return watch_listing(args, client, read_page, lambda jobs: _table(
+            JOB_HEADERS, [_job_row(job) for job in jobs]))
     jobs: list[dict] = []
     cursor = args.cursor
     while True:
@@ -219,6 +344,16 @@ def run_history(args: argparse.Namespace, client: Client) -> int:
              e["actor"] or "-", e["reason"]] for e in entries]
     print(_table(["VERSION", "AT", "COMMAND", "FROM", "TO", "ACTOR", "REASON"], rows))
     return EXIT_OK
+
+
+def run_heartbeat(args: argparse.Namespace, client: Client) -> int:
+    answer = client.heartbeat(args.job_id, worker=args.worker, progress=args.progress,
+                              message=args.message, observed_state=args.observed_state)
+    if args.json:
+        _print_json(answer)
+    else:
+        print(answer["state"])
+    return STATE_EXIT.get(answer["state"], EXIT_ERROR)
 
 
 def run_delete(args: argparse.Namespace, client: Client) -> int:
@@ -260,12 +395,18 @@ def _guarded(run: Callable[[argparse.Namespace, Client], int]
             client = Client(args.url, args.token, timeout=args.timeout)
         except ValueError as error:
             return _fail(str(error), EXIT_BAD_INPUT)
+        # Older code reads ``args.json``; ``--output json`` and ``--json`` both set it.
+        args.json = getattr(args, "output", "text") == "json"
         try:
             return run(args, client)
         except BadInput as error:
             return _fail(str(error), EXIT_BAD_INPUT)
         except ServiceUnavailable as error:
             detail = error.problem.get("detail") or f"HTTP {error.status}"
+            if error.code == "outcome_unknown" and error.idempotency_key:
+                return _fail(f"service at {client.url}: {detail} To retry safely, run the "
+                             f"same command with --idempotency-key {error.idempotency_key}",
+                             EXIT_UNAVAILABLE)
             if error.status:
                 return _fail(f"service at {client.url} is unavailable: {detail}",
                              EXIT_UNAVAILABLE)
@@ -297,7 +438,10 @@ def add_client_commands(commands) -> None:
     """Registers the client subcommands; each sets ``run`` to its handler."""
     common = _connection_options()
     as_json = argparse.ArgumentParser(add_help=False)
-    as_json.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    as_json.add_argument("--output", "-o", choices=("text", "json"), default="text",
+                         help="text for people (default), or JSON for scripts")
+    as_json.add_argument("--json", dest="output", action="store_const", const="json",
+                         help="the same as --output json")
 
     def add(name: str, run, help_text: str, *parents: argparse.ArgumentParser):
         parser = commands.add_parser(name, help=help_text, description=help_text,
@@ -330,11 +474,26 @@ def add_client_commands(commands) -> None:
                           ("kill", "ask the job's worker to stop the job for good"),
                           ("done", "record that the job finished"),
                           ("fail", "record that the job failed")):
-        state = add(name, run_command, summary, as_json)
-        state.add_argument("job_id", type=_job_id, metavar="ID")
+        state = add(name, run_command, summary + "; with several ids or with filter "
+                    "options, to every job named or matching, after a confirmation", as_json)
+        state.add_argument("job_ids", type=_job_id, nargs="*", metavar="ID")
         state.add_argument("--reason", help="why, kept in the job's history")
         state.add_argument("--if-match", type=int, metavar="VERSION",
-                           help="only if the job is still at this version")
+                           help="only if the job is still at this version (one job)")
+        state.add_argument("--idempotency-key", metavar="KEY",
+                           help="running again with the same key applies the command once "
+                           "(one job)")
+        matching = state.add_argument_group("every job matching (all of these)")
+        matching.add_argument("--label", type=_label, action="append", metavar="KEY:VALUE",
+                              help="jobs with this label (repeat: all of them)")
+        matching.add_argument("--state", choices=STATES)
+        matching.add_argument("--type")
+        stalled = matching.add_mutually_exclusive_group()
+        stalled.add_argument("--stalled", action="store_true", default=None,
+                             help="running jobs whose heartbeat is overdue")
+        stalled.add_argument("--not-stalled", dest="stalled", action="store_false")
+        state.add_argument("-y", "--yes", action="store_true",
+                           help="do not ask for confirmation")
 
     listing = add("list", run_list, "list jobs, newest first", as_json)
     listing.add_argument("--state", choices=STATES)
@@ -348,9 +507,28 @@ def add_client_commands(commands) -> None:
     listing.add_argument("--limit", type=int, help="jobs per page, default 50")
     listing.add_argument("--cursor", help="continue where a previous page ended")
     listing.add_argument("--all", action="store_true", help="follow the cursor to the end")
+    listing.add_argument("--watch", action="store_true",
+                         help="draw the page again whenever it changes, until Ctrl-C; with "
+                              "--output json, one line of JSON per drawing")
+    listing.add_argument("--interval", type=float, default=2.0, metavar="SECONDS",
+                         help="with --watch: read the page again at least this often, "
+                              "default 2")
+    listing.add_argument("--count", type=int, metavar="N",
+                         help="with --watch: stop after drawing N times")
 
     history = add("history", run_history, "show a job's changes of state", as_json)
     history.add_argument("job_id", type=_job_id, metavar="ID")
+
+    heartbeat = add("heartbeat", run_heartbeat,
+                    "report a job's liveness and progress; prints the state the job should be "
+                    "in and exits with its code (see below)", as_json)
+    heartbeat.add_argument("job_id", type=_job_id, metavar="ID")
+    heartbeat.add_argument("--progress", type=float, metavar="PERCENT", help="0 to 100")
+    heartbeat.add_argument("--message", help="what the worker is doing")
+    heartbeat.add_argument("--worker", help="the worker's name, e.g. the host")
+    heartbeat.add_argument("--observed-state", choices=(RUNNING, PAUSED, KILLED),
+                           help="the state the worker is actually in: acknowledges a pause, "
+                                "a resume or a kill")
 
     delete = add("delete", run_delete, "delete a finished job and its history")
     delete.add_argument("job_id", type=_job_id, metavar="ID")
@@ -380,8 +558,8 @@ def build_parser(server_commands: dict[str, Callable]) -> argparse.ArgumentParse
         description="Karmchari: a REST job manager for long-running jobs.")
     parser.add_argument("--version", action="version", version=f"karmchari {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add_command in server_commands.values():
-        add_command(commands)
+    for name in sorted(server_commands, key=lambda name: (name != "serve", name)):
+        server_commands[name](commands)
     add_client_commands(commands)
     return parser
 

@@ -10,6 +10,7 @@ import os
 import socket
 import threading
 import urllib.parse
+import uuid
 from typing import Any
 
 
@@ -26,12 +27,19 @@ class ApiError(Exception):
 
 
 class ServiceUnavailable(ApiError):
-    """The service cannot be reached, or answered 503/429: worth retrying."""
+    """The service cannot be reached, or answered 503/429: worth retrying.
 
-    def __init__(self, reason: str, retry_after: float | None = None, status: int = 0) -> None:
+    ``code`` is the service's: ``store_unavailable`` (nothing was applied),
+    ``outcome_unknown`` (a change may have been applied: retry with the same
+    ``idempotency_key``, which this client sent) or ``too_many_waiters``; or
+    ``unavailable`` when the service itself could not be reached."""
+
+    def __init__(self, reason: str, retry_after: float | None = None, status: int = 0,
+                 code: str = "unavailable") -> None:
         super().__init__(status, {"title": "Service unavailable", "detail": reason,
-                                  "code": "unavailable"})
+                                  "code": code})
         self.retry_after = retry_after
+        self.idempotency_key: str | None = None  # the key of the write that got this
 
 
 class Client:
@@ -67,6 +75,9 @@ class Client:
     def register(self, job_type: str, *, name: str | None = None,
                  labels: dict[str, str] | None = None, heartbeat_timeout: int | None = None,
                  idempotency_key: str | None = None) -> dict:
+        """Register a job. Sent with an Idempotency-Key (a new one unless given),
+        so a retry, this client's or the caller's with the same key, never
+        registers a second job."""
         body: dict[str, Any] = {"type": job_type}
         if name:
             body["name"] = name
@@ -74,7 +85,7 @@ class Client:
             body["labels"] = labels
         if heartbeat_timeout is not None:
             body["heartbeat_timeout"] = heartbeat_timeout
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
         return self.request("POST", "/v1/jobs", body, headers=headers)
 
     def get(self, job_id: str, *, wait: float | None = None,
@@ -91,13 +102,36 @@ class Client:
         """Wait up to ``wait`` seconds until a job's version differs from the
         one given; ``{"changed": [jobs], "missing": [ids]}``."""
         return self.request("POST", "/v1/watch", {"jobs": jobs, "wait": wait},
-                            timeout=self._timeout + wait)
+                            timeout=self._timeout + wait, retry_safe=True)
 
     def command(self, job_id: str, command: str, *, reason: str | None = None,
-                if_match: int | None = None) -> dict:
+                if_match: int | None = None, idempotency_key: str | None = None) -> dict:
+        """Send a command, with an Idempotency-Key (a new one unless given): a
+        retry with the same key is applied once."""
         body = {"command": command, **({"reason": reason} if reason else {})}
-        headers = {"If-Match": f'"{if_match}"'} if if_match is not None else {}
+        headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
+        if if_match is not None:
+            headers["If-Match"] = f'"{if_match}"'
         return self.request("POST", f"/v1/jobs/{job_id}/commands", body, headers=headers)
+
+    def command_many(self, command: str, *, ids: list[str] | None = None,
+                     where: dict | None = None, reason: str | None = None,
+                     cursor: str | None = None) -> dict:
+        """One command for the jobs named by ``ids``, or for every job matching
+        ``where`` (``state``, ``type``, ``label``: ["key:value", ...], ``stalled``).
+        Answers the counts; a walk that stopped at the service's limit has a
+        ``next_cursor`` to send back as ``cursor``, with the same ``where``."""
+        body: dict[str, Any] = {"command": command, **({"reason": reason} if reason else {})}
+        if ids is not None:
+            body["ids"] = ids
+        else:
+            body["where"] = where or {}
+            if cursor:
+                body["cursor"] = cursor
+        return self.request("POST", "/v1/jobs/commands", body, timeout=max(self._timeout, 60))
+
+    def stats(self) -> dict:
+        return self.request("GET", "/v1/stats")
 
     def history(self, job_id: str) -> list[dict]:
         return self.request("GET", f"/v1/jobs/{job_id}/history")["entries"]
@@ -118,19 +152,27 @@ class Client:
     def delete(self, job_id: str) -> None:
         self.request("DELETE", f"/v1/jobs/{job_id}")
 
+    # Heartbeats set values, so a repeated one changes nothing: safe to retry.
     def heartbeat(self, job_id: str, **report: Any) -> dict:
         body = {k: v for k, v in report.items() if v is not None}
-        return self.request("POST", f"/v1/jobs/{job_id}/heartbeat", body)
+        return self.request("POST", f"/v1/jobs/{job_id}/heartbeat", body, retry_safe=True)
 
     # builtins.list: in the class body "list" names the method above.
     def heartbeats(self, reports: builtins.list[dict]) -> builtins.list[dict]:
-        return self.request("POST", "/v1/heartbeats", {"heartbeats": reports})["results"]
+        return self.request("POST", "/v1/heartbeats", {"heartbeats": reports},
+                            retry_safe=True)["results"]
 
     # -- transport ----------------------------------------------------------
 
     def request(self, method: str, path: str, body: Any = None, *,
                 query: dict | builtins.list | None = None, headers: dict | None = None,
-                timeout: float | None = None) -> Any:
+                timeout: float | None = None, retry_safe: bool | None = None) -> Any:
+        """One request. On a kept-alive connection the server had closed, it is
+        sent again once, but only if that cannot apply it twice: reads, deletes,
+        requests with an Idempotency-Key, or ``retry_safe``."""
+        if retry_safe is None:
+            retry_safe = method in ("GET", "HEAD", "DELETE") or \
+                "Idempotency-Key" in (headers or {})
         if query:
             path += "?" + urllib.parse.urlencode(query)
         sent_headers = {"Accept": "application/json", **(headers or {})}
@@ -140,21 +182,29 @@ class Client:
             sent_headers["Content-Type"] = "application/json"
         if self._token:
             sent_headers["Authorization"] = f"Bearer {self._token}"
-        status, response_headers, data = self._send(method, path, payload, sent_headers,
-                                                    timeout or self._timeout)
+        key = sent_headers.get("Idempotency-Key")
+        try:
+            status, response_headers, data = self._send(method, path, payload, sent_headers,
+                                                        timeout or self._timeout, retry_safe)
+        except ServiceUnavailable as error:
+            error.idempotency_key = key
+            raise
         parsed = json.loads(data) if data and response_headers.get(
             "content-type", "").startswith(("application/json", "application/problem+json")) \
             else None
         if status in (429, 503):
             retry_after = response_headers.get("retry-after")
-            raise ServiceUnavailable((parsed or {}).get("detail", f"HTTP {status}"),
-                                     float(retry_after) if retry_after else None, status)
+            unavailable = ServiceUnavailable((parsed or {}).get("detail", f"HTTP {status}"),
+                                             float(retry_after) if retry_after else None,
+                                             status, (parsed or {}).get("code") or "unavailable")
+            unavailable.idempotency_key = key
+            raise unavailable
         if status >= 400:
             raise ApiError(status, parsed or {"title": data.decode("utf-8", "replace")})
         return parsed
 
-    def _send(self, method, path, payload, headers, timeout):
-        for attempt in (1, 2):
+    def _send(self, method, path, payload, headers, timeout, retry_safe):
+        for attempt in (1, 2) if retry_safe else (2,):
             connection = self._connection(timeout)
             try:
                 connection.request(method, self._parts.path.rstrip("/") + path, payload,
@@ -218,4 +268,8 @@ class Client:
             self._connections.clear()
 
 
-__all__ = ["ApiError", "Client", "ServiceUnavailable"]
+def new_idempotency_key() -> str:
+    return uuid.uuid4().hex
+
+
+__all__ = ["ApiError", "Client", "ServiceUnavailable", "new_idempotency_key"]

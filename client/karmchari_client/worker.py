@@ -322,8 +322,11 @@ class Worker:
             self._retry(lambda: self._client.heartbeat(
                 self.job_id, worker=self.worker_name, observed_state=RUNNING,
                 progress=self._progress, message=self._message))
+            # One key for every attempt: a retry after an unknown outcome is applied once.
+            key = uuid.uuid4().hex
             answer = self._retry(lambda: self._client.command(self.job_id, command,
-                                                              reason=reason))
+                                                              reason=reason,
+                                                              idempotency_key=key))
             self._learn(answer["job"]["state"], answer["job"]["version"])
         except ApiError as error:
             if error.status == 409 and error.current_state == KILLED:

@@ -17,7 +17,8 @@
     KEYS[9]  index of the type     {kc:s}:idx:type:<type>
     KEYS[10] index of state start  {kc:s}:idx:state:start
     KEYS[11] index of state pause  {kc:s}:idx:state:pause
-    KEYS[12..] label indexes       {kc:s}:idx:label:<sha1 of key=value>
+    KEYS[12] label counts          {kc:s}:labels
+    KEYS[13..] label indexes       {kc:s}:idx:label:<sha1 of key=value>
 
     ARGV[1]  job id
     ARGV[2]  type the caller read (the index keys were built from it)
@@ -57,8 +58,17 @@ if ARGV[4] == "sweep" then
 end
 
 rcall("DEL", KEYS[1], KEYS[2])
-for i = 3, #KEYS do
+for i = 3, 11 do
   rcall("ZREM", KEYS[i], id)
+end
+for i = 13, #KEYS do
+  rcall("ZREM", KEYS[i], id)
+end
+if #KEYS >= 13 then
+  for key, value in pairs(cjson.decode(ARGV[3])) do
+    rcall("ZINCRBY", KEYS[12], -1, key .. ":" .. value)
+  end
+  rcall("ZREMRANGEBYSCORE", KEYS[12], "-inf", 0)
 end
 rcall("SPUBLISH", ARGV[5], id .. " 0 deleted")
 return { 1 }

@@ -2,6 +2,9 @@
 --[[
   Apply a command (start, pause, kill, done, fail) to a job.
 
+  lua/applyCommands-8.lua applies the same change to many jobs: keep the two
+  alike (tests/test_bulk_commands.py compares them).
+
   Input:
     KEYS[1]  job hash              {kc:s}:job:<id>
     KEYS[2]  history list          {kc:s}:hist:<id>
@@ -12,6 +15,7 @@
     KEYS[7]  index of state failed {kc:s}:idx:state:failed
     KEYS[8]  heartbeat deadlines   {kc:s}:deadline
     KEYS[9]  retention deadlines   {kc:s}:expiry
+    KEYS[10] changes per minute    {kc:s}:changes
 
     ARGV[1]  command
     ARGV[2]  actor
@@ -110,4 +114,14 @@ rcall("RPUSH", histKey, cjson.encode({
   actor = ARGV[2], reason = ARGV[3] }))
 rcall("LTRIM", histKey, -tonumber(ARGV[5]), -1)
 rcall("SPUBLISH", ARGV[7], id .. " " .. version .. " " .. target)
+-- Changes per minute (GET /v1/stats); the same lines in registerJob.
+local minute = math.floor(nowMs / 60000)
+if rcall("HINCRBY", KEYS[10], minute, 1) == 1 then
+  rcall("EXPIRE", KEYS[10], 3720)
+  if rcall("HLEN", KEYS[10]) > 61 then
+    for _, m in ipairs(rcall("HKEYS", KEYS[10])) do
+      if tonumber(m) < minute - 60 then rcall("HDEL", KEYS[10], m) end
+    end
+  end
+end
 return { 1, rcall("HGETALL", jobKey), nowMs }

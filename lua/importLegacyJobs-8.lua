@@ -1,0 +1,169 @@
+#!lua
+--[[
+  Import a batch of the Go service's jobs (one shard), keeping their ids.
+
+  A job is created as registerJob would create it (version 1, every index),
+  with a history entry "import" in place of "register". Its hash also keeps
+  the source's state as read (legacy_state), the version the import left it
+  at (import_version) and created_unknown = 1: the Go service did not record
+  when a job was created, so created_at is the time of the import.
+
+  Running the same batch again writes nothing. A job imported before whose
+  source state has changed since (the Go service still ran) is brought up to
+  date, with another "import" entry, as long as nothing has changed it here.
+
+  Input:
+    KEYS[1]  index of all jobs     {kc:s}:idx:all
+    KEYS[2]  index of state start  {kc:s}:idx:state:start
+    KEYS[3]  index of state pause  {kc:s}:idx:state:pause
+    KEYS[4]  index of state kill   {kc:s}:idx:state:kill
+    KEYS[5]  index of state done   {kc:s}:idx:state:done
+    KEYS[6]  index of state failed {kc:s}:idx:state:failed
+    KEYS[7]  retention expiries    {kc:s}:expiry
+    KEYS[8]  changes per minute    {kc:s}:changes
+    then three per job, in the order of the jobs in ARGV:
+      job hash                     {kc:s}:job:<id>
+      history list                 {kc:s}:hist:<id>
+      index of the job's type      {kc:s}:idx:type:<type>
+
+    ARGV[1]  actor (import)
+    ARGV[2]  history cap
+    ARGV[3]  retention of finished jobs, in seconds
+    ARGV[4]  event channel (sharded pub/sub), told of each job brought up to date
+    then four per job:
+      id (32 lowercase hex)
+      type
+      state here: start, pause, kill or failed
+      state in the source as read ("" when it had none); the reason of the
+      history entry says how it became the state here
+
+  Output: one code per job, in order (app/store/scripts.py ImportLegacyJobsCode):
+    { 1 }   IMPORTED: created here
+    { 0 }   ALREADY: imported before, with this same source state: nothing written
+    { 2 }   ID_TAKEN: a job with this id exists that was not imported: left alone
+    { 3 }   CHANGED_HERE: imported before, changed here since: left alone
+    { 4 }   UPDATED: imported before; written: its state here follows the source's
+            new state (the one code above 1 that writes)
+  Arguments that do not fit (never sent by the service) are a script error,
+  raised before anything is written.
+]]
+local rcall = redis.call
+local FIXED = 8
+local STATE_INDEX = { start = 2, pause = 3, kill = 4, done = 5, failed = 6 }
+local TERMINAL = { kill = true, done = true, failed = true }
+local actor, cap, retentionMs = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]) * 1000
+local channel = ARGV[4]
+
+-- Preconditions, before the first write.
+local count = (#ARGV - 4) / 4
+if count ~= math.floor(count) or #KEYS ~= FIXED + 3 * count then
+  return redis.error_reply("importLegacyJobs: keys and arguments do not match")
+end
+for j = 1, count do
+  local a = 4 + (j - 1) * 4
+  if not string.match(ARGV[a + 1], "^[0-9a-f]+$") or #ARGV[a + 1] ~= 32 then
+    return redis.error_reply("importLegacyJobs: bad id " .. ARGV[a + 1])
+  end
+  local target = ARGV[a + 3]
+  if target ~= "start" and target ~= "pause" and target ~= "kill" and target ~= "failed" then
+    return redis.error_reply("importLegacyJobs: bad state " .. target)
+  end
+end
+
+local function reasonFor(raw, target)
+  if raw == target then
+    return "imported from the Go service; creation time unknown"
+  end
+  if raw == "" then
+    return "imported from the Go service, where it had no state; creation time unknown"
+  end
+  return "imported from the Go service, where it had the invalid state '" .. raw
+    .. "'; creation time unknown"
+end
+
+local function historyEntry(histKey, version, nowMs, from, to, reason)
+  rcall("RPUSH", histKey, cjson.encode({
+    version = version, at = nowMs, command = "import", from = from, to = to,
+    actor = actor, reason = reason }))
+  rcall("LTRIM", histKey, -cap, -1)
+end
+
+local t = rcall("TIME")
+local nowMs = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local nowUs = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local codes = {}
+for j = 1, count do
+  local a = 4 + (j - 1) * 4
+  local k = FIXED + (j - 1) * 3
+  local jobKey, histKey, typeKey = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  local id, jobType, target, raw = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local have = rcall("HMGET", jobKey, "state", "legacy_state", "import_version", "version",
+    "score")
+  if not have[1] then
+    -- A score of its own per job of the batch, so the listing order is stable.
+    local score = string.format("%.0f", nowUs + j - 1)
+    rcall("HSET", jobKey,
+      "id", id, "type", jobType, "state", target, "version", 1,
+      "created_at", nowMs, "updated_at", nowMs, "name", "", "labels", "{}",
+      "heartbeat_timeout", 0, "score", score,
+      "owner", "", "legacy_state", raw, "import_version", 1, "created_unknown", 1)
+    rcall("ZADD", KEYS[1], score, id)
+    rcall("ZADD", KEYS[STATE_INDEX[target]], score, id)
+    rcall("ZADD", typeKey, score, id)
+    if TERMINAL[target] then
+      rcall("HSET", jobKey, "ended_at", nowMs)
+      rcall("ZADD", KEYS[7], nowMs + retentionMs, id)
+    end
+    -- The first entry: no trim needed. No change message either: nobody can
+    -- be waiting on a job that did not exist.
+    rcall("RPUSH", histKey, cjson.encode({
+      version = 1, at = nowMs, command = "import", from = "", to = target,
+      actor = actor, reason = reasonFor(raw, target) }))
+    codes[j] = 1
+  elseif not have[3] then
+    codes[j] = 2
+  elseif have[2] == raw then
+    codes[j] = 0
+  elseif have[4] ~= have[3] then
+    codes[j] = 3
+  elseif have[1] == target then
+    -- Another invalid state in the source, still failed here: just remember it.
+    rcall("HSET", jobKey, "legacy_state", raw)
+    codes[j] = 0
+  else
+    local from = have[1]
+    local version = tonumber(have[4]) + 1
+    rcall("HSET", jobKey, "state", target, "version", version, "updated_at", nowMs,
+      "legacy_state", raw, "import_version", version)
+    rcall("ZREM", KEYS[STATE_INDEX[from]], id)
+    rcall("ZADD", KEYS[STATE_INDEX[target]], have[5], id)
+    if TERMINAL[target] then
+      rcall("HSET", jobKey, "ended_at", nowMs)
+      rcall("ZADD", KEYS[7], nowMs + retentionMs, id)
+    else
+      rcall("HSET", jobKey, "ended_at", "")
+      rcall("ZREM", KEYS[7], id)
+    end
+    historyEntry(histKey, version, nowMs, from, target, reasonFor(raw, target))
+    rcall("SPUBLISH", channel, id .. " " .. version .. " " .. target)
+    codes[j] = 4
+  end
+end
+-- Changes per minute (GET /v1/stats): each job created or brought up to date
+-- counts, as in registerJob and applyCommand.
+local written = 0
+for j = 1, count do
+  if codes[j] == 1 or codes[j] == 4 then written = written + 1 end
+end
+if written > 0 then
+  local minute = math.floor(nowMs / 60000)
+  if rcall("HINCRBY", KEYS[8], minute, written) == written then
+    rcall("EXPIRE", KEYS[8], 3720)
+    if rcall("HLEN", KEYS[8]) > 61 then
+      for _, m in ipairs(rcall("HKEYS", KEYS[8])) do
+        if tonumber(m) < minute - 60 then rcall("HDEL", KEYS[8], m) end
+      end
+    end
+  end
+end
+return codes
