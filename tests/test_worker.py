@@ -320,8 +320,16 @@ def test_past_the_services_job_limit_the_jobs_are_split_over_several_watches(red
             api.command(worker.job_id, "pause")
         for worker in workers:
             eventually(lambda w=worker: w.state == "pause", timeout=30)
-    finally:
         finish_killed(api, workers)
+        # The lanes of jobs gone end; new jobs get lanes again.
+        eventually(lambda: gauge(service, "karmchari_long_poll_waiters") <= 1, timeout=60)
+        workers = start_workers(service.url, 7)
+        eventually(lambda: gauge(service, "karmchari_watched_jobs") == 7, timeout=30)
+        assert gauge(service, "karmchari_long_poll_waiters") == 2
+        api.command(workers[6].job_id, "pause")
+        eventually(lambda: workers[6].state == "pause", timeout=30)
+    finally:
+        finish_killed(api, [w for w in workers if not w.ended()])
         api.close()
         service.stop()
 

@@ -43,7 +43,7 @@ class Watcher:
         self.max_jobs = max_jobs
         self._lock = threading.Condition()
         self._workers: dict[str, Worker] = {}
-        self._lanes: list[threading.Thread] = []
+        self._lanes: dict[int, threading.Thread] = {}
 
     @classmethod
     def _forget_all(cls) -> None:
@@ -77,13 +77,14 @@ class Watcher:
     def _start_lanes(self) -> None:
         """With the lock held: one lane (a thread with one watch in flight)
         per ``max_jobs`` jobs. A lane with nothing to watch ends."""
-        self._lanes = [lane for lane in self._lanes if lane.is_alive()]
         needed = -(-len(self._workers) // self.max_jobs)
-        for index in range(len(self._lanes), needed):
-            lane = threading.Thread(target=self._run_lane, args=(index,),
-                                    name=f"karmchari-watch-{index}", daemon=True)
-            lane.start()
-            self._lanes.append(lane)
+        for index in range(needed):
+            lane = self._lanes.get(index)
+            if lane is None or not lane.is_alive():
+                lane = threading.Thread(target=self._run_lane, args=(index,),
+                                        name=f"karmchari-watch-{index}", daemon=True)
+                lane.start()
+                self._lanes[index] = lane
 
     def _share(self, index: int) -> dict[str, Worker] | None:
         """With the lock held: lane ``index``'s jobs; None when it should end
@@ -105,7 +106,8 @@ class Watcher:
                 while (share := self._share(index)) == {}:
                     self._lock.wait()
                 if share is None:
-                    self._lanes = [t for t in self._lanes if t is not threading.current_thread()]
+                    if self._lanes.get(index) is threading.current_thread():
+                        del self._lanes[index]
                     return
             versions = {job_id: w.known_version() for job_id, w in share.items()
                         if not w.ended()}
