@@ -57,8 +57,8 @@ def live_prefix(server: str) -> str:
 def key_prefix(request, redis_client):
     """A fresh key namespace; its keys are deleted after the test. A test
     against a live server (``live_client``) shares that server's namespace."""
-    server = getattr(request.node, "callspec", None) and request.node.callspec.params.get(
-        "server")
+    live = "live_client" in request.fixturenames or "live_services" in request.fixturenames
+    server = live and request.node.callspec.params.get("server")
     prefix = live_prefix(server) if server else "t" + uuid.uuid4().hex[:12]
     yield prefix
     for key in redis_client.scan_iter(match=f"{{{prefix}:*", count=1000):

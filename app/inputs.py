@@ -148,6 +148,8 @@ class QueryEncodingMiddleware:
 
 
 def _is_utf8(query_string: str) -> bool:
+    if query_string.isascii() and "%" not in query_string:
+        return True  # nothing escaped, and ASCII is UTF-8 (most queries)
     try:
         # WSGI servers pass the raw bytes of the query decoded as latin-1.
         raw = query_string.encode("latin-1")

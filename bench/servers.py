@@ -130,13 +130,6 @@ class BenchRedis:
         self.close()
 
 
-def serve_has_server_option() -> bool:
-    """Whether ``karmchari serve`` of this checkout has ``--server``."""
-    run = subprocess.run([sys.executable, "-m", "app", "serve", "--help"], cwd=ROOT,
-                         capture_output=True, text=True)
-    return "--server" in run.stdout
-
-
 def _children(pid: int) -> list[int]:
     try:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -149,10 +142,7 @@ class BenchService:
     its default settings except those given. ``KARMCHARI_*`` variables of
     the caller's environment are dropped so every run measures the same thing.
 
-    ``server="granian"`` runs ``karmchari serve --server granian``; on a
-    checkout whose ``serve`` has no ``--server`` yet, Granian's own command
-    line with the same application, threads, workers and access log
-    (bench/granian_app.py)."""
+    ``server`` is given to ``karmchari serve --server`` (waitress, granian)."""
 
     name = "karmchari"
 
@@ -162,23 +152,9 @@ class BenchService:
         self.threads = threads
         self.workers = workers
         self.server = server
-        self.extra_env: dict[str, str] = {}
-        serve = [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--redis-url", redis_url,
-                 "--threads", str(threads), "--workers", str(workers)]
-        if server == "waitress":
-            self.args = serve
-        elif server == "granian" and serve_has_server_option():
-            self.args = [*serve, "--server", "granian"]
-        elif server == "granian":
-            self.args = [sys.executable, "-m", "granian", "--interface", "wsgi", "--factory",
-                         "bench.granian_app:get_app", "--host", "127.0.0.1",
-                         "--port", str(self.port), "--workers", str(workers),
-                         "--blocking-threads", str(threads), "--no-access-log"]
-            self.extra_env = {"KARMCHARI_REDIS_URL": redis_url,
-                              "KARMCHARI_THREADS": str(threads)}
-        else:
-            raise BenchError(f"unknown server {server!r}")
+        self.args = [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1",
+                     "--port", str(self.port), "--redis-url", redis_url,
+                     "--threads", str(threads), "--workers", str(workers), "--server", server]
         self.log_path = (log_dir or Path(tempfile.gettempdir())) / f"serve-{self.port}.log"
         self.process: subprocess.Popen | None = None
 
@@ -188,7 +164,6 @@ class BenchService:
 
     def start(self) -> BenchService:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KARMCHARI_")}
-        env.update(self.extra_env)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(self.args, cwd=ROOT, env=env, stdout=log,
                                             stderr=subprocess.STDOUT)
@@ -202,8 +177,8 @@ class BenchService:
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise BenchError(f"{' '.join(self.args[1:4])} did not become ready:\n"
-                                 + self.log_tail())
+                raise BenchError(f"karmchari serve --server {self.server} did not become "
+                                 "ready:\n" + self.log_tail())
             time.sleep(0.1)
 
     def pids(self) -> list[int]:

@@ -17,13 +17,15 @@ from dataclasses import dataclass
 
 import pytest
 import redis
-from falcon import inspect, testing
+from falcon import inspect
 
 from app.app import build_store, create_app
 from app.auth import TokenConfigError, TokenRegistry
 from app.config import Config
 from app.store import JobStore
 from karmchari_client import ApiError, Client, JobKilled, Worker
+from tests.live import SERVERS as LIVE_SERVERS
+from tests.live import LiveClient
 from tests.servers import ROOT, ServiceProcess, karmchari_command
 from tests.waiting import eventually
 
@@ -213,18 +215,23 @@ def tokens_file(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def auth_app(redis_url, module_prefix, tokens_file):
-    """The whole app with admin and operator tokens from KARMCHARI_TOKENS and
-    worker and reader tokens (as hashes) from a tokens file."""
-    config = Config.from_env({"KARMCHARI_TOKENS": tokens_env("admin", "operator") + ","
-                              + OTHER_WORKER_ENV,
-                              "KARMCHARI_TOKENS_FILE": str(tokens_file)},
-                             redis_url=redis_url, key_prefix=module_prefix, threads=4)
+AUTH_ENV = {"KARMCHARI_TOKENS": tokens_env("admin", "operator") + "," + OTHER_WORKER_ENV}
+
+
+@pytest.fixture(scope="module", params=LIVE_SERVERS)
+def auth_app(request, redis_url, module_prefix, tokens_file):
+    """``karmchari serve`` on each server, over real HTTP, with admin and operator
+    tokens from KARMCHARI_TOKENS and worker and reader tokens (as hashes) from a
+    tokens file; and a store on its keys."""
+    service = ServiceProcess("--server", request.param, "--redis-url", redis_url,
+                             "--threads", "4", "--tokens-file", str(tokens_file),
+                             env={**AUTH_ENV, "KARMCHARI_KEY_PREFIX": module_prefix}).start()
+    config = Config(redis_url=redis_url, key_prefix=module_prefix)
     store = build_store(config, redis_url)
-    app = create_app(config, store)
-    yield testing.TestClient(app), store
+    yield LiveClient(service.url), store
     store.client.close()
+    service.stop()
+    service.log_path.unlink(missing_ok=True)
 
 
 def key_contents(client: redis.Redis, prefix: str) -> dict:
@@ -234,7 +241,7 @@ def key_contents(client: redis.Redis, prefix: str) -> dict:
             for key in client.scan_iter(match=f"{{{prefix}:*", count=1000)}
 
 
-def call(client: testing.TestClient, store: JobStore, spec: Call, authorization: str | None):
+def call(client: LiveClient, store: JobStore, spec: Call, authorization: str | None):
     method, path, kwargs = spec.prepare(store)
     headers = dict(kwargs.pop("headers", {}))
     if authorization is not None:
@@ -339,10 +346,10 @@ def test_on_a_job_a_worker_owns(auth_app, admin_redis, module_prefix, spec, role
         assert_refused(response, "forbidden", before, key_contents(admin_redis, module_prefix))
 
 
-def test_the_matrix_covers_every_route_and_method(auth_app):
-    client, _ = auth_app
+def test_the_matrix_covers_every_route_and_method(redis_url, module_prefix):
+    config = Config(redis_url=redis_url, key_prefix=module_prefix)
     covered = {(c.label.split()[0], c.label.split()[1]) for c in CALLS}
-    for route in inspect.inspect_routes(client.app):
+    for route in inspect.inspect_routes(create_app(config, build_store(config, redis_url))):
         path = route.path.replace("{job_id}", "{id}")
         for method in route.methods:
             if method.internal or path in OPEN_ROUTES | DASHBOARD_ROUTES:

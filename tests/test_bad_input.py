@@ -331,6 +331,22 @@ def limit_cases() -> list[tuple[str, Case]]:
                                             content_type=JSON,
                                             body=_json_text({"type": "teams"}),
                                             headers={"Idempotency-Key": "a\tb"})),
+        *[(f"{label} on {where}", case)
+          for label, key in (("empty Idempotency-Key", ""),
+                             ("Idempotency-Key too long", "k" * 256),
+                             ("Idempotency-Key with a tab", "a\tb"),
+                             ("Idempotency-Key with a space", "a b"))
+          for where, case in (
+              ("a command", Case("POST /v1/jobs/{id}/commands", 400, "invalid_idempotency_key",
+                                 content_type=JSON, body=_json_text({"command": "pause"}),
+                                 headers={"Idempotency-Key": key})),
+              ("the old register", Case("POST /registerJob", 400, "Idempotency-Key is invalid",
+                                        content_type=FORM, body=b"type=teams",
+                                        headers={"Idempotency-Key": key})),
+              ("the old command", Case("POST /jobState", 400, "Idempotency-Key is invalid",
+                                       content_type=FORM,
+                                       body=_form_body(ROUTES["POST /jobState"]),
+                                       headers={"Idempotency-Key": key})))],
         ("batch over the limit", Case("POST /v1/heartbeats", 400, "invalid_request",
                                       content_type=JSON, body=_json_text({"heartbeats": batch}))),
         ("empty batch", Case("POST /v1/heartbeats", 400, "invalid_request", content_type=JSON,

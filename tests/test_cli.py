@@ -330,7 +330,9 @@ def test_token_option_and_environment(redis_url, key_prefix):
     service = ServiceProcess("--redis-url", redis_url,
                              env={"KARMCHARI_KEY_PREFIX": key_prefix,
                                   "KARMCHARI_TOKENS": "ops:operator:op-secret-5f2a9c81,"
-                                                      "viewer:reader:read-secret-7d3e1b40"}).start()
+                                                      "viewer:reader:read-secret-7d3e1b40,"
+                                                      "w1:worker:work-secret-2c4e6a8b"}
+                             ).start()
     try:
         url = service.url
         line = one_line_error(karmchari("list", url=url), EXIT_ERROR)
@@ -338,8 +340,21 @@ def test_token_option_and_environment(redis_url, key_prefix):
         job_id = ok(karmchari("register", "teams", "--token", "op-secret-5f2a9c81",
                               url=url)).strip()
         ok(karmchari("pause", job_id, url=url, token="op-secret-5f2a9c81"))
-        assert one_line_error(karmchari("kill", job_id, url=url, token="read-secret-7d3e1b40"),
-                              EXIT_ERROR).startswith("karmchari: 403 ")
+        refused = one_line_error(karmchari("kill", job_id, url=url,
+                                           token="read-secret-7d3e1b40"), EXIT_ERROR)
+        assert refused.startswith("karmchari: 403 ")
+        assert "role 'reader' may not command this job" in refused
+        assert "owner:             -" in ok(karmchari("get", job_id, url=url,
+                                                      token="read-secret-7d3e1b40"))
+        # A worker token owns what it registers, and may finish only that.
+        own = ok(karmchari("register", "teams", url=url, token="work-secret-2c4e6a8b")).strip()
+        assert "owner:             w1" in ok(karmchari("get", own, url=url,
+                                                       token="work-secret-2c4e6a8b"))
+        refused = one_line_error(karmchari("done", job_id, url=url,
+                                           token="work-secret-2c4e6a8b"), EXIT_ERROR)
+        assert refused.startswith("karmchari: 403 ")
+        assert "'w1' may heartbeat and finish only the jobs it registered" in refused
+        ok(karmchari("done", own, url=url, token="work-secret-2c4e6a8b"))
         history = json.loads(ok(karmchari("history", job_id, "--json", url=url,
                                           token="read-secret-7d3e1b40")))
         assert [e["actor"] for e in history] == ["ops", "ops"]

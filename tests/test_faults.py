@@ -6,8 +6,11 @@ the service must recover by itself when Redis does."""
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 import socket
 import struct
+import subprocess
 import threading
 import time
 import uuid
@@ -20,7 +23,7 @@ import redis
 from app.store.scripts import script_dir
 from karmchari_client import Client, ServiceUnavailable
 from tests.http_calls import Reply, call
-from tests.servers import RedisProcess, ServiceProcess, free_port
+from tests.servers import ROOT, RedisProcess, ServiceProcess, free_port, karmchari_command
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.slow
@@ -127,19 +130,21 @@ def assert_every_endpoint_works(service, job_id, finished_id) -> None:
 
 
 @pytest.fixture
-def processes():
-    """Starts Redis servers and services for one test; stops them all after it."""
+def processes(server):
+    """Starts Redis servers and services (on each HTTP server in turn) for one
+    test; stops them all after it."""
     started: list = []
 
     class Processes:
         def redis(self, *args: str) -> RedisProcess:
-            server = RedisProcess(*args)
-            started.append(server)
-            return server.start()
+            redis_server = RedisProcess(*args)
+            started.append(redis_server)
+            return redis_server.start()
 
         def service(self, redis_url: str, *args: str,
                     socket_timeout: float = SOCKET_TIMEOUT) -> ServiceProcess:
-            service = ServiceProcess("--redis-url", redis_url, "--redis-socket-timeout",
+            service = ServiceProcess("--server", server, "--redis-url", redis_url,
+                                     "--redis-socket-timeout",
                                      str(socket_timeout), "--threads", "24", *args)
             started.append(service)
             return service.start()
@@ -346,6 +351,31 @@ def test_retrying_a_command_while_redis_is_frozen_applies_it_once(processes):
     assert [(e["command"], e["reason"]) for e in client.history(job_id)] == [
         ("register", ""), ("kill", "frozen")]
     client.close()
+
+
+def test_the_command_line_says_how_to_retry_an_unknown_outcome(processes):
+    server = processes.redis()
+    service = processes.service(server.url)
+    job_id = register(service)
+    environ = {**os.environ, "KARMCHARI_URL": service.url}
+    environ.pop("KARMCHARI_TOKEN", None)
+
+    def karmchari(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*karmchari_command(), *args], env=environ, cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+
+    server.freeze()
+    try:
+        first = karmchari("pause", job_id, "--reason", "frozen")
+    finally:
+        server.thaw()
+    assert first.returncode == 5, first.stderr
+    hint = re.search(r"run the same command with --idempotency-key (\S+)", first.stderr)
+    assert hint and "may or may not have been applied" in first.stderr, first.stderr
+    again = karmchari("pause", job_id, "--reason", "frozen", "--idempotency-key", hint[1])
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == f"{job_id} -- pause, version 2"
+    assert [e["command"] for e in history(service, job_id)] == ["register", "pause"]
 
 
 def test_a_write_refused_before_it_was_sent_stays_store_unavailable(processes):

@@ -9,6 +9,7 @@ import re
 import time
 import urllib.error
 import urllib.request
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -20,8 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.app import create_app
 from app.auth import TokenRegistry
 from app.model import STATES
-from app.observability import _quoted
+from app.observability import _quoted, new_request_id
 from app.store.scripts import Scripts
+from tests.live import SERVERS
 from tests.servers import RedisProcess, ServiceProcess
 
 GENERATED_ID = re.compile(r"[0-9a-f]{32}\Z")
@@ -282,12 +284,14 @@ def test_request_id_on_answers_the_app_gives_before_any_resource(config, store):
         assert response.headers["x-request-id"] == "pre-1"
 
 
+@pytest.mark.parametrize("server", SERVERS)
 @pytest.mark.parametrize("trusted", [True, False])
-def test_client_address_from_a_trusted_proxy_only(redis_url, key_prefix, trusted):
+def test_client_address_from_a_trusted_proxy_only(redis_url, key_prefix, trusted, server):
+    """The access log's address, on each HTTP server."""
     env = {"KARMCHARI_KEY_PREFIX": key_prefix}
     if trusted:
         env["KARMCHARI_TRUSTED_PROXY"] = "127.0.0.1"
-    service = ServiceProcess("--redis-url", redis_url, env=env).start()
+    service = ServiceProcess("--server", server, "--redis-url", redis_url, env=env).start()
     try:
         status, _, _ = fetch(service.url + "/v1/jobs",
                              headers={"X-Forwarded-For": "203.0.113.7", "X-Request-ID": "xff"})
@@ -323,3 +327,11 @@ def test_long_poll_waiters_gauge(live_service):
 @given(st.text() | st.sampled_from(["/jobState", '/a"b', "/a\\b", "/\x7f", "/\x1f", "/é", ""]))
 def test_access_log_quoting_is_json_quoting(text):
     assert _quoted(text) == json.dumps(text)
+
+
+def test_generated_request_ids_are_uuid4_hex():
+    for _ in range(500):
+        request_id = new_request_id()
+        parsed = uuid.UUID(hex=request_id)
+        assert GENERATED_ID.match(request_id)
+        assert (parsed.hex, parsed.version, parsed.variant) == (request_id, 4, uuid.RFC_4122)

@@ -69,7 +69,8 @@ class JobCollection:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json(req, self._validator, self._config.max_body_bytes)
         key = idempotency_key(req)
-        fingerprint = register_fingerprint(body)
+        # Only an Idempotency-Key's record keeps the fingerprint (registerJob).
+        fingerprint = register_fingerprint(body) if key is not None else ""
         try:
             job, created, now_ms = self._store.register_with_time(
                 body["type"], name=body.get("name", ""), labels=body.get("labels", {}),

@@ -53,11 +53,13 @@ class RegisterJob:
         if not valid:
             return _text(resp, falcon.HTTP_400, "Idempotency-Key is invalid")
         try:
-            # The same fingerprint as POST /v1/jobs {"type": ...}: one key, one job.
+            # The same fingerprint as POST /v1/jobs {"type": ...}: one key, one job
+            # (only an Idempotency-Key's record keeps it: registerJob).
             job, _ = self._store.register(job_type, actor=req.context.principal.name,
                                           owner=req.context.principal.owner,
                                           idempotency_key=key,
-                                          fingerprint=register_fingerprint({"type": job_type}))
+                                          fingerprint=register_fingerprint({"type": job_type})
+                                          if key is not None else "")
         except JobNotFound:  # the job of this key has been deleted since
             return _text(resp, falcon.HTTP_404, "Job not available")
         _text(resp, falcon.HTTP_200, f"Created! id = {job.id}")

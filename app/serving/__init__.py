@@ -26,10 +26,9 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def serve(config: Config) -> int:
     logging.basicConfig(level=config.log_level.upper(), format=LOG_FORMAT)
-    if config.server == "granian":
-        from app.serving import granian_server as server
-    else:
-        from app.serving import waitress_server as server  # type: ignore[no-redef]
+    from app.serving import granian_server, waitress_server  # granian itself: on use
+
+    server = granian_server if config.server == "granian" else waitress_server
     server.check_available()
     try:
         tokens = TokenRegistry.load(config.tokens, config.tokens_file)

@@ -30,8 +30,9 @@ log = logging.getLogger("karmchari")
 # ordinary requests (granian issue #873); a long-poll is such a response.
 MIN_GRANIAN = (2, 7, 9)
 STATE_VARIABLE = "KARMCHARI_SERVING_STATE"
-DRAIN_SIGNAL = signal.SIGUSR1 if hasattr(signal, "SIGUSR1") else None
-NUDGE_SIGNAL = signal.SIGUSR2 if hasattr(signal, "SIGUSR2") else None
+# Not on Windows, where check_available refuses Granian.
+DRAIN_SIGNAL: int = getattr(signal, "SIGUSR1", 0)
+NUDGE_SIGNAL: int = getattr(signal, "SIGUSR2", 0)
 
 
 def check_available() -> None:
@@ -44,7 +45,7 @@ def check_available() -> None:
     if numbers < MIN_GRANIAN:
         raise StartupError(f"granian {found} is too old: Karmchari needs granian "
                            f"{'.'.join(map(str, MIN_GRANIAN))} or newer")
-    if DRAIN_SIGNAL is None:
+    if not DRAIN_SIGNAL:
         raise StartupError("--server granian is not supported on Windows; use waitress")
 
 
@@ -69,7 +70,7 @@ def _forward_drain() -> None:
 
         def handler(signum, frame, previous=previous):
             for child in multiprocessing.active_children():
-                if child.pid is None or DRAIN_SIGNAL is None:
+                if not child.pid:
                     continue
                 try:
                     os.kill(child.pid, DRAIN_SIGNAL)
@@ -122,13 +123,14 @@ def worker_app():
     values: dict[str, Any] = {name: tuple(value) if isinstance(value, list) else value
                               for name, value in state["config"].items()}
     worker = Worker(Config(**values), state["url"])
-    if DRAIN_SIGNAL is not None:  # POSIX
+    if DRAIN_SIGNAL:  # POSIX
         signal.signal(DRAIN_SIGNAL, lambda signum, frame: worker.drain())
-        _watch_signals(worker)
+        if NUDGE_SIGNAL:
+            _watch_signals(worker, NUDGE_SIGNAL)
     return guarded(worker)
 
 
-def _watch_signals(worker: Worker) -> None:
+def _watch_signals(worker: Worker, nudge: int) -> None:
     """Python runs signal handlers in the main thread only, and Granian's worker
     waits there on a lock that a signal wakes only if the kernel delivers it to
     that thread; with many threads it often picks another, and the worker would
@@ -138,14 +140,15 @@ def _watch_signals(worker: Worker) -> None:
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
     signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-    signal.signal(NUDGE_SIGNAL, lambda signum, frame: None)
+    signal.signal(nudge, lambda signum, frame: None)
     main = threading.main_thread().ident
+    assert main is not None  # the main thread has started
 
     def watch() -> None:
         while True:
             for signum in os.read(read_fd, 64):
                 if signum in (signal.SIGTERM, signal.SIGINT, DRAIN_SIGNAL):
                     worker.drain()
-                    signal.pthread_kill(main, NUDGE_SIGNAL)
+                    signal.pthread_kill(main, nudge)
 
     threading.Thread(target=watch, name="karmchari-signals", daemon=True).start()

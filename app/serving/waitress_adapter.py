@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import time
 from importlib.metadata import version
+from typing import Any
 
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser, ParsingError
-from waitress.server import BaseWSGIServer
 from waitress.task import ErrorTask, WSGITask
 
 from app.serving.common import FRAMING_CODE, FRAMING_DETAIL, Worker, error_answer
@@ -55,7 +55,8 @@ class _ErrorTask(ErrorTask):
     """Waitress's own errors (framing, sizes) as the app's problem documents."""
 
     def execute(self) -> None:
-        error = self.request.error
+        request: Any = self.request
+        error = request.error
         if error.code == 413:
             limit = self.channel.server.adj.max_request_body_size - 1
             detail = f"the body may be at most {limit} bytes"
@@ -64,10 +65,11 @@ class _ErrorTask(ErrorTask):
             detail, title = error.body, error.reason.capitalize()
         code = FRAMING_CODE if detail == FRAMING_DETAIL else _ERROR_CODES.get(error.code,
                                                                              "bad_request")
-        path = getattr(self.request, "path", "")  # unset when the request line was bad
+        path = getattr(request, "path", "")  # unset when the request line was bad
         media, body = error_answer(path, error.code, code, title, detail)
         self.status = f"{error.code} {error.reason}"
-        self.response_headers.append(("Content-Type", media))
+        headers: Any = self.response_headers  # a list at run time
+        headers.append(("Content-Type", media))
         self.set_close_on_finish()
         self.content_length = len(body)
         self.write(body)
@@ -75,7 +77,8 @@ class _ErrorTask(ErrorTask):
 
 class _Task(WSGITask):
     def build_response_header(self):
-        if self.channel.worker.draining.is_set():
+        channel: Any = self.channel
+        if channel.worker.draining.is_set():
             self.set_close_on_finish()  # "Connection: close", then close once flushed
         return super().build_response_header()
 
@@ -83,7 +86,7 @@ class _Task(WSGITask):
 ACCEPTS_PER_TURN = 64
 
 
-def install(server: BaseWSGIServer, worker: Worker) -> None:
+def install(server: Any, worker: Worker) -> None:
     """Our channel class on ``server``, for the connections it accepts from now on;
     and up to ACCEPTS_PER_TURN accepts per turn of the loop, not one: each turn
     costs time for every open connection, and a burst of a thousand connections
@@ -103,15 +106,15 @@ def install(server: BaseWSGIServer, worker: Worker) -> None:
     server.handle_accept = handle_accept
 
 
-def wake(server: BaseWSGIServer) -> None:
+def wake(server: Any) -> None:
     server.pull_trigger()
 
 
-def _channels(server: BaseWSGIServer) -> list[HTTPChannel]:
+def _channels(server: Any) -> list[Any]:
     return [c for c in list(server._map.values()) if isinstance(c, HTTPChannel)]
 
 
-def _close_idle(server: BaseWSGIServer) -> None:
+def _close_idle(server: Any) -> None:
     """Close connections with no request in progress or waiting to be sent; a
     connection still sending its request head has not been accepted a request."""
     for channel in _channels(server):
@@ -121,7 +124,7 @@ def _close_idle(server: BaseWSGIServer) -> None:
             channel.will_close = True
 
 
-def run(server: BaseWSGIServer, worker: Worker, shutdown_timeout: float) -> None:
+def run(server: Any, worker: Worker, shutdown_timeout: float) -> None:
     """Serve until ``worker.draining``; then stop accepting, answer every request
     read so far (with ``Connection: close``), and return once every connection is
     closed or ``shutdown_timeout`` has passed."""

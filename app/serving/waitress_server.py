@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import sys
+from typing import Any
 
 import waitress.server
 
@@ -52,8 +53,9 @@ def _proxy_settings(config: Config) -> dict:
 def _serve_process(config: Config, url: str, sock: socket.socket, limit: int) -> None:
     """One waitress server on ``sock`` until SIGTERM/SIGINT, then drain."""
     worker = Worker(config, url)
-    server = waitress.server.create_server(
-        worker.app, sockets=[sock], threads=config.threads, ident="karmchari",
+    app: Any = worker.app
+    server: Any = waitress.server.create_server(
+        app, sockets=[sock], threads=config.threads, ident="karmchari",
         connection_limit=limit, channel_timeout=config.idle_timeout,
         cleanup_interval=max(1, min(30, config.idle_timeout // 2)),
         # Waitress refuses a body of its limit or more; the app names the limit.

@@ -66,6 +66,15 @@ def connect(url: str, *, cluster: bool = False, sentinels: Sequence[tuple[str, i
     return client
 
 
+def _is_script(packed) -> bool:
+    """Whether a packed command (or a pipeline's, whose commands here are all
+    alike) is EVAL or EVALSHA: "*<n>\r\n$<len>\r\nEVALSHA\r\n..." opens its first chunk."""
+    first = packed.encode() if isinstance(packed, str) else (
+        packed if isinstance(packed, bytes | bytearray | memoryview) else next(iter(packed), b""))
+    parts = bytes(first[:48]).split(b"\r\n", 3)
+    return len(parts) > 2 and parts[2].upper() in (b"EVAL", b"EVALSHA")
+
+
 class _Sent(threading.local):
     scripts = 0
 
@@ -85,11 +94,7 @@ def counting_sends(connection_class: type) -> type:
 
         def send_packed_command(self, command, check_health=True):
             super().send_packed_command(command, check_health)
-            first = command.encode() if isinstance(command, str) else (
-                command if isinstance(command, bytes) else next(iter(command), b""))
-            # "*<n>\r\n$7\r\nEVALSHA\r\n...": the command name opens the first chunk
-            # (also of a pipeline's, whose commands here are all scripts).
-            if b"EVAL" in bytes(first[:32]).upper():
+            if _is_script(command):
                 _SENT.scripts += 1
 
     Counting.__name__ = Counting.__qualname__ = "Counting" + connection_class.__name__

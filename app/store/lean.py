@@ -63,14 +63,16 @@ class LeanBlockingConnectionPool(redis.BlockingConnectionPool):
             raise
         return connection
 
-    def release(self, connection: redis.Connection) -> None:
+    # The pool only ever hands out (and so takes back) Connections.
+    def release(self, connection: redis.Connection) -> None:  # type: ignore[override]
         self._checkpid()
+        kept: redis.Connection | None = connection
         if not self.owns_connection(connection):
             # Made before a fork: never reuse it, let a new one take its place.
             connection.disconnect()
-            connection = None
+            kept = None
         try:
-            self.pool.put_nowait(connection)
+            self.pool.put_nowait(kept)
         except Full:
             pass
 

@@ -194,11 +194,11 @@ class Client:
             else None
         if status in (429, 503):
             retry_after = response_headers.get("retry-after")
-            error = ServiceUnavailable((parsed or {}).get("detail", f"HTTP {status}"),
-                                       float(retry_after) if retry_after else None, status,
-                                       (parsed or {}).get("code") or "unavailable")
-            error.idempotency_key = key
-            raise error
+            unavailable = ServiceUnavailable((parsed or {}).get("detail", f"HTTP {status}"),
+                                             float(retry_after) if retry_after else None,
+                                             status, (parsed or {}).get("code") or "unavailable")
+            unavailable.idempotency_key = key
+            raise unavailable
         if status >= 400:
             raise ApiError(status, parsed or {"title": data.decode("utf-8", "replace")})
         return parsed

@@ -1,0 +1,89 @@
+"""What Redis must hold for a given set of live jobs: every index (see
+docs/redis-keys.md) holds exactly the jobs it should, with the job's score,
+the label counts count them, and no key is left of a job that is gone."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+
+import redis
+
+from app.model import TERMINAL_STATES, State
+from app.store.keys import KeySchema
+
+
+@dataclass(frozen=True)
+class Indexed:
+    """What a live job's index entries follow from."""
+
+    type: str
+    state: str
+    labels: tuple[tuple[str, str], ...] = ()
+    timed: bool = False  # heartbeat_timeout > 0: in the deadline index while in start
+
+
+def expected_indexes(keys: KeySchema, jobs: dict[str, Indexed]) -> dict[str, set[str]]:
+    expected: dict[str, set[str]] = defaultdict(set)
+    for job_id, job in jobs.items():
+        shard = keys.for_job(job_id)
+        for index in (shard.all_jobs, shard.state_index(job.state), shard.type_index(job.type),
+                      *(shard.label_index(k, v) for k, v in job.labels)):
+            expected[index].add(job_id)
+        if job.state == State.START.value and job.timed:
+            expected[shard.deadlines].add(job_id)
+        if job.state in TERMINAL_STATES:
+            expected[shard.expiries].add(job_id)
+    return dict(expected)
+
+
+def assert_store_holds(client: redis.Redis, keys: KeySchema, jobs: dict[str, Indexed]) -> None:
+    """Every sorted set of the namespace is an index holding exactly the jobs
+    ``jobs`` says; the listing indexes score each job with its ``score``;
+    job hashes and histories exist for these jobs and no others."""
+    pattern = f"{{{keys.prefix}:*"
+    all_zsets = set(client.scan_iter(match=pattern, count=1000, _type="zset"))
+    zsets = sorted(key for key in all_zsets
+                   if ":idx:" in key or key.endswith((":deadline", ":expiry")))
+    counted = sorted(key for key in all_zsets if key.endswith(":labels"))
+    hashes = set(client.scan_iter(match=pattern + ":job:*", count=1000, _type="hash"))
+    lists = set(client.scan_iter(match=pattern + ":hist:*", count=1000, _type="list"))
+    pipe = client.pipeline(transaction=False)
+    for key in zsets + counted:
+        pipe.zrange(key, 0, -1, withscores=True)
+    ids = sorted(jobs)
+    for job_id in ids:
+        pipe.hget(keys.for_job(job_id).job(job_id), "score")
+    replies = pipe.execute()
+    actual = {key: dict(entries) for key, entries in zip(zsets, replies, strict=False)}
+    label_counts = {key: {label: int(n) for label, n in entries}
+                    for key, entries in zip(counted, replies[len(zsets):], strict=False)}
+    scores = {job_id: int(score)
+              for job_id, score in zip(ids, replies[len(zsets) + len(counted):], strict=True)
+              if score is not None}
+
+    assert hashes == {keys.for_job(j).job(j) for j in ids}, "job hashes"
+    assert lists <= {keys.for_job(j).history(j) for j in ids}, "histories of gone jobs"
+    expected = expected_indexes(keys, jobs)
+    assert {k: set(v) for k, v in actual.items()} == expected
+    timed = {keys.for_job(j).deadlines for j in ids} | {keys.for_job(j).expiries for j in ids}
+    for key, entries in actual.items():
+        if key not in timed:
+            assert entries == {j: scores[j] for j in entries}, f"scores of {key}"
+    expected_counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for job_id, job in jobs.items():
+        for k, v in job.labels:
+            expected_counts[keys.for_job(job_id).label_counts][f"{k}:{v}"] += 1
+    assert label_counts == {key: dict(c) for key, c in expected_counts.items()}, "label counts"
+
+
+def indexed_from_hashes(client: redis.Redis, keys: KeySchema) -> dict[str, Indexed]:
+    """The live jobs as their hashes describe them (for runs without a model)."""
+    found = {}
+    for key in client.scan_iter(match=f"{{{keys.prefix}:*:job:*", count=1000, _type="hash"):
+        h = client.hgetall(key)
+        found[h["id"]] = Indexed(h["type"], h["state"],
+                                 tuple(sorted(json.loads(h["labels"]).items())),
+                                 int(h["heartbeat_timeout"]) > 0)
+    return found
