@@ -324,3 +324,19 @@ def test_plain_text_paths_are_the_routes_with_plain_text_errors(client):
     routes = falcon.inspect.inspect_routes(client.app)
     assert {route.path for route in routes if route.class_name in plain_classes} \
         == set(common.PLAIN_TEXT_PATHS)
+
+
+def test_granian_missing_or_too_old_is_a_clear_error(monkeypatch):
+    from importlib.metadata import PackageNotFoundError
+
+    from app.serving import StartupError
+
+    def missing(name):
+        raise PackageNotFoundError(name)
+
+    monkeypatch.setattr(granian_server, "version", missing)
+    with pytest.raises(StartupError, match=r"pip install 'karmchari\[fast\]'"):
+        granian_server.check_available()
+    monkeypatch.setattr(granian_server, "version", lambda name: "2.7.8")
+    with pytest.raises(StartupError, match="granian 2.7.8 is too old"):
+        granian_server.check_available()
