@@ -106,12 +106,13 @@ class Config:
                                metavar="N")
     max_watch_jobs: int = setting(1000, "jobs in one POST /v1/watch", range=(1, 100_000),
                                   metavar="N")
-    connection_limit: int = setting(10_000, "open connections per process (waitress; granian "
-                                    "is bounded by the open-files limit)",
-                                    range=(1, 1_000_000))
+    connection_limit: int = setting(10_000, "open connections per process, idle ones "
+                                    "included; past it new clients wait (also capped by the "
+                                    "open-files limit)", range=(1, 1_000_000))
     idle_timeout: int = setting(60, "seconds an idle keep-alive connection stays open",
                                 range=(1, DAY), metavar="SECONDS")
-    header_timeout: int = setting(30, "longest wait for a request head (granian)",
+    header_timeout: int = setting(30, "longest wait for a request head (granian; waitress "
+                                  "closes a connection silent for --idle-timeout)",
                                   range=(1, 3600), metavar="SECONDS")
     retry_after_seconds: int = setting(1, "Retry-After of a 503", range=(0, 3600),
                                        metavar="SECONDS")

@@ -4,7 +4,7 @@ model with the same ids, so the ids its users hold keep answering.
 The Go service kept one hash per job, ``job:<id>`` with the fields ``type``
 and ``state``, ``<id>`` being 32 lowercase hex characters (an MD5). This module
 reads them by SCAN and decides what each becomes (the rules below, also in
-docs/operations.md); ``lua/importLegacyJobs-7.lua`` writes them, one call per
+docs/operations.md); ``lua/importLegacyJobs-8.lua`` writes them, one call per
 shard and batch, and is what makes a second run import nothing twice.
 
 Rules:
@@ -242,7 +242,7 @@ class LegacyImport:
             shard = self.store.keys.shards[shard_name]
             keys = [shard.all_jobs, *(shard.state_index(s) for s in
                                       ("start", "pause", "kill", "done", "failed")),
-                    shard.expiries]
+                    shard.expiries, shard.changes]
             args = [ACTOR, self.history_cap, self.retention_seconds, shard.channel]
             for index in indexes:
                 job = jobs[index]

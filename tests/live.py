@@ -73,6 +73,7 @@ class LiveClient:
         if body is not None or method in ("POST", "PUT", "PATCH"):
             sent.setdefault("Content-Length", str(len(body or b"")))
         for attempt in (1, 2):
+            reused = attempt == 1 and getattr(self._local, "connection", None) is not None
             connection = self._connection(fresh=attempt == 2)
             try:
                 connection.putrequest(method, target, skip_accept_encoding=True)
@@ -82,8 +83,9 @@ class LiveClient:
                 response = connection.getresponse()
                 content = response.read()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                # A keep-alive connection the server closed meanwhile: once more.
-                if attempt == 2:
+                # A keep-alive connection the server closed while it was idle: once
+                # more on a new one, as HTTP clients do. A new connection: an error.
+                if not reused:
                     raise
                 continue
             if response.will_close:

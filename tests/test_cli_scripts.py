@@ -16,7 +16,7 @@ import pytest
 
 from karmchari_client import Client
 from karmchari_client.cli import EXIT_NOT_FOUND, STATE_EXIT
-from tests.servers import ROOT, karmchari_command
+from tests.servers import ROOT, ServiceProcess, karmchari_command
 from tests.test_cli import karmchari, ok
 from tests.waiting import eventually
 
@@ -141,6 +141,25 @@ def test_list_watch_shows_new_jobs_at_the_next_read(url, api):
     job_id = api.register("upload")["id"]
     assert follower.close() == 0
     assert follower.states(1) == {job_id: "start"}
+
+
+def test_list_watch_reads_the_page_where_the_service_will_not_watch(redis_url, key_prefix):
+    """A service that watches at most one job at a time refuses the watch of
+    two: the listing falls back to reading the page every interval."""
+    service = ServiceProcess("--redis-url", redis_url, "--max-watch-jobs", "1",
+                             env={"KARMCHARI_KEY_PREFIX": key_prefix}).start()
+    client = Client(service.url)
+    try:
+        first, second = client.register("teams")["id"], client.register("teams")["id"]
+        follower = Follower(service.url, "--interval", "0.3", "--count", "2")
+        follower.wait_for(1)
+        assert follower.states(0) == {first: "start", second: "start"}
+        client.command(first, "pause")
+        assert follower.close() == 0
+        assert follower.states(1) == {first: "pause", second: "start"}
+    finally:
+        client.close()
+        service.stop()
 
 
 def test_list_watch_on_a_terminal_redraws_the_screen(url, api):

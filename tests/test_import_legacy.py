@@ -121,6 +121,12 @@ def test_jobs_keep_their_ids_and_states(source, run_import, live_service, redis_
     assert stored["legacy_state"] == "kill"
     # The old keys are untouched.
     assert {key: source.hgetall(key) for key in source.keys("job:*")} == before
+    # The counts of GET /v1/stats include them, and count the import as changes.
+    stats = call(url, "GET", "/v1/stats").json()
+    assert (stats["total"], stats["states"]["start"], stats["states"]["pause"],
+            stats["states"]["kill"]) == (4, 2, 1, 1)
+    assert stats["types"]["teams"] == 2
+    assert sum(minute["count"] for minute in stats["changes_per_minute"]) == 4
 
     # The indexes hold them: listing by state and type, and commands work on.
     listed = call(url, "GET", "/v1/jobs?state=pause&type=upload").json()["jobs"]

@@ -23,6 +23,7 @@ from app.auth import TokenRegistry
 from app.model import STATES
 from app.observability import _quoted, new_request_id
 from app.store.scripts import Scripts
+from tests.live import SERVERS
 from tests.servers import RedisProcess, ServiceProcess
 
 GENERATED_ID = re.compile(r"[0-9a-f]{32}\Z")
@@ -283,12 +284,14 @@ def test_request_id_on_answers_the_app_gives_before_any_resource(config, store):
         assert response.headers["x-request-id"] == "pre-1"
 
 
+@pytest.mark.parametrize("server", SERVERS)
 @pytest.mark.parametrize("trusted", [True, False])
-def test_client_address_from_a_trusted_proxy_only(redis_url, key_prefix, trusted):
+def test_client_address_from_a_trusted_proxy_only(redis_url, key_prefix, trusted, server):
+    """The access log's address, on each HTTP server."""
     env = {"KARMCHARI_KEY_PREFIX": key_prefix}
     if trusted:
         env["KARMCHARI_TRUSTED_PROXY"] = "127.0.0.1"
-    service = ServiceProcess("--redis-url", redis_url, env=env).start()
+    service = ServiceProcess("--server", server, "--redis-url", redis_url, env=env).start()
     try:
         status, _, _ = fetch(service.url + "/v1/jobs",
                              headers={"X-Forwarded-For": "203.0.113.7", "X-Request-ID": "xff"})

@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from app.store.keys import KeySchema
+from tests.live import SERVERS
 from tests.servers import ROOT, RedisProcess, ServiceProcess, karmchari_command
 
 EMBEDDED_LINE = re.compile(r"embedded store: started (?P<binary>\S+) \S+ \(pid (?P<pid>\d+)\) "
@@ -114,8 +115,10 @@ def test_embedded_store_listens_on_a_unix_socket_only(embedded_service):
         client.close()
 
 
-def test_jobs_survive_a_restart_of_serve(data_dir):
-    first = ServiceProcess("--data-dir", str(data_dir)).start()
+@pytest.mark.parametrize("server", SERVERS)
+def test_jobs_survive_a_restart_of_serve(data_dir, server):
+    """The embedded store, on each HTTP server."""
+    first = ServiceProcess("--server", server, "--data-dir", str(data_dir)).start()
     try:
         job_id = register(first)
         assert post_form(first, "/jobState", f"id={job_id}&command=pause") == \
@@ -125,7 +128,7 @@ def test_jobs_survive_a_restart_of_serve(data_dir):
         assert first.stop() == 0
     assert not process_exists(store_pid), "the embedded store outlived karmchari serve"
 
-    second = ServiceProcess("--data-dir", str(data_dir)).start()
+    second = ServiceProcess("--server", server, "--data-dir", str(data_dir)).start()
     try:
         embedded_line(second)  # a store of its own, started again
         assert read_state(second, job_id) == f"{job_id} -- pause"
@@ -212,8 +215,10 @@ def test_an_embedded_store_that_cannot_start_is_a_clear_error(tmp_path):
     assert "Traceback" not in run.stderr
 
 
-def test_several_worker_processes_share_the_port_and_stop_on_sigterm(redis_url, key_prefix):
-    service = ServiceProcess("--redis-url", redis_url, "--workers", "2",
+@pytest.mark.parametrize("server", SERVERS)
+def test_several_worker_processes_share_the_port_and_stop_on_sigterm(redis_url, key_prefix,
+                                                                     server):
+    service = ServiceProcess("--server", server, "--redis-url", redis_url, "--workers", "2",
                              env={"KARMCHARI_KEY_PREFIX": key_prefix}).start()
     try:
         job_ids = [register(service) for _ in range(10)]

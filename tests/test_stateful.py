@@ -34,7 +34,7 @@ from hypothesis.stateful import (
 from app.app import create_app
 from app.config import Config
 from app.errors import KarmchariError
-from app.store import HeartbeatReport, JobStore
+from app.store import HeartbeatReport, JobFilter, JobStore
 from tests.spec_table import COMMANDS, STATES, TARGET, TERMINAL, outcome
 from tests.store_check import Indexed, assert_store_holds, indexed_from_hashes
 
@@ -489,8 +489,16 @@ def _one_thread(store: JobStore, job_ids: list[str], lock: threading.Lock, seed:
             job_id = rng.choice(job_ids)
         choice = rng.random()
         try:
-            if choice < 0.45:
+            if choice < 0.35:
                 store.apply_command(job_id, rng.choice(COMMANDS), reason="t")
+            elif choice < 0.45:
+                with lock:
+                    some = rng.sample(job_ids, min(5, len(job_ids)))
+                if rng.random() < 0.5:
+                    store.bulk_command(rng.choice(COMMANDS), ids=some, reason="bulk")
+                else:
+                    store.bulk_command(rng.choice(COMMANDS), reason="bulk", where=JobFilter(
+                        state=rng.choice(STATES), labels=(("team", rng.choice("xyz")),)))
             elif choice < 0.7:
                 with lock:
                     batch = rng.sample(job_ids, min(4, len(job_ids)))
@@ -512,8 +520,9 @@ def _one_thread(store: JobStore, job_ids: list[str], lock: threading.Lock, seed:
 
 
 def test_interleaved_scripts_keep_every_index_exact(store):
-    """Threads apply commands, heartbeat batches, deletes, sweeps and
-    registrations to shared jobs at once; afterwards every index holds exactly
+    """Threads apply commands (one job, or many: applyCommands by ids and by
+    filter), heartbeat batches, deletes, sweeps and registrations to shared jobs
+    at once; afterwards every index holds exactly
     what the jobs' hashes say, and each history is the tail of its job's changes."""
     swept = JobStore(store.client, history_cap=HISTORY_CAP, retention_seconds=0,
                      keys=store.keys)

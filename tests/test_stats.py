@@ -15,7 +15,7 @@ from app.config import Config
 from app.model import STATES
 from app.store import HeartbeatReport, JobStore
 
-TOKENS = "rea:reader:tok-reader-5f6a-d4e5f6,wim:worker:tok-worker-3d4e-a1b2c3"
+TOKENS = "rea:reader:tok-reader-5f6a-5e4f,wim:worker:tok-worker-3d4e-7c6d"
 
 
 def stats(client: testing.TestClient, token: str | None = None) -> dict:
@@ -175,6 +175,6 @@ def auth_client(config, store):
 
 def test_readers_may_read_it_and_anonymous_callers_may_not(auth_client, store):
     store.register("teams")
-    assert stats(auth_client, "tok-reader-5f6a-d4e5f6")["total"] == 1
-    assert stats(auth_client, "tok-worker-3d4e-a1b2c3")["total"] == 1
+    assert stats(auth_client, "tok-reader-5f6a-5e4f")["total"] == 1
+    assert stats(auth_client, "tok-worker-3d4e-7c6d")["total"] == 1
     assert auth_client.simulate_get("/v1/stats").status_code == 401

@@ -206,13 +206,28 @@ def _head_size(environ: dict) -> int:
     return size
 
 
+def _apply_proxy_headers(environ: dict, trusted_proxy: str) -> None:
+    """As waitress does with ``trusted_proxy``: from that address, the client is the
+    last X-Forwarded-For entry and the scheme X-Forwarded-Proto; from any other,
+    both headers are dropped, so nobody else can claim an address."""
+    forwarded_for = environ.pop("HTTP_X_FORWARDED_FOR", "")
+    forwarded_proto = environ.pop("HTTP_X_FORWARDED_PROTO", "")
+    if environ.get("REMOTE_ADDR") != trusted_proxy:
+        return
+    if forwarded_for.strip():
+        environ["REMOTE_ADDR"] = forwarded_for.split(",")[-1].strip()
+    if forwarded_proto.strip().lower() in ("http", "https"):
+        environ["wsgi.url_scheme"] = forwarded_proto.strip().lower()
+
+
 def guarded(worker: Worker):
     """The WSGI application for a server that leaves these to the application:
-    refusing Transfer-Encoding (above) and a request head over the limit (Granian's
-    own limit cannot go below 8 KiB), and ``Connection: close`` on every answer
-    once the drain has begun."""
+    refusing Transfer-Encoding (above), the trusted proxy's headers, a request head
+    over the limit (Granian's own limit cannot go below 8 KiB), and ``Connection:
+    close`` on every answer once the drain has begun."""
     app, draining = worker.app, worker.draining
     max_head = worker.config.max_header_bytes
+    trusted_proxy = worker.config.trusted_proxy
 
     def refuse(environ, start_response, status: str, code: str, title: str, detail: str):
         media, body = error_answer(environ.get("PATH_INFO", ""), int(status[:3]), code,
@@ -225,6 +240,8 @@ def guarded(worker: Worker):
         if "HTTP_TRANSFER_ENCODING" in environ:
             return refuse(environ, start_response, "400 Bad Request", FRAMING_CODE,
                           "Bad request", FRAMING_DETAIL)
+        if trusted_proxy:
+            _apply_proxy_headers(environ, trusted_proxy)
         if _head_size(environ) > max_head:
             return refuse(environ, start_response, "431 Request Header Fields Too Large",
                           "headers_too_large", "Request header fields too large",

@@ -70,7 +70,7 @@ def _forward_drain() -> None:
 
         def handler(signum, frame, previous=previous):
             for child in multiprocessing.active_children():
-                if child.pid is None or not DRAIN_SIGNAL:
+                if not child.pid:
                     continue
                 try:
                     os.kill(child.pid, DRAIN_SIGNAL)

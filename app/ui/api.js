@@ -58,12 +58,18 @@ export async function call(method, path, body, { signal } = {}) {
 export const get = (path, options) => call("GET", path, undefined, options);
 export const post = (path, body, options) => call("POST", path, body, options);
 
-export function jobsQuery(filter, cursor, limit = 50) {
+// The filter as GET /v1/jobs takes it (the page's URL fragment uses the same).
+export function filterQuery(filter) {
   const query = new URLSearchParams();
   if (filter.state) query.set("state", filter.state);
   if (filter.type) query.set("type", filter.type);
   for (const label of filter.labels || []) query.append("label", label);
   if (filter.stalled) query.set("stalled", "true");
+  return query;
+}
+
+export function jobsQuery(filter, cursor, limit = 50) {
+  const query = filterQuery(filter);
   query.set("limit", String(limit));
   if (cursor) query.set("cursor", cursor);
   return `/v1/jobs?${query}`;

@@ -2,7 +2,7 @@
 // and rows that update themselves through the watcher.
 
 import { canCommand, commandJob, commandMany, summary } from "./actions.js";
-import { get, jobsQuery, whereOf } from "./api.js";
+import { filterQuery, get, jobsQuery, whereOf } from "./api.js";
 import { age, clear, el, labelChips, progressBar, stateChip, status } from "./dom.js";
 import { Watcher } from "./live.js";
 import { notify } from "./notice.js";
@@ -29,15 +29,6 @@ export function filterFromQuery(query) {
     labels: query.getAll("label").filter(Boolean),
     stalled: query.get("stalled") === "true",
   };
-}
-
-function queryOf(filter) {
-  const query = new URLSearchParams();
-  if (filter.state) query.set("state", filter.state);
-  if (filter.type) query.set("type", filter.type);
-  for (const label of filter.labels) query.append("label", label);
-  if (filter.stalled) query.set("stalled", "true");
-  return query;
 }
 
 function describe(filter) {
@@ -239,7 +230,7 @@ export function setUp(navigate) {
       labels: form.label.value.trim() ? [form.label.value.trim()] : [],
       stalled: form.stalled.checked,
     };
-    navigate(`#/?${queryOf(filter)}`);
+    navigate(`#/?${filterQuery(filter)}`);
   });
   document.getElementById("clear-filters").addEventListener("click", () => navigate("#/"));
   document.getElementById("search").addEventListener("submit", (event) => {

@@ -24,8 +24,13 @@ function listQuery(hash) {
 }
 
 async function route(prefetched = null) {
-  const hash = location.hash || "#/";
-  if (!hash.startsWith("#/")) return;  // an in-page anchor (the skip link), not a view
+  let hash = location.hash || "#/";
+  if (!hash.startsWith("#/")) {
+    // An in-page anchor (the skip link) leaves the view as it is.
+    if (!document.getElementById("list-view").hidden
+        || !document.getElementById("job-view").hidden) return;
+    hash = "#/";
+  }
   const job = /^#\/jobs\/([0-9a-f]{32})$/.exec(hash);
   try {
     if (job) {
@@ -110,7 +115,7 @@ async function start() {
     setToken("");
     location.reload();
   });
-  const hash = location.hash || "#/";
+  const hash = location.hash.startsWith("#/") ? location.hash : "#/";
   const firstPage = hash.startsWith("#/jobs/") ? null
     : jobs.prefetch(jobs.filterFromQuery(listQuery(hash)));
   let who;
@@ -134,6 +139,10 @@ async function start() {
   await route(firstPage);  // the rows first; the counts right after
   await refreshStats(false);
   setInterval(refreshStats, STATS_EVERY_MS);
+  // Nothing is refreshed in a hidden tab; coming back catches up at once.
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden) refreshStats();
+  });
   setInterval(jobs.tickAges, 5000);
   setInterval(() => {
     if (document.hidden) return;

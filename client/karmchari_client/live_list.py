@@ -2,8 +2,9 @@
 
 It re-reads the page every ``--interval`` seconds, and in between waits on
 ``POST /v1/watch`` for the jobs shown, so a change of state appears at once
-rather than at the next read. Against a service without ``/v1/watch`` it
-just reads the page every interval. Heartbeats do not change a job's version,
+rather than at the next read. Against a service without ``/v1/watch``, or
+one that will not watch that many jobs at once, it just reads the page every
+interval. Heartbeats do not change a job's version,
 so progress shows at the next read.
 """
 
@@ -43,7 +44,9 @@ def watch_listing(args: argparse.Namespace, client: Client,
                     client.watch(versions, wait=args.interval)
                     continue
                 except ApiError as error:
-                    if error.status in (404, 405):  # an older service: read the page instead
+                    # An older service (404, 405) or more jobs than it watches at
+                    # once (400, 413, 422): read the page every interval instead.
+                    if error.status in (400, 404, 405, 413, 422):
                         use_watch = False
                     elif error.status != 429:       # too many waiting: this round, poll
                         raise

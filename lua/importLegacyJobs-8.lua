@@ -20,6 +20,7 @@
     KEYS[5]  index of state done   {kc:s}:idx:state:done
     KEYS[6]  index of state failed {kc:s}:idx:state:failed
     KEYS[7]  retention expiries    {kc:s}:expiry
+    KEYS[8]  changes per minute    {kc:s}:changes
     then three per job, in the order of the jobs in ARGV:
       job hash                     {kc:s}:job:<id>
       history list                 {kc:s}:hist:<id>
@@ -47,7 +48,7 @@
   raised before anything is written.
 ]]
 local rcall = redis.call
-local FIXED = 7
+local FIXED = 8
 local STATE_INDEX = { start = 2, pause = 3, kill = 4, done = 5, failed = 6 }
 local TERMINAL = { kill = true, done = true, failed = true }
 local actor, cap, retentionMs = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]) * 1000
@@ -105,7 +106,7 @@ for j = 1, count do
       "id", id, "type", jobType, "state", target, "version", 1,
       "created_at", nowMs, "updated_at", nowMs, "name", "", "labels", "{}",
       "heartbeat_timeout", 0, "score", score,
-      "legacy_state", raw, "import_version", 1, "created_unknown", 1)
+      "owner", "", "legacy_state", raw, "import_version", 1, "created_unknown", 1)
     rcall("ZADD", KEYS[1], score, id)
     rcall("ZADD", KEYS[STATE_INDEX[target]], score, id)
     rcall("ZADD", typeKey, score, id)
@@ -146,6 +147,23 @@ for j = 1, count do
     historyEntry(histKey, version, nowMs, from, target, reasonFor(raw, target))
     rcall("SPUBLISH", channel, id .. " " .. version .. " " .. target)
     codes[j] = 4
+  end
+end
+-- Changes per minute (GET /v1/stats): each job created or brought up to date
+-- counts, as in registerJob and applyCommand.
+local written = 0
+for j = 1, count do
+  if codes[j] == 1 or codes[j] == 4 then written = written + 1 end
+end
+if written > 0 then
+  local minute = math.floor(nowMs / 60000)
+  if rcall("HINCRBY", KEYS[8], minute, written) == written then
+    rcall("EXPIRE", KEYS[8], 3720)
+    if rcall("HLEN", KEYS[8]) > 61 then
+      for _, m in ipairs(rcall("HKEYS", KEYS[8])) do
+        if tonumber(m) < minute - 60 then rcall("HDEL", KEYS[8], m) end
+      end
+    end
   end
 end
 return codes
