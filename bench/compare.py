@@ -87,6 +87,12 @@ def compare(contenders: list[Contender], jobs: JobSets, redis_client: redis.Redi
                 go_runs = runs_of[go.key][endpoint.key]
                 entry["go_ratio"] = _median([r.rps / g.rps for r, g in
                                              zip(results, go_runs, strict=True)])
+                # What the ratio would be were the machine's cores the only limit:
+                # CPU per request of everything a request costs (server, Redis,
+                # wrk), Go's over this server's. It moves far less with other
+                # work on a shared machine than req/s does.
+                entry["go_cpu_ratio"] = _median([_cpu(g) / _cpu(r) for r, g in
+                                                 zip(results, go_runs, strict=True)])
             entry["target_go_ratio"] = contender.target_go_ratio
             endpoints[endpoint.key] = entry
         if contender.key in references:
@@ -101,6 +107,10 @@ def compare(contenders: list[Contender], jobs: JobSets, redis_client: redis.Redi
         summary["servers"][contender.key] = {"label": contender.label, "is_go": contender.is_go,
                                              "endpoints": endpoints}
     return summary
+
+
+def _cpu(result: WrkResult) -> float:
+    return result.service_cpu_us + result.redis_cpu_us + result.wrk_cpu_us
 
 
 def _summary(endpoint: Endpoint, results: list[WrkResult]) -> dict:

@@ -123,10 +123,11 @@ def comparison_section(results: dict) -> str:
     rows = []
     for server in comparison["servers"].values():
         for summary in server["endpoints"].values():
-            go_ratio = summary.get("go_ratio")
+            go_ratio, cpu_ratio = summary.get("go_ratio"), summary.get("go_cpu_ratio")
             rows.append([
                 server["label"], summary["label"], _n(summary["rps"]),
                 "-" if go_ratio is None else f"{go_ratio:.2f}",
+                "-" if cpu_ratio is None else f"{cpu_ratio:.2f}",
                 f"{summary['rps_ratio']:.2f}" if "rps_ratio" in summary else "-",
                 f"{summary['p50_ms']:.2f}", f"{summary['p99_ms']:.2f}",
                 f"{summary['service_cpu_us']:.0f}", f"{summary['redis_cpu_us']:.0f}",
@@ -135,12 +136,15 @@ def comparison_section(results: dict) -> str:
     intro = (f"Redis: {comparison['redis_url']}, the same server for all. "
              "Ratios are medians over the rounds of the ratio within a round. "
              "CPU µs/req: CPU time (user + system) of all the server's processes, and of "
-             "Redis, divided by the requests served.")
+             "Redis, divided by the requests served. × Go by CPU: the CPU a Go request "
+             "costs (server, Redis and wrk) over what this server's costs: the share of "
+             "Go's throughput to expect where the machine's cores are the only limit, "
+             "which other work on a shared machine moves far less than req/s.")
     if not comparison["go"]:
         intro += (" The Go service was not in this run (`--go-binary`): ratios are to "
                   "`/healthz` of the same server only.")
     return intro + "\n\n" + _table(
-        ["server", "endpoint", "req/s", "× Go", "× /healthz", "p50 ms", "p99 ms",
+        ["server", "endpoint", "req/s", "× Go", "× Go by CPU", "× /healthz", "p50 ms", "p99 ms",
          "CPU µs/req: server", "Redis", "errors"], rows, text_columns=2)
 
 
@@ -246,6 +250,8 @@ def closing_note(results: dict, listing: dict | None, signal: dict | None) -> st
             shares = [f"{s['label']} {s['go_ratio']:.2f}"
                       + (f" ({_against(s['go_ratio'], s['target_go_ratio'])})"
                          if s.get("target_go_ratio") else "")
+                      + (f", {s['go_cpu_ratio']:.2f} by CPU per request"
+                         if "go_cpu_ratio" in s else "")
                       for s in server["endpoints"].values() if "go_ratio" in s]
             sentences.append(f"{server['label']}, as shares of the Go service: "
                              + "; ".join(shares) + ".")

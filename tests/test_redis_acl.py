@@ -115,6 +115,9 @@ def drive_every_endpoint(base: str, admin: redis.Redis) -> tuple[list[tuple[str,
     go("heartbeats", base + "/v1/heartbeats", "POST",
        {"heartbeats": [{"id": job_id, "progress": 60}, {"id": legacy_id}, {"id": "0" * 32}]})
     go("history", f"{base}/v1/jobs/{job_id}/history")
+    watched = json.loads(go("watch", base + "/v1/watch", "POST",
+                            {"jobs": {job_id: 0, "0" * 32: 1}, "wait": 5}))
+    assert ([j["id"] for j in watched["changed"]], watched["missing"]) == ([job_id], ["0" * 32])
     for query in ("", "?state=pause", "?type=upload", "?label=team:a", "?stalled=true",
                   "?stalled=false&limit=1"):
         go(f"list {query}", f"{base}/v1/jobs{query}")
@@ -133,6 +136,8 @@ def drive_every_endpoint(base: str, admin: redis.Redis) -> tuple[list[tuple[str,
     admin.script_flush()
     go("heartbeats after SCRIPT FLUSH", base + "/v1/heartbeats", "POST",
        {"heartbeats": [{"id": job_id}]})
+    admin.script_flush()
+    go("watch after SCRIPT FLUSH", base + "/v1/watch", "POST", {"jobs": {job_id: 0}, "wait": 5})
     admin.script_flush()
     go("readyz after SCRIPT FLUSH", base + "/readyz")
 

@@ -55,6 +55,15 @@ MEMBERS = {
     "id": st.one_of(st.text(alphabet=HEX, min_size=31, max_size=33),
                     st.sampled_from(["A" * 32, "g" * 32, "a" * 32 + "\n", "\n" + "a" * 32, ""]),
                     st.integers()),
+    "where": st.fixed_dictionaries({}, optional={
+        "state": st.one_of(st.sampled_from([*STATES, "", "paused"]), st.text(max_size=5)),
+        "type": st.one_of(st.sampled_from([*CONFIG.job_types, "", "Teams"]), st.text(max_size=5)),
+        "label": st.lists(st.one_of(st.sampled_from(["team:a", "team", ":a", "a:b:c",
+                                                     "team:" + "x" * 300]),
+                                    st.text(max_size=8)), max_size=CONFIG.max_labels + 1),
+        "stalled": st.one_of(st.booleans(), st.sampled_from(["true", 1, None])),
+        "unknown": st.integers()}),
+    "cursor": st.one_of(st.text(max_size=12), st.sampled_from(["", "=" * 4, "a" * 300])),
 }
 
 
@@ -80,6 +89,9 @@ def _mutate(body: dict, mutation: str, required: list[str]) -> dict:
 
 
 def batch(schema: dict) -> st.SearchStrategy:
+    if schema["items"].get("type") != "object":  # a list of ids
+        return st.lists(MEMBERS["id"], max_size=4) | st.sampled_from(
+            [["a" * 32] * CONFIG.max_batch, ["a" * 32] * (CONFIG.max_batch + 1), []])
     item = shaped(schema["items"])
     full = {"id": "a" * 32, "progress": 1}
     return st.one_of(st.lists(item, max_size=4),
@@ -115,6 +127,7 @@ def test_valid_bodies_take_the_fast_path():
                       "observed_state": "start"},
         "Heartbeats": {"heartbeats": [{"id": i, "progress": 1} for i in ids]},
         "Watch": {"jobs": {i: 7 for i in ids}, "wait": 30},
+        "BulkCommand": {"command": "pause", "reason": "maintenance", "ids": ids},
     }
     for name, body in bodies.items():
         assert VALIDATORS[name].fast_accepts(body), name

@@ -7,6 +7,7 @@ import json
 import threading
 import urllib.error
 import urllib.request
+from email.message import Message
 
 import pytest
 from falcon import testing
@@ -169,14 +170,15 @@ def test_not_json_is_415(client):
     assert response.status_code == 415
 
 
-def post_watch(url: str, body: dict, timeout: float = 40) -> tuple[int, dict, dict]:
+def post_watch(url: str, body: dict, timeout: float = 40) -> tuple[int, Message, dict]:
+    """Status, headers (names in any case, as servers send them) and body."""
     request = urllib.request.Request(url + "/v1/watch", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:
-            return answer.status, dict(answer.headers), json.loads(answer.read())
+            return answer.status, answer.headers, json.loads(answer.read())
     except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), json.loads(error.read())
+        return error.code, error.headers, json.loads(error.read())
 
 
 def test_one_watch_holds_one_slot_however_many_jobs_and_past_the_limit_429(redis_url,
