@@ -482,6 +482,18 @@ def test_a_refusal_names_the_action(auth_app, role, command, text):
         assert (answer.text if plain else answer.json["detail"]) == text
 
 
+@pytest.mark.parametrize("role", ["worker", "reader"])
+def test_a_bulk_refusal_names_the_bulk_action(auth_app, admin_redis, module_prefix, role):
+    client, store = auth_app
+    job_id = new_job(store)
+    before = key_contents(admin_redis, module_prefix)
+    for body in ({"command": "done", "ids": [job_id]}, {"command": "kill", "where": {}}):
+        answer = client.simulate_post("/v1/jobs/commands", json=body, headers=bearer(role))
+        assert answer.status_code == 403
+        assert answer.json["detail"] == f"role {role!r} may not send commands to many jobs"
+    assert key_contents(admin_redis, module_prefix) == before
+
+
 # -- the token registry ---------------------------------------------------------
 
 def test_only_hashes_are_kept(tokens_file):
