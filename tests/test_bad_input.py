@@ -818,3 +818,21 @@ def test_the_cli_never_prints_control_characters_it_read(app_client, service):
         assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]", run.stdout), (args, run.stdout)
         shown = ("\\x1b]0;owned" if "--json" not in args else "\\u001b]0;owned")
         assert shown in run.stdout, (args, run.stdout)
+
+
+@pytest.mark.parametrize("args", [["--threads", "4", "--max-waiters", "4"],
+                                  ["--threads", "4", "--max-waiters", "100"]], ids=" ".join)
+def test_waiters_that_could_hold_every_thread_stop_serve(args):
+    """Long-polls past the threads would leave no thread for any other request
+    (a reader token could hold the service)."""
+    run = subprocess.run([*karmchari_command(), "serve", *args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert run.stderr.strip().startswith(
+        "karmchari: --max-waiters (KARMCHARI_MAX_WAITERS) must be below --threads (4), not ")
+
+
+def test_one_thread_keeps_long_polls_from_taking_it():
+    assert Config(threads=1).waiter_limit == 0
+    assert Config(threads=16).waiter_limit == 8
+    assert Config(threads=16, max_waiters=15).waiter_limit == 15
