@@ -13,7 +13,12 @@ from app.inputs import QueryEncodingMiddleware
 from app.observability import Metrics, ObservabilityMiddleware
 from app.openapi import OpenApiDocument
 from app.problems import make_domain_error_handler, serialize_error
-from app.resources.dashboard import DashboardAssets, RootRedirect, WhoAmI
+from app.resources.dashboard import (
+    DashboardAssets,
+    RootRedirect,
+    WhoAmI,
+    unknown_dashboard_path,
+)
 from app.resources.health import Healthz, MetricsResource, Readyz
 from app.resources.jobs import JobCollection, JobCommands, JobHistory, JobItem
 from app.resources.legacy import JobState, RegisterJob
@@ -86,6 +91,7 @@ def create_app(config: Config | None = None, store: JobStore | None = None,
     app.add_route("/", RootRedirect())
     app.add_route("/ui", dashboard)
     app.add_route("/ui/{name}", dashboard)
+    app.add_sink(unknown_dashboard_path, "/ui/")
     return app
 
 

@@ -167,4 +167,5 @@ class AuthMiddleware:
         if principal is None:
             raise _unauthorized()
         req.context.principal = principal
-        require(req, permission)
+        # A resource may name the action its refusal states (``refusals``).
+        require(req, permission, getattr(resource, "refusals", {}).get(req.method))

@@ -145,7 +145,9 @@ class Config:
 
     @property
     def waiter_limit(self) -> int:
-        return self.max_waiters or max(1, self.threads // 2)
+        # Below the threads, always: one thread at least stays free for other
+        # requests (with one thread, no request waits: long-polls get 429).
+        return self.max_waiters or self.threads // 2
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> Config:
@@ -165,6 +167,10 @@ class Config:
         the first request."""
         for s in SETTINGS:
             s.check(getattr(self, s.name))
+        if self.max_waiters >= self.threads:
+            raise ValueError(f"--max-waiters (KARMCHARI_MAX_WAITERS) must be below --threads "
+                             f"({self.threads}), not {self.max_waiters}: waiting requests "
+                             "would hold every thread, and nothing else would be answered")
         if self.redis_sentinel:
             parse_addresses(self.redis_sentinel)
             if self.redis_cluster:

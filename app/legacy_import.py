@@ -17,8 +17,8 @@ Rules:
   it never registered): skipped;
 - a type that is not configured (``--job-types``): skipped; configure the type
   and run again to import them;
-- anything else under ``job:*`` (another id shape, other fields, not a hash):
-  not the old shape, left alone.
+- anything else under ``job:*`` (another id shape, other fields, not a hash,
+  a type or state longer than 256 bytes): not the old shape, left alone.
 
 Every case is counted in the report. Nothing is deleted from the source
 unless asked (``--delete-source``), and then only keys imported and unchanged
@@ -46,6 +46,9 @@ ACTOR = "import"
 LEGACY_STATES = ("start", "pause", "kill")
 KEY_RE = re.compile(rb"job:([0-9a-f]{32})\Z")
 EXAMPLES = 5  # keys shown per kind of skipped or left-alone job
+# Longest type or state taken as the Go service's: a longer value is no job
+# state, and copied into the history it would weigh on every read of the job.
+MAX_VALUE_BYTES = 256
 
 IMPORTED, ALREADY, UPDATED, ID_TAKEN, CHANGED_HERE = (
     ImportLegacyJobsCode.IMPORTED, ImportLegacyJobsCode.ALREADY, ImportLegacyJobsCode.UPDATED,
@@ -108,6 +111,8 @@ def classify(key: bytes, reply: object, job_types: Iterable[str]) -> tuple[str, 
     if not reply:
         return "vanished", None
     if any(name != b"type" and name != b"state" for name in reply):
+        return "not_legacy", None
+    if any(len(value) > MAX_VALUE_BYTES for value in reply.values()):
         return "not_legacy", None
     try:
         fields = {name.decode(): value.decode("utf-8") for name, value in reply.items()}

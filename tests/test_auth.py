@@ -415,6 +415,29 @@ def test_a_job_records_the_worker_that_registered_it(auth_app):
                       "worker": ("wim", "wim", "wim")}
 
 
+def test_an_idempotency_key_is_the_tokens_own(auth_app):
+    """One Idempotency-Key sent with another token registers that token's own job:
+    nobody reads or replays another's registration (old and v1 API)."""
+    client, _ = auth_app
+    key = {"Idempotency-Key": f"shared-{uuid.uuid4()}"}
+    other = {"Authorization": f"Bearer {OTHER_WORKER[1]}"}
+    first = client.simulate_post("/v1/jobs", json={"type": "teams"},
+                                 headers={**bearer("worker"), **key})
+    assert first.status_code == 201 and first.json["owner"] == "wim"
+    seen = {first.json["id"]}
+    for headers in (other, bearer("operator"), bearer("admin")):
+        answer = client.simulate_post("/v1/jobs", json={"type": "teams"},
+                                      headers={**headers, **key})
+        assert answer.status_code == 201 and answer.json["id"] not in seen
+        seen.add(answer.json["id"])
+        legacy = client.simulate_post("/registerJob", body="type=teams",
+                                      headers={"Content-Type": FORM, **headers, **key})
+        assert legacy.status_code == 200 and legacy.text.rsplit(" ", 1)[1] == answer.json["id"]
+    again = client.simulate_post("/v1/jobs", json={"type": "teams"},
+                                 headers={**bearer("worker"), **key})
+    assert (again.status_code, again.json["id"]) == (200, first.json["id"])
+
+
 def test_a_batch_heartbeat_is_refused_item_by_item(auth_app, admin_redis, module_prefix):
     client, store = auth_app
     mine, theirs, unowned = (new_job(store, owner="wim"), new_job(store, owner="wendy"),
@@ -480,6 +503,18 @@ def test_a_refusal_names_the_action(auth_app, role, command, text):
         assert answer.status_code == 403
         plain = answer.headers["content-type"].startswith("text/plain")
         assert (answer.text if plain else answer.json["detail"]) == text
+
+
+@pytest.mark.parametrize("role", ["worker", "reader"])
+def test_a_bulk_refusal_names_the_bulk_action(auth_app, admin_redis, module_prefix, role):
+    client, store = auth_app
+    job_id = new_job(store)
+    before = key_contents(admin_redis, module_prefix)
+    for body in ({"command": "done", "ids": [job_id]}, {"command": "kill", "where": {}}):
+        answer = client.simulate_post("/v1/jobs/commands", json=body, headers=bearer(role))
+        assert answer.status_code == 403
+        assert answer.json["detail"] == f"role {role!r} may not send commands to many jobs"
+    assert key_contents(admin_redis, module_prefix) == before
 
 
 # -- the token registry ---------------------------------------------------------

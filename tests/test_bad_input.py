@@ -6,6 +6,8 @@ every key under the prefix exactly as it was."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import socket
 import subprocess
 import time
@@ -19,6 +21,7 @@ import redis
 from app.app import build_store
 from app.cli import main as cli_main
 from app.config import SETTINGS, Config
+from app.store import HeartbeatReport
 from app.store.keys import KeySchema
 from tests.live import SERVERS, LiveClient
 from tests.servers import ROOT, RedisProcess, ServiceProcess, karmchari_command
@@ -794,3 +797,42 @@ def test_a_setting_that_does_not_parse_names_the_flag(capsys):
         cli_main(["serve", "--history-cap", "many"])
     assert stop.value.code == 2
     assert "argument --history-cap: not a number: 'many'" in capsys.readouterr().err
+
+
+# Control characters a worker token can store (name, labels, worker, message,
+# reason): the CLI must show them escaped, never send them to the terminal.
+NASTY = "a\x1b]0;owned\x07b\x1b[2J\x9b31m\x7fc"
+
+
+def test_the_cli_never_prints_control_characters_it_read(app_client, service):
+    _, store = app_client
+    job = store.register("teams", name=NASTY, labels={"k": NASTY})[0]
+    store.heartbeat(HeartbeatReport(job.id, worker=NASTY, message=NASTY))
+    store.apply_command(job.id, "pause", actor="ops", reason=NASTY)
+    env = {**os.environ, "KARMCHARI_URL": service.url}
+    for args in (["get", job.id], ["history", job.id], ["list", "--type", "teams"],
+                 ["get", "--json", job.id], ["history", "--json", job.id]):
+        run = subprocess.run([*karmchari_command(), *args], capture_output=True, text=True,
+                             env=env, timeout=60)
+        assert run.returncode == 0, run.stderr
+        assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]", run.stdout), (args, run.stdout)
+        shown = ("\\x1b]0;owned" if "--json" not in args else "\\u001b]0;owned")
+        assert shown in run.stdout, (args, run.stdout)
+
+
+@pytest.mark.parametrize("args", [["--threads", "4", "--max-waiters", "4"],
+                                  ["--threads", "4", "--max-waiters", "100"]], ids=" ".join)
+def test_waiters_that_could_hold_every_thread_stop_serve(args):
+    """Long-polls past the threads would leave no thread for any other request
+    (a reader token could hold the service)."""
+    run = subprocess.run([*karmchari_command(), "serve", *args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert run.stderr.strip().startswith(
+        "karmchari: --max-waiters (KARMCHARI_MAX_WAITERS) must be below --threads (4), not ")
+
+
+def test_one_thread_keeps_long_polls_from_taking_it():
+    assert Config(threads=1).waiter_limit == 0
+    assert Config(threads=16).waiter_limit == 8
+    assert Config(threads=16, max_waiters=15).waiter_limit == 15

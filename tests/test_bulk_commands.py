@@ -6,6 +6,7 @@ commands racing single ones."""
 
 from __future__ import annotations
 
+import base64
 import random
 import threading
 import time
@@ -194,7 +195,9 @@ def test_a_cursor_from_elsewhere_is_refused_and_nothing_is_written(api, store, r
     job_in(store, "start")
     before = snapshot(redis_client, key_prefix)
     for cursor in ("bm9wZQ", "MTc5NTgzODgwMTA0MjExMy41YzBlMmI3YTlkMTRmM2U4NmEyYjBjNGQ3ZTlmMWEzOA",
-                   "eyJ6IjpudWxsfQ", "eyIwIjpbLTEsIngiXX0"):
+                   "eyJ6IjpudWxsfQ", "eyIwIjpbLTEsIngiXX0",
+                   # JSON nested past the parser's depth, within the pattern's 2000 characters
+                   base64.urlsafe_b64encode(b"[" * 1400).decode().rstrip("=")):
         response = bulk(api, {"command": "pause", "where": {}, "cursor": cursor})
         assert response.status_code == 400, cursor
         assert response.json["code"] == "invalid_cursor"

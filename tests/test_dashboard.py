@@ -26,6 +26,15 @@ def test_root_redirects_to_the_dashboard(client):
     response = client.simulate_get("/")
     assert response.status_code == 302
     assert response.headers["Location"] == "/ui/"
+    assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    assert response.headers["X-Frame-Options"] == "DENY"
+
+
+def test_the_redirect_leaves_no_location_on_the_page(client):
+    """The redirect's headers must not leak into the page's answers."""
+    client.simulate_get("/")
+    for path in ("/ui/", "/ui/main.js", "/ui/nope.js"):
+        assert "Location" not in client.simulate_get(path).headers, path
 
 
 @pytest.mark.parametrize("path", ["/ui", "/ui/"])
@@ -128,11 +137,14 @@ def test_assets_have_their_types_and_revalidate(client, name, content_type):
 
 
 @pytest.mark.parametrize("name", ["nope.js", "..%2Fapp.py", "%2E%2E", "dashboard.py",
-                                  "index.html%00"])
+                                  "index.html%00", "..%5Capp.py", "%00", "main.js%00.html",
+                                  "%2Fetc%2Fpasswd"])
 def test_unknown_files_are_not_found(client, name):
     response = client.simulate_get(f"/ui/{name}")
     assert response.status_code == 404
     assert response.headers["Content-Type"] == "application/problem+json"
+    assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
 
 
 def test_package_data_ships_every_dashboard_file():

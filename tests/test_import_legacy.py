@@ -150,13 +150,18 @@ def test_the_go_services_odd_data_follows_the_documented_rules(source, run_impor
     source.set(f"job:{go_id()}", "a string")
     source.hset(f"job:{go_id()}", mapping={"type": "teams", "state": "start", "owner": "x"})
     source.hset(f"job:{go_id().upper()}", mapping={"type": "teams", "state": "start"})
+    # A state or type no form ever sent: not copied into the history of a job here.
+    huge = go_id()
+    source.hset(f"job:{huge}", mapping={"type": "teams", "state": "x" * 1_000_000})
+    source.hset(f"job:{go_id()}", mapping={"type": "t" * 1_000_000, "state": "start"})
     source.set("jobless", "not under job:*")
 
     report = run_import()
 
-    assert report["scanned"] == 7
+    assert report["scanned"] == 9
     assert (report["imported"], report["invalid_state"]) == (1, 1)
-    assert (report["no_type"], report["unknown_type"], report["not_legacy"]) == (1, 1, 4)
+    assert (report["no_type"], report["unknown_type"], report["not_legacy"]) == (1, 1, 6)
+    assert old_state(live_service.url, huge) == (404, "Job not available")
     assert report["unknown_types"] == {"reports": 1}
     assert report["examples"]["no_type"] == [f"job:{typeless}"]
     url = live_service.url

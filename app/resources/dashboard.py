@@ -44,6 +44,17 @@ def load_assets() -> dict[str, tuple[bytes, str, str]]:
     return assets
 
 
+def not_found() -> falcon.HTTPNotFound:
+    return falcon.HTTPNotFound(title="Not found", description="no such dashboard file",
+                               code="not_found", headers=dict(SECURITY_HEADERS))
+
+
+def unknown_dashboard_path(req: falcon.Request, resp: falcon.Response, **_) -> None:
+    """A sink under /ui/ for what no route matches (a name with a slash, such
+    as a decoded ``..%2F``): the same 404, with the same headers."""
+    raise not_found()
+
+
 def _secure(resp: falcon.Response) -> None:
     resp.set_headers(SECURITY_HEADERS)
 
@@ -58,8 +69,7 @@ class DashboardAssets:
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str = "index.html"):
         asset = self._assets.get(name)
         if asset is None:
-            raise falcon.HTTPNotFound(title="Not found", description="no such dashboard file",
-                                      code="not_found")
+            raise not_found()
         body, content_type, tag = asset
         _secure(resp)
         # Revalidated every time, so an upgrade is seen at once; unchanged files cost a 304.
@@ -74,8 +84,9 @@ class DashboardAssets:
 
 class RootRedirect:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        _secure(resp)
-        raise falcon.HTTPFound("/ui/", headers=SECURITY_HEADERS)
+        # A copy: Falcon adds Location to the dict it is given, and this one is
+        # shared by every dashboard answer.
+        raise falcon.HTTPFound("/ui/", headers=dict(SECURITY_HEADERS))
 
 
 class WhoAmI:

@@ -13,6 +13,7 @@ from app.store import JobFilter, JobStore
 
 class BulkCommands:
     permissions = {"POST": "command"}
+    refusals = {"POST": "send commands to many jobs"}
 
     def __init__(self, store: JobStore, config: Config, validators: dict) -> None:
         self._store = store

@@ -80,7 +80,9 @@ def decode_cursor(cursor: str) -> dict[str, Position]:
                 raise ValueError(position)
             positions[shard] = (score, job_id)
         return positions
-    except (ValueError, TypeError, AttributeError, binascii.Error, UnicodeDecodeError):
+    # RecursionError: JSON nested deeper than the parser goes ("[[[[…" fits in 2000 characters).
+    except (ValueError, TypeError, AttributeError, binascii.Error, UnicodeDecodeError,
+            RecursionError):
         raise ValueError("invalid cursor") from None
 
 

@@ -69,11 +69,27 @@ class BadInput(Exception):
 # -- output ------------------------------------------------------------------------
 
 
+# Control characters (C0, DEL, C1): a name, message or reason that anyone with
+# a worker token can set must not drive the reader's terminal (ESC sequences
+# retitle windows, rewrite lines, or worse).
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_JSON_UNESCAPED_RE = re.compile(r"[\x7f-\x9f]")
+
+
+def _shown(text: str) -> str:
+    """``text`` for a terminal: each control character as a visible escape."""
+    return _CONTROL_RE.sub(lambda m: repr(m.group())[1:-1], text)
+
+
 def _print_json(value: object) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False))
+    # json escapes C0 itself; DEL and C1 only with ensure_ascii, which would
+    # also escape every non-ASCII letter.
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    print(_JSON_UNESCAPED_RE.sub(lambda m: f"\\u{ord(m.group()):04x}", text))
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
+    rows = [[_shown(cell) for cell in row] for row in rows]
     widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=False)]
     lines = [headers, *rows]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True))
@@ -109,7 +125,7 @@ def _print_job(job: dict) -> None:
               ("ended at", job.get("ended_at") or "")]
     width = max(len(name) for name, _ in fields)
     for name, value in fields:
-        print(f"{name + ':':<{width + 1}} {value}".rstrip())
+        print(f"{name + ':':<{width + 1}} {_shown(value)}".rstrip())
 
 
 # -- input -------------------------------------------------------------------------
