@@ -39,8 +39,8 @@ def check_available() -> None:
     try:
         found = version("granian")
     except PackageNotFoundError:
-        raise StartupError("--server granian needs Granian: pip install 'karmchari[fast]'") \
-            from None
+        raise StartupError("--server granian needs Granian: in a clone of the repository, "
+                           "pip install ./client '.[fast]'") from None
     numbers = tuple(int(part) for part in found.split(".")[:3] if part.isdigit())
     if numbers < MIN_GRANIAN:
         raise StartupError(f"granian {found} is too old: Karmchari needs granian "
@@ -56,10 +56,21 @@ def _log_config(level: str) -> dict:
         "formatters": {"plain": {"format": LOG_FORMAT}},
         "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain",
                                  "stream": "ext://sys.stderr"}},
+        "filters": {"threads": {"()": "app.serving.granian_server.ThreadsWarningFilter"}},
         "root": {"level": level.upper(), "handlers": ["console"]},
-        "loggers": {"_granian": {"handlers": [], "propagate": True},
+        "loggers": {"_granian": {"handlers": [], "propagate": True, "filters": ["threads"]},
                     "granian.access": {"handlers": [], "propagate": True}},
     }
+
+
+class ThreadsWarningFilter(logging.Filter):
+    """Drops Granian's warning that more blocking threads than twice the cores is
+    "quite high": Karmchari's threads mostly wait (on Redis, in long-polls), so
+    --threads 16 is right on any machine, and the `backpressure` it suggests is
+    not a Karmchari option."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "seems quite high compared to the number of CPU cores" not in record.getMessage()
 
 
 def _forward_drain() -> None:

@@ -541,7 +541,9 @@ def add_client_commands(commands) -> None:
 # and sets ``run`` on it.
 SERVER_COMMAND_GROUP = "karmchari.commands"
 SERVER_COMMANDS = ("serve", "import-legacy")
-SERVER_INSTALL_HINT = "pip install karmchari (the server, which brings this client too)"
+# The server is not on an index: it installs from a clone, next to this distribution.
+SERVER_INSTALL_HINT = ("in a clone of the Karmchari repository, pip install ./client . "
+                       "(the server, and this client it depends on)")
 
 
 def installed_server_commands() -> dict[str, Callable]:
