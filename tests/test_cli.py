@@ -337,6 +337,10 @@ def test_token_option_and_environment(redis_url, key_prefix):
         url = service.url
         line = one_line_error(karmchari("list", url=url), EXIT_ERROR)
         assert line.startswith("karmchari: 401 ")
+        assert "no token given: set KARMCHARI_TOKEN or pass --token" in line
+        unknown = one_line_error(karmchari("list", url=url, token="not-a-known-token-123"),
+                                 EXIT_ERROR)
+        assert "the token given is not known there" in unknown
         job_id = ok(karmchari("register", "teams", "--token", "op-secret-5f2a9c81",
                               url=url)).strip()
         ok(karmchari("pause", job_id, url=url, token="op-secret-5f2a9c81"))

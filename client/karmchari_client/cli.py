@@ -383,6 +383,11 @@ def _report(error: ApiError, args: argparse.Namespace) -> int:
                      f"{args.if_match}: nothing changed", EXIT_REFUSED)
     if error.status in (400, 413, 415, 422):
         return _fail(detail, EXIT_BAD_INPUT)
+    if error.status == 401:
+        sent = getattr(args, "token", None) or os.environ.get("KARMCHARI_TOKEN")
+        given = "the token given is not known there" if sent else \
+            "no token given: set KARMCHARI_TOKEN or pass --token"
+        return _fail(f"401 {detail} ({given})", EXIT_ERROR)
     return _fail(f"{error.status} {detail}", EXIT_ERROR)
 
 
