@@ -217,7 +217,7 @@ def test_pause_and_resume_every_job_of_a_label_after_confirmation(url):
     declined = karmchari("pause", "--label", "team:a", url=url, answer="n\n")
     assert declined.returncode == 0 and declined.stdout == ""
     assert "pause 3 jobs matching label team:a? [y/N]" in declined.stderr
-    assert "nothing changed" in declined.stderr
+    assert "[y/N] \nnothing changed (answer y, or pass --yes)" in declined.stderr
     assert states(url) == ["start"] * 4
 
     done = karmchari("pause", "--label", "team:a", "--reason", "freeze", url=url,

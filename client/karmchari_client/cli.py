@@ -234,6 +234,8 @@ def _confirmed(question: str) -> bool:
         answer = input()
     except EOFError:
         answer = ""
+    if not sys.stdin.isatty():  # the answer was not echoed: end the prompt's line
+        print(file=sys.stderr)
     return answer.strip().lower() in ("y", "yes")
 
 
@@ -261,7 +263,7 @@ def run_command(args: argparse.Namespace, client: Client) -> int:
             question = (f"{args.command} {'' if complete else 'at least '}{count} "
                         f"job{'' if count == 1 else 's'} matching {_describe(where)}?")
         if not _confirmed(question):
-            print("nothing changed", file=sys.stderr)
+            print("nothing changed (answer y, or pass --yes)", file=sys.stderr)
             return EXIT_OK
     totals = dict.fromkeys(("matched", "changed", "unchanged", "refused", "not_found"), 0)
     ids = list(dict.fromkeys(args.job_ids))
