@@ -61,3 +61,14 @@ def test_serve_warns_when_redis_may_evict(policy, key_prefix):
     else:
         assert len(warnings) == 1 and "WARNING" in warnings[0]
         assert EVICTION_WARNING in warnings[0]
+
+
+def test_an_unreachable_redis_is_named_with_the_options_to_check():
+    from app.serving import check_store
+    from app.store import JobStore, connect
+    from tests.servers import free_port
+
+    store = JobStore(connect(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.5))
+    with pytest.raises(StartupError, match=r"Redis is not reachable after 0 s: .*"
+                                           r"\(check --redis-url, --shost or --redis-sentinel\)"):
+        check_store(store, wait_seconds=0)
