@@ -13,6 +13,7 @@ import json
 import os
 import re
 import sys
+import textwrap
 from collections.abc import Callable
 
 from karmchari_client import ApiError, Client, ServiceUnavailable
@@ -451,7 +452,7 @@ def add_client_commands(commands) -> None:
                          help="the same as --output json")
 
     def add(name: str, run, help_text: str, *parents: argparse.ArgumentParser):
-        parser = commands.add_parser(name, help=help_text, description=help_text,
+        parser = commands.add_parser(name, help=help_text, description=textwrap.fill(help_text, 79),
                                      parents=[*parents, common], epilog=EXIT_CODES_HELP,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
