@@ -57,6 +57,24 @@ def test_kill_9_of_serve_stops_its_store(data_dir):
         assert again.stop() == 0
 
 
+def test_kill_9_of_granian_serve_stops_its_workers_and_store(data_dir):
+    """Granian's workers are processes of their own: killed without a chance to
+    stop them, the main process must not leave them holding the port."""
+    service = ServiceProcess("--server", "granian", "--data-dir", str(data_dir)).start()
+    store_pid = int(embedded_line(service)["pid"])
+    main = service.process.pid
+    with open(f"/proc/{main}/task/{main}/children") as found:
+        children = {int(pid) for pid in found.read().split()} - {store_pid}
+    assert children, "no Granian worker process"
+    try:
+        service.process.send_signal(signal.SIGKILL)
+        service.process.wait(10)
+        eventually(lambda: not any(process_exists(pid) for pid in children | {store_pid}),
+                   timeout=30)
+    finally:
+        service.stop()
+
+
 def test_a_store_left_running_is_stopped_by_the_next_service(data_dir):
     """As after a crash of a service that could not give its store a
     parent-death signal: the store answers on the data directory's socket."""

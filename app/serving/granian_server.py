@@ -23,6 +23,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from app.config import Config
+from app.embedded import die_with_parent
 from app.serving.common import StartupError, Worker, guarded, listen_socket
 
 log = logging.getLogger("karmchari")
@@ -101,7 +102,7 @@ def run(config: Config, url: str, shown_store: str, open_files: int) -> None:
 
     listen_socket(config.host, config.port).close()  # a clear message if taken
     os.environ[STATE_VARIABLE] = json.dumps({"config": dataclasses.asdict(config),
-                                             "url": url})
+                                             "url": url, "main_pid": os.getpid()})
     log.info("karmchari listening on http://%s:%d (granian, %d threads, %d process%s), "
              "store %s", f"[{config.host}]" if ":" in config.host else config.host,
              config.port, config.threads, config.workers, "es" if config.workers > 1 else "",
@@ -138,6 +139,9 @@ def worker_app():
         signal.signal(DRAIN_SIGNAL, lambda signum, frame: worker.drain())
         if NUDGE_SIGNAL:
             _watch_signals(worker, NUDGE_SIGNAL)
+        # A main process killed by SIGKILL cannot stop its workers: they would
+        # keep the port, serving without their (embedded) store.
+        die_with_parent(int(state["main_pid"]))
     return guarded(worker)
 
 
