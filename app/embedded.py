@@ -221,16 +221,16 @@ def _parent_death_signal() -> Callable[[], None] | None:
     return lambda: die_with_parent(parent)
 
 
-def die_with_parent(parent: int) -> None:
-    """Linux: this process gets SIGTERM when ``parent`` (its parent) dies, even
-    by SIGKILL. Elsewhere nothing."""
+def die_with_parent(parent: int, signum: int = signal.SIGTERM) -> None:
+    """Linux: this process gets ``signum`` when ``parent`` (its parent) dies,
+    even by SIGKILL. Elsewhere nothing."""
     if not sys.platform.startswith("linux"):
         return
     libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
     pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    libc.prctl(pr_set_pdeathsig, int(signum), 0, 0, 0)
     if os.getppid() != parent:  # the parent died before prctl
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signum)
 
 
 def _free_port() -> int:

@@ -57,10 +57,13 @@ def test_kill_9_of_serve_stops_its_store(data_dir):
         assert again.stop() == 0
 
 
-def test_kill_9_of_granian_serve_stops_its_workers_and_store(data_dir):
-    """Granian's workers are processes of their own: killed without a chance to
-    stop them, the main process must not leave them holding the port."""
-    service = ServiceProcess("--server", "granian", "--data-dir", str(data_dir)).start()
+@pytest.mark.parametrize("server", ["granian", "waitress"])
+def test_kill_9_of_serve_stops_its_worker_processes_and_store(data_dir, server):
+    """Granian's workers, and waitress's with --workers, are processes of their
+    own: killed without a chance to stop them, the main process must not leave
+    them holding the port."""
+    service = ServiceProcess("--server", server, "--workers", "2",
+                             "--data-dir", str(data_dir)).start()
     store_pid = int(embedded_line(service)["pid"])
     main = service.process.pid
     with open(f"/proc/{main}/task/{main}/children") as found:

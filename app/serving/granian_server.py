@@ -140,8 +140,9 @@ def worker_app():
         if NUDGE_SIGNAL:
             _watch_signals(worker, NUDGE_SIGNAL)
         # A main process killed by SIGKILL cannot stop its workers: they would
-        # keep the port, serving without their (embedded) store.
-        die_with_parent(int(state["main_pid"]))
+        # keep the port, serving without their (embedded) store. SIGKILL, as a
+        # worker still starting up could miss a SIGTERM.
+        die_with_parent(int(state["main_pid"]), signal.SIGKILL)
     return guarded(worker)
 
 
