@@ -42,16 +42,26 @@ def add_setting_arguments(parser: argparse.ArgumentParser, names) -> None:
         extra = f" (env {s.env}"
         if s.range:
             extra += f"; {s.range_text}"
-        if shown(s.default):
+        if s.kind == "bool":
+            extra += "; default off"
+        elif shown(s.default):
             extra += f"; default {shown(s.default)}"
         help_text = f"{s.help}{extra})"
         if s.kind == "bool":
             parser.add_argument(*names, dest=s.name, action="store_true", default=None,
                                 help=help_text)
         else:
-            parser.add_argument(*names, dest=s.name, metavar=s.metavar or s.name.upper(),
+            parser.add_argument(*names, dest=s.name, metavar=metavar(s),
                                 type=flag_parser(s), choices=s.choices,
                                 help=help_text.replace("%", "%%"))
+
+
+def metavar(s: Setting) -> str:
+    if s.metavar:
+        return s.metavar
+    if s.choices:
+        return "{" + ",".join(s.choices) + "}"
+    return "N" if s.kind in ("int", "float") else s.name.upper()
 
 
 def flag_parser(s: Setting):
@@ -78,7 +88,17 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def add_serve_command(commands) -> None:
-    serve = commands.add_parser("serve", help="run the service", allow_abbrev=False)
+    serve = commands.add_parser(
+        "serve", help="run the service", allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the service. Each option can also be set in the environment variable "
+                    "named after it;\na value outside its range stops with exit code 2.",
+        epilog="environment only (secrets stay out of ps):\n"
+               "  KARMCHARI_TOKENS  bearer tokens, name:role:token,... (tokens of 16 "
+               "characters or more);\n"
+               "                    roles admin, operator, worker, reader\n"
+               "\nWith no --redis-url, --shost or --redis-sentinel it runs its own store "
+               "in --data-dir.")
     add_serve_arguments(serve)
     serve.set_defaults(run=run_serve)
 

@@ -93,7 +93,8 @@ class Config:
     max_labels: int = setting(16, "labels per job", range=(0, 1000))
     max_label_chars: int = setting(256, "characters per label key or value",
                                    range=(1, 65536))
-    max_text_chars: int = setting(1024, "characters of a reason, message or name",
+    max_text_chars: int = setting(1024, "characters of a reason or a heartbeat message (a "
+                                  "job's name and worker: 256 at most)",
                                   range=(1, 1024 * 1024))
     max_batch: int = setting(500, "items in one batch request", range=(1, 100_000))
     max_list_limit: int = setting(500, "largest page of a listing", range=(1, 100_000))

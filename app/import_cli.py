@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from app.cli import add_job_arguments, add_store_arguments, config_from_args
 from app.legacy_import import LegacyImport, Report, summary
@@ -101,9 +102,12 @@ def run_import(args: argparse.Namespace) -> int:
     except ValueError as error:
         return _fail(str(error), EXIT_BAD_INPUT)
     if not config.store_url:
+        from app.embedded import socket_path
+        embedded = f"unix://{socket_path(Path(config.data_dir).resolve())}"
         return _fail("import-legacy writes into the store the service uses: give it "
-                     "--redis-url, --shost or --redis-sentinel (or KARMCHARI_REDIS_URL)",
-                     EXIT_BAD_INPUT)
+                     "--redis-url, --shost or --redis-sentinel (or KARMCHARI_REDIS_URL); "
+                     "for the embedded store of a running karmchari serve, its socket: "
+                     f"--redis-url {embedded}", EXIT_BAD_INPUT)
     timeout = max(config.redis_socket_timeout, 10.0)  # a batch is more than one request
     config.redis_socket_timeout = timeout
     try:

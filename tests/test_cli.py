@@ -217,7 +217,7 @@ def test_pause_and_resume_every_job_of_a_label_after_confirmation(url):
     declined = karmchari("pause", "--label", "team:a", url=url, answer="n\n")
     assert declined.returncode == 0 and declined.stdout == ""
     assert "pause 3 jobs matching label team:a? [y/N]" in declined.stderr
-    assert "nothing changed" in declined.stderr
+    assert "[y/N] \nnothing changed (answer y, or pass --yes)" in declined.stderr
     assert states(url) == ["start"] * 4
 
     done = karmchari("pause", "--label", "team:a", "--reason", "freeze", url=url,
@@ -337,6 +337,10 @@ def test_token_option_and_environment(redis_url, key_prefix):
         url = service.url
         line = one_line_error(karmchari("list", url=url), EXIT_ERROR)
         assert line.startswith("karmchari: 401 ")
+        assert "no token given: set KARMCHARI_TOKEN or pass --token" in line
+        unknown = one_line_error(karmchari("list", url=url, token="not-a-known-token-123"),
+                                 EXIT_ERROR)
+        assert "the token given is not known there" in unknown
         job_id = ok(karmchari("register", "teams", "--token", "op-secret-5f2a9c81",
                               url=url)).strip()
         ok(karmchari("pause", job_id, url=url, token="op-secret-5f2a9c81"))

@@ -65,7 +65,7 @@ def test_client_command_without_the_server(client_venv):
         refused = run(client_venv, "karmchari", *argv)
         assert refused.returncode == 2, refused
         assert "part of the Karmchari server, which is not installed here" in refused.stderr
-        assert "pip install karmchari" in refused.stderr
+        assert "pip install ./client ." in refused.stderr
 
 
 def test_example_worker_runs_against_a_live_service(client_venv, live_service):

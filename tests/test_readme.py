@@ -129,3 +129,22 @@ def test_readme_defaults_are_the_real_ones():
         name = row[1].strip("`").removeprefix("KARMCHARI_").lower()
         if row[2] and not row[2].startswith("`"):  # paths depend on the machine
             assert row[2] == shown(getattr(defaults, name)), row
+
+
+def test_serve_help_shows_each_setting_with_its_range():
+    """``karmchari serve --help`` "lists the same settings": each with its
+    variable, range and default, in words a reader can use."""
+    from app.cli import build_parser
+    from app.config import SETTINGS
+
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]
+    text = " ".join(serve.format_help().split())  # unwrapped
+    for s in SETTINGS:
+        assert s.env in text, s.env
+        if s.range:
+            assert f"{s.env}; {s.range_text};" in text, s.name
+        if s.choices:
+            assert "{" + ",".join(s.choices) + "}" in text, s.name
+    assert "default False" not in text and "default True" not in text
+    assert not re.search(r"\b(HISTORY_CAP|MAX_[A-Z_]+|CONNECTION_LIMIT|LOG_LEVEL)\b", text)
+    assert "KARMCHARI_TOKENS " in text + " "

@@ -61,3 +61,36 @@ def test_serve_warns_when_redis_may_evict(policy, key_prefix):
     else:
         assert len(warnings) == 1 and "WARNING" in warnings[0]
         assert EVICTION_WARNING in warnings[0]
+
+
+def test_an_unreachable_redis_is_named_with_the_options_to_check():
+    from app.serving import check_store
+    from app.store import JobStore, connect
+    from tests.servers import free_port
+
+    store = JobStore(connect(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.5))
+    with pytest.raises(StartupError, match=r"Redis is not reachable after 0 s: .*"
+                                           r"\(check --redis-url, --shost or --redis-sentinel\)"):
+        check_store(store, wait_seconds=0)
+
+
+def test_a_port_in_use_is_told_before_the_store_is_awaited(tmp_path):
+    """Say the Go service still holds 51463: the answer comes at once, not after
+    starting a store or waiting 30 s for a Redis that is down."""
+    import socket
+    import subprocess
+
+    from tests.servers import free_port, karmchari_command
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [*karmchari_command(), "serve", "--port", str(port),
+             "--redis-url", f"redis://127.0.0.1:{free_port()}/0"],
+            capture_output=True, text=True, timeout=20, cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"karmchari: cannot listen on 127.0.0.1:{port}: Address already in use" \
+        in result.stderr
+    assert "waiting for Redis" not in result.stderr

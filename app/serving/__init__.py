@@ -14,6 +14,7 @@ from app.serving.common import (
     check_exposure,
     check_store,
     check_version,
+    listen_socket,
     raise_open_files_limit,
     shown_store,
 )
@@ -35,6 +36,8 @@ def serve(config: Config) -> int:
     except (TokenConfigError, OSError) as error:
         raise StartupError(f"cannot load tokens: {error}") from None
     check_exposure(config, tokens)
+    if config.port:  # a port in use is told at once, before a store is started or awaited
+        listen_socket(config.host, config.port).close()
     open_files = raise_open_files_limit()
     embedded = None
     url = config.store_url

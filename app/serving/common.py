@@ -72,8 +72,10 @@ def check_store(store: JobStore, wait_seconds: float = 30.0) -> None:
             break
         except StoreUnavailable as error:
             if time.monotonic() > deadline:
-                raise StartupError(f"Redis is not reachable: {error}") from None
-            log.warning("waiting for Redis: %s", error)
+                raise StartupError(f"Redis is not reachable after {wait_seconds:g} s: {error}"
+                                   " (check --redis-url, --shost or --redis-sentinel)") from None
+            log.warning("waiting for Redis (giving up in %d s): %s",
+                        max(0, deadline - time.monotonic()), error)
             time.sleep(1)
     check_version(info["flavor"], info["version"])
     if info["maxmemory_policy"] not in (None, "noeviction"):

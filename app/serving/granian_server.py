@@ -23,6 +23,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from app.config import Config
+from app.embedded import die_with_parent
 from app.serving.common import StartupError, Worker, guarded, listen_socket
 
 log = logging.getLogger("karmchari")
@@ -39,8 +40,8 @@ def check_available() -> None:
     try:
         found = version("granian")
     except PackageNotFoundError:
-        raise StartupError("--server granian needs Granian: pip install 'karmchari[fast]'") \
-            from None
+        raise StartupError("--server granian needs Granian: in a clone of the repository, "
+                           "pip install ./client '.[fast]'") from None
     numbers = tuple(int(part) for part in found.split(".")[:3] if part.isdigit())
     if numbers < MIN_GRANIAN:
         raise StartupError(f"granian {found} is too old: Karmchari needs granian "
@@ -56,10 +57,21 @@ def _log_config(level: str) -> dict:
         "formatters": {"plain": {"format": LOG_FORMAT}},
         "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain",
                                  "stream": "ext://sys.stderr"}},
+        "filters": {"threads": {"()": "app.serving.granian_server.ThreadsWarningFilter"}},
         "root": {"level": level.upper(), "handlers": ["console"]},
-        "loggers": {"_granian": {"handlers": [], "propagate": True},
+        "loggers": {"_granian": {"handlers": [], "propagate": True, "filters": ["threads"]},
                     "granian.access": {"handlers": [], "propagate": True}},
     }
+
+
+class ThreadsWarningFilter(logging.Filter):
+    """Drops Granian's warning that more blocking threads than twice the cores is
+    "quite high": Karmchari's threads mostly wait (on Redis, in long-polls), so
+    --threads 16 is right on any machine, and the `backpressure` it suggests is
+    not a Karmchari option."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "seems quite high compared to the number of CPU cores" not in record.getMessage()
 
 
 def _forward_drain() -> None:
@@ -90,7 +102,7 @@ def run(config: Config, url: str, shown_store: str, open_files: int) -> None:
 
     listen_socket(config.host, config.port).close()  # a clear message if taken
     os.environ[STATE_VARIABLE] = json.dumps({"config": dataclasses.asdict(config),
-                                             "url": url})
+                                             "url": url, "main_pid": os.getpid()})
     log.info("karmchari listening on http://%s:%d (granian, %d threads, %d process%s), "
              "store %s", f"[{config.host}]" if ":" in config.host else config.host,
              config.port, config.threads, config.workers, "es" if config.workers > 1 else "",
@@ -127,6 +139,10 @@ def worker_app():
         signal.signal(DRAIN_SIGNAL, lambda signum, frame: worker.drain())
         if NUDGE_SIGNAL:
             _watch_signals(worker, NUDGE_SIGNAL)
+        # A main process killed by SIGKILL cannot stop its workers: they would
+        # keep the port, serving without their (embedded) store. SIGKILL, as a
+        # worker still starting up could miss a SIGTERM.
+        die_with_parent(int(state["main_pid"]), signal.SIGKILL)
     return guarded(worker)
 
 

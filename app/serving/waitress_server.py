@@ -12,6 +12,7 @@ from typing import Any
 import waitress.server
 
 from app.config import Config
+from app.embedded import die_with_parent
 from app.serving import waitress_adapter
 from app.serving.common import StartupError, Worker, listen_socket
 
@@ -79,10 +80,14 @@ def _serve_forked(config: Config, url: str, sock: socket.socket, limit: int) -> 
     if not hasattr(os, "fork"):
         raise StartupError("--workers > 1 needs fork (Linux); use one process per port")
     children = []
+    parent = os.getpid()
     for _ in range(config.workers):
         pid = os.fork()
         if pid == 0:
             try:
+                # Killed with the parent, when that is killed without forwarding a
+                # drain: no orphan keeps the port.
+                die_with_parent(parent, signal.SIGKILL)
                 _serve_process(config, url, sock, limit)
             finally:
                 os._exit(0)

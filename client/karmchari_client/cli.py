@@ -13,6 +13,7 @@ import json
 import os
 import re
 import sys
+import textwrap
 from collections.abc import Callable
 
 from karmchari_client import ApiError, Client, ServiceUnavailable
@@ -250,6 +251,8 @@ def _confirmed(question: str) -> bool:
         answer = input()
     except EOFError:
         answer = ""
+    if not sys.stdin.isatty():  # the answer was not echoed: end the prompt's line
+        print(file=sys.stderr)
     return answer.strip().lower() in ("y", "yes")
 
 
@@ -277,7 +280,7 @@ def run_command(args: argparse.Namespace, client: Client) -> int:
             question = (f"{args.command} {'' if complete else 'at least '}{count} "
                         f"job{'' if count == 1 else 's'} matching {_describe(where)}?")
         if not _confirmed(question):
-            print("nothing changed", file=sys.stderr)
+            print("nothing changed (answer y, or pass --yes)", file=sys.stderr)
             return EXIT_OK
     totals = dict.fromkeys(("matched", "changed", "unchanged", "refused", "not_found"), 0)
     ids = list(dict.fromkeys(args.job_ids))
@@ -399,6 +402,11 @@ def _report(error: ApiError, args: argparse.Namespace) -> int:
                      f"{args.if_match}: nothing changed", EXIT_REFUSED)
     if error.status in (400, 413, 415, 422):
         return _fail(detail, EXIT_BAD_INPUT)
+    if error.status == 401:
+        sent = getattr(args, "token", None) or os.environ.get("KARMCHARI_TOKEN")
+        given = "the token given is not known there" if sent else \
+            "no token given: set KARMCHARI_TOKEN or pass --token"
+        return _fail(f"401 {detail} ({given})", EXIT_ERROR)
     return _fail(f"{error.status} {detail}", EXIT_ERROR)
 
 
@@ -460,7 +468,7 @@ def add_client_commands(commands) -> None:
                          help="the same as --output json")
 
     def add(name: str, run, help_text: str, *parents: argparse.ArgumentParser):
-        parser = commands.add_parser(name, help=help_text, description=help_text,
+        parser = commands.add_parser(name, help=help_text, description=textwrap.fill(help_text, 79),
                                      parents=[*parents, common], epilog=EXIT_CODES_HELP,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
@@ -557,7 +565,9 @@ def add_client_commands(commands) -> None:
 # and sets ``run`` on it.
 SERVER_COMMAND_GROUP = "karmchari.commands"
 SERVER_COMMANDS = ("serve", "import-legacy")
-SERVER_INSTALL_HINT = "pip install karmchari (the server, which brings this client too)"
+# The server is not on an index: it installs from a clone, next to this distribution.
+SERVER_INSTALL_HINT = ("in a clone of the Karmchari repository, pip install ./client . "
+                       "(the server, and this client it depends on)")
 
 
 def installed_server_commands() -> dict[str, Callable]:
