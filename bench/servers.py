@@ -137,6 +137,17 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+def _stop(process: subprocess.Popen | None, grace: float) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds."""
+    if process and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
 class BenchService:
     """``karmchari serve`` from this checkout on a free loopback port, with
     its default settings except those given. ``KARMCHARI_*`` variables of
@@ -207,13 +218,7 @@ class BenchService:
             else ""
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(40)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        _stop(self.process, grace=40)
 
     def __enter__(self) -> BenchService:
         return self.start()
@@ -285,13 +290,7 @@ class GoService:
     all_pids = pids
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        _stop(self.process, grace=20)
 
     def __enter__(self) -> GoService:
         return self.start()
