@@ -156,6 +156,7 @@ class BenchService:
     ``server`` is given to ``karmchari serve --server`` (waitress, granian)."""
 
     name = "karmchari"
+    ready_path = "/readyz"  # answers 200 once the service can serve
 
     def __init__(self, redis_url: str, *, threads: int = 16, workers: int = 1,
                  log_dir: Path | None = None, server: str = "waitress") -> None:
@@ -168,28 +169,29 @@ class BenchService:
                      "--threads", str(threads), "--workers", str(workers), "--server", server]
         self.log_path = (log_dir or Path(tempfile.gettempdir())) / f"serve-{self.port}.log"
         self.process: subprocess.Popen | None = None
+        self.env: dict[str, str] = {}  # added to the environment of the service
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> BenchService:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KARMCHARI_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KARMCHARI_")} | self.env
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(self.args, cwd=ROOT, env=env, stdout=log,
                                             stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while True:
             try:
-                with urllib.request.urlopen(self.base_url + "/readyz", timeout=2) as answer:
+                with urllib.request.urlopen(self.base_url + self.ready_path, timeout=2) as answer:
                     if answer.status == 200:
                         return self
             except (urllib.error.URLError, OSError):
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise BenchError(f"karmchari serve --server {self.server} did not become "
-                                 "ready:\n" + self.log_tail())
+                raise BenchError(f"{' '.join(self.args[1:])} did not become ready:\n"
+                                 + self.log_tail())
             time.sleep(0.1)
 
     def pids(self) -> list[int]:
