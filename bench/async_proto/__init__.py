@@ -12,7 +12,9 @@ prototype").
   reference), with the same answers as ``app/resources/legacy.py`` for the
   requests the benchmark sends and for the simple refusals; the same keys, and
   the product's own registerJob script with the same KEYS and ARGV.
-  ``KARMCHARI_PROTO_CLIENT=redis-py`` swaps in ``redis.asyncio`` instead.
+  ``KARMCHARI_PROTO_CLIENT=redis-py`` swaps in ``redis.asyncio``.
+- ``raw.py``: the same without Falcon, a bare ASGI callable: what Falcon's
+  ASGI layer costs.
 - ``wsgi.py``: the same two endpoints under WSGI with a blocking hiredis
   connection per thread: the control that tells what is due to async and
   what to the features the prototype leaves out.

@@ -32,22 +32,23 @@ OUTPUT = RESULTS / "async_proto.json"
 
 
 class ProtoService(BenchService):
-    """A prototype application (bench/async_proto) under Granian."""
+    """A prototype application of bench/async_proto under Granian: ``asgi``
+    (falcon.asgi), ``raw`` (bare ASGI) or ``wsgi`` (the threaded control)."""
 
     ready_path = "/healthz"
 
-    def __init__(self, redis_url: str, *, interface: str, workers: int, log_dir: Path,
+    def __init__(self, redis_url: str, *, app: str, workers: int, log_dir: Path,
                  loop: str = "asyncio", client: str = "hiredis", threads: int = 16) -> None:
         super().__init__(redis_url, workers=workers, log_dir=log_dir, server="granian")
-        module = "asgi" if interface == "asgi" else "wsgi"
+        interface = "wsgi" if app == "wsgi" else "asgi"
         self.args = [sys.executable, "-m", "granian", "--interface", interface, "--factory",
                      "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers),
                      "--runtime-threads", "1", "--http", "1", "--no-ws", "--backlog", "1024",
                      *(["--loop", loop] if interface == "asgi" else
                        ["--blocking-threads", str(threads)]),
-                     f"bench.async_proto.{module}:create_app"]
-        self.env = {"KARMCHARI_PROTO_REDIS_URL": redis_url,
-                    "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "client")])}
+                     f"bench.async_proto.{app}:create_app"]
+        path = [str(ROOT), str(ROOT / "client"), *filter(None, [os.environ.get("PYTHONPATH")])]
+        self.env = {"KARMCHARI_PROTO_REDIS_URL": redis_url, "PYTHONPATH": os.pathsep.join(path)}
         if client != "hiredis":
             self.env["KARMCHARI_PROTO_CLIENT"] = client
 
@@ -64,10 +65,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"the Go service (default {DEFAULT_GO_BINARY} when it exists); "
                              "needs the line '127.0.0.2 redis' in /etc/hosts")
     parser.add_argument("--no-go", action="store_true", help="leave the Go service out")
-    parser.add_argument("--redis-py", action="store_true",
-                        help="also the ASGI prototype on redis.asyncio (1 process)")
-    parser.add_argument("--control", action="store_true",
-                        help="also the WSGI control: the prototype's features, threaded")
+    parser.add_argument("--extras", action="store_true",
+                        help="also the WSGI control (the prototype's features, threaded), "
+                             "the prototype without Falcon, and on redis.asyncio")
+    parser.add_argument("--uvloop", action="store_true",
+                        help="also the ASGI prototypes on uvloop (uvloop must be importable: "
+                             "pip install --target DIR uvloop, DIR in PYTHONPATH)")
     parser.add_argument("--only", action="append", default=[], metavar="KEY",
                         help="measure only these contenders (repeatable), e.g. asgi_1")
     parser.add_argument("--output", type=Path, default=OUTPUT)
@@ -83,9 +86,8 @@ def contenders(args: argparse.Namespace, url: str, jobs: JobSets, work: Path,
         return partial(BenchService, url, threads=16, workers=workers, log_dir=work,
                        server="granian")
 
-    def proto(interface: str, workers: int, **options):
-        return partial(ProtoService, url, interface=interface, workers=workers, log_dir=work,
-                       **options)
+    def proto(app: str, workers: int, **options):
+        return partial(ProtoService, url, app=app, workers=workers, log_dir=work, **options)
 
     found: list[Contender] = []
     if args.go_binary:
@@ -95,19 +97,23 @@ def contenders(args: argparse.Namespace, url: str, jobs: JobSets, work: Path,
     found += [
         Contender("wsgi_1", "product, WSGI on Granian, 1 process", product(1)),
         Contender("wsgi_2", "product, WSGI on Granian, 2 processes", product(2)),
-        Contender("asgi_1", "ASGI prototype, hiredis protocol, 1 process", proto("asgi", 1)),
-        Contender("asgi_2", "ASGI prototype, hiredis protocol, 2 processes", proto("asgi", 2)),
+        Contender("asgi_1", "ASGI prototype, 1 process", proto("asgi", 1)),
+        Contender("asgi_2", "ASGI prototype, 2 processes", proto("asgi", 2)),
     ]
-    if args.control:
+    if args.extras:
         found += [
-            Contender("control_1", "WSGI control, hiredis per thread, 1 process",
-                      proto("wsgi", 1)),
-            Contender("control_2", "WSGI control, hiredis per thread, 2 processes",
-                      proto("wsgi", 2)),
+            Contender("control_1", "WSGI control, 1 process", proto("wsgi", 1)),
+            Contender("control_2", "WSGI control, 2 processes", proto("wsgi", 2)),
+            Contender("raw_1", "bare ASGI prototype, 1 process", proto("raw", 1)),
+            Contender("raw_2", "bare ASGI prototype, 2 processes", proto("raw", 2)),
+            Contender("asgi_redis_py_1", "ASGI prototype on redis.asyncio, 1 process",
+                      proto("asgi", 1, client="redis-py")),
         ]
-    if args.redis_py:
-        found.append(Contender("asgi_redis_py_1", "ASGI prototype, redis.asyncio, 1 process",
-                               proto("asgi", 1, client="redis-py")))
+    if args.uvloop:
+        found += [Contender(f"{app}_uvloop_{n}", f"{label}, uvloop, {n} process{'es' * (n > 1)}",
+                            proto(app, n, loop="uvloop"))
+                  for app, label in (("asgi", "ASGI prototype"), ("raw", "bare ASGI prototype"))
+                  if app == "asgi" or args.extras for n in (1, 2)]
     if args.only:
         found = [c for c in found if c.key in args.only or c.is_go]
 

@@ -21,6 +21,7 @@ from bench.async_proto import common
 from bench.async_proto.common import Refused
 from bench.async_proto.resp import AsyncRedis, RedisReplyError, RedisUnavailable, Script
 
+
 class RedisPyClient:
     """``redis.asyncio`` behind the interface of ``AsyncRedis``, for comparison."""
 
