@@ -91,7 +91,9 @@ def contenders(args: argparse.Namespace, url: str, jobs: JobSets, work: Path,
 
     found: list[Contender] = []
     if args.go_binary:
-        probe = jobs.file("go_read").read_text().split()[0]
+        go_ids = jobs.file("go_read")
+        assert go_ids is not None
+        probe = go_ids.read_text().split()[0]
         go = GoService(args.go_binary, GO_REDIS_HOST, probe, log_dir=work)
         found.append(Contender("go", "Go service", lambda: go, is_go=True))
     found += [

@@ -50,7 +50,7 @@ def create_app() -> Callable[..., Awaitable[None]]:
         length = headers.get(b"content-length")
         content_type = headers.get(b"content-type")
         if scope["method"] == "POST" and (length not in (None, b"0") or content_type):
-            limit = common.check_body(content_type and content_type.decode("latin-1"),
+            limit = common.check_body(content_type.decode("latin-1") if content_type else None,
                                       None if length is None else int(length))
             body = await _body(receive, limit)
             if len(body) >= limit:

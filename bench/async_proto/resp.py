@@ -144,18 +144,17 @@ class AsyncRedis:
 
     async def _open(self) -> RedisProtocol:
         loop = asyncio.get_running_loop()
+        if self._url.startswith("unix://"):
+            opening = loop.create_unix_connection(
+                lambda: RedisProtocol(self._timeout), self._url[len("unix://"):])
+        else:
+            host, _, port = self._url.removeprefix("redis://").split("/")[0].rpartition(":")
+            opening = loop.create_connection(lambda: RedisProtocol(self._timeout), host,
+                                             int(port))
         try:
-            async with asyncio.timeout(self._timeout):
-                if self._url.startswith("unix://"):
-                    _, protocol = await loop.create_unix_connection(
-                        lambda: RedisProtocol(self._timeout), self._url[len("unix://"):])
-                else:
-                    host, _, port = self._url.removeprefix("redis://").split("/")[0] \
-                        .rpartition(":")
-                    _, protocol = await loop.create_connection(
-                        lambda: RedisProtocol(self._timeout), host, int(port))
-        except (OSError, TimeoutError) as error:
-            raise RedisUnavailable(f"cannot connect to {self._url}: {error}") from None
+            _, protocol = await asyncio.wait_for(opening, self._timeout)
+        except (OSError, asyncio.TimeoutError) as error:
+            raise RedisUnavailable(f"cannot connect to {self._url}: {error!r}") from None
         return protocol
 
 
