@@ -13,6 +13,7 @@ import json
 import os
 import re
 import threading
+import time
 import uuid
 
 import pytest
@@ -160,42 +161,81 @@ def counted_service(redis_url):
 
 
 def test_overview_shows_the_counts(browser, counted_service):
+    """The overview speaks the rows' words, each count is the rows its link
+    shows, and the counts add up to the total."""
     from playwright.sync_api import expect
 
     api = Client(counted_service.url, token=ADMIN)
-    for _ in range(3):
-        api.register("upload", labels={"team": "red"})
-    for _ in range(2):
-        api.command(api.register("export", labels={"team": "blue"})["id"], "pause")
-    api.command(api.register("teams")["id"], "kill")
-    stats = api.request("GET", "/v1/stats")
-    api.close()
-
+    first = api.register("upload", labels={"team": "red"})["id"]
     context = browser.new_context()
     context.add_init_script(f"sessionStorage.setItem('karmchari.token', {json.dumps(READER)})")
     page = context.new_page()
+    # First paint: the cards say they are loading (the counts are held back).
+    held: list = []
+    page.route("**/v1/stats", lambda route: held.append(route))
     page.goto(f"{counted_service.url}/ui/")
+    expect(page.locator("#state-counts")).to_have_text("Loading…", timeout=WAIT_MS)
+    expect(page.locator("#chart")).to_have_text("Loading…")
+    expect(page.locator("#total")).to_be_hidden()
+    expect(page.locator(".overview")).to_have_attribute("aria-busy", "true")
+    held[0].continue_()
+    page.unroute("**/v1/stats")
+    expect(page.locator("#total-count")).to_have_text("1", timeout=WAIT_MS)
+    expect(page.locator(".overview")).not_to_have_attribute("aria-busy", "true")
+    # One change: no "1 changes".
+    expect(page.locator("#chart p")).to_have_text("1 change, at most 1 a minute")
+
+    for _ in range(2):
+        api.register("upload", labels={"team": "red"})
+    api.heartbeat(first, worker="host-1", progress=10)  # old style: no observed_state
+    for _ in range(2):
+        api.command(api.register("export", labels={"team": "blue"})["id"], "pause")
+    api.command(api.register("teams")["id"], "kill")
+    stalled = api.register("teams", heartbeat_timeout=1)["id"]
+    _wait_until(lambda: api.get(stalled)["stalled"])
+    stats = api.request("GET", "/v1/stats")
+    api.close()
+
+    page.reload()
     count = lambda card, name: page.locator(f'#{card} li[data-name="{name}"] .count')  # noqa: E731
-    expect(page.locator("#total-count")).to_have_text("6", timeout=WAIT_MS)
-    for name, expected in [("running", "3"), ("paused", "2"), ("killed", "1"), ("done", "0"),
-                           ("failed", "0"), ("stalled", "0")]:
-        expect(count("state-counts", name)).to_have_text(expected)
-    for name, expected in [("upload", "3"), ("export", "2"), ("teams", "1")]:
-        expect(count("type-counts", name)).to_have_text(expected)
+    expect(page.locator("#total-count")).to_have_text("7", timeout=WAIT_MS)
+    active = "waiting for a worker or running"
+    expected = [(active, 3), ("stalled", 1), ("paused", 2), ("killed", 1), ("done", 0),
+                ("failed", 0)]
+    for name, number in expected:
+        expect(count("state-counts", name)).to_have_text(str(number))
+    assert sum(n for _, n in expected) == 7  # the counts add up to the total
+    for name, number in [("upload", 3), ("export", 2), ("teams", 2)]:
+        expect(count("type-counts", name)).to_have_text(str(number))
     expect(count("label-counts", "team:red")).to_have_text("3")
     expect(count("label-counts", "team:blue")).to_have_text("2")
     # One bar a minute, and the total the service counted.
     minutes = stats["changes_per_minute"]
     expect(page.locator("#chart svg rect")).to_have_count(len(minutes))
     changes = sum(m["count"] for m in minutes)
-    assert changes >= 9  # six registrations and three commands, at least
+    assert changes >= 10  # seven registrations and three commands, at least
     expect(page.locator("#chart svg")).to_have_attribute(
         "aria-label", re.compile(rf"^{changes} changes "))
-    # A count links to the list filtered by it.
-    count("state-counts", "paused").locator("xpath=..").get_by_role("link").click()
-    expect(rows(page)).to_have_count(2)
-    expect(page.locator("#job-rows td.requested")).to_have_text(["pause", "pause"])
+    # Each count links to the rows it counts, which use the same words.
+    statuses = {active: {"waiting for a worker", "running"}, "stalled": {"stalled"},
+                "paused": {"paused"}, "killed": {"killed"}}
+    for name, number in expected:
+        page.goto(f"{counted_service.url}/ui/#/")
+        count("state-counts", name).locator("xpath=..").get_by_role("link").click()
+        if number:
+            expect(rows(page)).to_have_count(number, timeout=WAIT_MS)
+            shown = page.locator("#job-rows td.status").all_inner_texts()
+            assert set(shown) == statuses[name], (name, shown)
+        else:
+            expect(page.locator("#empty")).to_be_visible(timeout=WAIT_MS)
     context.close()
+
+
+def _wait_until(condition, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
 
 
 # -- the jobs table -----------------------------------------------------------
@@ -217,11 +257,17 @@ def test_filters_and_cursor_paging(open_page, api, tag):
     page.get_by_role("button", name="Older").click()
     expect(rows(page)).to_have_count(5)
     assert rows(page).evaluate_all("rows => rows.map(r => r.dataset.id)") == ids[4::-1]
-    expect(page.get_by_role("button", name="Older")).to_be_disabled()
+    older = page.get_by_role("button", name="Older")
+    expect(older).to_be_disabled()
+    # ...and looks it: not the colours of the enabled button, no pointer.
+    look = "b => [getComputedStyle(b).backgroundColor, getComputedStyle(b).cursor]"
+    disabled_look = older.evaluate(look)
+    assert disabled_look[1] == "not-allowed"
+    assert disabled_look[0] != page.get_by_role("button", name="Apply").evaluate(look)[0]
     page.get_by_role("button", name="Newest").click()
     expect(rows(page)).to_have_count(50)
 
-    page.get_by_label("State", exact=True).select_option("pause")
+    page.get_by_label("Requested state", exact=True).select_option("pause")
     page.get_by_role("button", name="Apply").click()
     expect(rows(page)).to_have_count(5)
     expect(page.locator("#job-rows td.requested")).to_have_text(["pause"] * 5)
@@ -292,6 +338,83 @@ def test_pausing_from_the_ui_waits_for_the_worker(open_page, service, api, tag):
     thread.join(30)
     assert box.get("killed"), box
     expect(job.locator("td.status")).to_have_text("killed", timeout=WAIT_MS)
+
+
+def test_pending_transitions_only_for_workers_that_report_observed_state(open_page, api, tag):
+    """A worker that heartbeats without observed_state (the README's example)
+    never answers a command, so its job shows the state itself: never
+    "resuming…" while it runs, never "killing…" once killed. A worker that does
+    report it shows the transition until it answers, or until it has been
+    silent for its heartbeat timeout (a kill is final)."""
+    from playwright.sync_api import expect
+
+    old, new, gone = (api.register("export", name=name, labels={"run": tag},
+                                   heartbeat_timeout=timeout)["id"]
+                      for name, timeout in [("old style", 300), ("new style", 300),
+                                            ("new style, then silent", 1)])
+    waiting = api.register("export", name="nobody yet", labels={"run": tag})["id"]
+    api.heartbeat(old, worker="host-7", progress=40)  # no observed_state, ever
+    for job_id in (new, gone):
+        api.heartbeat(job_id, worker="host-8", progress=40, observed_state="start")
+    page = open_page(f"#/?label=run:{tag}")
+    status = lambda job_id: row(page, job_id).locator("td.status")  # noqa: E731
+    expect(status(old)).to_have_text("running", timeout=WAIT_MS)
+    expect(status(new)).to_have_text("running")
+    expect(status(waiting)).to_have_text("waiting for a worker")
+
+    for job_id in (old, new):
+        api.command(job_id, "pause")
+    expect(status(old)).to_have_text("paused", timeout=WAIT_MS)
+    expect(status(new)).to_have_text("pausing…", timeout=WAIT_MS)
+    api.heartbeat(new, observed_state="pause")
+    expect(status(new)).to_have_text("paused", timeout=WAIT_MS)
+
+    for job_id in (old, new):
+        api.command(job_id, "start")
+        api.heartbeat(job_id, progress=50)  # both still heartbeat; only one answers
+    expect(status(old)).to_have_text("running", timeout=WAIT_MS)
+    expect(status(new)).to_have_text("resuming…", timeout=WAIT_MS)
+    api.heartbeat(new, observed_state="start")
+    expect(status(new)).to_have_text("running", timeout=WAIT_MS)
+
+    for job_id in (old, new, gone):
+        api.command(job_id, "kill")
+    expect(status(old)).to_have_text("killed", timeout=WAIT_MS)
+    expect(status(new)).to_have_text("killing…", timeout=WAIT_MS)
+    # The silent one: "killing…" lasts its heartbeat timeout (1 s), then "killed".
+    expect(status(gone)).to_have_text("killed", timeout=WAIT_MS)
+    api.heartbeat(new, observed_state="kill")  # the worker's acknowledgement
+    expect(status(new)).to_have_text("killed", timeout=WAIT_MS)
+
+    # The job page decides the same way (one module does, app/ui/status.js).
+    page.locator(f'a[href="#/jobs/{old}"]').click()
+    expect(page.locator("#job-title .state")).to_have_text("killed", timeout=WAIT_MS)
+    expect(page.locator("#job-fields [data-field='observed state']")).to_have_text("–")
+    page.go_back()
+    page.locator(f'a[href="#/jobs/{waiting}"]').click()
+    expect(page.locator("#job-title .state")).to_have_text("waiting for a worker",
+                                                           timeout=WAIT_MS)
+
+
+def test_times_are_utc_with_the_exact_time_on_hover(open_page, api, tag):
+    from playwright.sync_api import expect
+
+    (job_id,) = register(api, 1, tag, name="timed")
+    api.heartbeat(job_id, worker="host-1", progress=5)
+    job = api.get(job_id)
+    page = open_page(f"#/?label=run:{tag}")
+    age = row(page, job_id).locator("td.age")
+    expect(age).to_have_text(re.compile(r"^\d+ s ago$"), timeout=WAIT_MS)
+    expect(age).to_have_attribute("title", job["heartbeat_at"])
+    page.locator(f'a[href="#/jobs/{job_id}"]').click()
+    created = page.locator("#job-fields [data-field=created] time")
+    expect(created).to_have_attribute("title", job["created_at"], timeout=WAIT_MS)
+    expect(created).to_have_attribute("datetime", job["created_at"])
+    # The CLI's convention: UTC, to the second.
+    expect(created).to_have_text(job["created_at"][:19].replace("T", " ") + " UTC")
+    expect(page.locator("#timeline time").first).to_have_attribute("title", job["created_at"])
+    expect(page.locator("#job-fields [data-field=heartbeat] time")).to_have_attribute(
+        "title", job["heartbeat_at"])
 
 
 def test_list_updates_when_another_client_kills_a_job(open_page, api, tag):
@@ -428,6 +551,12 @@ def test_bulk_resume_of_selected_rows(open_page, api, tag):
     page.locator("#command-dialog").get_by_role("button", name="Resume").click()
     expect(page.locator("#notice")).to_contain_text("2 matched: 2 changed", timeout=WAIT_MS)
     assert [api.get(i)["state"] for i in ids] == ["start", "pause", "start"]
+    row(page, ids[1]).get_by_role("checkbox").check()
+    page.get_by_role("button", name="Kill selected").click()
+    dialog = page.locator("#command-dialog")
+    expect(dialog.locator("#command-title")).to_have_text("Kill 1 job")  # not "1 jobs"
+    expect(dialog.locator("#command-target")).to_have_text("1 selected job")
+    dialog.get_by_role("button", name="Cancel").click()
 
 
 def test_narrow_window_and_keyboard(open_page, api, tag):

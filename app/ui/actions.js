@@ -2,6 +2,7 @@
 // reason (kept in the job's history) and, for a kill, for confirmation.
 
 import { post } from "./api.js";
+import { plural } from "./dom.js";
 
 const VERBS = { pause: "Pause", start: "Resume", kill: "Kill" };
 
@@ -77,14 +78,14 @@ async function commandWhere(command, reason, where) {
     for (const name of COUNTS) total[name] += answer[name] || 0;
     cursor = answer.next_cursor;
     document.getElementById("command-error").textContent = cursor
-      ? `${total.matched.toLocaleString("en")} jobs so far…` : "";
+      ? `${plural(total.matched, "job")} so far…` : "";
   } while (cursor);
   return total;
 }
 
 // ids: a list of job ids, or null to act on every job matching `where`.
 export function commandMany(command, { ids, where, description }) {
-  return ask(command, { title: ids ? `${ids.length} jobs` : "every matching job",
+  return ask(command, { title: ids ? plural(ids.length, "job") : "every matching job",
     detail: description },
   (reason) => (ids ? post("/v1/jobs/commands", { ...body(command, reason), ids })
     : commandWhere(command, reason, where)));

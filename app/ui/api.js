@@ -64,7 +64,7 @@ export function filterQuery(filter) {
   if (filter.state) query.set("state", filter.state);
   if (filter.type) query.set("type", filter.type);
   for (const label of filter.labels || []) query.append("label", label);
-  if (filter.stalled) query.set("stalled", "true");
+  if (filter.stalled) query.set("stalled", filter.stalled);  // "true" or "false"
   return query;
 }
 
@@ -81,6 +81,6 @@ export function whereOf(filter) {
   if (filter.state) where.state = filter.state;
   if (filter.type) where.type = filter.type;
   if (filter.labels && filter.labels.length) where.label = filter.labels;
-  if (filter.stalled) where.stalled = true;
+  if (filter.stalled) where.stalled = filter.stalled === "true";
   return where;
 }

@@ -2,6 +2,7 @@
 // ever go in as text nodes; nothing here parses strings as markup.
 
 import { serverNow } from "./api.js";
+import { status } from "./status.js";
 
 export function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -24,24 +25,6 @@ export function clear(node) {
   return node;
 }
 
-const DONE_WORDS = { start: "running", pause: "paused", kill: "killed", done: "done",
-  failed: "failed" };
-const PENDING_WORDS = { start: "resuming…", pause: "pausing…", kill: "killing…" };
-
-// What the worker is doing, beside what was requested: a command is pending
-// ("pausing…") until the worker reports the state it asks for (observed_state).
-// awaiting: a worker runs the job and has not acknowledged yet.
-export function status(job) {
-  const hasWorker = Boolean(job.observed_state || job.heartbeat_at);
-  if (job.state in PENDING_WORDS && hasWorker && job.observed_state !== job.state) {
-    return { text: PENDING_WORDS[job.state], pending: true, awaiting: true };
-  }
-  if (job.state === "start" && !hasWorker) {
-    return { text: "waiting for a worker", pending: true, awaiting: false };
-  }
-  return { text: DONE_WORDS[job.state] || job.state, pending: false, awaiting: false };
-}
-
 export function age(iso) {
   if (!iso) return "never";
   const seconds = Math.max(0, Math.round((serverNow() - Date.parse(iso)) / 1000));
@@ -51,8 +34,23 @@ export function age(iso) {
   return `${Math.floor(seconds / 86400)} d ago`;
 }
 
+// One convention for times, the CLI's: UTC, ISO 8601 order, to the second
+// ("2026-05-04 13:02:07 UTC"); the exact value the API gave is the title.
+export function utc(iso) {
+  if (!iso) return "–";
+  const d = new Date(iso);
+  return Number.isNaN(d.getTime()) ? iso
+    : `${d.toISOString().slice(0, 19).replace("T", " ")} UTC`;
+}
+
 export function time(iso) {
-  return iso ? new Date(iso).toLocaleString() : "–";
+  if (!iso) return el("span", { class: "muted" }, "–");
+  return el("time", { datetime: iso, title: iso }, utc(iso));
+}
+
+// "n thing" or "n things".
+export function plural(count, one, many = `${one}s`) {
+  return `${count.toLocaleString("en")} ${count === 1 ? one : many}`;
 }
 
 export function progressBar(progress) {
@@ -70,6 +68,6 @@ export function labelChips(labels) {
 
 export function stateChip(job) {
   const s = status(job);
-  return el("span", { class: `state state-${job.state}${s.pending ? " pending" : ""}` },
-    s.text);
+  return el("span", { class: `state state-${s.kind}${s.pending ? " pending" : ""}`,
+    dataset: { status: s.kind } }, s.text);
 }

@@ -2,8 +2,9 @@
 
 import { canCommand, commandJob } from "./actions.js";
 import { get } from "./api.js";
-import { age, clear, el, labelChips, progressBar, stateChip, status, time } from "./dom.js";
+import { age, clear, el, labelChips, progressBar, stateChip, time } from "./dom.js";
 import { Watcher } from "./live.js";
+import { status } from "./status.js";
 
 let current = null;
 const watcher = new Watcher((job) => { show(job); loadHistory(job.id); }, markDeleted);
@@ -31,8 +32,8 @@ function show(job) {
     ...field("progress", progressBar(job.progress)),
     ...field("message", text(job.message)),
     ...field("worker", text(job.worker)),
-    ...field("heartbeat", job.heartbeat_at ? `${time(job.heartbeat_at)} (${age(job.heartbeat_at)})`
-      : "never"),
+    ...field("heartbeat", job.heartbeat_at
+      ? [time(job.heartbeat_at), ` (${age(job.heartbeat_at)})`] : "never"),
     ...field("heartbeat timeout", job.heartbeat_timeout ? `${job.heartbeat_timeout} s` : "none"),
     ...field("stalled", job.stalled ? "yes" : "no"),
     ...field("labels", Object.keys(job.labels || {}).length ? labelChips(job.labels)
@@ -63,7 +64,7 @@ async function loadHistory(id) {
         el("strong", {}, entry.command),
         entry.from ? ` ${entry.from} → ${entry.to}` : ` → ${entry.to}`,
         el("span", { class: "muted" }, ` · v${entry.version} · `),
-        el("time", { datetime: entry.at }, time(entry.at))),
+        time(entry.at)),
       el("div", { class: "event-body" },
         el("span", {}, "by ", entry.actor ? el("strong", { class: "actor" }, entry.actor)
           : el("span", { class: "muted" }, "anonymous")),
@@ -83,7 +84,12 @@ export async function showJob(id) {
 // The worker's acknowledgement comes with a heartbeat, which the watch does
 // not report (no new version): re-read the job while it is awaited.
 export async function checkAcknowledgement() {
-  if (!current || !status(current).awaiting) return;
+  if (!current) return;
+  const shown = document.querySelector("#job-title .state");
+  if (shown && shown.dataset.status && shown.dataset.status !== status(current).kind) {
+    show(current);  // a pending transition lapsed with time alone (app/ui/status.js)
+  }
+  if (!status(current).awaiting) return;
   const id = current.id;
   const job = await get(`/v1/jobs/${id}`).catch(() => null);
   if (job && current && current.id === id) show(job);

@@ -3,9 +3,10 @@
 
 import { canCommand, commandJob, commandMany, summary } from "./actions.js";
 import { filterQuery, get, jobsQuery, whereOf } from "./api.js";
-import { age, clear, el, labelChips, progressBar, stateChip, status } from "./dom.js";
+import { age, clear, el, labelChips, plural, progressBar, stateChip } from "./dom.js";
 import { Watcher } from "./live.js";
 import { notify } from "./notice.js";
+import { status } from "./status.js";
 
 const PAGE_SIZE = 50;
 const ACK_CHECKS = 10;  // jobs re-read per second while their worker has not acknowledged
@@ -27,7 +28,7 @@ export function filterFromQuery(query) {
     state: query.get("state") || "",
     type: query.get("type") || "",
     labels: query.getAll("label").filter(Boolean),
-    stalled: query.get("stalled") === "true",
+    stalled: ["true", "false"].includes(query.get("stalled")) ? query.get("stalled") : "",
   };
 }
 
@@ -36,7 +37,7 @@ function describe(filter) {
   if (filter.state) parts.push(`state ${filter.state}`);
   if (filter.type) parts.push(`type ${filter.type}`);
   for (const label of filter.labels) parts.push(`label ${label}`);
-  if (filter.stalled) parts.push("stalled");
+  if (filter.stalled) parts.push(filter.stalled === "true" ? "stalled" : "not stalled");
   return parts.length ? `Every job with ${parts.join(", ")}` : "Every job";
 }
 
@@ -68,11 +69,12 @@ function rowCells(job) {
     el("td", { class: "name" }, job.name || el("span", { class: "muted" }, "–")),
     el("td", {}, job.type),
     el("td", { class: "requested" }, job.state),
-    el("td", { class: "status" }, stateChip(job), job.stalled
-      ? el("span", { class: "state stalled" }, "stalled") : null),
+    el("td", { class: "status" }, stateChip(job)),
     el("td", {}, progressBar(job.progress)),
     el("td", { class: "worker" }, job.worker || el("span", { class: "muted" }, "–")),
-    el("td", { class: "age", dataset: { at: job.heartbeat_at || "" } }, age(job.heartbeat_at)),
+    el("td", { class: "age", dataset: { at: job.heartbeat_at || "" },
+      title: job.heartbeat_at || null },
+    age(job.heartbeat_at)),
     el("td", {}, labelChips(job.labels)),
     el("td", { class: "row-actions" }, actionButtons(job)),
   ];
@@ -138,6 +140,7 @@ export async function loadPage(prefetched = null) {
   view.nextCursor = page.next_cursor;
   view.rows.clear();
   clear(document.getElementById("job-rows")).append(...page.jobs.map(renderRow));
+  document.getElementById("loading-rows").hidden = true;
   document.getElementById("empty").hidden = page.jobs.length > 0;
   document.getElementById("next-page").disabled = !page.next_cursor;
   document.getElementById("first-page").disabled = view.cursors.length === 1;
@@ -157,6 +160,13 @@ export function onFirstPage() {
 // version, so the watch does not report them. Two bounded reads cover them:
 // the jobs awaiting their worker's acknowledgement, once a second...
 export async function checkAcknowledgements() {
+  // A pending transition lapses with time alone (app/ui/status.js): redraw it.
+  for (const { job, tr } of view.rows.values()) {
+    const shown = tr.querySelector("td.status .state");
+    if (!tr.classList.contains("missing") && shown && shown.dataset.status !== status(job).kind) {
+      updateRow(job);
+    }
+  }
   const awaiting = [...view.rows.values()].filter((r) => status(r.job).awaiting)
     .slice(0, ACK_CHECKS);
   await Promise.all(awaiting.map(({ job }) => get(`/v1/jobs/${job.id}`)
@@ -189,7 +199,7 @@ export function showFilter(filter, prefetched = null) {
   }
   typeSelect.value = filter.type;
   form.elements.label.value = filter.labels.join(" ");  // one label in the form
-  form.elements.stalled.checked = filter.stalled;
+  form.elements.stalled.value = filter.stalled;
   return loadPage(prefetched);
 }
 
@@ -213,7 +223,7 @@ export function tickAges() {
 async function bulk(command, scope) {
   const ids = scope === "selected" ? [...view.selected] : null;
   const result = await commandMany(command, ids
-    ? { ids, description: `${ids.length} selected jobs` }
+    ? { ids, description: `${plural(ids.length, "selected job")}` }
     : { where: whereOf(view.filter), description: describe(view.filter) });
   if (!result) return;
   notify(summary(result));
@@ -228,7 +238,7 @@ export function setUp(navigate) {
     const filter = {
       state: form.state.value, type: form.type.value,
       labels: form.label.value.trim() ? [form.label.value.trim()] : [],
-      stalled: form.stalled.checked,
+      stalled: form.stalled.value,
     };
     navigate(`#/?${filterQuery(filter)}`);
   });

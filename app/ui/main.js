@@ -5,7 +5,7 @@ import { ApiError, get, setToken, token, whenUnauthorized } from "./api.js";
 import * as jobPage from "./jobpage.js";
 import * as jobs from "./jobs.js";
 import { notify } from "./notice.js";
-import { loadStats, renderStats } from "./overview.js";
+import { loadStats, renderStats, showStatsUnavailable } from "./overview.js";
 
 const STATS_EVERY_MS = 15000;  // the slow refresh of the counts; rows are live
 
@@ -60,7 +60,7 @@ async function refreshStats(rows = true) {
     jobs.setTypes(Object.keys(stats.types));
   } catch (error) {
     if (!(error instanceof ApiError && error.status === 401)) {
-      document.getElementById("chart").textContent = `Counts unavailable: ${error.message}`;
+      showStatsUnavailable(error.message);
     }
   }
 }

@@ -1,17 +1,27 @@
 // The overview: counts from GET /v1/stats and a chart of changes per minute.
 
 import { get, setServerNow } from "./api.js";
-import { clear, el } from "./dom.js";
+import { clear, el, plural } from "./dom.js";
+import { overviewCounts } from "./status.js";
 
-const STATES = ["start", "pause", "kill", "done", "failed"];
-const STATE_NAMES = { start: "running", pause: "paused", kill: "killed", done: "done",
-  failed: "failed" };
 const SVG = "http://www.w3.org/2000/svg";
 
-function countItem(name, count, href) {
-  const label = href ? el("a", { href }, name) : el("span", {}, name);
+function countItem(name, count, href, title) {
+  const label = href ? el("a", { href, title }, name) : el("span", {}, name);
   return el("li", { dataset: { name } }, label, el("strong", { class: "count" },
     count.toLocaleString("en")));
+}
+
+// Until the first counts arrive the cards say so, rather than look empty.
+export function showStatsUnavailable(message) {
+  for (const id of ["state-counts", "type-counts", "label-counts"]) {
+    const list = document.getElementById(id);
+    if (list.querySelector(".loading")) {
+      clear(list).append(el("li", { class: "muted" }, "unavailable"));
+    }
+  }
+  document.getElementById("chart").textContent = `Counts unavailable: ${message}`;
+  document.querySelector(".overview").removeAttribute("aria-busy");
 }
 
 function filterLink(params) {
@@ -25,11 +35,12 @@ export async function loadStats() {
 }
 
 export function renderStats(stats) {
+  document.querySelector(".overview").removeAttribute("aria-busy");
   document.getElementById("total-count").textContent = stats.total.toLocaleString("en");
+  document.getElementById("total").hidden = false;
   clear(document.getElementById("state-counts")).append(
-    ...STATES.map((s) => countItem(STATE_NAMES[s], stats.states[s] || 0,
-      filterLink({ state: s }))),
-    countItem("stalled", stats.stalled, filterLink({ stalled: "true" })));
+    ...overviewCounts(stats).map((c) => countItem(c.name, c.count, filterLink(c.filter),
+      c.title)));
   clear(document.getElementById("type-counts")).append(
     ...Object.entries(stats.types).map(([t, n]) => countItem(t, n, filterLink({ type: t }))));
   const labels = Object.entries(stats.labels);
@@ -52,7 +63,8 @@ export function drawChart(container, minutes) {
   const peak = Math.max(1, ...minutes.map((m) => m.count));
   const total = minutes.reduce((sum, m) => sum + m.count, 0);
   const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img",
-    "aria-label": `${total} changes in the last ${minutes.length} minutes, at most ${peak} a minute`,
+    "aria-label": `${plural(total, "change")} in the last ${minutes.length} minutes, `
+      + `at most ${peak.toLocaleString("en")} a minute`,
     class: "bars", preserveAspectRatio: "none" });
   const step = width / Math.max(1, minutes.length);
   minutes.forEach((m, i) => {
@@ -60,7 +72,7 @@ export function drawChart(container, minutes) {
     const bar = svg("rect", { x: i * step, y: height - h, width: Math.max(1, step - 1),
       height: h, class: "bar" });
     const title = svg("title", {});
-    title.textContent = `${new Date(m.minute).toLocaleTimeString()}: ${m.count}`;
+    title.textContent = `${m.minute.slice(11, 16)} UTC: ${plural(m.count, "change")}`;
     bar.append(title);
     chart.append(bar);
   });
@@ -68,5 +80,5 @@ export function drawChart(container, minutes) {
     el("div", { class: "chart-axis muted small" },
       el("span", {}, `−${minutes.length} min`), el("span", {}, "now")),
     el("p", { class: "muted small" },
-      `${total.toLocaleString("en")} changes, at most ${peak.toLocaleString("en")} a minute`));
+      `${plural(total, "change")}, at most ${peak.toLocaleString("en")} a minute`));
 }
