@@ -211,8 +211,12 @@ class JobStore:
             reply = self.scripts.register_job(keys, args)
         raise_for_code(reply)
         if reply[0] == RegisterJobCode.CREATED:
-            job = Job.from_hash(_pairs(reply[1]))
-            return job, True, job.created_at
+            # As Job.from_hash would read the hash the script wrote from args.
+            now_ms = int(reply[1])
+            job = Job(id=job_id, type=job_type, state="start", version=1, created_at=now_ms,
+                      updated_at=now_ms, name=name, labels=json.loads(args[3]),
+                      heartbeat_timeout=int(heartbeat_timeout), owner=owner)
+            return job, True, now_ms
         # EXISTS: this very call, retried by redis-py after its reply was lost.
         # REPLAY: the job of an earlier request, or of this very call likewise
         # (then the id is the one made here).
