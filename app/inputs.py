@@ -163,7 +163,7 @@ def _parsed(raw: bytes) -> Any:
     return data
 
 
-def _validated(data: Any, validator: Validator) -> Any:
+def _validated(data: Any, validator: Validator | FastRequestValidator) -> Any:
     invalid = next(iter(validator.iter_errors(data)), None)
     if invalid is not None:
         where = "/".join(str(p) for p in invalid.absolute_path) or "body"

@@ -27,6 +27,7 @@ import struct
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import hiredis
 import redis
@@ -87,11 +88,17 @@ class _KernelTimeoutParser(_HiredisParser):
             raise TimeoutError("timed out") from None  # socket.timeout
         if count == 0:
             raise redis.exceptions.ConnectionError(SERVER_CLOSED_CONNECTION_ERROR)
-        reader.feed(self._buffer, 0, count)
+        reader.feed(self._buffer, 0, count)  # type: ignore[arg-type]  # bytearray works
         return True
 
 
-class _Lean:
+if TYPE_CHECKING:
+    _ConnectionBase = redis.Connection
+else:
+    _ConnectionBase = object
+
+
+class _Lean(_ConnectionBase):
     """What ``LeanConnection`` adds to a redis-py connection class (TCP or
     Unix socket)."""
 
@@ -100,17 +107,17 @@ class _Lean:
 
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("parser_class", _KernelTimeoutParser)
-        super().__init__(**kwargs)  # type: ignore[call-arg]
-        encoder = self.encoder  # type: ignore[attr-defined]
+        super().__init__(**kwargs)
+        encoder = self.encoder
         if encoder.encoding.lower().replace("-", "") == "utf8" \
                 and encoder.encoding_errors == "strict":
             self._command_packer = _HiredisPacker(self._command_packer)
 
     def _connect(self):
-        sock = super()._connect()  # type: ignore[misc]
-        timeout = self.socket_timeout  # type: ignore[attr-defined]
+        sock = super()._connect()
+        timeout = self.socket_timeout
         self.kernel_timeouts = bool(KERNEL_TIMEOUTS and timeout)
-        if self.kernel_timeouts:
+        if timeout and self.kernel_timeouts:
             seconds = int(timeout)
             timeval = struct.pack("ll", seconds, int((timeout - seconds) * 1e6))
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
@@ -122,11 +129,11 @@ class _Lean:
 
     def disconnect(self, *args, **kwargs) -> None:
         self._poller = None
-        super().disconnect(*args, **kwargs)  # type: ignore[misc]
+        super().disconnect(*args, **kwargs)
 
     def send_packed_command(self, command, check_health=True) -> None:
         try:
-            super().send_packed_command(command, check_health)  # type: ignore[misc]
+            super().send_packed_command(command, check_health)
         except redis.exceptions.ConnectionError as error:
             # SO_SNDTIMEO ran out (a full send buffer, Redis not reading): a
             # timeout, as a Python-timed socket reports it; not retried.
@@ -138,7 +145,7 @@ class _Lean:
         """Whether an idle connection must not be reused as it is: closed by
         the server (a restart, a kill, CLIENT KILL), or holding bytes that no
         command asked for. One ``poll(0)``, no timeout juggling."""
-        reader = getattr(self._parser, "_reader", None)  # type: ignore[attr-defined]
+        reader = getattr(self._parser, "_reader", None)
         if self._poller is None or reader is None:
             return True
         return reader.has_data() or bool(self._poller.poll(0))
@@ -155,6 +162,16 @@ class LeanUnixDomainSocketConnection(_Lean, redis.UnixDomainSocketConnection):
 _LEAN_CLASSES: dict[type, type] = {redis.Connection: LeanConnection,
                                    redis.UnixDomainSocketConnection:
                                        LeanUnixDomainSocketConnection}
+
+
+def _stale(connection: redis.Connection) -> bool:
+    """``_Lean.stale``; for redis-py's own classes (TLS), its readiness check."""
+    if isinstance(connection, _Lean):
+        return connection.stale()
+    try:
+        return connection.can_read()
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+        return True
 
 
 class _ThreadConnection(threading.local):
@@ -221,11 +238,11 @@ class LeanBlockingConnectionPool(redis.BlockingConnectionPool):
         try:
             if connection._sock is None:
                 connection.connect()
-            elif connection.stale():  # type: ignore[attr-defined]
+            elif _stale(connection):
                 # As redis-py: start afresh; still unready after that, refuse.
                 connection.disconnect()
                 connection.connect()
-                if connection.stale():  # type: ignore[attr-defined]
+                if _stale(connection):
                     raise redis.exceptions.ConnectionError("Connection not ready")
         except BaseException:
             self.release(connection)
