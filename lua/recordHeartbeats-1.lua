@@ -28,46 +28,62 @@
 local rcall = redis.call
 local fields = { "worker", "progress", "message", "observed_state" }
 local bits = { 1, 2, 4, 8 }
+local requiredOwner = ARGV[1]
+-- A job's id is the end of its key, "<tag>:job:<id>", whose tag is the one of
+-- KEYS[1], "<tag>:deadline": the hash's own id field need not be read.
+local idStart = #KEYS[1] - #":deadline" + #":job:" + 1
 
 -- Preconditions for every job, before the first write.
 local jobs = {}
 for i = 2, #KEYS do
-  jobs[i] = rcall("HMGET", KEYS[i], "id", "state", "version", "observed_state",
-                  "heartbeat_timeout", "owner")
+  if requiredOwner == "" then
+    jobs[i] = rcall("HMGET", KEYS[i], "state", "version", "observed_state", "heartbeat_timeout")
+  else
+    jobs[i] = rcall("HMGET", KEYS[i], "state", "version", "observed_state", "heartbeat_timeout",
+                    "owner")
+  end
 end
 
 local t = rcall("TIME")
 local nowMs = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local requiredOwner = ARGV[1]
 local answers = {}
 for i = 2, #KEYS do
   local job = jobs[i]
-  if not job[1] then
+  local state = job[1]
+  if not state then
     answers[i - 1] = { -1 }
-  elseif requiredOwner ~= "" and (job[6] or "") ~= requiredOwner then
+  elseif requiredOwner ~= "" and (job[5] or "") ~= requiredOwner then
     answers[i - 1] = { -8 }
   else
-    local state, observed, timeout = job[2], job[4] or "", tonumber(job[5])
+    local observed, timeout = job[3] or "", tonumber(job[4])
     local base = 1 + (i - 2) * 5
     local mask = tonumber(ARGV[base + 1])
     if state == "start" or state == "pause" then
-      local update = { "heartbeat_at", nowMs }
-      for f = 1, 4 do
-        if math.floor(mask / bits[f]) % 2 == 1 then
-          update[#update + 1] = fields[f]
-          update[#update + 1] = ARGV[base + 1 + f]
-          if f == 4 then observed = ARGV[base + 5] end
+      if mask == 15 then
+        -- Every field sent (the usual heartbeat): one HSET, no table to build.
+        rcall("HSET", KEYS[i], "heartbeat_at", nowMs, "worker", ARGV[base + 2],
+              "progress", ARGV[base + 3], "message", ARGV[base + 4],
+              "observed_state", ARGV[base + 5])
+        observed = ARGV[base + 5]
+      else
+        local update = { "heartbeat_at", nowMs }
+        for f = 1, 4 do
+          if math.floor(mask / bits[f]) % 2 == 1 then
+            update[#update + 1] = fields[f]
+            update[#update + 1] = ARGV[base + 1 + f]
+            if f == 4 then observed = ARGV[base + 5] end
+          end
         end
+        rcall("HSET", KEYS[i], unpack(update))
       end
-      rcall("HSET", KEYS[i], unpack(update))
       if state == "start" and timeout > 0 then
-        rcall("ZADD", KEYS[1], nowMs + timeout * 1000, job[1])
+        rcall("ZADD", KEYS[1], nowMs + timeout * 1000, string.sub(KEYS[i], idStart))
       end
     elseif state == "kill" and math.floor(mask / 8) % 2 == 1 and ARGV[base + 5] == "kill" then
       rcall("HSET", KEYS[i], "observed_state", "kill")
       observed = "kill"
     end
-    answers[i - 1] = { state, tonumber(job[3]), observed, timeout }
+    answers[i - 1] = { state, tonumber(job[2]), observed, timeout }
   end
 end
 return answers

@@ -28,7 +28,9 @@
              only that worker may heartbeat and finish the job
 
   Output (app/store/scripts.py RegisterJobCode):
-    { 1, job hash as a flat array }   CREATED
+    { 1, nowMs }                      CREATED: the job is the one the arguments
+                                      describe, in state start, version 1, created
+                                      and updated at nowMs (Redis TIME, in ms)
     { 0, job hash as a flat array }   EXISTS: a job with this id exists (a retry
                                       of this very request): nothing was written
     { 2, id }                         REPLAY: Idempotency-Key replay, the id of the
@@ -101,4 +103,5 @@ if rcall("HINCRBY", KEYS[9], minute, 1) == 1 then
     end
   end
 end
-return { 1, rcall("HGETALL", jobKey) }
+-- The caller knows everything else it holds: no HGETALL to build and send.
+return { 1, nowMs }

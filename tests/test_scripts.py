@@ -514,3 +514,17 @@ def test_each_header_documents_the_codes_of_its_script(name):
     output = header.split("Output", 1)[1]
     documented = {int(number): label for number, label in _HEADER_CODE_RE.findall(output)}
     assert documented == {code.value: code.name for code in RETURN_CODES[name]}
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"name": "nightly é", "labels": {"team": "core", "a.b": "x y"}},
+    {"heartbeat_timeout": 30, "owner": "worker-1", "actor": "ci"},
+    {"heartbeat_timeout": 5.0}, {"idempotency_key": "k-1", "fingerprint": "f"},
+])
+def test_a_registration_answers_the_job_as_its_hash_holds_it(store, options):
+    """registerJob answers only its time; the job Python builds from it and
+    from the arguments is the one a read of the hash gives."""
+    job, created, now_ms = store.register_with_time("teams", **options)
+    assert created
+    assert job == store.get(job.id)
+    assert now_ms == job.created_at

@@ -4,13 +4,16 @@ answer which state their job should be in."""
 from __future__ import annotations
 
 import falcon
+import orjson
 
 from app.config import Config
 from app.errors import not_owner_detail
-from app.inputs import read_json
+from app.inputs import BatchShape, read_json, read_json_batch
 from app.problems import bad_request
 from app.resources.jobs import checked_id
-from app.store import HeartbeatAnswer, HeartbeatReport, JobStore
+from app.schemas import request_schemas
+from app.store import HeartbeatAnswer, HeartbeatReport, JobStore, heartbeat_args
+from app.store.scripts import RecordHeartbeatsCode
 
 
 def _report(job_id: str, body: dict) -> HeartbeatReport:
@@ -47,18 +50,38 @@ class JobHeartbeat:
 
 
 class Heartbeats:
+    """A batch, the hot path of a worker fleet: no object per job on the way
+    in or out, and the answer serialized with orjson."""
+
     permissions = {"POST": "heartbeat"}
 
     def __init__(self, store: JobStore, config: Config, validators: dict) -> None:
         self._store = store
         self._config = config
         self._validator = validators["Heartbeats"]
+        self._shape = BatchShape.of(request_schemas(config)["Heartbeats"])
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        items = read_json(req, self._validator, self._config.max_body_bytes)["heartbeats"]
-        if len({item["id"] for item in items}) != len(items):
+        items = read_json_batch(req, self._validator, self._config.max_body_bytes,
+                                self._shape)["heartbeats"]
+        job_ids = [item["id"] for item in items]
+        if len(set(job_ids)) != len(items):
             raise bad_request("duplicate_job", "each job may appear once per batch")
         owner = req.context.principal.owner
-        answers = self._store.heartbeats([_report(item["id"], item) for item in items],
-                                         owner=owner)
-        resp.media = {"results": [_answer_json(a, owner) for a in answers]}
+        entries = self._store.record_heartbeats(
+            job_ids, [heartbeat_args(item.get("worker"), item.get("progress"),
+                                     item.get("message"), item.get("observed_state"))
+                      for item in items], owner=owner)
+        results = []
+        for job_id, entry in zip(job_ids, entries, strict=True):
+            state = entry[0]
+            if type(state) is not int:  # recorded: the job's state
+                results.append({"id": job_id, "found": True, "state": state,
+                                "version": int(entry[1]), "observed_state": entry[2]})
+            elif state == RecordHeartbeatsCode.JOB_NOT_FOUND:
+                results.append({"id": job_id, "found": False})
+            else:  # NOT_OWNER
+                results.append(_answer_json(HeartbeatAnswer(job_id, True, not_owner=True),
+                                            owner))
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = orjson.dumps({"results": results})

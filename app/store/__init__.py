@@ -26,7 +26,7 @@ from app.errors import (
     not_owner_detail,
     raise_for_code,
 )
-from app.model import STATES, Job, is_job_id, new_job_id
+from app.model import STATES, Job, is_job_id, new_job_id, shard_of
 from app.store.bulk import (
     BATCH,
     MAX_EXAMINED,
@@ -54,6 +54,7 @@ from app.store.scripts import (
 )
 
 __all__ = ["JobStore", "JobFilter", "HeartbeatReport", "Page", "BulkResult", "connect",
+           "heartbeat_args",
            "is_transient", "StoreUnavailable"]
 
 
@@ -78,10 +79,18 @@ class HeartbeatReport:
     observed_state: str | None = None
 
     def script_args(self) -> list[str]:
-        values = [self.worker, None if self.progress is None else repr(self.progress),
-                  self.message, self.observed_state]
-        mask = sum(1 << i for i, v in enumerate(values) if v is not None)
-        return [str(mask), *("" if v is None else v for v in values)]
+        return heartbeat_args(self.worker, self.progress, self.message, self.observed_state)
+
+
+def heartbeat_args(worker: str | None, progress: float | None, message: str | None,
+                   observed_state: str | None) -> list[str]:
+    """One job's ARGV of recordHeartbeats: the mask of the fields sent (1 worker,
+    2 progress, 4 message, 8 observed_state), then the four, "" when not sent."""
+    mask = ((worker is not None) | (progress is not None) << 1 | (message is not None) << 2
+            | (observed_state is not None) << 3)
+    return [str(mask), "" if worker is None else worker,
+            "" if progress is None else repr(progress), "" if message is None else message,
+            "" if observed_state is None else observed_state]
 
 
 @dataclass(frozen=True)
@@ -202,8 +211,12 @@ class JobStore:
             reply = self.scripts.register_job(keys, args)
         raise_for_code(reply)
         if reply[0] == RegisterJobCode.CREATED:
-            job = Job.from_hash(_pairs(reply[1]))
-            return job, True, job.created_at
+            # As Job.from_hash would read the hash the script wrote from args.
+            now_ms = int(reply[1])
+            job = Job(id=job_id, type=job_type, state="start", version=1, created_at=now_ms,
+                      updated_at=now_ms, name=name, labels=json.loads(args[3]),
+                      heartbeat_timeout=int(heartbeat_timeout), owner=owner)
+            return job, True, now_ms
         # EXISTS: this very call, retried by redis-py after its reply was lost.
         # REPLAY: the job of an earlier request, or of this very call likewise
         # (then the id is the one made here).
@@ -360,23 +373,39 @@ class JobStore:
         """Record many heartbeats: one script call per shard touched, all of
         them in one pipeline. With ``owner``, a job the caller does not own is
         answered ``not_owner`` and not written; the others are recorded."""
-        by_shard: dict[str, list[int]] = {}
-        for index, report in enumerate(reports):
-            by_shard.setdefault(self.keys.for_job(report.job_id).shard, []).append(index)
+        replies = self.record_heartbeats([r.job_id for r in reports],
+                                         [r.script_args() for r in reports], owner=owner)
+        return [HeartbeatAnswer.from_reply(report.job_id, entry)
+                for report, entry in zip(reports, replies, strict=True)]
 
+    def record_heartbeats(self, job_ids: Sequence[str], job_args: Sequence[Sequence[str]], *,
+                          owner: str = "") -> list[list]:
+        """``heartbeats`` without an object per job (the batch's hot path):
+        ``job_args`` are each job's ``heartbeat_args``; the answer is the
+        script's entry for each job, in order (see lua/recordHeartbeats-1.lua)."""
+        by_shard: dict[str, list[int]] = {}
+        for index, job_id in enumerate(job_ids):
+            name = shard_of(job_id)
+            indexes = by_shard.get(name)
+            if indexes is None:
+                by_shard[name] = [index]
+            else:
+                indexes.append(index)
         calls = []
-        for shard_name, indexes in by_shard.items():
-            shard = self.keys.shards[shard_name]
-            keys = [shard.deadlines, *(shard.job(reports[i].job_id) for i in indexes)]
-            args = [owner, *(a for i in indexes for a in reports[i].script_args())]
+        for name, indexes in by_shard.items():
+            shard = self.keys.shards[name]
+            keys = [shard.deadlines, *(shard.job(job_ids[i]) for i in indexes)]
+            args = [owner]
+            for i in indexes:
+                args += job_args[i]
             calls.append((self.scripts.record_heartbeats, keys, args))
         with unavailable_on_redis_errors(write=True):
             replies = self.scripts.run_pipeline(calls)
-        answers: list[HeartbeatAnswer | None] = [None] * len(reports)
+        entries: list = [None] * len(job_ids)
         for indexes, reply in zip(by_shard.values(), replies, strict=True):
             for i, entry in zip(indexes, reply, strict=True):
-                answers[i] = HeartbeatAnswer.from_reply(reports[i].job_id, entry)
-        return answers  # type: ignore[return-value]
+                entries[i] = entry
+        return entries
 
     def heartbeat(self, report: HeartbeatReport, *, owner: str = "") -> HeartbeatAnswer:
         shard = self.keys.for_job(report.job_id)
