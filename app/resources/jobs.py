@@ -24,6 +24,7 @@ from app.schemas import (
     matches,
 )
 from app.store import JobFilter, JobStore
+from app.resources.watch import waiting_client
 from app.store.events import ChangeNotifier, TooManyWaiters
 
 # A query parameter of schema type number (no sign, no "inf", no "1_0").
@@ -140,7 +141,8 @@ class JobItem:
                 raise bad_request("invalid_parameter",
                                   f"wait must be 0 to {self._config.max_wait_seconds:g} seconds")
             try:
-                job, now_ms = self._notifier.wait_for_change(job_id, version, seconds)
+                job, now_ms = self._notifier.wait_for_change(job_id, version, seconds,
+                                                               **waiting_client(req))
             except TooManyWaiters:
                 raise too_many_waiters(self._config.retry_after_seconds) from None
         else:

@@ -11,6 +11,19 @@ from app.problems import too_many_waiters
 from app.representation import job_json
 from app.store.events import ChangeNotifier, TooManyWaiters
 
+# Set by the server in the WSGI environ: a callable that is true once the
+# client has gone away (waitress's name; the Granian front uses it too).
+CLIENT_GONE = "waitress.client_disconnected"
+
+
+def waiting_client(req: falcon.Request) -> dict:
+    """Who holds a waiting slot (the token's name, or with auth off the peer
+    address), and how to tell that the client went away."""
+    principal = getattr(req.context, "principal", None)
+    name = principal.name if principal is not None and principal.name else ""
+    holder = f"token:{name}" if name else f"address:{req.remote_addr}"
+    return {"holder": holder, "gone": req.env.get(CLIENT_GONE)}
+
 
 class Watch:
     permissions = {"POST": "read"}
@@ -24,7 +37,8 @@ class Watch:
         # The schema checks every id (32 hex digits) before any Redis call.
         body = read_json(req, self._validator, self._config.max_body_bytes)
         try:
-            result = self._notifier.watch(body["jobs"], float(body["wait"]))
+            result = self._notifier.watch(body["jobs"], float(body["wait"]),
+                                          **waiting_client(req))
         except TooManyWaiters:
             raise too_many_waiters(self._config.retry_after_seconds) from None
         resp.media = {"changed": [job_json(job, result.now_ms) for job in result.changed],

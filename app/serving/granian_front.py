@@ -1,0 +1,213 @@
+"""The front of ``--server granian``: Granian's RSGI interface, where an async
+coroutine on Granian's event loop reads each request body whole, within
+``--body-timeout``, and only then hands the request to a request thread, which
+runs the WSGI application.
+
+Granian's WSGI interface would take a thread at once and read the body in it:
+``--threads`` clients that send a head and then stall their bodies froze the
+whole service. Here a slow client holds a connection and a little memory (its
+body, at most ``--max-body-bytes``), never a thread.
+
+The checks hyper (Granian's HTTP parser) leaves out are made here too, on the
+parsed head: exactly one Host on HTTP/1.1, and a Transfer-Encoding that is
+``chunked`` alone. What hyper does not let us see: a bare LF it took as a line
+end, and a Content-Length beside ``Transfer-Encoding: chunked`` (hyper drops it,
+reads the body as chunked and closes the connection after the answer, as
+RFC 9112 6.3 allows). docs/security.md says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from io import BytesIO
+from typing import Any
+
+from app.serving.common import FRAMING_CODE, FRAMING_DETAIL, Worker, error_answer, guarded
+
+# Header names as WSGI environ keys, for the common ones: no string work per request.
+_ENVIRON_NAMES: dict[str, str] = {}
+
+
+def _environ_name(name: str) -> str:
+    key = _ENVIRON_NAMES.get(name)
+    if key is None:
+        key = name.upper().replace("-", "_")
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            key = "HTTP_" + key
+        if len(_ENVIRON_NAMES) < 512:  # a bound: names are the client's to choose
+            _ENVIRON_NAMES[name] = key
+    return key
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, reason: str, code: str, title: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.reason, self.code, self.title, self.detail = (
+            status, reason, code, title, detail)
+
+
+def _bad(detail: str, code: str = "bad_request") -> _Refusal:
+    return _Refusal(400, "Bad Request", code, "Bad request", detail)
+
+
+class _ClientGone:
+    """``environ["waitress.client_disconnected"]``: true once the client has closed
+    its connection. Only a waiting request asks, so only it pays for the watch."""
+
+    __slots__ = ("_loop", "_protocol", "_event", "_task", "_done")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, protocol: Any) -> None:
+        self._loop, self._protocol = loop, protocol
+        self._event = threading.Event()
+        self._task: asyncio.Task | None = None
+        self._done = False
+
+    def __call__(self) -> bool:  # in the request thread
+        if self._task is None and not self._done:
+            self._task = True  # type: ignore[assignment] - started below, once
+            self._loop.call_soon_threadsafe(self._start)
+        return self._event.is_set()
+
+    def _start(self) -> None:
+        if not self._done:
+            self._task = self._loop.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        await self._protocol.client_disconnect()
+        self._event.set()
+
+    def finish(self) -> None:  # on the loop, once answered
+        self._done = True
+        if isinstance(self._task, asyncio.Task):
+            self._task.cancel()
+
+
+class GranianFront:
+    """The RSGI application of one Granian worker process."""
+
+    def __init__(self, worker: Worker) -> None:
+        config = worker.config
+        self.worker = worker
+        self.app = guarded(worker)
+        self.max_body = config.max_body_bytes
+        self.body_timeout = config.body_timeout
+        self.pool = ThreadPoolExecutor(config.threads, thread_name_prefix="karmchari-request")
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.base = {"SCRIPT_NAME": "", "wsgi.version": (1, 0), "wsgi.errors": sys.stderr,
+                     "wsgi.multithread": True, "wsgi.multiprocess": config.workers > 1,
+                     "wsgi.run_once": False}
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.pool.shutdown(wait=False)
+
+    async def __rsgi__(self, scope: Any, protocol: Any) -> None:
+        loop = self.loop or asyncio.get_running_loop()
+        try:
+            environ, chunked, length = self._environ(scope)
+            body = b""
+            if chunked or length:
+                body = await self._body(protocol, chunked, length)
+            if chunked:  # now framed by its length, as waitress hands it on
+                del environ["HTTP_TRANSFER_ENCODING"]
+                environ["CONTENT_LENGTH"] = str(len(body))
+        except _Refusal as refusal:
+            media, text = error_answer(scope.path, refusal.status, refusal.code,
+                                       refusal.title, refusal.detail)
+            protocol.response_bytes(refusal.status, [
+                ("Content-Type", media), ("Connection", "close")], text)
+            return
+        environ["wsgi.input"] = BytesIO(body)
+        gone = environ["waitress.client_disconnected"] = _ClientGone(loop, protocol)
+        try:
+            status, headers, content = await loop.run_in_executor(self.pool, self._call,
+                                                                  environ)
+        finally:
+            gone.finish()
+        protocol.response_bytes(status, headers, content)
+
+    def _environ(self, scope: Any) -> tuple[dict, bool, int]:
+        """The WSGI environ of the head, and how its body is framed; refuses what
+        is ambiguous."""
+        server, _, port = scope.server.rpartition(":")
+        environ = {**self.base, "REQUEST_METHOD": scope.method,
+                   # WSGI strings are bytes as latin-1; RSGI gives the decoded path.
+                   "PATH_INFO": scope.path.encode().decode("latin-1"),
+                   "QUERY_STRING": scope.query_string,
+                   "SERVER_NAME": server.strip("[]"), "SERVER_PORT": port,
+                   "SERVER_PROTOCOL": "HTTP/" + scope.http_version,
+                   "REMOTE_ADDR": scope.client.rpartition(":")[0].strip("[]"),
+                   "wsgi.url_scheme": scope.scheme}
+        hosts = 0
+        codings = []
+        for name, value in scope.headers.items():
+            key = _environ_name(name)
+            if key == "HTTP_HOST":
+                hosts += 1
+            elif key == "HTTP_TRANSFER_ENCODING":
+                codings.append(value)
+            if key in environ:  # a repeated header: one value, comma-joined (RFC 9110 5.3)
+                environ[key] += "," + value
+            else:
+                environ[key] = value
+        if scope.http_version == "1.1" and hosts != 1:
+            raise _bad("an HTTP/1.1 request needs exactly one Host header")
+        if codings:
+            if len(codings) != 1 or codings[0].strip(" \t").lower() != "chunked":
+                raise _bad(FRAMING_DETAIL, FRAMING_CODE)
+            return environ, True, 0
+        length = environ.get("CONTENT_LENGTH", "")
+        if not length:
+            return environ, False, 0
+        if not length.isdigit() or not length.isascii():
+            raise _bad("Content-Length is invalid")
+        if int(length) > self.max_body:
+            raise self._too_large()
+        return environ, False, int(length)
+
+    def _too_large(self) -> _Refusal:
+        return _Refusal(413, "Content Too Large", "body_too_large", "Request body too large",
+                        f"the body may be at most {self.max_body} bytes")
+
+    async def _body(self, protocol: Any, chunked: bool, length: int) -> bytes:
+        """The whole body within --body-timeout, else 408; a chunked one only up to
+        the body limit, else 413."""
+        try:
+            if not chunked:
+                return await asyncio.wait_for(protocol(), self.body_timeout)
+            return await asyncio.wait_for(self._chunks(protocol), self.body_timeout)
+        except TimeoutError:
+            raise _Refusal(408, "Request Timeout", "body_timeout", "Request timeout",
+                           f"the body did not arrive within {self.body_timeout:g} s"
+                           ) from None
+
+    async def _chunks(self, protocol: Any) -> bytes:
+        parts, size = [], 0
+        async for chunk in protocol:
+            size += len(chunk)
+            if size > self.max_body:
+                raise self._too_large()
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def _call(self, environ: dict) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Runs in a request thread: the WSGI application, its answer collected."""
+        started: list = []
+
+        def start_response(status: str, headers: list, exc_info=None):
+            started[:] = [status, headers]
+            return lambda data: None  # no application here writes through this
+
+        result = self.app(environ, start_response)
+        try:
+            content = b"".join(result)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        return int(started[0][:3]), started[1], content
