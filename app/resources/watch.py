@@ -3,6 +3,8 @@ all its jobs with one request, so one request thread serves many jobs)."""
 
 from __future__ import annotations
 
+import ipaddress
+
 import falcon
 
 from app.config import Config
@@ -17,12 +19,24 @@ CLIENT_GONE = "waitress.client_disconnected"
 
 
 def waiting_client(req: falcon.Request) -> dict:
-    """Who holds a waiting slot (the token's name, or with auth off the peer
-    address), and how to tell that the client went away."""
+    """Who holds a waiting slot: the token's name, or with auth off the peer
+    address, except a loopback one (every client of this machine shares it: a
+    cap on it would be a cap on the machine, which the slots already are); and
+    how to tell that the client went away."""
     principal = getattr(req.context, "principal", None)
-    name = principal.name if principal is not None and principal.name else ""
-    holder = f"token:{name}" if name else f"address:{req.remote_addr}"
+    if principal is not None and principal.name:
+        holder = f"token:{principal.name}"
+    else:
+        address = req.remote_addr or ""
+        holder = "" if is_loopback(address) else f"address:{address}"
     return {"holder": holder, "gone": req.env.get(CLIENT_GONE)}
+
+
+def is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 class Watch:

@@ -198,7 +198,7 @@ def error_answer(path: str, status: int, code: str, title: str,
 # those alike, and close the connection.
 FRAMING_CODE = "transfer_encoding_refused"
 FRAMING_DETAIL = ("Transfer-Encoding is accepted only as 'chunked' alone, without "
-                  "Content-Length, on HTTP/1.1")
+                  "Content-Length")
 
 
 def framing_error(version: str, codings: list[str], has_length: bool) -> bool:

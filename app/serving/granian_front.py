@@ -19,13 +19,18 @@ RFC 9112 6.3 allows). docs/security.md says so.
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 from typing import Any
 
 from app.serving.common import FRAMING_CODE, FRAMING_DETAIL, Worker, error_answer, guarded
+
+DRAIN_QUIET = 1.0  # seconds without a request before a draining worker's loop ends
+DRAIN_GRACE = 0.5  # seconds from the drain's start to Granian's shutdown
 
 # Header names as WSGI environ keys, for the common ones: no string work per request.
 _ENVIRON_NAMES: dict[str, str] = {}
@@ -96,18 +101,67 @@ class GranianFront:
         self.body_timeout = config.body_timeout
         self.pool = ThreadPoolExecutor(config.threads, thread_name_prefix="karmchari-request")
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.in_flight = 0
+        self.last_seen = 0.0  # when a request last began or ended
+        self.shutdown_timeout = config.shutdown_timeout
         self.base = {"SCRIPT_NAME": "", "wsgi.version": (1, 0), "wsgi.errors": sys.stderr,
                      "wsgi.multithread": True, "wsgi.multiprocess": config.workers > 1,
                      "wsgi.run_once": False}
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        self._delay_shutdown(loop)
+
+    def _delay_shutdown(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On SIGTERM/SIGINT, begin the drain at once and let Granian shut down
+        DRAIN_GRACE later: hyper closes idle keep-alive connections when it does,
+        and a client may be sending its next request on one right after an answer
+        that went out before the drain; in the grace that request is answered,
+        with "Connection: close". (Granian set its handlers on its loop just
+        before this; asyncio keeps them in ``_signal_handlers``.)"""
+        handlers = getattr(loop, "_signal_handlers", {})
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            granian = handlers.get(signum)
+            if granian is None:
+                continue
+
+            def later(granian=granian) -> None:
+                self.worker.drain()
+                loop.call_later(DRAIN_GRACE, granian._run)
+
+            loop.add_signal_handler(signum, later)
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Granian stops its event loop once told to shut down, while its server
+        still finishes the requests in flight; their coroutines need the loop. So
+        it runs on until no request has been seen for DRAIN_QUIET (a keep-alive
+        client's next request, sent before it saw "Connection: close", is
+        answered), at most --shutdown-timeout."""
+        loop.run_until_complete(self._drained())
         self.pool.shutdown(wait=False)
 
+    async def _drained(self) -> None:
+        deadline = loop_time = time.monotonic()
+        deadline += self.shutdown_timeout
+        while loop_time < deadline:
+            if not self.in_flight and loop_time - self.last_seen >= DRAIN_QUIET:
+                return
+            await asyncio.sleep(0.05)
+            loop_time = time.monotonic()
+
     async def __rsgi__(self, scope: Any, protocol: Any) -> None:
+        self.in_flight += 1
+        try:
+            await self._serve(scope, protocol)
+        finally:
+            self.in_flight -= 1
+            if self.worker.draining.is_set():
+                self.last_seen = time.monotonic()
+
+    async def _serve(self, scope: Any, protocol: Any) -> None:
         loop = self.loop or asyncio.get_running_loop()
+        if self.worker.draining.is_set():
+            self.last_seen = time.monotonic()
         try:
             environ, chunked, length = self._environ(scope)
             body = b""
