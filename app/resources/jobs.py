@@ -15,6 +15,7 @@ from app.inputs import int_param, read_json, single_param
 from app.model import FINISH_COMMANDS, STATES, format_time, is_job_id
 from app.problems import Problem, bad_request, too_many_waiters
 from app.representation import etag, job_json
+from app.resources.watch import waiting_client
 from app.schemas import (
     CURSOR_PATTERN,
     IDEMPOTENCY_KEY_PATTERN,
@@ -24,7 +25,6 @@ from app.schemas import (
     matches,
 )
 from app.store import JobFilter, JobStore
-from app.resources.watch import waiting_client
 from app.store.events import ChangeNotifier, TooManyWaiters
 
 # A query parameter of schema type number (no sign, no "inf", no "1_0").

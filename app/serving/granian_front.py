@@ -62,17 +62,18 @@ class _ClientGone:
     """``environ["waitress.client_disconnected"]``: true once the client has closed
     its connection. Only a waiting request asks, so only it pays for the watch."""
 
-    __slots__ = ("_loop", "_protocol", "_event", "_task", "_done")
+    __slots__ = ("_loop", "_protocol", "_event", "_task", "_asked", "_done")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, protocol: Any) -> None:
         self._loop, self._protocol = loop, protocol
         self._event = threading.Event()
         self._task: asyncio.Task | None = None
+        self._asked = False
         self._done = False
 
     def __call__(self) -> bool:  # in the request thread
-        if self._task is None and not self._done:
-            self._task = True  # type: ignore[assignment] - started below, once
+        if not self._asked:
+            self._asked = True
             self._loop.call_soon_threadsafe(self._start)
         return self._event.is_set()
 
@@ -86,7 +87,7 @@ class _ClientGone:
 
     def finish(self) -> None:  # on the loop, once answered
         self._done = True
-        if isinstance(self._task, asyncio.Task):
+        if self._task is not None:
             self._task.cancel()
 
 

@@ -63,13 +63,14 @@ class _Parser(HTTPRequestParser):
         if framing_error(version, codings, b"content-length" in names):
             raise ParsingError(FRAMING_DETAIL)
         super().parse_header(header_plus)
-        if self.expect_continue and self.body_rcv is None:
+        parsed: Any = self
+        if parsed.expect_continue and parsed.body_rcv is None:
             # No body to continue with (a GET, Content-Length: 0). Waitress would
             # send "100 Continue" and mark the complete request incomplete again
             # (send_continue sets completed = False), so it is never answered.
             # Upstream fix: in HTTPChannel.received, send 100 Continue only while
             # ``not self.request.completed``.
-            self.expect_continue = False
+            parsed.expect_continue = False
 
 
 _ERROR_CODES = {400: "bad_request", 413: "body_too_large", 431: "headers_too_large",
