@@ -613,6 +613,7 @@ SERVER_CASES = {
         b"HTTP/1.1", b"HTTP/1.0"), {400}),
     "missing Host on HTTP/1.1": (_get(b"/healthz").replace(b"Host: x\r\n", b""), {400}),
     "two Host headers": (_get(b"/healthz", b"Host: y\r\n"), {400}),
+    "empty Host": (_get(b"/healthz").replace(b"Host: x", b"Host: "), {400}),
     "obs-fold": (_get(b"/healthz", b"X-A: a\r\n folded\r\n"), {400}),
     "oversized form body": (_post("/registerJob", b"type=teams&pad=" + b"p" * 70_000, FORM),
                             {413}),

@@ -14,10 +14,12 @@ import time
 
 import pytest
 
+from tests import test_serving
 from tests.http_calls import call
 from tests.live import SERVERS
 from tests.test_serving import register, wait_closed
-from tests.test_serving import started as started_fixture  # noqa: F401 - registers "started"
+
+started = test_serving.started  # the fixture that starts and stops services
 
 each_server = pytest.mark.parametrize("server", SERVERS)
 

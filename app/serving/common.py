@@ -199,6 +199,7 @@ def error_answer(path: str, status: int, code: str, title: str,
 FRAMING_CODE = "transfer_encoding_refused"
 FRAMING_DETAIL = ("Transfer-Encoding is accepted only as 'chunked' alone, without "
                   "Content-Length")
+HOST_DETAIL = "an HTTP/1.1 request needs exactly one Host header, not empty"
 
 
 def framing_error(version: str, codings: list[str], has_length: bool) -> bool:

@@ -1,4 +1,4 @@
-"""The front of ``--server granian``: Granian's RSGI interface, where an async
+"""The front of ``--server granian``: Granian's ASGI interface, where an async
 coroutine on Granian's event loop reads each request body whole, within
 ``--body-timeout``, and only then hands the request to a request thread, which
 runs the WSGI application.
@@ -13,7 +13,8 @@ parsed head: exactly one Host on HTTP/1.1, and a Transfer-Encoding that is
 ``chunked`` alone. What hyper does not let us see: a bare LF it took as a line
 end, and a Content-Length beside ``Transfer-Encoding: chunked`` (hyper drops it,
 reads the body as chunked and closes the connection after the answer, as
-RFC 9112 6.3 allows). docs/security.md says so.
+RFC 9112 6.3 allows). docs/security.md says so. (ASGI, not RSGI: RSGI drops
+every header whose value is not ASCII, where WSGI reads it as latin-1.)
 """
 
 from __future__ import annotations
@@ -26,20 +27,28 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
-from app.serving.common import FRAMING_CODE, FRAMING_DETAIL, Worker, error_answer, guarded
+from app.serving.common import (
+    FRAMING_CODE,
+    FRAMING_DETAIL,
+    HOST_DETAIL,
+    Worker,
+    error_answer,
+    guarded,
+)
 
 DRAIN_QUIET = 1.0  # seconds without a request before a draining worker's loop ends
 DRAIN_GRACE = 0.5  # seconds from the drain's start to Granian's shutdown
 
 # Header names as WSGI environ keys, for the common ones: no string work per request.
-_ENVIRON_NAMES: dict[str, str] = {}
+_ENVIRON_NAMES: dict[bytes, str] = {}
 
 
-def _environ_name(name: str) -> str:
+def _environ_name(name: bytes) -> str:
     key = _ENVIRON_NAMES.get(name)
     if key is None:
-        key = name.upper().replace("-", "_")
+        key = name.decode("latin-1").upper().replace("-", "_")
         if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
             key = "HTTP_" + key
         if len(_ENVIRON_NAMES) < 512:  # a bound: names are the client's to choose
@@ -62,10 +71,10 @@ class _ClientGone:
     """``environ["waitress.client_disconnected"]``: true once the client has closed
     its connection. Only a waiting request asks, so only it pays for the watch."""
 
-    __slots__ = ("_loop", "_protocol", "_event", "_task", "_asked", "_done")
+    __slots__ = ("_loop", "_receive", "_event", "_task", "_asked", "_done")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, protocol: Any) -> None:
-        self._loop, self._protocol = loop, protocol
+    def __init__(self, loop: asyncio.AbstractEventLoop, receive: Any) -> None:
+        self._loop, self._receive = loop, receive
         self._event = threading.Event()
         self._task: asyncio.Task | None = None
         self._asked = False
@@ -82,7 +91,9 @@ class _ClientGone:
             self._task = self._loop.create_task(self._watch())
 
     async def _watch(self) -> None:
-        await self._protocol.client_disconnect()
+        # The body is read: the next message is the client's going away.
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
         self._event.set()
 
     def finish(self) -> None:  # on the loop, once answered
@@ -91,8 +102,12 @@ class _ClientGone:
             self._task.cancel()
 
 
+class _Gone(Exception):
+    """The client went away while sending its body: nobody to answer."""
+
+
 class GranianFront:
-    """The RSGI application of one Granian worker process."""
+    """The ASGI application of one Granian worker process."""
 
     def __init__(self, worker: Worker) -> None:
         config = worker.config
@@ -109,9 +124,36 @@ class GranianFront:
                      "wsgi.multithread": True, "wsgi.multiprocess": config.workers > 1,
                      "wsgi.run_once": False}
 
-    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self._delay_shutdown(loop)
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            self.in_flight += 1
+            try:
+                await self._serve(scope, receive, send)
+            finally:
+                self.in_flight -= 1
+                if self.worker.draining.is_set():
+                    self.last_seen = time.monotonic()
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        """Startup: the loop, and the signal handlers to wrap. Shutdown: Granian
+        has stopped its loop's main task, while its server still finishes the
+        requests in flight, whose coroutines need the loop; so it runs on until
+        no request has been seen for DRAIN_QUIET (a keep-alive client's next
+        request, sent before it saw "Connection: close", is answered), at most
+        --shutdown-timeout."""
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.loop = asyncio.get_running_loop()
+                self._delay_shutdown(self.loop)
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self._drained()
+                self.pool.shutdown(wait=False)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
     def _delay_shutdown(self, loop: asyncio.AbstractEventLoop) -> None:
         """On SIGTERM/SIGINT, begin the drain at once and let Granian shut down
@@ -132,15 +174,6 @@ class GranianFront:
 
             loop.add_signal_handler(signum, later)
 
-    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Granian stops its event loop once told to shut down, while its server
-        still finishes the requests in flight; their coroutines need the loop. So
-        it runs on until no request has been seen for DRAIN_QUIET (a keep-alive
-        client's next request, sent before it saw "Connection: close", is
-        answered), at most --shutdown-timeout."""
-        loop.run_until_complete(self._drained())
-        self.pool.shutdown(wait=False)
-
     async def _drained(self) -> None:
         deadline = loop_time = time.monotonic()
         deadline += self.shutdown_timeout
@@ -150,16 +183,7 @@ class GranianFront:
             await asyncio.sleep(0.05)
             loop_time = time.monotonic()
 
-    async def __rsgi__(self, scope: Any, protocol: Any) -> None:
-        self.in_flight += 1
-        try:
-            await self._serve(scope, protocol)
-        finally:
-            self.in_flight -= 1
-            if self.worker.draining.is_set():
-                self.last_seen = time.monotonic()
-
-    async def _serve(self, scope: Any, protocol: Any) -> None:
+    async def _serve(self, scope: dict, receive: Any, send: Any) -> None:
         loop = self.loop or asyncio.get_running_loop()
         if self.worker.draining.is_set():
             self.last_seen = time.monotonic()
@@ -167,51 +191,66 @@ class GranianFront:
             environ, chunked, length = self._environ(scope)
             body = b""
             if chunked or length:
-                body = await self._body(protocol, chunked, length)
+                body = await self._body(receive)
             if chunked:  # now framed by its length, as waitress hands it on
                 del environ["HTTP_TRANSFER_ENCODING"]
                 environ["CONTENT_LENGTH"] = str(len(body))
         except _Refusal as refusal:
-            media, text = error_answer(scope.path, refusal.status, refusal.code,
+            media, text = error_answer(scope["path"], refusal.status, refusal.code,
                                        refusal.title, refusal.detail)
-            protocol.response_bytes(refusal.status, [
+            await self._answer(send, refusal.status, [
                 ("Content-Type", media), ("Connection", "close")], text)
             return
+        except _Gone:
+            return
         environ["wsgi.input"] = BytesIO(body)
-        gone = environ["waitress.client_disconnected"] = _ClientGone(loop, protocol)
+        gone = environ["waitress.client_disconnected"] = _ClientGone(loop, receive)
         try:
             status, headers, content = await loop.run_in_executor(self.pool, self._call,
                                                                   environ)
         finally:
             gone.finish()
-        protocol.response_bytes(status, headers, content)
+        await self._answer(send, status, headers, content)
 
-    def _environ(self, scope: Any) -> tuple[dict, bool, int]:
+    @staticmethod
+    async def _answer(send: Any, status: int, headers: list[tuple[str, str]],
+                      content: bytes) -> None:
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(name.encode("latin-1"), value.encode("latin-1"))
+                                for name, value in headers]})
+        await send({"type": "http.response.body", "body": content})
+
+    def _environ(self, scope: dict) -> tuple[dict, bool, int]:
         """The WSGI environ of the head, and how its body is framed; refuses what
         is ambiguous."""
-        server, _, port = scope.server.rpartition(":")
-        environ = {**self.base, "REQUEST_METHOD": scope.method,
-                   # WSGI strings are bytes as latin-1; RSGI gives the decoded path.
-                   "PATH_INFO": scope.path.encode().decode("latin-1"),
-                   "QUERY_STRING": scope.query_string,
-                   "SERVER_NAME": server.strip("[]"), "SERVER_PORT": port,
-                   "SERVER_PROTOCOL": "HTTP/" + scope.http_version,
-                   "REMOTE_ADDR": scope.client.rpartition(":")[0].strip("[]"),
-                   "wsgi.url_scheme": scope.scheme}
+        server = scope.get("server") or ("", "")
+        client = scope.get("client") or ("", "")
+        raw_path = scope.get("raw_path")
+        environ = {**self.base, "REQUEST_METHOD": scope["method"],
+                   # WSGI strings are bytes as latin-1, the path percent-decoded.
+                   "PATH_INFO": unquote_to_bytes(raw_path).decode("latin-1") if raw_path
+                   else scope["path"].encode().decode("latin-1"),
+                   "QUERY_STRING": scope["query_string"].decode("latin-1"),
+                   "SERVER_NAME": str(server[0]), "SERVER_PORT": str(server[1]),
+                   "SERVER_PROTOCOL": "HTTP/" + scope["http_version"],
+                   "REMOTE_ADDR": str(client[0]), "wsgi.url_scheme": scope["scheme"]}
         hosts = 0
         codings = []
-        for name, value in scope.headers.items():
+        for name, raw in scope["headers"]:
             key = _environ_name(name)
+            value = raw.decode("latin-1")
             if key == "HTTP_HOST":
-                hosts += 1
+                # Granian makes up an empty Host when none came; an http URI has
+                # an authority, so an empty Host is no Host (RFC 9112 3.2).
+                hosts += 1 if value.strip() else 2
             elif key == "HTTP_TRANSFER_ENCODING":
                 codings.append(value)
             if key in environ:  # a repeated header: one value, comma-joined (RFC 9110 5.3)
                 environ[key] += "," + value
             else:
                 environ[key] = value
-        if scope.http_version == "1.1" and hosts != 1:
-            raise _bad("an HTTP/1.1 request needs exactly one Host header")
+        if scope["http_version"] == "1.1" and hosts != 1:
+            raise _bad(HOST_DETAIL)
         if codings:
             if len(codings) != 1 or codings[0].strip(" \t").lower() != "chunked":
                 raise _bad(FRAMING_DETAIL, FRAMING_CODE)
@@ -229,26 +268,29 @@ class GranianFront:
         return _Refusal(413, "Content Too Large", "body_too_large", "Request body too large",
                         f"the body may be at most {self.max_body} bytes")
 
-    async def _body(self, protocol: Any, chunked: bool, length: int) -> bytes:
-        """The whole body within --body-timeout, else 408; a chunked one only up to
-        the body limit, else 413."""
+    async def _body(self, receive: Any) -> bytes:
+        """The whole body within --body-timeout, else 408; up to the body limit
+        (a chunked one is counted as it arrives), else 413."""
         try:
-            if not chunked:
-                return await asyncio.wait_for(protocol(), self.body_timeout)
-            return await asyncio.wait_for(self._chunks(protocol), self.body_timeout)
+            return await asyncio.wait_for(self._chunks(receive), self.body_timeout)
         except TimeoutError:
             raise _Refusal(408, "Request Timeout", "body_timeout", "Request timeout",
                            f"the body did not arrive within {self.body_timeout:g} s"
                            ) from None
 
-    async def _chunks(self, protocol: Any) -> bytes:
+    async def _chunks(self, receive: Any) -> bytes:
         parts, size = [], 0
-        async for chunk in protocol:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Gone()
+            chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
                 raise self._too_large()
             parts.append(chunk)
-        return b"".join(parts)
+            if not message.get("more_body", False):
+                return b"".join(parts)
 
     def _call(self, environ: dict) -> tuple[int, list[tuple[str, str]], bytes]:
         """Runs in a request thread: the WSGI application, its answer collected."""

@@ -1,5 +1,5 @@
 """``karmchari serve --server granian`` (``pip install 'karmchari[fast]'``, Linux
-and macOS): the same application under Granian's RSGI interface, through the
+and macOS): the same application under Granian's ASGI interface, through the
 front in granian_front.py, which reads each body before a request thread runs
 the WSGI application.
 
@@ -111,7 +111,7 @@ def run(config: Config, url: str, shown_store: str, open_files: int) -> None:
     # next request: it is the idle timeout too.
     header_timeout = min(config.header_timeout, config.idle_timeout)
     server = Granian(
-        "app.serving.granian_server:worker_app", factory=True, interface=Interfaces.RSGI,
+        "app.serving.granian_server:worker_app", factory=True, interface=Interfaces.ASGI,
         address=config.host.strip("[]"), port=config.port, workers=config.workers,
         # The request threads are the front's pool; Granian's loop reads the bodies.
         blocking_threads=1, runtime_threads=1,

@@ -21,6 +21,7 @@ from waitress.task import ErrorTask, WSGITask
 from app.serving.common import (
     FRAMING_CODE,
     FRAMING_DETAIL,
+    HOST_DETAIL,
     Worker,
     error_answer,
     framing_error,
@@ -56,8 +57,9 @@ class _Parser(HTTPRequestParser):
             raise ParsingError("obs-fold (a header line continued on the next) is not accepted")
         pairs = [line.split(b":", 1) for line in lines]
         names = [pair[0].strip().lower() for pair in pairs]
-        if version == "1.1" and names.count(b"host") != 1:
-            raise ParsingError("an HTTP/1.1 request needs exactly one Host header")
+        hosts = [pair[1].strip() for pair in pairs if pair[0].strip().lower() == b"host"]
+        if version == "1.1" and (len(hosts) != 1 or not hosts[0]):
+            raise ParsingError(HOST_DETAIL)
         codings = [pair[1].decode("latin-1") for pair in pairs
                    if len(pair) == 2 and pair[0].strip().lower() == b"transfer-encoding"]
         if framing_error(version, codings, b"content-length" in names):
