@@ -51,7 +51,8 @@ def create_app(config: Config | None = None, store: JobStore | None = None,
         tokens = TokenRegistry.load(config.tokens, config.tokens_file)
     metrics = Metrics()
     if notifier is None:
-        notifier = ChangeNotifier(store, config.waiter_limit)
+        notifier = ChangeNotifier(store, config.waiter_limit,
+                                  per_holder=config.waiter_limit_per_client)
     notifier.start()
     metrics.waiters.set_function(notifier.waiting)
     metrics.watched.set_function(notifier.watched)

@@ -112,9 +112,19 @@ class Config:
                                     "open-files limit)", range=(1, 1_000_000))
     idle_timeout: int = setting(60, "seconds an idle keep-alive connection stays open",
                                 range=(1, DAY), metavar="SECONDS")
-    header_timeout: int = setting(30, "longest wait for a request head (granian; waitress "
-                                  "closes a connection silent for --idle-timeout)",
+    # Slow and greedy clients: each may hold a connection for a bounded time, never
+    # a request thread, and only part of the waiting slots.
+    header_timeout: int = setting(10, "longest time for a request head to arrive, from its "
+                                  "first byte (a total deadline, not reset by each line)",
                                   range=(1, 3600), metavar="SECONDS")
+    body_timeout: float = setting(10.0, "longest time for a request body to arrive once its "
+                                  "head has; past it 408 (granian; waitress reads bodies "
+                                  "without a thread and closes them after --idle-timeout)",
+                                  range=(0.1, 3600.0), metavar="SECONDS")
+    max_waiters_per_client: int = setting(0, "waiting requests one token name (auth off: one "
+                                           "peer address) may hold; past it 429 (0: half of "
+                                           "--max-waiters, at least 1)", range=(0, 100_000),
+                                           metavar="N")
     retry_after_seconds: int = setting(1, "Retry-After of a 503", range=(0, 3600),
                                        metavar="SECONDS")
     # Security
@@ -149,6 +159,10 @@ class Config:
         # Below the threads, always: one thread at least stays free for other
         # requests (with one thread, no request waits: long-polls get 429).
         return self.max_waiters or self.threads // 2
+
+    @property
+    def waiter_limit_per_client(self) -> int:
+        return self.max_waiters_per_client or max(1, self.waiter_limit // 2)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> Config:

@@ -15,6 +15,7 @@ from app.inputs import int_param, read_json, single_param
 from app.model import FINISH_COMMANDS, STATES, format_time, is_job_id
 from app.problems import Problem, bad_request, too_many_waiters
 from app.representation import etag, job_json
+from app.resources.watch import waiting_client
 from app.schemas import (
     CURSOR_PATTERN,
     IDEMPOTENCY_KEY_PATTERN,
@@ -140,7 +141,8 @@ class JobItem:
                 raise bad_request("invalid_parameter",
                                   f"wait must be 0 to {self._config.max_wait_seconds:g} seconds")
             try:
-                job, now_ms = self._notifier.wait_for_change(job_id, version, seconds)
+                job, now_ms = self._notifier.wait_for_change(job_id, version, seconds,
+                                                               **waiting_client(req))
             except TooManyWaiters:
                 raise too_many_waiters(self._config.retry_after_seconds) from None
         else:

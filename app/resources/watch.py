@@ -3,6 +3,8 @@ all its jobs with one request, so one request thread serves many jobs)."""
 
 from __future__ import annotations
 
+import ipaddress
+
 import falcon
 
 from app.config import Config
@@ -10,6 +12,31 @@ from app.inputs import read_json
 from app.problems import too_many_waiters
 from app.representation import job_json
 from app.store.events import ChangeNotifier, TooManyWaiters
+
+# Set by the server in the WSGI environ: a callable that is true once the
+# client has gone away (waitress's name; the Granian front uses it too).
+CLIENT_GONE = "waitress.client_disconnected"
+
+
+def waiting_client(req: falcon.Request) -> dict:
+    """Who holds a waiting slot: the token's name, or with auth off the peer
+    address, except a loopback one (every client of this machine shares it: a
+    cap on it would be a cap on the machine, which the slots already are); and
+    how to tell that the client went away."""
+    principal = getattr(req.context, "principal", None)
+    if principal is not None and principal.name:
+        holder = f"token:{principal.name}"
+    else:
+        address = req.remote_addr or ""
+        holder = "" if is_loopback(address) else f"address:{address}"
+    return {"holder": holder, "gone": req.env.get(CLIENT_GONE)}
+
+
+def is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 class Watch:
@@ -24,7 +51,8 @@ class Watch:
         # The schema checks every id (32 hex digits) before any Redis call.
         body = read_json(req, self._validator, self._config.max_body_bytes)
         try:
-            result = self._notifier.watch(body["jobs"], float(body["wait"]))
+            result = self._notifier.watch(body["jobs"], float(body["wait"]),
+                                          **waiting_client(req))
         except TooManyWaiters:
             raise too_many_waiters(self._config.retry_after_seconds) from None
         resp.media = {"changed": [job_json(job, result.now_ms) for job in result.changed],

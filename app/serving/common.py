@@ -153,7 +153,8 @@ class Worker:
     def __init__(self, config: Config, url: str) -> None:
         self.config = config
         self.store = build_store(config, url)
-        self.notifier = ChangeNotifier(self.store, config.waiter_limit)
+        self.notifier = ChangeNotifier(self.store, config.waiter_limit,
+                                       per_holder=config.waiter_limit_per_client)
         self.app = create_app(config, self.store, notifier=self.notifier)
         self.draining = threading.Event()
         start_sweeper(self.store, config.sweep_interval, self.draining, config.job_types)
@@ -190,13 +191,24 @@ def error_answer(path: str, status: int, code: str, title: str,
     return PROBLEM_MEDIA, problem_body(status, code, title, detail)
 
 
-# Request bodies must come with Content-Length. With Transfer-Encoding as well, a
-# proxy in front may frame the request differently (request smuggling, RFC 9112
-# 6.1); and Granian hands the application the chunked body without saying whether
-# a Content-Length came too. So every server refuses Transfer-Encoding alike.
+# Request framing (RFC 9112 6): a body comes with Content-Length, or with
+# ``Transfer-Encoding: chunked`` alone. Anything else a proxy in front may frame
+# differently (request smuggling): both codings and a length, a coding other than
+# chunked, chunked twice, or a Transfer-Encoding on HTTP/1.0. Both servers refuse
+# those alike, and close the connection.
 FRAMING_CODE = "transfer_encoding_refused"
-FRAMING_DETAIL = ("Transfer-Encoding is not accepted in requests: send the body with "
+FRAMING_DETAIL = ("Transfer-Encoding is accepted only as 'chunked' alone, without "
                   "Content-Length")
+HOST_DETAIL = "an HTTP/1.1 request needs exactly one Host header, not empty"
+
+
+def framing_error(version: str, codings: list[str], has_length: bool) -> bool:
+    """Whether a request's Transfer-Encoding values (one per header line) make
+    its framing ambiguous or unsupported; ``codings`` is empty without one."""
+    if not codings:
+        return False
+    return (has_length or version != "1.1" or len(codings) != 1
+            or codings[0].strip(" \t").lower() != "chunked")
 
 
 def _head_size(environ: dict) -> int:
@@ -222,13 +234,20 @@ def _apply_proxy_headers(environ: dict, trusted_proxy: str) -> None:
         environ["wsgi.url_scheme"] = forwarded_proto.strip().lower()
 
 
+# Granian's read buffer, which holds the request head, is 8 KiB at least: a
+# smaller head limit is the guard's to enforce.
+GRANIAN_MIN_HEAD = 8192
+
+
 def guarded(worker: Worker):
     """The WSGI application for a server that leaves these to the application:
-    refusing Transfer-Encoding (above), the trusted proxy's headers, a request head
-    over the limit (Granian's own limit cannot go below 8 KiB), and ``Connection:
-    close`` on every answer once the drain has begun."""
+    the trusted proxy's headers, a request head over a limit below Granian's
+    smallest (GRANIAN_MIN_HEAD), and ``Connection: close`` on every answer once
+    the drain has begun. Each is skipped when it has nothing to do: this runs
+    for every request."""
     app, draining = worker.app, worker.draining
     max_head = worker.config.max_header_bytes
+    check_head = max_head < GRANIAN_MIN_HEAD
     trusted_proxy = worker.config.trusted_proxy
 
     def refuse(environ, start_response, status: str, code: str, title: str, detail: str):
@@ -239,12 +258,9 @@ def guarded(worker: Worker):
         return [body]
 
     def application(environ, start_response):
-        if "HTTP_TRANSFER_ENCODING" in environ:
-            return refuse(environ, start_response, "400 Bad Request", FRAMING_CODE,
-                          "Bad request", FRAMING_DETAIL)
         if trusted_proxy:
             _apply_proxy_headers(environ, trusted_proxy)
-        if _head_size(environ) > max_head:
+        if check_head and _head_size(environ) > max_head:
             return refuse(environ, start_response, "431 Request Header Fields Too Large",
                           "headers_too_large", "Request header fields too large",
                           f"the request head may be at most {max_head} bytes")

@@ -1,6 +1,7 @@
 """``karmchari serve --server granian`` (``pip install 'karmchari[fast]'``, Linux
-and macOS): the same application under Granian's WSGI interface, with Granian's
-blocking threads as the request threads.
+and macOS): the same application under Granian's ASGI interface, through the
+front in granian_front.py, which reads each body before a request thread runs
+the WSGI application.
 
 Granian starts its worker processes itself and imports the application in each
 (``worker_app``); the settings and the store's URL reach them in one environment
@@ -18,13 +19,12 @@ import math
 import multiprocessing
 import os
 import signal
-import threading
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from app.config import Config
 from app.embedded import die_with_parent
-from app.serving.common import StartupError, Worker, guarded, listen_socket
+from app.serving.common import StartupError, Worker, listen_socket
 
 log = logging.getLogger("karmchari")
 # 2.7.9 fixes the blocking-thread pool that let one long-lived response starve
@@ -33,7 +33,6 @@ MIN_GRANIAN = (2, 7, 9)
 STATE_VARIABLE = "KARMCHARI_SERVING_STATE"
 # Not on Windows, where check_available refuses Granian.
 DRAIN_SIGNAL: int = getattr(signal, "SIGUSR1", 0)
-NUDGE_SIGNAL: int = getattr(signal, "SIGUSR2", 0)
 
 
 def check_available() -> None:
@@ -107,13 +106,15 @@ def run(config: Config, url: str, shown_store: str, open_files: int) -> None:
              "store %s", f"[{config.host}]" if ":" in config.host else config.host,
              config.port, config.threads, config.workers, "es" if config.workers > 1 else "",
              shown_store)
-    # Hyper's header-read timer also runs while a keep-alive connection waits for
-    # its next request: it is the idle timeout too.
+    # Hyper's header-read timer is a total deadline from the head's first byte (not
+    # reset by each line); it also runs while a keep-alive connection waits for its
+    # next request: it is the idle timeout too.
     header_timeout = min(config.header_timeout, config.idle_timeout)
     server = Granian(
-        "app.serving.granian_server:worker_app", factory=True, interface=Interfaces.WSGI,
+        "app.serving.granian_server:worker_app", factory=True, interface=Interfaces.ASGI,
         address=config.host.strip("[]"), port=config.port, workers=config.workers,
-        blocking_threads=config.threads, blocking_threads_idle_timeout=5, runtime_threads=1,
+        # The request threads are the front's pool; Granian's loop reads the bodies.
+        blocking_threads=1, runtime_threads=1,
         # Granian's backpressure is the connections a worker serves at once, idle
         # ones included: past it, new clients wait. The connection limit, then.
         backlog=1024, backpressure=config.connection_limit,
@@ -131,40 +132,18 @@ def run(config: Config, url: str, shown_store: str, open_files: int) -> None:
 
 def worker_app():
     """Granian's factory, called in each worker process."""
+    from app.serving.granian_front import GranianFront
+
     state = json.loads(os.environ[STATE_VARIABLE])
     values: dict[str, Any] = {name: tuple(value) if isinstance(value, list) else value
                               for name, value in state["config"].items()}
     worker = Worker(Config(**values), state["url"])
     if DRAIN_SIGNAL:  # POSIX
+        # The worker's main thread runs Granian's event loop, which wakes for
+        # signals: the handler runs at once.
         signal.signal(DRAIN_SIGNAL, lambda signum, frame: worker.drain())
-        if NUDGE_SIGNAL:
-            _watch_signals(worker, NUDGE_SIGNAL)
         # A main process killed by SIGKILL cannot stop its workers: they would
         # keep the port, serving without their (embedded) store. SIGKILL, as a
         # worker still starting up could miss a SIGTERM.
         die_with_parent(int(state["main_pid"]), signal.SIGKILL)
-    return guarded(worker)
-
-
-def _watch_signals(worker: Worker, nudge: int) -> None:
-    """Python runs signal handlers in the main thread only, and Granian's worker
-    waits there on a lock that a signal wakes only if the kernel delivers it to
-    that thread; with many threads it often picks another, and the worker would
-    miss SIGTERM until it is killed. So a thread of ours reads each signal from
-    the wakeup fd, begins the drain itself and sends a signal to the main thread,
-    whose handlers (Granian's too) then run."""
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(write_fd, False)
-    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-    signal.signal(nudge, lambda signum, frame: None)
-    main = threading.main_thread().ident
-    assert main is not None  # the main thread has started
-
-    def watch() -> None:
-        while True:
-            for signum in os.read(read_fd, 64):
-                if signum in (signal.SIGTERM, signal.SIGINT, DRAIN_SIGNAL):
-                    worker.drain()
-                    signal.pthread_kill(main, nudge)
-
-    threading.Thread(target=watch, name="karmchari-signals", daemon=True).start()
+    return GranianFront(worker)

@@ -18,7 +18,14 @@ from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.task import ErrorTask, WSGITask
 
-from app.serving.common import FRAMING_CODE, FRAMING_DETAIL, Worker, error_answer
+from app.serving.common import (
+    FRAMING_CODE,
+    FRAMING_DETAIL,
+    HOST_DETAIL,
+    Worker,
+    error_answer,
+    framing_error,
+)
 
 SUPPORTED = ("3.0.",)  # waitress releases whose internals this module was written for
 
@@ -37,14 +44,35 @@ def check_version() -> str:
 
 class _Parser(HTTPRequestParser):
     def parse_header(self, header_plus: bytes) -> None:
-        # See FRAMING_DETAIL; the error answer closes the connection.
+        """Waitress's parsing, after the checks it leaves out: framing (see
+        FRAMING_DETAIL), obs-fold (RFC 9112 5.2: a server may refuse it, and a
+        proxy may join it differently) and Host on HTTP/1.1 (RFC 9112 3.2: exactly
+        one). Bare CR and LF waitress refuses itself. The error answer closes the
+        connection."""
         first, *lines = header_plus.split(b"\r\n")
-        names = {line.split(b":", 1)[0].strip().lower() for line in lines}
-        if b"transfer-encoding" in names:
-            target = first.split(b" ")[1] if first.count(b" ") == 2 else b""
-            self.path = target.split(b"?", 1)[0].decode("latin-1")  # for the error answer
+        parts = first.split(b" ")
+        self.path = (parts[1] if len(parts) == 3 else b"").split(b"?", 1)[0].decode("latin-1")
+        version = parts[2].removeprefix(b"HTTP/").decode("latin-1") if len(parts) == 3 else ""
+        if any(line[:1] in (b" ", b"\t") for line in lines):
+            raise ParsingError("obs-fold (a header line continued on the next) is not accepted")
+        pairs = [line.split(b":", 1) for line in lines]
+        names = [pair[0].strip().lower() for pair in pairs]
+        hosts = [pair[1].strip() for pair in pairs if pair[0].strip().lower() == b"host"]
+        if version == "1.1" and (len(hosts) != 1 or not hosts[0]):
+            raise ParsingError(HOST_DETAIL)
+        codings = [pair[1].decode("latin-1") for pair in pairs
+                   if len(pair) == 2 and pair[0].strip().lower() == b"transfer-encoding"]
+        if framing_error(version, codings, b"content-length" in names):
             raise ParsingError(FRAMING_DETAIL)
         super().parse_header(header_plus)
+        parsed: Any = self
+        if parsed.expect_continue and parsed.body_rcv is None:
+            # No body to continue with (a GET, Content-Length: 0). Waitress would
+            # send "100 Continue" and mark the complete request incomplete again
+            # (send_continue sets completed = False), so it is never answered.
+            # Upstream fix: in HTTPChannel.received, send 100 Continue only while
+            # ``not self.request.completed``.
+            parsed.expect_continue = False
 
 
 _ERROR_CODES = {400: "bad_request", 413: "body_too_large", 431: "headers_too_large",
@@ -83,27 +111,92 @@ class _Task(WSGITask):
         return super().build_response_header()
 
 
+class _Channel(HTTPChannel):
+    """Remembers since when a request head has been arriving (``head_since``),
+    for the header deadline and for shedding at the connection limit."""
+
+    head_since: float | None = None
+    _timed: Any = None  # the partial request head_since is about
+
+    def received(self, data: bytes) -> bool:
+        result = super().received(data)
+        partial: Any = self.request
+        if partial is None or partial.headers_finished:
+            self.head_since = self._timed = None
+        elif partial is not self._timed:
+            self._timed, self.head_since = partial, time.monotonic()
+        return result
+
+
+def _unanswered(channel: Any) -> bool:
+    """A connection with no request read yet, nothing being answered, nothing to
+    send: closing it loses no answer."""
+    partial = channel.request
+    return (not channel.requests and not channel.total_outbufs_len
+            and (partial is None or not partial.headers_finished))
+
+
+def _shed_order(channel: Any) -> tuple:
+    # Those sending a head first (slowest first), then idle ones (longest idle first).
+    if channel.head_since is not None:
+        return (0, channel.head_since)
+    return (1, channel.last_activity)
+
+
 ACCEPTS_PER_TURN = 64
+HEAD_CHECK_INTERVAL = 0.5  # seconds between looks for heads past their deadline
 
 
 def install(server: Any, worker: Worker) -> None:
     """Our channel class on ``server``, for the connections it accepts from now on;
-    and up to ACCEPTS_PER_TURN accepts per turn of the loop, not one: each turn
-    costs time for every open connection, and a burst of a thousand connections
-    must not keep the next client waiting in the backlog for seconds."""
-    server.channel_class = type("KarmchariChannel", (HTTPChannel,), {
+    up to ACCEPTS_PER_TURN accepts per turn of the loop, not one: each turn costs
+    time for every open connection, and a burst of a thousand connections must not
+    keep the next client waiting in the backlog for seconds. At the connection
+    limit a new client is accepted still, and the connection that has waited
+    longest without a request to answer is closed for it (waitress would stop
+    accepting: slow heads would lock everyone out)."""
+    server.channel_class = type("KarmchariChannel", (_Channel,), {
         "parser_class": _Parser, "task_class": _Task, "error_task_class": _ErrorTask,
         "worker": worker})
     accept_one, socket_map, limit = server.handle_accept, server._map, server.adj.connection_limit
+    waitress_readable = server.readable
+    blocked_until = [0.0]  # at the limit with nothing to shed: stop polling the listener
+
+    def readable() -> bool:
+        waitress_readable()  # its maintenance (idle connections) and its log lines
+        return server.accepting and time.monotonic() >= blocked_until[0]
 
     def handle_accept() -> None:
+        victims: list[Any] | None = None
         for _ in range(ACCEPTS_PER_TURN):
+            if len(socket_map) >= limit:
+                if victims is None:  # sorted once per turn: a flood costs one sort
+                    victims = sorted(filter(_unanswered, _channels(server)),
+                                     key=_shed_order, reverse=True)
+                while victims and not _unanswered(victims[-1]):
+                    victims.pop()
+                if not victims:
+                    blocked_until[0] = time.monotonic() + 0.5
+                    return
+                victims.pop().close()
             before = len(socket_map)
             accept_one()
-            if len(socket_map) == before or len(socket_map) >= limit:
-                return  # nothing more waiting, or the limit reached
+            if len(socket_map) == before:
+                return  # nothing more waiting
 
+    server.readable = readable
     server.handle_accept = handle_accept
+
+
+def close_late_heads(server: Any, header_timeout: float) -> None:
+    """The header deadline: a request head must arrive whole within
+    ``header_timeout`` of its first byte, however it trickles (waitress itself
+    only closes a connection silent for its channel_timeout)."""
+    cutoff = time.monotonic() - header_timeout
+    for channel in _channels(server):
+        since = channel.head_since
+        if since is not None and since < cutoff and _unanswered(channel):
+            channel.will_close = True
 
 
 def wake(server: Any) -> None:
@@ -114,23 +207,34 @@ def _channels(server: Any) -> list[Any]:
     return [c for c in list(server._map.values()) if isinstance(c, HTTPChannel)]
 
 
+# During the drain a connection is closed only once it has been quiet this long:
+# a keep-alive client may be sending its next request right after an answer that
+# went out before the drain began; that request is read and answered (with
+# "Connection: close") rather than reset by a close under it.
+DRAIN_QUIET = 1.0
+
+
 def _close_idle(server: Any) -> None:
-    """Close connections with no request in progress or waiting to be sent; a
-    connection still sending its request head has not been accepted a request."""
+    """Close connections with no request in progress or waiting to be sent, and
+    quiet for DRAIN_QUIET; a connection still sending its request head has not
+    been accepted a request."""
+    quiet_since = time.time() - DRAIN_QUIET
     for channel in _channels(server):
-        partial = channel.request
-        if (not channel.requests and not channel.total_outbufs_len
-                and (partial is None or not partial.headers_finished)):
+        if _unanswered(channel) and channel.last_activity < quiet_since:
             channel.will_close = True
 
 
-def run(server: Any, worker: Worker, shutdown_timeout: float) -> None:
+def run(server: Any, worker: Worker, shutdown_timeout: float, header_timeout: float) -> None:
     """Serve until ``worker.draining``; then stop accepting, answer every request
     read so far (with ``Connection: close``), and return once every connection is
     closed or ``shutdown_timeout`` has passed."""
     loop, socket_map = server.asyncore.loop, server._map
+    next_check = 0.0
     while not worker.draining.is_set():
-        loop(timeout=1.0, map=socket_map, use_poll=True, count=1)
+        loop(timeout=HEAD_CHECK_INTERVAL, map=socket_map, use_poll=True, count=1)
+        if time.monotonic() >= next_check:
+            close_late_heads(server, header_timeout)
+            next_check = time.monotonic() + HEAD_CHECK_INTERVAL
     server.accepting = False
     server.del_channel()
     server.socket.close()

@@ -62,7 +62,10 @@ def _serve_process(config: Config, url: str, sock: socket.socket, limit: int) ->
         # Waitress refuses a body of its limit or more; the app names the limit.
         max_request_body_size=config.max_body_bytes + 1,
         max_request_header_size=config.max_header_bytes, asyncore_use_poll=True,
-        clear_untrusted_proxy_headers=True, **_proxy_settings(config))
+        clear_untrusted_proxy_headers=True,
+        # Reading on while a request runs is how waitress sees its client go away
+        # (environ "waitress.client_disconnected"): a long-poll then frees its slot.
+        channel_request_lookahead=1, **_proxy_settings(config))
     waitress_adapter.install(server, worker)
 
     def on_signal(signum, frame) -> None:
@@ -71,7 +74,7 @@ def _serve_process(config: Config, url: str, sock: socket.socket, limit: int) ->
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    waitress_adapter.run(server, worker, config.shutdown_timeout)
+    waitress_adapter.run(server, worker, config.shutdown_timeout, config.header_timeout)
     log.info("stopped")
 
 

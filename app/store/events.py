@@ -33,6 +33,11 @@ class TooManyWaiters(Exception):
     pass
 
 
+# How often a waiting request asks whether its client is still there: a slot is
+# freed at most this long after the client went away.
+GONE_CHECK_INTERVAL = 0.5
+
+
 class _Waiter:
     """One waiting request: the jobs named in change messages since it last
     looked, and an event that wakes it."""
@@ -61,10 +66,15 @@ class ChangeNotifier:
     """Counts waiting requests, not jobs: a watch of many jobs holds one
     request thread, so it takes one of the ``max_waiters`` slots."""
 
-    def __init__(self, store: JobStore, max_waiters: int, poll_interval: float = 1.0) -> None:
+    def __init__(self, store: JobStore, max_waiters: int, poll_interval: float = 1.0,
+                 per_holder: int = 0) -> None:
         self._store = store
         self._poll_interval = poll_interval
         self._slots = threading.BoundedSemaphore(max_waiters)
+        # Slots one client (token name, or peer address) may hold: one client
+        # alone must not take them all. 0: no cap of its own.
+        self._per_holder = per_holder
+        self._held: dict[str, int] = {}
         self._lock = threading.Lock()
         self._waiters: dict[str, set[_Waiter]] = {}
         self._waiting = 0
@@ -109,9 +119,16 @@ class ChangeNotifier:
                     waiter.event.set()
 
     @contextmanager
-    def _waiting_on(self, job_ids) -> Iterator[_Waiter]:
-        """A slot, and a waiter that change messages of ``job_ids`` wake."""
+    def _waiting_on(self, job_ids, holder: str = "") -> Iterator[_Waiter]:
+        """A slot (one of ``holder``'s too), and a waiter that change messages of
+        ``job_ids`` wake."""
+        if holder and self._per_holder:
+            with self._lock:
+                if self._held.get(holder, 0) >= self._per_holder:
+                    raise TooManyWaiters()
+                self._held[holder] = self._held.get(holder, 0) + 1
         if not self._slots.acquire(blocking=False):
+            self._release_holder(holder)
             raise TooManyWaiters()
         waiter = _Waiter()
         with self._lock:
@@ -130,11 +147,35 @@ class ChangeNotifier:
                         if not waiters:
                             del self._waiters[job_id]
             self._slots.release()
+            self._release_holder(holder)
 
-    def wait_for_change(self, job_id: str, version: int | None, timeout: float):
+    def _release_holder(self, holder: str) -> None:
+        if holder and self._per_holder:
+            with self._lock:
+                left = self._held.pop(holder) - 1
+                if left:
+                    self._held[holder] = left
+
+    def _wait(self, waiter: _Waiter, seconds: float, gone) -> bool:
+        """Wait for a wake-up at most ``seconds``; False once the client is gone
+        (``gone``, from the server, says so)."""
+        if gone is None:
+            waiter.event.wait(seconds)
+            return True
+        end = time.monotonic() + seconds
+        while True:
+            if gone():
+                return False
+            left = end - time.monotonic()
+            if left <= 0 or waiter.event.wait(min(left, GONE_CHECK_INTERVAL)):
+                return True
+
+    def wait_for_change(self, job_id: str, version: int | None, timeout: float,
+                        holder: str = "", gone=None):
         """The job once its version differs from ``version`` (or its current
-        version when None), or after ``timeout`` seconds; with server time."""
-        with self._waiting_on((job_id,)) as waiter:
+        version when None), or after ``timeout`` seconds, or once ``gone()``
+        says the client went away; with server time."""
+        with self._waiting_on((job_id,), holder) as waiter:
             deadline = time.monotonic() + timeout
             self._await_subscriptions(min(timeout, self._poll_interval))
             job, now_ms = self._store.get_with_time(job_id)
@@ -144,17 +185,19 @@ class ChangeNotifier:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._stopping.is_set():
                     break
-                waiter.event.wait(min(remaining, self._poll_interval))
+                if not self._wait(waiter, min(remaining, self._poll_interval), gone):
+                    break
                 waiter.take(self._lock)
                 job, now_ms = self._store.get_with_time(job_id)
             return job, now_ms
 
-    def watch(self, versions: dict[str, int], timeout: float) -> WatchResult:
+    def watch(self, versions: dict[str, int], timeout: float, holder: str = "",
+              gone=None) -> WatchResult:
         """Wait until a job's version differs from the one given (or the job
         is gone), at most ``timeout`` seconds. Only the jobs named in change
         messages are read again, and every job at least every
         ``poll_interval`` (by version alone: one HMGET each)."""
-        with self._waiting_on(versions) as waiter:
+        with self._waiting_on(versions, holder) as waiter:
             deadline = time.monotonic() + timeout
             self._await_subscriptions(min(timeout, self._poll_interval))
             last_full = time.monotonic()
@@ -163,7 +206,9 @@ class ChangeNotifier:
                 now = time.monotonic()
                 if now >= deadline or self._stopping.is_set():
                     break
-                waiter.event.wait(max(0.0, min(deadline, last_full + self._poll_interval) - now))
+                if not self._wait(waiter, max(0.0, min(deadline, last_full + self._poll_interval)
+                                              - now), gone):
+                    break
                 dirty = waiter.take(self._lock)
                 # By time, not by wake-ups: a stream of messages about other
                 # jobs must not put off the re-read that covers a lost one.
