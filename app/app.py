@@ -57,7 +57,7 @@ def create_app(config: Config | None = None, store: JobStore | None = None,
     metrics.watched.set_function(notifier.watched)
     checks = validators(config)
 
-    middleware: list[Any] = [ObservabilityMiddleware(metrics), QueryEncodingMiddleware(),
+    middleware: list[Any] = [ObservabilityMiddleware(metrics, config.access_log), QueryEncodingMiddleware(),
                              AuthMiddleware(tokens)]
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
