@@ -86,7 +86,7 @@ class BatchWriter:
         if second != self._second:
             self._second = second
             self._second_text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
-        return "%s,%03d%s" % (self._second_text, (created - second) * 1000, self._middle)
+        return f"{self._second_text},{int((created - second) * 1000):03d}{self._middle}"
 
     def flush(self) -> None:
         """Write every queued line, in order, in one write."""

@@ -48,7 +48,8 @@ def new_request_id() -> str:
         return _ids.batch.pop()
     except (AttributeError, IndexError):
         size = 16 * _IDS_PER_BATCH
-        text = (int.from_bytes(os.urandom(size)) & _ID_MASK | _ID_BITS).to_bytes(size).hex()
+        text = (int.from_bytes(os.urandom(size), "big") & _ID_MASK | _ID_BITS).to_bytes(
+            size, "big").hex()
         batch = _ids.batch = [text[i:i + 32] for i in range(0, 2 * size, 32)]
         return batch.pop()
 
@@ -72,9 +73,10 @@ class _AccessLogDrops:
 
     def collect(self) -> Iterable[Metric]:
         writer = access_writer.WRITER
+        created = writer.created if prometheus_metrics._use_created else None
         return [CounterMetricFamily(
             "karmchari_access_log_dropped", "Access-log lines dropped: the writer fell behind",
-            value=writer.dropped, created=writer.created if prometheus_metrics._use_created else None)]
+            value=writer.dropped, created=created)]
 
 
 class Metrics:

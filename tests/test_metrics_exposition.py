@@ -102,7 +102,7 @@ def test_no_observation_lost_between_threads_and_scrapes():
     threads, each = 8, 3000
 
     def observe(thread: int) -> None:
-        for n in range(each):
+        for _ in range(each):
             metrics.observe("/jobState", "GET", 200 + thread % 2, 0.002)
 
     def scrape_until_done() -> None:

@@ -5,6 +5,7 @@ answer before it)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 import urllib.error
@@ -335,3 +336,19 @@ def test_generated_request_ids_are_uuid4_hex():
         parsed = uuid.UUID(hex=request_id)
         assert GENERATED_ID.match(request_id)
         assert (parsed.hex, parsed.version, parsed.variant) == (request_id, 4, uuid.RFC_4122)
+
+
+def test_a_forked_child_makes_request_ids_of_its_own():
+    """Ids are made in batches; a child must not hand out its parent's next ones."""
+    new_request_id()  # the parent now holds a batch
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write_end, "".join(new_request_id() for _ in range(3)).encode())
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_end) as child:
+        theirs = re.findall("[0-9a-f]{32}", child.read())
+    ours = [new_request_id() for _ in range(3)]
+    assert len(theirs) == 3 and not set(theirs) & set(ours)
