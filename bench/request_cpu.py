@@ -5,7 +5,7 @@ standard error sent to a file. ``time.process_time`` counts every thread of
 the process, so a background writer's work is included.
 
 ``python -m bench.request_cpu [--requests N] [--rounds R] [--access-log MODE]
-[--log-level LEVEL]``
+[--log-level LEVEL] [--threads N]``
 prints the least and the median µs of CPU per request over the rounds.
 """
 
@@ -18,6 +18,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 
 from falcon import testing
@@ -36,16 +37,25 @@ def _redirect_stderr() -> None:
     sys.stderr = io.TextIOWrapper(os.fdopen(2, "wb", buffering=0), write_through=True)
 
 
-def measure(app, environ: dict, requests: int) -> float:
-    """µs of CPU per request over ``requests`` calls of the WSGI app."""
+def measure(app, environ: dict, requests: int, threads: int = 1) -> float:
+    """µs of CPU per request over ``requests`` calls of the WSGI app, made by
+    ``threads`` threads at once (as a server's request threads)."""
     def start_response(status, headers, exc_info=None):
         return None
 
+    def run(count: int) -> None:
+        for _ in range(count):
+            for _chunk in app(dict(environ), start_response):
+                pass
+
+    workers = [threading.Thread(target=run, args=(requests // threads,))
+               for _ in range(threads)]
     begin = time.process_time()
-    for _ in range(requests):
-        for _chunk in app(dict(environ), start_response):
-            pass
-    return (time.process_time() - begin) * 1e6 / requests
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return (time.process_time() - begin) * 1e6 / (requests // threads * threads)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--access-log", default=None,
                         help="the --access-log setting (where the code has it)")
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--threads", type=int, default=1, help="request threads at once")
     args = parser.parse_args(argv)
     out = sys.stdout
     redis = BenchRedis().start()
@@ -76,10 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         environ = testing.create_environ("/jobState", query_string=f"id={job_id}",
                                          remote_addr="127.0.0.1")
         assert client.simulate_get("/jobState", params={"id": job_id}).status_code == 200
-        measure(app, environ, args.requests // 5)  # warm-up
-        results = [measure(app, environ, args.requests) for _ in range(args.rounds)]
+        measure(app, environ, args.requests // 5, args.threads)  # warm-up
+        results = [measure(app, environ, args.requests, args.threads)
+                   for _ in range(args.rounds)]
         # The least is the one least disturbed by other work on the machine.
-        print(f"GET /jobState: least {min(results):.1f}, median "
+        threads = f"{args.threads} thread{'s' if args.threads > 1 else ''}"
+        print(f"GET /jobState, {threads}: least {min(results):.1f}, median "
               f"{statistics.median(results):.1f} µs CPU per request ({args.rounds} rounds of "
               f"{args.requests})", file=out)
     finally:
