@@ -58,8 +58,8 @@ def create_app(config: Config | None = None, store: JobStore | None = None,
     metrics.watched.set_function(notifier.watched)
     checks = validators(config)
 
-    middleware: list[Any] = [ObservabilityMiddleware(metrics), QueryEncodingMiddleware(),
-                             AuthMiddleware(tokens)]
+    middleware: list[Any] = [ObservabilityMiddleware(metrics, config.access_log),
+                             QueryEncodingMiddleware(), AuthMiddleware(tokens)]
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     app.set_error_serializer(serialize_error)

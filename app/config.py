@@ -17,6 +17,7 @@ DEFAULT_PORT = 51463
 ENV_PREFIX = "KARMCHARI_"
 DAY = 24 * 3600
 SERVERS = ("waitress", "granian")
+ACCESS_LOG_MODES = ("stderr", "logging", "off")
 
 
 def _default_data_dir() -> str:
@@ -138,6 +139,10 @@ class Config:
                                  "-Proto are believed", metavar="ADDRESS")
     log_level: str = setting("info", "log level",
                              choices=("debug", "info", "warning", "error"))
+    access_log: str = setting("stderr", "where the access lines go: stderr (written in "
+                              "batches, the format of the other log lines), logging (each "
+                              "through the karmchari.access logger) or off",
+                              choices=ACCESS_LOG_MODES)
 
     @property
     def store_url(self) -> str:

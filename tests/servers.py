@@ -172,6 +172,16 @@ class ServiceProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def log_with(self, text: str, timeout: float = 15.0) -> str:
+        """The log once ``text`` is in it: the access lines are written in
+        batches, a moment after their answers."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not in the log after {timeout:g} s:\n{log}")
+            time.sleep(0.02)
+        return log
+
     def stop(self, timeout: float = 30.0) -> int | None:
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

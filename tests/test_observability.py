@@ -5,6 +5,7 @@ answer before it)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 import urllib.error
@@ -225,7 +226,7 @@ def test_request_id_is_honoured_generated_and_logged(live_service):
     assert all(GENERATED_ID.match(request_id) for request_id in generated), generated
     assert len(set(generated)) == len(generated)
 
-    service_log = live_service.log()
+    service_log = live_service.log_with(f"request_id={generated[-1]}")
     access = [line for line in service_log.splitlines() if "karmchari.access" in line]
     assert sum(f"request_id={given}" in line for line in access) == len(answers)
     for request_id in generated:
@@ -237,7 +238,7 @@ def test_request_id_is_honoured_generated_and_logged(live_service):
 def test_access_log_cannot_be_forged_through_the_path(live_service):
     status, _, _ = fetch(live_service.url + "/v1/jobs/%0d%0aFORGED%20200%0a")
     assert status == 404
-    lines = live_service.log().splitlines()
+    lines = live_service.log_with("FORGED").splitlines()
     assert not any(line.startswith("FORGED") for line in lines)
     assert any('path="/v1/jobs/\\r\\nFORGED 200\\n"' in line for line in lines)
 
@@ -335,3 +336,19 @@ def test_generated_request_ids_are_uuid4_hex():
         parsed = uuid.UUID(hex=request_id)
         assert GENERATED_ID.match(request_id)
         assert (parsed.hex, parsed.version, parsed.variant) == (request_id, 4, uuid.RFC_4122)
+
+
+def test_a_forked_child_makes_request_ids_of_its_own():
+    """Ids are made in batches; a child must not hand out its parent's next ones."""
+    new_request_id()  # the parent now holds a batch
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write_end, "".join(new_request_id() for _ in range(3)).encode())
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_end) as child:
+        theirs = re.findall("[0-9a-f]{32}", child.read())
+    ours = [new_request_id() for _ in range(3)]
+    assert len(theirs) == 3 and not set(theirs) & set(ours)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
+from app import access_log
 from app.app import build_store, create_app
 from app.auth import TokenRegistry
 from app.config import Config
@@ -162,6 +163,7 @@ class Worker:
     def drain(self) -> None:
         """From now on each answer closes its connection, and long-polls answer now."""
         if not self.draining.is_set():
+            access_log.flush()  # the lines so far before this one
             log.info("shutting down: finishing requests in flight")
             self.draining.set()
             self.notifier.stop()

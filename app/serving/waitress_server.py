@@ -11,6 +11,7 @@ from typing import Any
 
 import waitress.server
 
+from app import access_log
 from app.config import Config
 from app.embedded import die_with_parent
 from app.serving import waitress_adapter
@@ -75,6 +76,7 @@ def _serve_process(config: Config, url: str, sock: socket.socket, limit: int) ->
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     waitress_adapter.run(server, worker, config.shutdown_timeout, config.header_timeout)
+    access_log.flush()
     log.info("stopped")
 
 
@@ -93,6 +95,7 @@ def _serve_forked(config: Config, url: str, sock: socket.socket, limit: int) -> 
                 die_with_parent(parent, signal.SIGKILL)
                 _serve_process(config, url, sock, limit)
             finally:
+                access_log.flush()  # os._exit runs no atexit handler
                 os._exit(0)
         children.append(pid)
     sock.close()
