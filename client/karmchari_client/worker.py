@@ -89,9 +89,12 @@ class Worker:
 
     ``heartbeat_interval`` defaults to a third of the job's
     ``heartbeat_timeout`` (so that two lost heartbeats do not make it look
-    stalled), at most 10 s. ``long_poll=False`` learns commands from the
-    heartbeats alone; otherwise the job joins the process's shared watch,
-    which waits at most ``long_poll_wait`` seconds per request.
+    stalled), at most 10 s. The heartbeats go out with those of the
+    process's other Workers of the same service and token: one thread and
+    one ``POST /v1/heartbeats`` per interval for all of them.
+    ``long_poll=False`` learns commands from the heartbeats alone; otherwise
+    the job joins the process's shared watch, which waits at most
+    ``long_poll_wait`` seconds per request.
     ``on_state(state)`` is called from a background thread each time the
     worker learns a new state. ``give_up_after`` bounds how long the start and
     the final report are retried while the service is away.
