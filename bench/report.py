@@ -273,6 +273,16 @@ def closing_note(results: dict, listing: dict | None, signal: dict | None) -> st
             f"each reached its worker in {pause['median_ms']:.1f} ms (median; p99 "
             f"{pause['p99_ms']:.1f} ms, "
             f"{_against(pause['p99_ms'], 100, at_least=False, shown=lambda v: f'{v:.0f} ms')}).")
+        rss = fleet.get("service_rss_mb")
+        if rss:
+            sentences.append(
+                f"The service process peaked at {rss['largest']:.0f} MB resident ("
+                f"{_against(rss['largest'], 80, at_least=False, shown=lambda v: f'{v:.0f} MB')}).")
+        idle = fleet.get("heartbeats_idle")
+        if idle:
+            sentences.append(f"A worker process of {fleet['jobs_per_process']} jobs sent "
+                             f"{idle['per_process_per_interval']:g} heartbeat requests per "
+                             "interval (target: one).")
     return " ".join(sentences)
 
 

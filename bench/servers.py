@@ -159,7 +159,8 @@ class BenchService:
     ready_path = "/readyz"  # answers 200 once the service can serve
 
     def __init__(self, redis_url: str, *, threads: int = 16, workers: int = 1,
-                 log_dir: Path | None = None, server: str = "waitress") -> None:
+                 log_dir: Path | None = None, server: str = "waitress",
+                 max_waiters: int = 0) -> None:
         self.port = free_port()
         self.threads = threads
         self.workers = workers
@@ -167,6 +168,8 @@ class BenchService:
         self.args = [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1",
                      "--port", str(self.port), "--redis-url", redis_url,
                      "--threads", str(threads), "--workers", str(workers), "--server", server]
+        if max_waiters:  # 0: the service's default, half the threads
+            self.args += ["--max-waiters", str(max_waiters)]
         self.log_path = (log_dir or Path(tempfile.gettempdir())) / f"serve-{self.port}.log"
         self.process: subprocess.Popen | None = None
         self.env: dict[str, str] = {}  # added to the environment of the service

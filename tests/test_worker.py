@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from karmchari_client import Backoff, Client, JobEnded, JobKilled, ServiceUnavailable, Worker
+from karmchari_client.heartbeats import Heartbeater
 from karmchari_client.watcher import Watcher
 from tests.servers import ROOT, ServiceProcess
 from tests.waiting import eventually
@@ -290,9 +291,9 @@ def test_many_workers_in_one_process_share_one_watch(live_service, api):
         eventually(lambda: gauge(live_service, "karmchari_watched_jobs") == 40, timeout=30)
         assert gauge(live_service, "karmchari_long_poll_waiters") == 1
         assert Watcher.shared(live_service.url, None).jobs() == 40
-        for worker in workers:  # a heartbeat thread each, no poller of its own
-            assert [t.name for t in worker_threads(worker.job_id)] == \
-                [f"karmchari-heartbeat-{worker.job_id[:8]}"]
+        for worker in workers:  # no thread of its own: the heartbeats are shared too
+            assert worker_threads(worker.job_id) == []
+        assert Heartbeater.shared(live_service.url, None).jobs() == 40
 
         for worker in workers:
             api.command(worker.job_id, "pause")
@@ -304,6 +305,7 @@ def test_many_workers_in_one_process_share_one_watch(live_service, api):
     finally:
         finish_killed(api, workers)
     assert Watcher.shared(live_service.url, None).jobs() == 0
+    assert Heartbeater.shared(live_service.url, None).jobs() == 0
     eventually(lambda: gauge(live_service, "karmchari_watched_jobs") == 0, timeout=30)
 
 
@@ -366,9 +368,13 @@ def test_workers_obey_through_heartbeats_while_the_watch_gets_429(redis_url, key
 
 
 class CountingClient(Client):
+    """Counts the requests that found the service away, and the heartbeat
+    batches sent (the job ids of each)."""
+
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self.unavailable = 0
+        self.batches: list[list[str]] = []
 
     def request(self, *args, **kwargs):
         try:
@@ -377,13 +383,24 @@ class CountingClient(Client):
             self.unavailable += 1
             raise
 
+    def heartbeats(self, reports: list[dict]) -> list[dict]:
+        self.batches.append([r["id"] for r in reports])
+        return super().heartbeats(reports)
+
+
+def counting_heartbeats(url: str) -> CountingClient:
+    """The process's shared heartbeats for ``url``, sent through a CountingClient."""
+    client = CountingClient(url)
+    Heartbeater.shared(url, None).client = client
+    return client
+
 
 def test_the_worker_carries_on_across_a_service_restart(redis_url, key_prefix, store):
     service = ServiceProcess("--redis-url", redis_url,
                              env={"KARMCHARI_KEY_PREFIX": key_prefix}).start()
-    client = CountingClient(service.url)
+    client = counting_heartbeats(service.url)
     try:
-        worker = Worker.register("teams", client=client, heartbeat_interval=0.2)
+        worker = Worker.register("teams", service.url, heartbeat_interval=0.2)
         with worker:
             steps, ended, threads = run_checkpoints(worker, 1)
             eventually(lambda: store.get(worker.job_id).heartbeat_at)

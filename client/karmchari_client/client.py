@@ -178,7 +178,7 @@ class Client:
         sent_headers = {"Accept": "application/json", **(headers or {})}
         payload = None
         if body is not None:
-            payload = json.dumps(body).encode("utf-8")
+            payload = json.dumps(body, separators=(",", ":")).encode("utf-8")
             sent_headers["Content-Type"] = "application/json"
         if self._token:
             sent_headers["Authorization"] = f"Bearer {self._token}"

@@ -20,6 +20,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from karmchari_client.backoff import Backoff
 from karmchari_client.client import ApiError, Client, ServiceUnavailable
 
 if TYPE_CHECKING:
@@ -95,8 +96,6 @@ class Watcher:
         return {job_id: self._workers[job_id] for job_id in ids}
 
     def _run_lane(self, index: int) -> None:
-        from karmchari_client.worker import Backoff
-
         # At most 10 s: after a restart of the service, the watch should be back soon.
         backoff = Backoff(cap=10.0)
         watched: set[str] = set()
@@ -148,7 +147,7 @@ class Watcher:
             else:
                 backoff.reset()
 
-    def _refused(self, error: ApiError, backoff) -> None:
+    def _refused(self, error: ApiError, backoff: Backoff) -> None:
         limit = _LIMIT_RE.search(error.problem.get("detail") or "")
         if error.status == 400 and limit and int(limit[1]) < self.max_jobs:
             with self._lock:

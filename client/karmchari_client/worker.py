@@ -12,11 +12,13 @@
     except JobKilled:
         clean_up()
 
-A background thread heartbeats (progress, message, and the state the worker is
-in) and learns the job's state from each answer; and the job joins the
-process's one watch (``POST /v1/watch``, shared by all the Workers of the
-process, see ``karmchari_client.watcher``), so that a command reaches the
-worker within milliseconds rather than at the next heartbeat.
+The job's heartbeats (progress, message, and the state the worker is in) go
+with those of every other Worker of the process, one ``POST /v1/heartbeats``
+per interval from one thread (``karmchari_client.heartbeats``), and each
+answer tells the Worker its job's state; and the job joins the process's one
+watch (``POST /v1/watch``, shared by all the Workers of the process, see
+``karmchari_client.watcher``), so that a command reaches the worker within
+milliseconds rather than at the next heartbeat.
 ``checkpoint()`` is where the program obeys: it returns at once while the job
 runs, blocks while it is paused (acknowledging the pause with
 ``observed_state=pause``) and raises ``JobKilled`` once it is killed. Leaving
@@ -33,7 +35,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import socket
 import threading
 import time
@@ -41,7 +42,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from karmchari_client.backoff import Backoff
 from karmchari_client.client import ApiError, Client, ServiceUnavailable
+from karmchari_client.heartbeats import Heartbeater
 from karmchari_client.watcher import Watcher
 
 log = logging.getLogger(__name__)
@@ -75,28 +78,6 @@ class JobKilled(JobEnded):
         super().__init__(job_id, KILLED)
 
 
-class Backoff:
-    """Exponential backoff with jitter: each delay is drawn from the upper half
-    of ``base * 2**n`` (capped), so retries never come in a tight loop and many
-    workers do not retry in step. A ``Retry-After`` from the service is a floor."""
-
-    def __init__(self, base: float = 0.5, cap: float = 30.0,
-                 rng: Callable[[], float] = random.random) -> None:
-        self.base, self.cap, self._rng = base, cap, rng
-        self._attempt = 0
-
-    def next(self, retry_after: float | None = None) -> float:
-        ceiling = min(self.cap, self.base * 2 ** min(self._attempt, 32))
-        self._attempt += 1
-        delay = ceiling / 2 + self._rng() * ceiling / 2
-        if retry_after:
-            delay = max(delay, min(retry_after, self.cap))
-        return delay
-
-    def reset(self) -> None:
-        self._attempt = 0
-
-
 def _clip(text: str) -> str:
     return text if len(text) <= MAX_TEXT_CHARS else text[:MAX_TEXT_CHARS - 1] + "…"
 
@@ -108,9 +89,12 @@ class Worker:
 
     ``heartbeat_interval`` defaults to a third of the job's
     ``heartbeat_timeout`` (so that two lost heartbeats do not make it look
-    stalled), at most 10 s. ``long_poll=False`` learns commands from the
-    heartbeats alone; otherwise the job joins the process's shared watch,
-    which waits at most ``long_poll_wait`` seconds per request.
+    stalled), at most 10 s. The heartbeats go out with those of the
+    process's other Workers of the same service and token: one thread and
+    one ``POST /v1/heartbeats`` per interval for all of them.
+    ``long_poll=False`` learns commands from the heartbeats alone; otherwise
+    the job joins the process's shared watch, which waits at most
+    ``long_poll_wait`` seconds per request.
     ``on_state(state)`` is called from a background thread each time the
     worker learns a new state. ``give_up_after`` bounds how long the start and
     the final report are retried while the service is away.
@@ -129,8 +113,9 @@ class Worker:
         self._long_poll = long_poll
         self.long_poll_wait = long_poll_wait
         self._watcher: Watcher | None = None
+        self._heartbeats: Heartbeater | None = None
         self._on_state = on_state
-        self._max_backoff = max_backoff
+        self.max_backoff = max_backoff
         self._give_up_after = give_up_after
         # Everything below is guarded by _changed's lock.
         self._changed = threading.Condition()
@@ -139,9 +124,7 @@ class Worker:
         self._observed = RUNNING
         self._progress: float | None = None
         self._message: str | None = None
-        self._send_now = False
         self._closing = False
-        self._heartbeat_thread: threading.Thread | None = None
 
     # -- starting a job -------------------------------------------------------
 
@@ -170,7 +153,8 @@ class Worker:
 
     def start(self) -> None:
         """Send the first heartbeat (so that a wrong id or token fails here,
-        not in the background) and start the background threads."""
+        not in the background), then join the process's shared heartbeats
+        and watch."""
         answer = self._retry(lambda: self._client.heartbeat(
             self.job_id, worker=self.worker_name, observed_state=RUNNING))
         self._learn(answer["state"], answer["version"])
@@ -179,16 +163,11 @@ class Worker:
             job = self._retry(lambda: self._client.get(self.job_id))
             timeout = job["heartbeat_timeout"]
             interval = self._interval = min(10.0, max(0.2, timeout / 3)) if timeout else 10.0
-        self._heartbeat_thread = self._spawn(lambda: self._heartbeat_loop(interval), "heartbeat")
+        self._heartbeats = Heartbeater.shared(self._client.url, self._client.token)
+        self._heartbeats.add(self, interval)
         if self._long_poll:
             self._watcher = Watcher.shared(self._client.url, self._client.token)
             self._watcher.add(self)
-
-    def _spawn(self, target: Callable[[], None], role: str) -> threading.Thread:
-        thread = threading.Thread(target=target, name=f"karmchari-{role}-{self.job_id[:8]}",
-                                  daemon=True)
-        thread.start()
-        return thread
 
     # -- what the worker program calls --------------------------------------
 
@@ -227,8 +206,8 @@ class Worker:
             self._changed.notify_all()
         if self._watcher is not None:
             self._watcher.remove(self)
-        if self._heartbeat_thread is not None:
-            self._heartbeat_thread.join()  # so that no heartbeat overtakes the last report
+        if self._heartbeats is not None:
+            self._heartbeats.remove(self)  # waits, so that no heartbeat overtakes the last report
         try:
             if isinstance(error, JobEnded) or self.state in ENDED_STATES or self.state is None:
                 self._acknowledge_end()
@@ -238,8 +217,6 @@ class Worker:
                 self._send_final(FAIL_COMMAND, _clip(f"{type(error).__name__}: {error}"))
         finally:
             self._client.close()
-
-    # -- internals ------------------------------------------------------------
 
     # -- what the shared watch calls -------------------------------------------
 
@@ -254,17 +231,34 @@ class Worker:
     def learn_from_watch(self, state: str | None, version: int) -> None:
         self._learn(state, version)
 
+    # -- what the shared heartbeats call ---------------------------------------
+
+    def heartbeat_report(self) -> dict[str, Any] | None:
+        """This job's part of the next heartbeat; None once it is over."""
+        with self._changed:
+            if self._closing or self._state is None or self._state in ENDED_STATES:
+                return None
+            report = {"id": self.job_id, "worker": self.worker_name,
+                      "observed_state": self._observed, "progress": self._progress,
+                      "message": self._message}
+        return {k: v for k, v in report.items() if v is not None}
+
+    def learn_from_heartbeat(self, state: str | None, version: int) -> None:
+        self._learn(state, version)
+
     def _raise_if_ended(self) -> None:
         if self._state == KILLED:
             raise JobKilled(self.job_id)
         if self._state is None or self._state in ENDED_STATES:
             raise JobEnded(self.job_id, self._state)
 
+    # -- internals ------------------------------------------------------------
+
     def _report_observed(self, observed: str) -> None:
-        """Called with the lock held: have the heartbeat thread send it now."""
+        """Called with the lock held: have the shared heartbeats send it now."""
         self._observed = observed
-        self._send_now = True
-        self._changed.notify_all()
+        if self._heartbeats is not None:
+            self._heartbeats.wake(self)
 
     def _learn(self, state: str | None, version: int) -> None:
         """Take a state from an answer; answers may come back out of order
@@ -282,39 +276,8 @@ class Worker:
             except Exception:  # a faulty callback must not stop the heartbeats
                 log.exception("on_state callback of job %s failed", self.job_id)
 
-    def _heartbeat_loop(self, interval: float) -> None:
-        backoff = Backoff(cap=self._max_backoff)
-        delay = interval
-        while True:
-            with self._changed:
-                deadline = time.monotonic() + delay
-                while not (self._closing or self._send_now) and \
-                        (remaining := deadline - time.monotonic()) > 0:
-                    self._changed.wait(remaining)
-                if self._closing or self._state in ENDED_STATES or self._state is None:
-                    return
-                self._send_now = False
-                report = {"worker": self.worker_name, "observed_state": self._observed,
-                          "progress": self._progress, "message": self._message}
-            try:
-                answer = self._client.heartbeat(self.job_id, **report)
-            except ServiceUnavailable as error:
-                delay = backoff.next(error.retry_after)
-                log.info("heartbeat of job %s: %s; retrying in %.1fs", self.job_id, error, delay)
-                continue
-            except ApiError as error:
-                if error.status == 404:
-                    self._learn(None, 0)
-                    return
-                delay = backoff.next()
-                log.warning("heartbeat of job %s refused: %s", self.job_id, error)
-                continue
-            backoff.reset()
-            delay = interval
-            self._learn(answer["state"], answer["version"])
-
     def _retry(self, call: Callable[[], Any]) -> Any:
-        return _retrying(call, Backoff(cap=self._max_backoff), self._give_up_after)
+        return _retrying(call, Backoff(cap=self.max_backoff), self._give_up_after)
 
     def _send_final(self, command: str, reason: str) -> None:
         """The last progress and message, then ``done`` or ``fail``."""
