@@ -63,20 +63,34 @@ def check_version(flavor: str, version: str | None) -> None:
                            f"needs {name} {minimum[0]}.{minimum[1]} or newer")
 
 
-def check_store(store: JobStore, wait_seconds: float = 30.0) -> None:
-    """Wait for Redis, refuse one that is too old, warn about eviction."""
+def check_store(store: JobStore, wait_seconds: float = 30.0, where: str = "") -> None:
+    """Wait for Redis, refuse one that is too old, warn about eviction. While it
+    waits: one line per try, tries further and further apart, and one final error
+    naming the store and the option that sets the wait (not a line per second)."""
     deadline = time.monotonic() + wait_seconds
-    while True:
-        try:
-            info = store.server_info()
-            break
-        except StoreUnavailable as error:
-            if time.monotonic() > deadline:
-                raise StartupError(f"Redis is not reachable after {wait_seconds:g} s: {error}"
-                                   " (check --redis-url, --shost or --redis-sentinel)") from None
-            log.warning("waiting for Redis (giving up in %d s): %s",
-                        max(0, deadline - time.monotonic()), error)
-            time.sleep(1)
+    delay = 1.0
+    quiet = logging.getLogger("app.store.connection")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # each failed try is told here, once
+    try:
+        while True:
+            try:
+                info = store.server_info()
+                break
+            except StoreUnavailable as error:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StartupError(
+                        f"Redis{' at ' + where if where else ''} is not reachable after "
+                        f"{wait_seconds:g} s: {error} (check --redis-url, --shost or "
+                        "--redis-sentinel; --store-wait sets how long to wait)") from None
+                log.warning("waiting for Redis%s (trying again in %.0f s, giving up in "
+                            "%.0f s): %s", " at " + where if where else "", min(delay, left),
+                            left, error)
+                time.sleep(min(delay, left))
+                delay *= 2
+    finally:
+        quiet.setLevel(level)
     check_version(info["flavor"], info["version"])
     if info["maxmemory_policy"] not in (None, "noeviction"):
         log.warning("Redis maxmemory-policy is %s, not noeviction: Redis may evict jobs "
