@@ -7,6 +7,7 @@ from typing import Any
 import falcon
 
 from app.auth import AuthMiddleware, TokenRegistry
+from app.browser_guard import BrowserGuard
 from app.config import Config
 from app.errors import KarmchariError, StoreUnavailable
 from app.inputs import QueryEncodingMiddleware
@@ -57,7 +58,8 @@ def create_app(config: Config | None = None, store: JobStore | None = None,
     metrics.watched.set_function(notifier.watched)
     checks = validators(config)
 
-    middleware: list[Any] = [ObservabilityMiddleware(metrics), QueryEncodingMiddleware(),
+    middleware: list[Any] = [ObservabilityMiddleware(metrics),
+                             BrowserGuard(config, tokens.enabled), QueryEncodingMiddleware(),
                              AuthMiddleware(tokens)]
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True

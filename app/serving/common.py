@@ -249,7 +249,7 @@ def guarded(worker: Worker):
         media, body = error_answer(environ.get("PATH_INFO", ""), int(status[:3]), code,
                                    title, detail)
         start_response(status, [("Content-Type", media), ("Content-Length", str(len(body))),
-                                ("Connection", "close")])
+                                ("Connection", "close"), ("X-Content-Type-Options", "nosniff")])
         return [body]
 
     def application(environ, start_response):
