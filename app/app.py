@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import falcon
@@ -44,7 +45,9 @@ def build_store(config: Config, url: str) -> JobStore:
 
 def create_app(config: Config | None = None, store: JobStore | None = None,
                tokens: TokenRegistry | None = None,
-               notifier: ChangeNotifier | None = None) -> falcon.App:
+               notifier: ChangeNotifier | None = None,
+               draining: threading.Event | None = None) -> falcon.App:
+    """``draining``: set when the service drains (bulk commands then stop early)."""
     config = config or Config()
     if store is None:
         store = build_store(config, config.store_url or "redis://127.0.0.1:6379/0")
@@ -76,7 +79,7 @@ def create_app(config: Config | None = None, store: JobStore | None = None,
     app.add_route("/registerJob", RegisterJob(store, config))
     app.add_route("/jobState", JobState(store, config))
     app.add_route("/v1/jobs", JobCollection(store, config, checks))
-    app.add_route("/v1/jobs/commands", BulkCommands(store, config, checks))
+    app.add_route("/v1/jobs/commands", BulkCommands(store, config, checks, draining))
     app.add_route("/v1/jobs/{job_id}", JobItem(store, config, notifier))
     app.add_route("/v1/jobs/{job_id}/commands", JobCommands(store, config, checks))
     app.add_route("/v1/jobs/{job_id}/history", JobHistory(store))

@@ -168,8 +168,8 @@ class Worker:
         self.config = config
         self.store = build_store(config, url)
         self.notifier = ChangeNotifier(self.store, config.waiter_limit)
-        self.app = create_app(config, self.store, notifier=self.notifier)
         self.draining = threading.Event()
+        self.app = create_app(config, self.store, notifier=self.notifier, draining=self.draining)
         start_sweeper(self.store, config.sweep_interval, self.draining, config.job_types)
 
     def drain(self) -> None:
