@@ -58,8 +58,9 @@ class Metrics:
 
 class ObservabilityMiddleware:
     """First in the chain: gives every request an id (``X-Request-ID`` kept when
-    sane, else generated) and ``X-Content-Type-Options: nosniff``, marks the old endpoints for plain-text errors, and
-    records one access-log line and the metrics when the response is done."""
+    sane, else generated) and ``X-Content-Type-Options: nosniff``, marks the old
+    endpoints for plain-text errors, and records one access-log line and the
+    metrics when the response is done."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics

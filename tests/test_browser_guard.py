@@ -28,7 +28,8 @@ FORM = "application/x-www-form-urlencoded"
 
 
 def send(service: ServiceProcess, method: str, path: str, *, host: str | None = None,
-         headers: dict | None = None, body: bytes | None = None) -> tuple[int, CaseInsensitiveDict, bytes]:
+         headers: dict | None = None, body: bytes | None = None
+         ) -> tuple[int, CaseInsensitiveDict, bytes]:
     """One request with exactly the Host given (None: the service's address)."""
     connection = http.client.HTTPConnection("127.0.0.1", service.port, timeout=30)
     try:
