@@ -24,6 +24,19 @@ from tests.live import SERVERS, LiveClient
 from tests.servers import RedisProcess, ServiceProcess
 
 
+def _test_client_names_localhost() -> None:
+    """Without tokens the app answers only for its own host names (app/browser_guard.py);
+    falcon's test client names falconframework.org unless told: localhost instead."""
+    from falcon.testing import client as falcon_client
+    for function in (falcon_client.simulate_request, falcon_client._simulate_request_asgi):
+        defaults = function.__defaults__ or ()
+        function.__defaults__ = tuple("localhost" if d == testing.DEFAULT_HOST else d
+                                      for d in defaults)
+
+
+_test_client_names_localhost()
+
+
 @pytest.fixture(scope="session")
 def redis_url():
     if os.environ.get("REDIS_URL"):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import falcon
 
 from app.auth import AuthMiddleware, TokenRegistry
+from app.browser_guard import BrowserGuard
 from app.config import Config
 from app.errors import KarmchariError, StoreUnavailable
 from app.inputs import QueryEncodingMiddleware
@@ -43,7 +45,9 @@ def build_store(config: Config, url: str) -> JobStore:
 
 def create_app(config: Config | None = None, store: JobStore | None = None,
                tokens: TokenRegistry | None = None,
-               notifier: ChangeNotifier | None = None) -> falcon.App:
+               notifier: ChangeNotifier | None = None,
+               draining: threading.Event | None = None) -> falcon.App:
+    """``draining``: set when the service drains (bulk commands then stop early)."""
     config = config or Config()
     if store is None:
         store = build_store(config, config.store_url or "redis://127.0.0.1:6379/0")
@@ -59,7 +63,8 @@ def create_app(config: Config | None = None, store: JobStore | None = None,
     checks = validators(config)
 
     middleware: list[Any] = [ObservabilityMiddleware(metrics, config.access_log),
-                             QueryEncodingMiddleware(), AuthMiddleware(tokens)]
+                             BrowserGuard(config, tokens.enabled), QueryEncodingMiddleware(),
+                             AuthMiddleware(tokens)]
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     app.set_error_serializer(serialize_error)
@@ -75,7 +80,7 @@ def create_app(config: Config | None = None, store: JobStore | None = None,
     app.add_route("/registerJob", RegisterJob(store, config))
     app.add_route("/jobState", JobState(store, config))
     app.add_route("/v1/jobs", JobCollection(store, config, checks))
-    app.add_route("/v1/jobs/commands", BulkCommands(store, config, checks))
+    app.add_route("/v1/jobs/commands", BulkCommands(store, config, checks, draining))
     app.add_route("/v1/jobs/{job_id}", JobItem(store, config, notifier))
     app.add_route("/v1/jobs/{job_id}/commands", JobCommands(store, config, checks))
     app.add_route("/v1/jobs/{job_id}/history", JobHistory(store))

@@ -73,7 +73,9 @@ class TokenRegistry:
         MIN_TOKEN_CHARS, and a source that is given but yields no token: that
         would silently run the service without authentication."""
         entries: list[tuple[str, str, bytes]] = []
-        for item in filter(None, (p.strip() for p in env_value.split(","))):
+        places: list[str] = []  # where each entry was read, for the refusals
+        for number, item in enumerate(filter(None, (p.strip() for p in env_value.split(","))),
+                                      1):
             parts = item.split(":", 2)
             if len(parts) != 3 or not all(parts):
                 raise TokenConfigError("KARMCHARI_TOKENS entries are name:role:token")
@@ -83,6 +85,7 @@ class TokenRegistry:
                     f"characters; at least {MIN_TOKEN_CHARS} are needed. Make one with: "
                     f"{MAKE_TOKEN}")
             entries.append((parts[0], parts[1], _digest(parts[2])))
+            places.append(f"KARMCHARI_TOKENS entry {number}")
         if env_value.strip() and not entries:
             raise TokenConfigError("KARMCHARI_TOKENS is set but names no token (entries are "
                                    "name:role:token); unset it to run without tokens")
@@ -102,10 +105,12 @@ class TokenRegistry:
                 if len(digest) != 32:
                     raise TokenConfigError(f"{file_path}:{number}: not a SHA-256 hex digest")
                 entries.append((parts[0], parts[1], digest))
+                places.append(f"{file_path}:{number}")
             if len(entries) == from_file:
                 raise TokenConfigError(
                     f"{file_path}: no token in it (lines are 'name role sha256-hex'); the "
                     "service would run without authentication")
+        _refuse_duplicates(entries, places)
         return cls(entries)
 
     @property
@@ -119,6 +124,23 @@ class TokenRegistry:
             if hmac.compare_digest(digest, presented):
                 found = principal
         return found
+
+
+def _refuse_duplicates(entries: list[tuple[str, str, bytes]], places: list[str]) -> None:
+    """One name with two roles, or one token listed twice, would leave the caller's
+    role to whichever line comes last: refuse both, naming the lines. One name with
+    several tokens of the same role stays allowed (a token being rotated)."""
+    roles: dict[str, tuple[str, str]] = {}
+    tokens: dict[bytes, str] = {}
+    for (name, role, digest), place in zip(entries, places, strict=True):
+        if digest in tokens:
+            raise TokenConfigError(f"{place}: the same token as {tokens[digest]}; each token "
+                                   "must be listed once")
+        tokens[digest] = place
+        first_role, first_place = roles.setdefault(name, (role, place))
+        if first_role != role:
+            raise TokenConfigError(f"{place}: {name!r} has role {role!r} here and "
+                                   f"{first_role!r} at {first_place}; a name has one role")
 
 
 def _digest(token: str) -> bytes:

@@ -143,6 +143,17 @@ class Config:
                               "batches, the format of the other log lines), logging (each "
                               "through the karmchari.access logger) or off",
                               choices=ACCESS_LOG_MODES)
+    # Hardening (issue 18): the bulk-command cap, the Host and Origin checks, the wait
+    # for the store at start.
+    max_bulk: int = setting(2, "bulk commands (POST /v1/jobs/commands) running at once per "
+                            "process, at most a quarter of --threads; past it 429",
+                            range=(1, 1024), metavar="N")
+    allowed_hosts: tuple[str, ...] = setting((), "host names a request's Host and Origin may "
+                                             "name besides the service's own addresses, "
+                                             "localhost and loopback ('*': any)",
+                                             metavar="HOST,...")
+    store_wait: float = setting(30.0, "how long serve waits for an unreachable store at start "
+                                "before giving up", range=(0.0, 3600.0), metavar="SECONDS")
 
     @property
     def store_url(self) -> str:
@@ -158,6 +169,12 @@ class Config:
     @property
     def sentinel_addresses(self) -> list[tuple[str, int]]:
         return parse_addresses(self.redis_sentinel) if self.redis_sentinel else []
+
+    @property
+    def bulk_limit(self) -> int:
+        # A quarter of the threads at most (one at least): bulk commands never take
+        # the threads that ordinary requests need.
+        return max(1, min(self.max_bulk, self.threads // 4))
 
     @property
     def waiter_limit(self) -> int:
@@ -191,6 +208,7 @@ class Config:
             raise ValueError(f"--max-waiters (KARMCHARI_MAX_WAITERS) must be below --threads "
                              f"({self.threads}), not {self.max_waiters}: waiting requests "
                              "would hold every thread, and nothing else would be answered")
+        check_store_url(self.redis_url)
         if self.redis_sentinel:
             parse_addresses(self.redis_sentinel)
             if self.redis_cluster:
@@ -274,3 +292,14 @@ def parse_addresses(text: str) -> list[tuple[str, int]]:
     if not addresses:
         raise ValueError(f"KARMCHARI_REDIS_SENTINEL: not HOST:PORT[,HOST:PORT...]: {text!r}")
     return addresses
+
+
+STORE_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def check_store_url(url: str) -> None:
+    """One clear line for a URL redis-py would refuse with a traceback."""
+    if url and not url.startswith(STORE_SCHEMES):
+        hint = f" (for a host and port: redis://{url}/0)" if "://" not in url else ""
+        raise ValueError(f"--redis-url (KARMCHARI_REDIS_URL) must start with "
+                         f"{', '.join(STORE_SCHEMES)}, not {url!r}{hint}")

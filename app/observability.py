@@ -102,8 +102,9 @@ class Metrics:
 
 class ObservabilityMiddleware:
     """First in the chain: gives every request an id (``X-Request-ID`` kept when
-    sane, else generated), marks the old endpoints for plain-text errors, and
-    records one access-log line and the metrics when the response is done.
+    sane, else generated) and ``X-Content-Type-Options: nosniff``, marks the old
+    endpoints for plain-text errors, and records one access-log line and the
+    metrics when the response is done.
 
     ``access``: "stderr" queues the line for the batching writer
     (app/access_log.py), "logging" hands it to the ``karmchari.access`` logger
@@ -122,6 +123,8 @@ class ObservabilityMiddleware:
         req.context.request_id = given if given and _REQUEST_ID_RE.match(given) \
             else new_request_id()
         resp.set_header("X-Request-ID", req.context.request_id)
+        # Every answer: no browser may take an error's echoed text for HTML or script.
+        resp.set_header("X-Content-Type-Options", "nosniff")
 
     def process_resource(self, req, resp, resource, params) -> None:
         req.context.plain_errors = getattr(resource, "plain_text_errors", False)

@@ -43,8 +43,11 @@ def _problem(description: str) -> dict:
 _COMMON = {
     "400": _problem("Malformed or invalid input"),
     "401": _problem("Missing or unknown bearer token"),
-    "403": _problem("The token's role may not do this (forbidden), or a worker token "
-                    "touched a job it does not own (not_owner)"),
+    "403": _problem("The token's role may not do this (forbidden), a worker token "
+                    "touched a job it does not own (not_owner), or a state change came from "
+                    "another origin (cross_origin_refused: Origin or Sec-Fetch-Site)"),
+    "421": _problem("The Host header names no host of this service (host_not_allowed; "
+                    "see --allowed-hosts)"),
     "503": _problem("Redis is unavailable; retry after Retry-After seconds. "
                     "store_unavailable: nothing was applied; outcome_unknown: a change was "
                     "sent and may have been applied (retry with the same Idempotency-Key)"),
@@ -157,9 +160,21 @@ def build_openapi(config: Config) -> dict:
                                "answer carries next_cursor to continue from.",
                 "requestBody": {"required": True, "content": _json("BulkCommand")},
                 "responses": _responses(
-                    {"200": {"description": "What the command did",
+                    {"200": {"description": "What the command did; cut short by a drain, "
+                                            "next_cursor (or remaining_ids) says where to go "
+                                            "on",
                              "content": _json("BulkCommandResult")}},
-                    **_BODY_ERRORS)},
+                    **_BODY_ERRORS,
+                    **{"503": {"description": "Redis stopped answering mid-way (code "
+                                            "bulk_interrupted): the counts of the batches it "
+                                            "answered, in_doubt jobs that may have changed, "
+                                            "and next_cursor or remaining_ids to resume at the "
+                                            "batch in doubt; or, before any batch, "
+                                            "store_unavailable",
+                             "content": {"application/problem+json": {
+                                 "schema": _ref("BulkInterrupted")}}},
+                       "429": _problem("Too many bulk commands running in this process; "
+                                       "retry after Retry-After")})},
         },
         "/v1/stats": {
             "get": {"summary": "Counts for an overview: per state, stalled, per type, per "

@@ -36,6 +36,9 @@ _STATUS_OF = {
 }
 
 
+READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 class Problem(falcon.HTTPError):
     """An HTTP error with a stable machine ``code`` and extra members."""
 
@@ -61,7 +64,10 @@ def make_domain_error_handler(retry_after: int):
                 "have been applied. Retry with the same Idempotency-Key (it is then "
                 "applied once), or read the job to find out.")
         elif isinstance(error, StoreUnavailable):
-            detail = "Redis is not answering now; the change was not applied; retry shortly."
+            # A read changes nothing: it must not speak of a change.
+            detail = ("Redis is not answering now; retry shortly." if req.method in READS
+                      else "Redis is not answering now; the change was not applied; retry "
+                           "shortly.")
         elif isinstance(error, JobNotFound):
             detail = "No job with this id."
         else:

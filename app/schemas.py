@@ -241,8 +241,22 @@ RESPONSE_SCHEMAS: dict[str, dict] = {
                           "description": "Ids with no job (0 for a filter)"},
             "next_cursor": {"type": ["string", "null"],
                             "description": "Set when the walk of a filter stopped at its "
-                                           "limit: send it as cursor, with the same where"},
+                                           "limit or at a drain: send it as cursor, with the "
+                                           "same where"},
+            "remaining_ids": {"type": "array", "items": {"type": "string"},
+                              "description": "Only when the ids form was cut short: the ids "
+                                             "not done, to send again as ids"},
         },
+    },
+    "BulkInterrupted": {
+        "description": "503 bulk_interrupted: a Problem with the counts of the batches "
+                       "Redis answered and where to resume (at the batch in doubt)",
+        "allOf": [{"$ref": "#/components/schemas/Problem"},
+                  {"$ref": "#/components/schemas/BulkCommandResult"},
+                  {"type": "object", "required": ["in_doubt"], "properties": {
+                      "in_doubt": {"type": "integer", "minimum": 0,
+                                   "description": "Jobs of the batch in flight when Redis "
+                                                  "went: they may or may not have changed"}}}],
     },
     "Stats": {
         "type": "object",

@@ -736,3 +736,50 @@ def test_the_worker_library_runs_on_a_worker_token(secured_service):
     finally:
         operator.close()
         other.close()
+
+
+# -- duplicates: refused, naming the lines -----------------------------------------
+
+def test_one_name_with_two_roles_is_refused_naming_both_lines(tmp_path):
+    path = tmp_path / "tokens"
+    path.write_text(f"ada admin {sha256_hex('tok-admin-one-aaaa')}\n# rotated\n"
+                    f"ada reader {sha256_hex('tok-reader-two-bbbb')}\n")
+    with pytest.raises(TokenConfigError) as refused:
+        TokenRegistry.load("", str(path))
+    assert str(refused.value) == (f"{path}:3: 'ada' has role 'reader' here and 'admin' at "
+                                  f"{path}:1; a name has one role")
+    with pytest.raises(TokenConfigError, match="^KARMCHARI_TOKENS entry 2: 'ada' has role "
+                                               "'worker' here and 'admin' at KARMCHARI_TOKENS "
+                                               "entry 1"):
+        TokenRegistry.load("ada:admin:tok-admin-one-aaaa,ada:worker:tok-worker-two-bbb")
+
+
+def test_one_token_listed_twice_is_refused_naming_both_lines(tmp_path):
+    token = "tok-shared-9a8b7c6d"
+    with pytest.raises(TokenConfigError) as refused:
+        TokenRegistry.load(f"ada:admin:{token},rea:reader:{token}")
+    assert str(refused.value) == ("KARMCHARI_TOKENS entry 2: the same token as KARMCHARI_TOKENS "
+                                  "entry 1; each token must be listed once")
+    assert token not in str(refused.value)
+    path = tmp_path / "tokens"
+    path.write_text(f"rea reader {sha256_hex(token)}\n")
+    with pytest.raises(TokenConfigError, match=f"^{path}:1: the same token as KARMCHARI_TOKENS "
+                                               "entry 1;"):
+        TokenRegistry.load(f"ada:admin:{token}", str(path))
+
+
+def test_one_name_with_two_tokens_of_one_role_is_a_rotation_and_allowed():
+    registry = TokenRegistry.load("ci:operator:tok-old-aaaa-bbbb-cc,ci:operator:tok-new-dddd-eeee")
+    assert registry.authenticate("tok-old-aaaa-bbbb-cc").name == "ci"
+    assert registry.authenticate("tok-new-dddd-eeee").role == "operator"
+
+
+def test_a_duplicate_refuses_to_start_naming_the_line(redis_url, tmp_path):
+    path = tmp_path / "tokens"
+    path.write_text(f"otto operator {sha256_hex(TOKENS['operator'][1])}\n")
+    result = serve_and_wait("--tokens-file", str(path), "--redis-url", redis_url,
+                            env={"KARMCHARI_TOKENS": f"otto:admin:{TOKENS['admin'][1]}"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"karmchari: cannot load tokens: {path}:1: 'otto' has role 'operator' here and 'admin' "
+        "at KARMCHARI_TOKENS entry 1; a name has one role")

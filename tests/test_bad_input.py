@@ -580,7 +580,7 @@ def status_of(answer: bytes) -> int:
 
 
 def _post(path: str, body: bytes, content_type: str = JSON, extra: bytes = b"") -> bytes:
-    return (b"POST %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: %s\r\n"
+    return (b"POST %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: %s\r\n"
             b"Content-Length: %d\r\n%s\r\n" % (path.encode(), content_type.encode(), len(body),
                                                extra) + body)
 
@@ -588,13 +588,13 @@ def _post(path: str, body: bytes, content_type: str = JSON, extra: bytes = b"") 
 def _chunked(path: str, body: bytes) -> bytes:
     chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 8192]), body[i:i + 8192])
                       for i in range(0, len(body), 8192))
-    return (b"POST %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: %s\r\n"
+    return (b"POST %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: %s\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n" % (path.encode(), JSON.encode())
             + chunks + b"0\r\n\r\n")
 
 
 def _get(target: bytes, extra: bytes = b"") -> bytes:
-    return b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n%s\r\n" % (target, extra)
+    return b"GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n%s\r\n" % (target, extra)
 
 
 OVERSIZED = b'{"type": "teams", "name": "' + b"n" * LIMITS.max_body_bytes + b'"}'
@@ -618,7 +618,7 @@ SERVER_CASES = {
     "oversized form body": (_post("/registerJob", b"type=teams&pad=" + b"p" * 70_000, FORM),
                             {413}),
     "Content-Length over the limit, body not sent": (
-        b"POST /v1/heartbeats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"POST /v1/heartbeats HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
         b"Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n{", {413}),
     "header over the limit": (_get(b"/v1/jobs", b"X-Padding: " + b"h" * (LIMITS.max_header_bytes
                                                                        + 1) + b"\r\n"),
@@ -629,7 +629,7 @@ SERVER_CASES = {
     "raw invalid UTF-8 in the path": (_get(b"/v1/jobs/\xff\xfe"), {400, 404}),
     "percent-encoded NUL in the path": (_get(b"/v1/jobs/" + b"0" * 31 + b"%00"), {404}),
     "percent-encoded CR LF in the path": (_get(b"/v1/jobs/%0d%0aSet-Cookie:%20x=1"), {404}),
-    "bad Content-Length": (b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    "bad Content-Length": (b"POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
                            b"Content-Type: application/json\r\nContent-Length: ten\r\n\r\n",
                            {400}),
     "invalid UTF-8 form body": (_post("/registerJob", b"type=\xff", FORM), {400}),

@@ -86,7 +86,7 @@ def test_idle_and_slow_connections_lock_nobody_out(server, started):
     legacy_id = call(service.url, "POST", "/registerJob", form={"type": "teams"}).text.split()[-1]
     idle = [socket.create_connection(("127.0.0.1", service.port)) for _ in range(1000)]
     slow = [socket.create_connection(("127.0.0.1", service.port)) for _ in range(100)]
-    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+    head = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n"
     stop = threading.Event()
 
     def trickle() -> None:
@@ -124,7 +124,7 @@ def test_idle_and_slow_connections_lock_nobody_out(server, started):
 def test_idle_keep_alive_connections_close_after_the_idle_timeout(server, started):
     service = started(server, "--idle-timeout", "2")
     with socket.create_connection(("127.0.0.1", service.port)) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")
         began = time.monotonic()
         assert wait_closed(sock, timeout=30), "the idle connection was kept open"
@@ -141,7 +141,7 @@ def test_an_idle_service_exits_at_once(server, signum, started):
     before --shutdown-timeout (30 s)."""
     service = started(server, "--shutdown-timeout", "30")
     with socket.create_connection(("127.0.0.1", service.port)) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")
         began = time.monotonic()
         service.process.send_signal(signum)
@@ -178,7 +178,7 @@ def test_drain_under_load_answers_every_accepted_request(server, started, redis_
             body = json.dumps({"type": "teams", "labels": {"n": f"{n}-{sent}"}}).encode()
             sent += 1
             try:
-                connection.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                connection.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: "
                                    b"application/json\r\nContent-Length: %d\r\n\r\n%s"
                                    % (len(body), body))
                 status = stream.readline()

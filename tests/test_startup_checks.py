@@ -70,7 +70,8 @@ def test_an_unreachable_redis_is_named_with_the_options_to_check():
 
     store = JobStore(connect(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.5))
     with pytest.raises(StartupError, match=r"Redis is not reachable after 0 s: .*"
-                                           r"\(check --redis-url, --shost or --redis-sentinel\)"):
+                                           r"\(check --redis-url, --shost or --redis-sentinel; "
+                                           r"--store-wait sets how long to wait\)"):
         check_store(store, wait_seconds=0)
 
 
@@ -94,3 +95,40 @@ def test_a_port_in_use_is_told_before_the_store_is_awaited(tmp_path):
     assert f"karmchari: cannot listen on 127.0.0.1:{port}: Address already in use" \
         in result.stderr
     assert "waiting for Redis" not in result.stderr
+
+
+def _serve(tmp_path, *args: str, timeout: float = 60):
+    import subprocess
+
+    from tests.servers import free_port, karmchari_command
+    return subprocess.run([*karmchari_command(), "serve", "--port", str(free_port()), *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:6379", "localhost", "http://127.0.0.1:6379/0"])
+def test_a_redis_url_without_its_scheme_is_one_clear_line(tmp_path, url):
+    result = _serve(tmp_path, "--redis-url", url)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("karmchari: --redis-url (KARMCHARI_REDIS_URL) must start with "
+                               "redis://, rediss://, unix://")
+    assert repr(url) in lines[0]
+
+
+def test_an_unreachable_redis_at_start_is_a_few_lines_then_one_error(tmp_path):
+    """Not a warning a second: tries further and further apart, then one error
+    that names the store and the option that sets the wait."""
+    from tests.servers import free_port
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    result = _serve(tmp_path, "--redis-url", url, "--store-wait", "8")
+    assert result.returncode == 2
+    output = result.stdout + result.stderr
+    warnings = [line for line in output.splitlines() if "WARNING" in line]
+    assert 2 <= len(warnings) <= 5, output
+    assert all(f"waiting for Redis at {url}" in line for line in warnings), output
+    final = result.stderr.strip().splitlines()[-1]
+    assert final.startswith(f"karmchari: Redis at {url} is not reachable after 8 s: ")
+    assert "--store-wait sets how long to wait" in final
+    assert "Traceback" not in output

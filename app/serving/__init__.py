@@ -49,7 +49,7 @@ def serve(config: Config) -> int:
         except (EmbeddedServerError, OSError) as error:
             raise StartupError(f"cannot start the embedded store: {error}") from None
     try:
-        check_store(build_store(config, url))
+        check_store(build_store(config, url), config.store_wait, shown_store(config, url))
         server.run(config, url, shown_store(config, url), open_files)
     finally:
         if embedded:

@@ -64,20 +64,34 @@ def check_version(flavor: str, version: str | None) -> None:
                            f"needs {name} {minimum[0]}.{minimum[1]} or newer")
 
 
-def check_store(store: JobStore, wait_seconds: float = 30.0) -> None:
-    """Wait for Redis, refuse one that is too old, warn about eviction."""
+def check_store(store: JobStore, wait_seconds: float = 30.0, where: str = "") -> None:
+    """Wait for Redis, refuse one that is too old, warn about eviction. While it
+    waits: one line per try, tries further and further apart, and one final error
+    naming the store and the option that sets the wait (not a line per second)."""
     deadline = time.monotonic() + wait_seconds
-    while True:
-        try:
-            info = store.server_info()
-            break
-        except StoreUnavailable as error:
-            if time.monotonic() > deadline:
-                raise StartupError(f"Redis is not reachable after {wait_seconds:g} s: {error}"
-                                   " (check --redis-url, --shost or --redis-sentinel)") from None
-            log.warning("waiting for Redis (giving up in %d s): %s",
-                        max(0, deadline - time.monotonic()), error)
-            time.sleep(1)
+    delay = 1.0
+    quiet = logging.getLogger("app.store.connection")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # each failed try is told here, once
+    try:
+        while True:
+            try:
+                info = store.server_info()
+                break
+            except StoreUnavailable as error:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StartupError(
+                        f"Redis{' at ' + where if where else ''} is not reachable after "
+                        f"{wait_seconds:g} s: {error} (check --redis-url, --shost or "
+                        "--redis-sentinel; --store-wait sets how long to wait)") from None
+                log.warning("waiting for Redis%s (trying again in %.0f s, giving up in "
+                            "%.0f s): %s", " at " + where if where else "", min(delay, left),
+                            left, error)
+                time.sleep(min(delay, left))
+                delay *= 2
+    finally:
+        quiet.setLevel(level)
     check_version(info["flavor"], info["version"])
     if info["maxmemory_policy"] not in (None, "noeviction"):
         log.warning("Redis maxmemory-policy is %s, not noeviction: Redis may evict jobs "
@@ -156,8 +170,8 @@ class Worker:
         self.store = build_store(config, url)
         self.notifier = ChangeNotifier(self.store, config.waiter_limit,
                                        per_holder=config.waiter_limit_per_client)
-        self.app = create_app(config, self.store, notifier=self.notifier)
         self.draining = threading.Event()
+        self.app = create_app(config, self.store, notifier=self.notifier, draining=self.draining)
         start_sweeper(self.store, config.sweep_interval, self.draining, config.job_types)
 
     def drain(self) -> None:
@@ -256,7 +270,7 @@ def guarded(worker: Worker):
         media, body = error_answer(environ.get("PATH_INFO", ""), int(status[:3]), code,
                                    title, detail)
         start_response(status, [("Content-Type", media), ("Content-Length", str(len(body))),
-                                ("Connection", "close")])
+                                ("Connection", "close"), ("X-Content-Type-Options", "nosniff")])
         return [body]
 
     def application(environ, start_response):

@@ -98,6 +98,7 @@ class _ErrorTask(ErrorTask):
         self.status = f"{error.code} {error.reason}"
         headers: Any = self.response_headers  # a list at run time
         headers.append(("Content-Type", media))
+        headers.append(("X-Content-Type-Options", "nosniff"))
         self.set_close_on_finish()
         self.content_length = len(body)
         self.write(body)

@@ -21,6 +21,7 @@ from app.errors import (
     JobNotFound,
     NotDue,
     NotOwner,
+    OutcomeUnknown,
     StaleRead,
     StoreUnavailable,
     not_owner_detail,
@@ -30,6 +31,8 @@ from app.model import STATES, Job, is_job_id, new_job_id, shard_of
 from app.store.bulk import (
     BATCH,
     MAX_EXAMINED,
+    ROUND,
+    BulkInterrupted,
     BulkResult,
     decode_cursor,
     encode_cursor,
@@ -53,9 +56,8 @@ from app.store.scripts import (
     Scripts,
 )
 
-__all__ = ["JobStore", "JobFilter", "HeartbeatReport", "Page", "BulkResult", "connect",
-           "heartbeat_args",
-           "is_transient", "StoreUnavailable"]
+__all__ = ["JobStore", "JobFilter", "HeartbeatReport", "Page", "BulkResult", "BulkInterrupted",
+           "connect", "heartbeat_args", "is_transient", "StoreUnavailable"]
 
 
 def _decoded(values: Sequence[object]) -> list[str | None]:
@@ -300,49 +302,79 @@ class JobStore:
 
     def bulk_command(self, command: str, *, actor: str = "", reason: str = "",
                      ids: Sequence[str] | None = None, where: JobFilter | None = None,
-                     cursor: str | None = None, max_examined: int = MAX_EXAMINED) -> BulkResult:
+                     cursor: str | None = None, max_examined: int = MAX_EXAMINED,
+                     stop: Callable[[], bool] = lambda: False) -> BulkResult:
         """Apply ``command`` to the jobs named by ``ids``, or to every job that
         matches ``where``: batches of one applyCommands call per shard, each
         round of them in one pipeline. A filter walks the index ``list_jobs``
         would read, newest first, at most ``max_examined`` entries; past that
         the result has a ``next_cursor`` to continue from (ValueError for a
-        cursor this service did not give)."""
+        cursor this service did not give).
+
+        Between rounds, ``stop()`` (the service is draining) ends the walk with
+        the same answer as the limit does; the ids form then lists the ids not
+        done in ``remaining_ids``. Redis gone mid-way raises BulkInterrupted
+        with the counts so far and where to resume."""
         result = BulkResult()
         if ids is not None:
+            chunks: list[tuple[str, list[str]]] = []
             by_shard: dict[str, list[str]] = {}
             for job_id in dict.fromkeys(ids):
                 by_shard.setdefault(self.keys.for_job(job_id).shard, []).append(job_id)
-            self._bulk_round(result, [
-                self._bulk_call(self.keys.shards[shard], chunk, command, actor, reason)
-                for shard, shard_ids in by_shard.items()
-                for chunk in (shard_ids[i:i + BATCH] for i in range(0, len(shard_ids), BATCH))])
+            for shard, shard_ids in by_shard.items():
+                chunks += [(shard, shard_ids[i:i + BATCH])
+                           for i in range(0, len(shard_ids), BATCH)]
+            for first in range(0, len(chunks), ROUND):
+                if stop():
+                    result.remaining_ids = [i for _, chunk in chunks[first:] for i in chunk]
+                    break
+                calls = [self._bulk_call(self.keys.shards[shard], chunk, command, actor, reason)
+                         for shard, chunk in chunks[first:first + ROUND]]
+                try:
+                    self._bulk_round(result, calls)
+                except StoreUnavailable as error:
+                    result.remaining_ids = [i for _, chunk in chunks[first:] for i in chunk]
+                    if isinstance(error, OutcomeUnknown):
+                        result.in_doubt = sum(len(c) for _, c in chunks[first:first + ROUND])
+                    raise BulkInterrupted(result, error) from error
             return result
 
         where = where or JobFilter()
         positions = decode_cursor(cursor) if cursor else dict.fromkeys(self.keys.shards)
         index = self._index_for(where)
         upper = self.server_time_ms() if where.stalled else None
-        while positions and result.examined < max_examined:
+        while positions and result.examined < max_examined and not stop():
+            # Where this round starts: the cursor to resume from if it fails.
+            resume = dict(positions)
             shards = list(positions)
-            with unavailable_on_redis_errors():
-                pipe = self.client.pipeline(transaction=False)
+            sent = 0
+            try:
+                with unavailable_on_redis_errors():
+                    pipe = self.client.pipeline(transaction=False)
+                    for shard in shards:
+                        next_entries(pipe, index(self.keys.shards[shard]), positions[shard],
+                                     upper)
+                    replies = pipe.execute()
+                calls = []
                 for shard in shards:
-                    next_entries(pipe, index(self.keys.shards[shard]), positions[shard], upper)
-                replies = pipe.execute()
-            calls = []
-            for shard in shards:
-                reads = 1 if positions[shard] is None else 2
-                rows, exhausted = take_entries(replies[:reads], positions[shard])
-                del replies[:reads]
-                if rows:
-                    calls.append(self._bulk_call(
-                        self.keys.shards[shard], [job_id for _, job_id in rows], command, actor,
-                        reason, where))
-                    positions[shard] = rows[-1]
-                    result.examined += len(rows)
-                if exhausted:
-                    del positions[shard]
-            self._bulk_round(result, calls, filtered=True)
+                    reads = 1 if positions[shard] is None else 2
+                    rows, exhausted = take_entries(replies[:reads], positions[shard])
+                    del replies[:reads]
+                    if rows:
+                        calls.append(self._bulk_call(
+                            self.keys.shards[shard], [job_id for _, job_id in rows], command,
+                            actor, reason, where))
+                        positions[shard] = rows[-1]
+                        sent += len(rows)
+                    if exhausted:
+                        del positions[shard]
+                self._bulk_round(result, calls, filtered=True)
+            except StoreUnavailable as error:
+                result.next_cursor = encode_cursor(resume)
+                if isinstance(error, OutcomeUnknown):
+                    result.in_doubt = sent
+                raise BulkInterrupted(result, error) from error
+            result.examined += sent
         result.next_cursor = encode_cursor(positions) if positions else None
         return result
 

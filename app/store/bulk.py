@@ -20,6 +20,9 @@ from app.store.keys import ShardKeys
 # Jobs per script call: one call writes about ten commands per job, so a batch
 # keeps Redis busy for a few milliseconds at most.
 BATCH = 100
+# Script calls sent in one pipeline (a round): a drain or a lost Redis is noticed
+# between rounds, so an answer is never more than one round late.
+ROUND = 4
 # Index entries one request walks at most; past it the answer carries a
 # cursor to continue from (about 4 s of work on a small machine).
 MAX_EXAMINED = 100_000
@@ -37,6 +40,10 @@ class BulkResult:
     unmatched: int = 0     # listed, but changed since so that it fails the filter
     examined: int = 0
     next_cursor: str | None = None
+    # Cut short (a drain, or Redis gone): the ids of the ids form not done yet.
+    remaining_ids: list[str] | None = None
+    # Redis gone after a batch was sent: jobs of that batch that may have changed.
+    in_doubt: int = 0
 
     @property
     def matched(self) -> int:
@@ -49,7 +56,21 @@ class BulkResult:
     def as_dict(self) -> dict:
         counts = {f.name: getattr(self, f.name) for f in fields(self)
                   if f.name in ("changed", "unchanged", "refused", "not_found")}
-        return {"matched": self.matched, **counts, "next_cursor": self.next_cursor}
+        answer = {"matched": self.matched, **counts, "next_cursor": self.next_cursor}
+        if self.remaining_ids is not None:
+            answer["remaining_ids"] = self.remaining_ids
+        return answer
+
+
+class BulkInterrupted(Exception):
+    """Redis stopped answering between or during batches: ``result`` holds the
+    counts of the batches answered, and where to resume (``next_cursor`` or
+    ``remaining_ids``), which includes the batch in doubt (``in_doubt`` jobs):
+    sending the same command again to a job it changed leaves it unchanged."""
+
+    def __init__(self, result: BulkResult, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.result = result
 
 
 # -- where a walk stopped, per shard --------------------------------------------
