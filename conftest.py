@@ -26,7 +26,6 @@ from app.store.keys import KeySchema
 from tests.live import SERVERS, LiveClient
 from tests.servers import RedisProcess, ServiceProcess
 
-
 # Modules whose module-scoped fixtures start something costly (a browser, a
 # cluster, a venv with the client's wheel, Sentinels): under pytest-xdist
 # (``--dist loadgroup``) all their tests go to one worker, so it starts once.
