@@ -40,12 +40,22 @@ ONE_WORKER = {
 }
 
 
+# Modules with the longest single tests (a schemathesis run, a venv build, many
+# CLI subprocesses, Hypothesis): run first, so that no worker starts one of them
+# when the others are already done.
+LONG_FIRST = ("test_openapi.py", "test_client_distribution.py", "test_stateful.py",
+              "test_schemas_fast_path.py", "test_cli.py", "test_cli_scripts.py")
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the marks
 def pytest_collection_modifyitems(items):
     for item in items:
         group = ONE_WORKER.get(item.path.name)
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
+    # A stable sort: each module's tests keep their order.
+    rank = {name: n for n, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 @pytest.fixture(scope="session")
