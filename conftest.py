@@ -5,6 +5,9 @@
 temporary directory. Each test gets its own key prefix, so tests never flush a
 server, and nothing is ever deleted from a Redis the tests did not start.
 No Redis at all is a failure, never a skip.
+
+Under pytest-xdist each worker process is a session of its own: it starts its
+own Redis (or, with ``REDIS_URL``, shares it under prefixes of its own).
 """
 
 from __future__ import annotations
@@ -22,6 +25,37 @@ from app.store import JobStore, connect
 from app.store.keys import KeySchema
 from tests.live import SERVERS, LiveClient
 from tests.servers import RedisProcess, ServiceProcess
+
+# Modules whose module-scoped fixtures start something costly (a browser, a
+# cluster, a venv with the client's wheel, Sentinels): under pytest-xdist
+# (``--dist loadgroup``) all their tests go to one worker, so it starts once.
+# Every other test goes wherever a worker is free.
+ONE_WORKER = {
+    "test_dashboard_browser.py": "browser",
+    "test_cluster.py": "cluster",
+    "test_cluster_slots.py": "cluster-slots",
+    "test_sentinel.py": "sentinel",
+    "test_client_distribution.py": "client-distribution",
+    "test_writes_via_scripts.py": "writes-via-scripts",
+}
+
+
+# Modules with the longest single tests (a schemathesis run, a venv build, many
+# CLI subprocesses, Hypothesis): run first, so that no worker starts one of them
+# when the others are already done.
+LONG_FIRST = ("test_openapi.py", "test_client_distribution.py", "test_stateful.py",
+              "test_schemas_fast_path.py", "test_cli.py", "test_cli_scripts.py")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the marks
+def pytest_collection_modifyitems(items):
+    for item in items:
+        group = ONE_WORKER.get(item.path.name)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+    # A stable sort: each module's tests keep their order.
+    rank = {name: n for n, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 def _test_client_names_localhost() -> None:
@@ -62,8 +96,13 @@ def redis_client(redis_url):
     client.close()
 
 
+# This process's part of every shared name: xdist workers, and concurrent runs
+# against one REDIS_URL, never clear each other's keys.
+RUN = uuid.uuid4().hex[:8]
+
+
 def live_prefix(server: str) -> str:
-    return f"live{server}"
+    return f"live{server}{RUN}"
 
 
 @pytest.fixture

@@ -561,9 +561,11 @@ def test_malformed_tokens_file_lines_are_refused(tmp_path, line):
 # -- karmchari serve: secure defaults ---------------------------------------------
 
 def serve_and_wait(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Runs ``karmchari serve`` expecting it to refuse to start."""
+    """Runs ``karmchari serve`` expecting it to refuse to start (on a port of
+    its own should it not: never the default one, which a running service holds)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("KARMCHARI_")}
-    return subprocess.run([*karmchari_command(), "serve", *args], cwd=ROOT, timeout=60,
+    port = () if "--port" in args else ("--port", "0")
+    return subprocess.run([*karmchari_command(), "serve", *port, *args], cwd=ROOT, timeout=60,
                           env={**clean, **(env or {})}, capture_output=True, text=True)
 
 

@@ -825,7 +825,7 @@ def test_a_setting_out_of_range_stops_serve_with_2(setting, capsys):
                                   ["--threads", "0"], ["--retention-seconds", "-100"]],
                          ids=" ".join)
 def test_the_reported_bad_settings_stop_the_real_command(args):
-    run = subprocess.run([*karmchari_command(), "serve", *args], cwd=ROOT,
+    run = subprocess.run([*karmchari_command(), "serve", "--port", "0", *args], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2
     option = args[0]
@@ -867,7 +867,7 @@ def test_the_cli_never_prints_control_characters_it_read(app_client, service):
 def test_waiters_that_could_hold_every_thread_stop_serve(args):
     """Long-polls past the threads would leave no thread for any other request
     (a reader token could hold the service)."""
-    run = subprocess.run([*karmchari_command(), "serve", *args], cwd=ROOT,
+    run = subprocess.run([*karmchari_command(), "serve", "--port", "0", *args], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2
     assert run.stderr.strip().startswith(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import random
 import threading
-import time
 
 import pytest
 import redis
@@ -22,6 +21,7 @@ from app.model import COMMANDS, SHARDS, STATES, TARGET_STATE, TERMINAL_STATES, O
 from app.store import JobFilter, JobStore
 from app.store.bulk import BATCH, script_call
 from tests.servers import ServiceProcess
+from tests.waiting import eventually
 
 OPERATOR = ("otto", "tok-operator-1b2c-9a8b")
 TOKENS = (f"otto:operator:{OPERATOR[1]},wim:worker:tok-worker-3d4e-7c6d,"
@@ -135,8 +135,7 @@ def test_stalled_filter(api, store):
     stalled = job_in(store, "start", heartbeat_timeout=1)
     lively = job_in(store, "start", heartbeat_timeout=3600)
     never = job_in(store, "start")
-    time.sleep(1.2)
-    assert store.get(stalled).stalled(store.server_time_ms())
+    eventually(lambda: store.get(stalled).stalled(store.server_time_ms()))
 
     response = bulk(api, {"command": "pause", "reason": "stalled",
                           "where": {"stalled": True}})

@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import threading
-import time
 
 import pytest
 
@@ -20,6 +19,7 @@ from karmchari_client.cli import (
     EXIT_UNAVAILABLE,
 )
 from tests.servers import ROOT, RedisProcess, ServiceProcess, free_port, karmchari_command
+from tests.waiting import long_polls_waiting
 
 
 def karmchari(*args: str, url: str | None = None, token: str | None = None,
@@ -282,7 +282,7 @@ def test_get_several_jobs_in_one_request_and_wait_for_any_of_them(url):
     ok(karmchari("pause", ids[1], url=url))
 
     def kill_soon():
-        time.sleep(2)  # most likely while the get below waits; before it, it waits 30 s
+        long_polls_waiting(url)  # the get below waits (a watch of the three)
         ok(karmchari("kill", ids[2], url=url))
 
     killer = threading.Thread(target=kill_soon)

@@ -4,6 +4,7 @@ service, and has none of the server's dependencies."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -29,8 +30,11 @@ def client_venv(tmp_path_factory) -> Path:
     home = base / "venv"
     venv.create(home, with_pip=True)
     python = home / "bin" / "python"
+    # Without PYTHONPATH: a source tree on it (client/ with its egg-info) would
+    # make pip take the client as installed already.
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-index",
-                    str(wheel)], check=True, timeout=300)
+                    str(wheel)], check=True, timeout=300, env=clean)
     return home
 
 

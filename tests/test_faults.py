@@ -24,7 +24,7 @@ from app.store.scripts import script_dir
 from karmchari_client import Client, ServiceUnavailable
 from tests.http_calls import Reply, call
 from tests.servers import ROOT, RedisProcess, ServiceProcess, free_port, karmchari_command
-from tests.waiting import eventually
+from tests.waiting import eventually, long_polls_waiting
 
 pytestmark = pytest.mark.slow
 
@@ -191,7 +191,7 @@ def long_poll_wake_up(service, job_id: str) -> float:
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(call, service.url, "GET",
                               f"/v1/jobs/{job_id}?wait=20&version={version}")
-        time.sleep(0.3)
+        long_polls_waiting(service.url)
         sent = time.monotonic()
         state = call(service.url, "GET", f"/v1/jobs/{job_id}").json()["state"]
         name = "start" if state == "pause" else "pause"
@@ -251,7 +251,7 @@ def test_redis_frozen_gives_503_within_the_timeout_then_recovers(processes):
     with ThreadPoolExecutor(1) as pool:
         poll_started = time.monotonic()
         waiting = pool.submit(call, service.url, "GET", f"/v1/jobs/{job_id}?wait=30&version=1")
-        time.sleep(0.3)
+        long_polls_waiting(service.url)
         server.freeze()
         frozen_at = time.monotonic()
         try:

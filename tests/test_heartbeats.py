@@ -21,7 +21,7 @@ from app.store.keys import KeySchema
 from karmchari_client import Client, ServiceUnavailable
 from tests.monitoring import CommandMonitor
 from tests.servers import RedisProcess, ServiceProcess
-from tests.waiting import eventually
+from tests.waiting import eventually, long_polls_waiting
 
 JSON = {"Content-Type": "application/json"}
 
@@ -279,7 +279,7 @@ def test_long_poll_returns_soon_after_a_command(live_service):
     job = api.register("teams")
     waiting = in_thread(lambda: Client(live_service.url).get(job["id"], wait=5,
                                                               version=job["version"]))
-    time.sleep(0.3)
+    long_polls_waiting(live_service.url)
     api.command(job["id"], "pause")
     waiting["thread"].join(10)
     assert waiting["result"]["state"] == "pause"
@@ -381,7 +381,7 @@ def test_shutdown_answers_waiting_long_polls_at_once(redis_url, key_prefix):
     job = api.register("teams")
     waiting = in_thread(lambda: Client(service.url).get(job["id"], wait=60,
                                                          version=job["version"]))
-    time.sleep(0.5)
+    long_polls_waiting(service.url)
     assert service.stop() == 0
     waiting["thread"].join(10)
     assert waiting["result"]["version"] == job["version"]  # answered, unchanged

@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from tests.servers import ROOT, RedisProcess, ServiceProcess
+from tests.waiting import long_polls_waiting
 
 PASSWORD = "acl-test-password"
 
@@ -103,7 +104,7 @@ def drive_every_endpoint(base: str, admin: redis.Redis) -> tuple[list[tuple[str,
     go("get 304", f"{base}/v1/jobs/{job_id}", headers={"If-None-Match": '"1"'})
     with ThreadPoolExecutor(1) as pool:
         poll = pool.submit(call, f"{base}/v1/jobs/{job_id}?wait=20&version=1")
-        time.sleep(0.3)  # let the long-poll start waiting (not an assert)
+        long_polls_waiting(base)
         go("pause", f"{base}/v1/jobs/{job_id}/commands", "POST", {"command": "pause"})
         status, text = poll.result()
         seen.append(("long-poll", status))

@@ -10,7 +10,6 @@ import re
 import signal
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,6 +21,7 @@ import redis
 from app.store.keys import KeySchema
 from tests.live import SERVERS
 from tests.servers import ROOT, RedisProcess, ServiceProcess, karmchari_command
+from tests.waiting import long_polls_waiting
 
 EMBEDDED_LINE = re.compile(r"embedded store: started (?P<binary>\S+) \S+ \(pid (?P<pid>\d+)\) "
                            r"at unix://(?P<socket>\S+), AOF .* in (?P<dir>\S+)$")
@@ -175,7 +175,7 @@ def test_sigterm_answers_a_long_poll_in_flight_and_exits_0(live_service):
     connection.request("GET", "/healthz")
     assert connection.getresponse().read() == b"ok"
     connection.request("GET", f"/v1/jobs/{job_id}?wait=30")
-    time.sleep(0.5)  # let the service read the request and start waiting
+    long_polls_waiting(live_service.url)
     live_service.process.send_signal(signal.SIGTERM)
     response = connection.getresponse()
     assert response.status == 200
@@ -199,8 +199,9 @@ def test_a_port_in_use_is_a_clear_error(redis_url):
 
 
 def test_a_bad_environment_value_is_a_clear_error():
-    run = subprocess.run([*karmchari_command(), "serve"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60, env={**os.environ, "KARMCHARI_THREADS": "many"})
+    run = subprocess.run([*karmchari_command(), "serve", "--port", "0"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "KARMCHARI_THREADS": "many"})
     assert run.returncode == 2
     assert run.stderr.strip() == "karmchari: KARMCHARI_THREADS: not a number: 'many'"
 
@@ -208,7 +209,8 @@ def test_a_bad_environment_value_is_a_clear_error():
 def test_an_embedded_store_that_cannot_start_is_a_clear_error(tmp_path):
     not_a_directory = tmp_path / "file"
     not_a_directory.write_text("")
-    run = subprocess.run([*karmchari_command(), "serve", "--data-dir", str(not_a_directory)],
+    run = subprocess.run([*karmchari_command(), "serve", "--port", "0",
+                          "--data-dir", str(not_a_directory)],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert run.returncode == 2
     assert run.stderr.startswith("karmchari: cannot start the embedded store: ")

@@ -24,6 +24,7 @@ from app.serving import common, granian_server, waitress_adapter
 from tests.http_calls import call
 from tests.live import SERVERS
 from tests.servers import RedisProcess, ServiceProcess
+from tests.waiting import long_polls_waiting
 
 each_server = pytest.mark.parametrize("server", SERVERS)
 
@@ -248,7 +249,7 @@ def test_exit_within_the_shutdown_timeout_when_a_request_hangs(server, started, 
         with ThreadPoolExecutor(1) as pool:
             hanging = pool.submit(call, service.url, "GET", f"/v1/jobs/{job['id']}",
                                   timeout=60)
-            time.sleep(0.5)
+            time.sleep(0.5)  # the request reaches the frozen Redis (no /metrics answers now)
             began = time.monotonic()
             service.process.send_signal(signal.SIGTERM)
             service.process.wait(60)
@@ -274,7 +275,8 @@ def test_waiting_long_polls_never_delay_an_ordinary_request(server, started):
     target = f"/v1/jobs/{job['id']}?wait=20&version={job['version']}"
     with ThreadPoolExecutor(4) as pool:
         polls = [pool.submit(call, service.url, "GET", target, timeout=60) for _ in range(3)]
-        time.sleep(1)
+        # Two take the long-poll slots (threads/2); the third is refused with 429.
+        long_polls_waiting(service.url, 2)
         latencies = []
         for _ in range(10):
             for path in ("/healthz", f"/v1/jobs/{job['id']}"):

@@ -4,7 +4,6 @@ stalled jobs, and the per-minute changes that the scripts count themselves."""
 from __future__ import annotations
 
 import datetime
-import time
 import uuid
 
 import pytest
@@ -14,6 +13,7 @@ from app.app import create_app
 from app.config import Config
 from app.model import STATES
 from app.store import HeartbeatReport, JobStore
+from tests.waiting import eventually
 
 TOKENS = "rea:reader:tok-reader-5f6a-5e4f,wim:worker:tok-worker-3d4e-7c6d"
 
@@ -116,7 +116,7 @@ def test_stalled_jobs_are_counted(client, store):
     alive, _ = store.register("teams", heartbeat_timeout=1)
     store.register("teams", heartbeat_timeout=3600)
     store.register("teams")
-    time.sleep(1.2)
+    eventually(lambda: stats(client)["stalled"] == 2)  # both past their 1 s timeout
     store.heartbeat(HeartbeatReport(alive.id, progress=5.0))
     assert stats(client)["stalled"] == 1
     store.apply_command(stalled.id, "pause")

@@ -14,9 +14,11 @@ from falcon import testing
 
 from app.app import create_app
 from app.config import Config
+from app.store import JobStore, connect
 from app.store.events import ChangeNotifier
+from app.store.keys import KeySchema
 from tests.monitoring import CommandMonitor
-from tests.servers import ServiceProcess
+from tests.servers import RedisProcess, ServiceProcess
 from tests.waiting import eventually
 
 
@@ -136,15 +138,34 @@ BAD_BODIES = {
 }
 
 
+@pytest.fixture(scope="module")
+def quiet_redis():
+    """A server of this module's own: MONITOR sees no other test's commands, also
+    when the suite runs in parallel processes on one REDIS_URL."""
+    server = RedisProcess().start()
+    yield server
+    server.close()
+
+
 @pytest.fixture
-def monitor(redis_url):
-    watcher = CommandMonitor(redis_url)
+def monitor(quiet_redis):
+    watcher = CommandMonitor(quiet_redis.url)
     yield watcher
     watcher.close()
 
 
+@pytest.fixture
+def quiet_client(quiet_redis):
+    """The ``client`` fixture's app, on ``quiet_redis``."""
+    store = JobStore(connect(quiet_redis.url), keys=KeySchema("w"))
+    yield testing.TestClient(create_app(Config(redis_url=quiet_redis.url, key_prefix="w"),
+                                        store))
+    store.client.close()
+
+
 @pytest.mark.parametrize("name", BAD_BODIES)
-def test_bad_input_is_refused_before_any_redis_call(client, monitor, name):
+def test_bad_input_is_refused_before_any_redis_call(quiet_client, monitor, name):
+    client = quiet_client
     monitor.collect()
     response = client.simulate_post("/v1/watch", json=BAD_BODIES[name])
     reads = [c for c in monitor.collect() if c.name in ("HGET", "EVALSHA", "EVAL", "HGETALL")]
