@@ -24,7 +24,6 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -37,6 +36,7 @@ from app.serving.common import (
     error_answer,
     guarded,
 )
+from app.serving.request_threads import RequestThreads
 
 DRAIN_QUIET = 1.0  # seconds without a request before a draining worker's loop ends
 DRAIN_GRACE = 0.5  # seconds from the drain's start to Granian's shutdown
@@ -71,18 +71,17 @@ class _ClientGone:
     """``environ["waitress.client_disconnected"]``: true once the client has closed
     its connection. Only a waiting request asks, so only it pays for the watch."""
 
-    __slots__ = ("_loop", "_receive", "_event", "_task", "_asked", "_done")
+    __slots__ = ("_loop", "_receive", "_event", "_task", "_done")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, receive: Any) -> None:
         self._loop, self._receive = loop, receive
-        self._event = threading.Event()
+        self._event: threading.Event | None = None  # made when first asked: most never are
         self._task: asyncio.Task | None = None
-        self._asked = False
         self._done = False
 
     def __call__(self) -> bool:  # in the request thread
-        if not self._asked:
-            self._asked = True
+        if self._event is None:
+            self._event = threading.Event()
             self._loop.call_soon_threadsafe(self._start)
         return self._event.is_set()
 
@@ -94,6 +93,7 @@ class _ClientGone:
         # The body is read: the next message is the client's going away.
         while (await self._receive())["type"] != "http.disconnect":
             pass
+        assert self._event is not None  # made before this task was started
         self._event.set()
 
     def finish(self) -> None:  # on the loop, once answered
@@ -115,7 +115,7 @@ class GranianFront:
         self.app = guarded(worker)
         self.max_body = config.max_body_bytes
         self.body_timeout = config.body_timeout
-        self.pool = ThreadPoolExecutor(config.threads, thread_name_prefix="karmchari-request")
+        self.pool = RequestThreads(config.threads)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.in_flight = 0
         self.last_seen = 0.0  # when a request last began or ended
@@ -151,7 +151,7 @@ class GranianFront:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self._drained()
-                self.pool.shutdown(wait=False)
+                self.pool.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -206,8 +206,7 @@ class GranianFront:
         environ["wsgi.input"] = BytesIO(body)
         gone = environ["waitress.client_disconnected"] = _ClientGone(loop, receive)
         try:
-            status, headers, content = await loop.run_in_executor(self.pool, self._call,
-                                                                  environ)
+            status, headers, content = await self.pool.run(loop, self._call, environ)
         finally:
             gone.finish()
         await self._answer(send, status, headers, content)
