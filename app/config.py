@@ -16,7 +16,7 @@ from app.model import DEFAULT_JOB_TYPES
 DEFAULT_PORT = 51463
 ENV_PREFIX = "KARMCHARI_"
 DAY = 24 * 3600
-SERVERS = ("waitress", "granian")
+SERVERS = ("auto", "waitress", "granian")
 ACCESS_LOG_MODES = ("stderr", "logging", "off")
 
 
@@ -47,9 +47,11 @@ class Config:
     port: int = setting(DEFAULT_PORT, "port to listen on (0: any free port)",
                         range=(0, 65535), old_flag="-port")
     threads: int = setting(16, "request threads per process", range=(1, 1024))
-    workers: int = setting(1, "processes sharing one listening socket (Linux)", range=(1, 64))
-    server: str = setting("waitress", "the HTTP server; granian needs karmchari[fast]",
-                          choices=SERVERS)
+    workers: int = setting(0, "processes sharing one listening socket (Linux; 0: one per CPU, "
+                           "at most 8, on Linux, else 1)", range=(0, 64))
+    server: str = setting("auto", "the HTTP server: granian (needs karmchari[fast]; not on "
+                          "Windows), waitress, or auto: granian where it is installed and "
+                          "runs, else waitress", choices=SERVERS)
     shutdown_timeout: float = setting(30.0, "longest drain after SIGTERM/SIGINT before open "
                                       "requests are cut", range=(0.0, 3600.0),
                                       metavar="SECONDS")

@@ -133,7 +133,10 @@ class ServiceProcess:
         self.soft_open_files = soft_open_files
         self.port = free_port()
         self.args = ["serve", "--port", str(self.port), *args]
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # The suites choose their server with --server; the defaults (auto: Granian
+        # where installed, one process per CPU) are tested in tests/test_defaults.py.
+        self.env = {"KARMCHARI_SERVER": "waitress", "KARMCHARI_WORKERS": "1", **os.environ,
+                    "PYTHONUNBUFFERED": "1", **(env or {})}
         self.cwd = cwd
         self.log_path = Path(tempfile.mkstemp(prefix="karmchari-serve-", suffix=".log",
                                               dir=log_dir())[1])

@@ -8,12 +8,14 @@ from pathlib import Path
 from app.auth import TokenConfigError, TokenRegistry
 from app.config import Config
 from app.embedded import EmbeddedRedis, EmbeddedServerError, choose_server_binary
+from app.serving import defaults
 from app.serving.common import (
     StartupError,
     build_store,
     check_exposure,
     check_store,
     check_version,
+    limit_malloc_arenas,
     listen_socket,
     raise_open_files_limit,
     shown_store,
@@ -29,6 +31,8 @@ def serve(config: Config) -> int:
     logging.basicConfig(level=config.log_level.upper(), format=LOG_FORMAT)
     from app.serving import granian_server, waitress_server  # granian itself: on use
 
+    config = defaults.resolve(config)
+    limit_malloc_arenas()
     server = granian_server if config.server == "granian" else waitress_server
     server.check_available()
     try:

@@ -24,7 +24,7 @@ from typing import Any
 
 from app.config import Config
 from app.embedded import die_with_parent
-from app.serving.common import StartupError, Worker, listen_socket
+from app.serving.common import StartupError, Worker, limit_malloc_arenas, listen_socket
 
 log = logging.getLogger("karmchari")
 # 2.7.9 fixes the blocking-thread pool that let one long-lived response starve
@@ -135,6 +135,7 @@ def worker_app():
     from app.serving.granian_front import GranianFront
 
     state = json.loads(os.environ[STATE_VARIABLE])
+    limit_malloc_arenas()  # a spawned worker is a new process
     values: dict[str, Any] = {name: tuple(value) if isinstance(value, list) else value
                               for name, value in state["config"].items()}
     worker = Worker(Config(**values), state["url"])
