@@ -26,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 
 from bench import RESULTS, ROOT
-from bench.compare import GO_TARGET_RATIO, Contender, compare
+from bench.compare import GRANIAN_2_TARGETS, WAITRESS_1_TARGETS, Contender, compare
 from bench.http_load import ENDPOINTS, JobSets, measure, require_wrk, wrk_version
 from bench.roundtrips import count_round_trips, shown
 from bench.servers import BenchError, BenchRedis, BenchService, GoService
@@ -190,8 +190,9 @@ def comparison(args: argparse.Namespace, redis_server: BenchRedis, jobs: JobSets
         contenders.append(Contender("go", "Go service", lambda: go, is_go=True))
     contenders += [
         Contender("granian_2", "Karmchari, granian, 2 processes", karmchari("granian", 2),
-                  target_go_ratio=GO_TARGET_RATIO),
-        Contender("waitress_1", "Karmchari, waitress, 1 process", karmchari("waitress", 1)),
+                  target_go_ratio=GRANIAN_2_TARGETS),
+        Contender("waitress_1", "Karmchari, waitress, 1 process", karmchari("waitress", 1),
+                  target_go_ratio=WAITRESS_1_TARGETS),
     ]
     timing["log"](f"comparison: {', '.join(c.label for c in contenders)}; Redis at {url}")
     results = compare(contenders, jobs, redis_server.client(), **timing)

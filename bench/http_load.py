@@ -230,8 +230,14 @@ class JobSets:
         pipe = store.client.pipeline(transaction=False)
         for job_id in read_ids:
             pipe.hset(f"job:{job_id}", mapping={"type": "teams", "state": "start"})
+        # And the toggled ones, so POST /jobState finds them (the Go service's
+        # job:<id> keys are its own: Karmchari's copies of these jobs are not touched).
+        for path in sets.files["old_toggle"]:
+            for job_id in path.read_text().split():
+                pipe.hset(f"job:{job_id}", mapping={"type": "teams", "state": "start"})
         pipe.execute()
         sets.files["go_read"] = [sets.files["read"][0]]
+        sets.files["go_toggle"] = sets.files["old_toggle"]
         store.client.close()
         return sets
 

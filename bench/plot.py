@@ -94,21 +94,27 @@ def comparison_panels(comparison: dict | None, rps_ax, cpu_ax) -> None:
         cpu_ax.set_axis_off()
         return
     servers = list(comparison["servers"].values())
-    keys = [k for k in servers[0]["endpoints"] if k != "healthz"]
+    ours = next(s for s in servers if not s["is_go"])
+    keys = [k for k in ours["endpoints"] if k != "healthz"]
     width = 0.8 / len(servers)
     for index, server in enumerate(servers):
         offsets = [x - 0.4 + width * (index + 0.5) for x in range(len(keys))]
-        rps_ax.bar(offsets, [server["endpoints"][k]["rps"] for k in keys], width,
+        measured = [server["endpoints"].get(k, {}) for k in keys]  # Go has no batch endpoint
+        rps_ax.bar(offsets, [m.get("rps", 0) for m in measured], width, label=server["label"])
+        cpu_ax.bar(offsets, [m.get("service_cpu_us", 0) for m in measured], width,
                    label=server["label"])
-        cpu_ax.bar(offsets, [server["endpoints"][k]["service_cpu_us"] for k in keys], width,
-                   label=server["label"])
-    names = [servers[0]["endpoints"][k]["label"] for k in keys]
+    names = [ours["endpoints"][k]["label"] for k in keys]
     go = next((s for s in servers if s["is_go"]), None)
     if go is not None:
+        shown = False
         for x, key in enumerate(keys):
-            target = go["endpoints"][key]["rps"] * comparison["target_go_ratio"]
-            rps_ax.hlines(target, x - 0.4, x + 0.4, colors="#c44e52", linewidth=2,
-                          label="target: 0.5 × Go" if x == 0 else None)
+            target = ours["endpoints"][key].get("target_go_ratio")
+            if not target or key not in go["endpoints"]:
+                continue
+            rps_ax.hlines(go["endpoints"][key]["rps"] * target, x - 0.4, x + 0.4,
+                          colors="#c44e52", linewidth=2,
+                          label=f"target for {ours['label']}" if not shown else None)
+            shown = True
     for ax, title, unit in ((rps_ax, "Old API against the Go service", "requests/s"),
                             (cpu_ax, "Server CPU per request", "µs of CPU per request")):
         ax.set_xticks(range(len(keys)), names)
