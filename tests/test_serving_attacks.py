@@ -51,7 +51,8 @@ def test_stalled_bodies_hold_no_request_thread(server, started):
     stalled = []
     for _ in range(8):
         sock = connect(service)
-        sock.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\n"
+                     b"Content-Type: application/json\r\n"
                      b"Content-Length: 1000\r\n\r\n{")
         stalled.append(sock)
     time.sleep(0.5)
@@ -80,7 +81,7 @@ def trickle(socks: list[socket.socket], stop: threading.Event, every: float) -> 
     line = 0
     for sock in socks:
         try:
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
         except OSError:
             pass
     while not stop.wait(every):
@@ -147,7 +148,7 @@ def test_slow_heads_at_the_connection_limit_lock_nobody_out(started):
 def watch_request(job: dict, wait: float, token: str = "") -> bytes:
     body = json.dumps({"jobs": {job["id"]: job["version"]}, "wait": wait}).encode()
     auth = b"Authorization: Bearer %s\r\n" % token.encode() if token else b""
-    return (b"POST /v1/watch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n%s"
+    return (b"POST /v1/watch HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n%s"
             b"Content-Length: %d\r\n\r\n%s" % (auth, len(body), body))
 
 
@@ -218,7 +219,8 @@ def test_drain_resets_no_request_of_keep_alive_writers(server, started):
     service = started(server, "--threads", "8", "--shutdown-timeout", "20")
     job = register(service)
     body = f"id={job['id']}&command=pause".encode()
-    request = (b"POST /jobState HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-"
+    request = (b"POST /jobState HTTP/1.1\r\nHost: localhost\r\n"
+               b"Content-Type: application/x-www-form-"
                b"urlencoded\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
     answered, lost, unserved = [0], [], []
 
@@ -268,8 +270,8 @@ def test_drain_resets_no_request_of_keep_alive_writers(server, started):
 
 @each_server
 @pytest.mark.parametrize("request_bytes", [
-    b"GET /healthz HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
-    b"POST /registerJob HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+    b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n\r\n",
+    b"POST /registerJob HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
     b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 0\r\n\r\n",
 ], ids=["GET", "POST with Content-Length 0"])
 def test_expect_continue_without_a_body_is_answered(server, started, request_bytes):
@@ -287,6 +289,7 @@ def test_a_bare_lf_in_the_head_is_refused_by_waitress(started):
     sees the head; docs/security.md says so. Waitress refuses it."""
     service = started("waitress")
     with connect(service) as sock:
-        sock.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\n"
+                     b"Content-Type: application/json\r\n"
                      b"X-A: a\nContent-Length: 17\r\n\r\n{\"type\": \"teams\"}")
         assert answer_of(sock).startswith(b"HTTP/1.0 400")
