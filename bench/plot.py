@@ -117,7 +117,7 @@ def comparison_panels(comparison: dict | None, rps_ax, cpu_ax) -> None:
             shown = True
     for ax, title, unit in ((rps_ax, "Old API against the Go service", "requests/s"),
                             (cpu_ax, "Server CPU per request", "µs of CPU per request")):
-        ax.set_xticks(range(len(keys)), names)
+        ax.set_xticks(range(len(keys)), names, rotation=20, ha="right", fontsize=8)
         ax.set_ylabel(unit)
         ax.set_title(title)
         ax.legend(fontsize=8)
