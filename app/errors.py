@@ -16,6 +16,7 @@ class ScriptCode(enum.IntEnum):
     IDEMPOTENCY_KEY_REUSED = -6
     NOT_DUE = -7
     NOT_OWNER = -8
+    INVALID_ARGUMENTS = -9   # arguments the service never sends (importLegacyJobs)
 
 
 class KarmchariError(Exception):
@@ -68,6 +69,12 @@ def not_owner_detail(owner: str) -> str:
             "this job is not one of them")
 
 
+class InvalidArguments(KarmchariError):
+    """A script was called with KEYS or ARGV that do not fit: a bug, not a request."""
+
+    code = "invalid_arguments"
+
+
 class StoreUnavailable(KarmchariError):
     """Redis cannot answer now (down, loading, busy, out of memory, read-only)."""
 
@@ -90,6 +97,7 @@ _BY_CODE: dict[ScriptCode, type[KarmchariError]] = {
     ScriptCode.IDEMPOTENCY_KEY_REUSED: IdempotencyKeyReused,
     ScriptCode.NOT_DUE: NotDue,
     ScriptCode.NOT_OWNER: NotOwner,
+    ScriptCode.INVALID_ARGUMENTS: InvalidArguments,
 }
 
 

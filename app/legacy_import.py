@@ -37,6 +37,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
+from app.errors import raise_for_code
 from app.model import shard_of
 from app.store import JobStore
 from app.store.connection import StoreClient
@@ -257,6 +258,7 @@ class LegacyImport:
             order.append(indexes)
         codes = [ALREADY] * len(jobs)
         for indexes, reply in zip(order, self.store.scripts.run_pipeline(calls), strict=True):
+            raise_for_code(reply)
             for index, code in zip(indexes, reply, strict=True):
                 codes[index] = ImportLegacyJobsCode(code)
         return codes

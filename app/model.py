@@ -2,9 +2,9 @@
 Pure functions only.
 
 This is the one definition of the state machine in Python; every other module
-imports it. ``lua/applyCommand-10.lua`` and ``lua/applyCommands-8.lua`` enforce
-the same table atomically (Lua cannot import it): tests/test_scripts.py drives
-every (state, command) pair through the scripts and compares with ``outcome()``. The
+imports it, and the Lua scripts get it as the ``stateMachine`` include, which
+app/store/scripts.py generates from it: tests/test_scripts.py drives every
+(state, command) pair through the scripts and compares with ``outcome()``. The
 standard-library client keeps its own copy of the state names
 (client/karmchari_client/worker.py), checked against this one by tests/test_transitions.py.
 """

@@ -2,8 +2,9 @@
 --[[
   Apply a command (start, pause, kill, done, fail) to a job.
 
-  lua/applyCommands-8.lua applies the same change to many jobs: keep the two
-  alike (tests/test_bulk_commands.py compares them).
+  lua/applyCommands-8.lua applies the same change to many jobs: both move a
+  job with lua/includes/transition.lua (tests/test_bulk_commands.py compares
+  them).
 
   Input:
     KEYS[1]  job hash              {kc:s}:job:<id>
@@ -40,21 +41,19 @@
     { -2 }                            INVALID_COMMAND
     { -3, state, version }            VERSION_MISMATCH: version differs from ARGV[4]
     { -4, state, version }            ILLEGAL_TRANSITION: the job is in a terminal
-                                      state (app/model.py outcome())
+                                      state (app/model.py outcome(),
+                                      the stateMachine include)
     { -8 }                            NOT_OWNER: the caller is not the job's owner
 ]]
+--- @include "serverTime"
+--- @include "countChanges"
+--- @include "transition"
 local rcall = redis.call
 local jobKey, histKey = KEYS[1], KEYS[2]
-local stateIndex = { start = KEYS[3], pause = KEYS[4], kill = KEYS[5],
-                     done = KEYS[6], failed = KEYS[7] }
-local target = ({ start = "start", pause = "pause", kill = "kill",
-                  done = "done", fail = "failed" })[ARGV[1]]
-local terminal = { kill = true, done = true, failed = true }
+local target = TARGET[ARGV[1]]
 local op = ARGV[8] or ""
-local keptOps = 4
 -- The time goes with every answer that carries the job: "stalled" depends on it.
-local t = rcall("TIME")
-local nowMs = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local nowMs = serverTime()
 
 -- Preconditions, before the first write.
 local job = rcall("HMGET", jobKey, "id", "state", "version", "score", "heartbeat_timeout",
@@ -80,48 +79,13 @@ end
 if state == target then
   return { 0, rcall("HGETALL", jobKey), nowMs }
 end
-if terminal[state] then
+if TERMINAL[state] then
   return { -4, state, version }
 end
 
-version = version + 1
-rcall("HSET", jobKey, "state", target, "version", version, "updated_at", nowMs)
-if op ~= "" then
-  local ops = { op }
-  for previous in string.gmatch(job[6] or "", "%S+") do
-    if #ops == keptOps then break end
-    ops[#ops + 1] = previous
-  end
-  rcall("HSET", jobKey, "ops", table.concat(ops, " "))
-end
-rcall("ZREM", stateIndex[state], id)
-rcall("ZADD", stateIndex[target], job[4], id)
-
-local timeout = tonumber(job[5])
-if target == "start" and timeout > 0 then
-  -- A resumed job gets a full timeout to report before it counts as stalled.
-  rcall("ZADD", KEYS[8], nowMs + timeout * 1000, id)
-else
-  rcall("ZREM", KEYS[8], id)
-end
-if terminal[target] then
-  rcall("HSET", jobKey, "ended_at", nowMs)
-  rcall("ZADD", KEYS[9], nowMs + tonumber(ARGV[6]) * 1000, id)
-end
-
-rcall("RPUSH", histKey, cjson.encode({
-  version = version, at = nowMs, command = ARGV[1], from = state, to = target,
-  actor = ARGV[2], reason = ARGV[3] }))
-rcall("LTRIM", histKey, -tonumber(ARGV[5]), -1)
-rcall("SPUBLISH", ARGV[7], id .. " " .. version .. " " .. target)
--- Changes per minute (GET /v1/stats); the same lines in registerJob.
-local minute = math.floor(nowMs / 60000)
-if rcall("HINCRBY", KEYS[10], minute, 1) == 1 then
-  rcall("EXPIRE", KEYS[10], 3720)
-  if rcall("HLEN", KEYS[10]) > 61 then
-    for _, m in ipairs(rcall("HKEYS", KEYS[10])) do
-      if tonumber(m) < minute - 60 then rcall("HDEL", KEYS[10], m) end
-    end
-  end
-end
+transition({ stateIndex = stateIndexes(3), deadlines = KEYS[8], expiries = KEYS[9],
+             command = ARGV[1], target = target, actor = ARGV[2], reason = ARGV[3],
+             cap = tonumber(ARGV[5]), retention = tonumber(ARGV[6]), channel = ARGV[7],
+             op = op }, jobKey, histKey, job, nowMs)
+countChanges(KEYS[10], nowMs, 1)
 return { 1, rcall("HGETALL", jobKey), nowMs }

@@ -2,9 +2,8 @@
 --[[
   Apply one command (start, pause, kill, done, fail) to many jobs of one shard:
   POST /v1/jobs/commands, one call per shard and batch. Each job that matches
-  changes exactly as lua/applyCommand-10.lua changes one (same transitions,
-  history entry, index moves, deadline, expiry, change message and operation
-  id): keep the two alike (tests/test_bulk_commands.py compares them).
+  changes exactly as lua/applyCommand-10.lua changes one: both move a job with
+  lua/includes/transition.lua (tests/test_bulk_commands.py compares them).
 
   Input:
     KEYS[1]  index of state start  {kc:s}:idx:state:start
@@ -39,14 +38,12 @@
         job no longer matches the filter (it changed since it was listed)
     { -2 }   INVALID_COMMAND: nothing written
 ]]
+--- @include "serverTime"
+--- @include "countChanges"
+--- @include "transition"
 local rcall = redis.call
-local stateIndex = { start = KEYS[1], pause = KEYS[2], kill = KEYS[3],
-                     done = KEYS[4], failed = KEYS[5] }
-local target = ({ start = "start", pause = "pause", kill = "kill",
-                  done = "done", fail = "failed" })[ARGV[1]]
-local terminal = { kill = true, done = true, failed = true }
+local target = TARGET[ARGV[1]]
 local op = ARGV[7]
-local keptOps = 4
 local wantState, wantType, wantStalled = ARGV[8], ARGV[9], ARGV[10]
 local labels = tonumber(ARGV[11])
 local first = 9 + labels
@@ -54,8 +51,7 @@ local first = 9 + labels
 if not target then
   return { -2 }
 end
-local t = rcall("TIME")
-local nowMs = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local nowMs = serverTime()
 
 -- Preconditions for every job, before the first write.
 local counts = { 0, 0, 0, 0, 0 }  -- changed, unchanged, refused, not_found, unmatched
@@ -84,7 +80,7 @@ for k = first, #KEYS, 2 do
       outcome = 5
     elseif state == target then
       outcome = 2
-    elseif terminal[state] then
+    elseif TERMINAL[state] then
       outcome = 3
     else
       outcome = 1
@@ -95,49 +91,13 @@ for k = first, #KEYS, 2 do
 end
 
 -- Each change as in applyCommand-10.lua.
+local c = { stateIndex = stateIndexes(1), deadlines = KEYS[6], expiries = KEYS[7],
+            command = ARGV[1], target = target, actor = ARGV[2], reason = ARGV[3],
+            cap = tonumber(ARGV[4]), retention = tonumber(ARGV[5]), channel = ARGV[6], op = op }
 for _, entry in ipairs(todo) do
-  local jobKey, histKey, job = KEYS[entry[1]], KEYS[entry[1] + 1], entry[2]
-  local id, state, version = job[1], job[2], tonumber(job[3]) + 1
-  rcall("HSET", jobKey, "state", target, "version", version, "updated_at", nowMs)
-  if op ~= "" then
-    local ops = { op }
-    for previous in string.gmatch(job[6] or "", "%S+") do
-      if #ops == keptOps then break end
-      ops[#ops + 1] = previous
-    end
-    rcall("HSET", jobKey, "ops", table.concat(ops, " "))
-  end
-  rcall("ZREM", stateIndex[state], id)
-  rcall("ZADD", stateIndex[target], job[4], id)
-
-  local timeout = tonumber(job[5])
-  if target == "start" and timeout > 0 then
-    rcall("ZADD", KEYS[6], nowMs + timeout * 1000, id)
-  else
-    rcall("ZREM", KEYS[6], id)
-  end
-  if terminal[target] then
-    rcall("HSET", jobKey, "ended_at", nowMs)
-    rcall("ZADD", KEYS[7], nowMs + tonumber(ARGV[5]) * 1000, id)
-  end
-
-  rcall("RPUSH", histKey, cjson.encode({
-    version = version, at = nowMs, command = ARGV[1], from = state, to = target,
-    actor = ARGV[2], reason = ARGV[3] }))
-  rcall("LTRIM", histKey, -tonumber(ARGV[4]), -1)
-  rcall("SPUBLISH", ARGV[6], id .. " " .. version .. " " .. target)
+  transition(c, KEYS[entry[1]], KEYS[entry[1] + 1], entry[2], nowMs)
 end
-
--- Changes per minute (GET /v1/stats); the same lines in applyCommand-10.lua.
 if #todo > 0 then
-  local minute = math.floor(nowMs / 60000)
-  if rcall("HINCRBY", KEYS[8], minute, #todo) == #todo then
-    rcall("EXPIRE", KEYS[8], 3720)
-    if rcall("HLEN", KEYS[8]) > 61 then
-      for _, m in ipairs(rcall("HKEYS", KEYS[8])) do
-        if tonumber(m) < minute - 60 then rcall("HDEL", KEYS[8], m) end
-      end
-    end
-  end
+  countChanges(KEYS[8], nowMs, #todo)
 end
 return counts

@@ -25,8 +25,8 @@
             expiry entry was removed)
     { 0 }   PRESENT: a finished job, nothing written: delete it with deleteJob
 ]]
+--- @include "stateMachine"
 local rcall = redis.call
-local terminal = { kill = true, done = true, failed = true }
 local firstJob = 9 + tonumber(ARGV[1])
 
 local codes = {}
@@ -40,7 +40,7 @@ for i = 2, #ARGV do
     end
     rcall("DEL", KEYS[firstJob + (i - 2) * 2 + 1])
     codes[i - 1] = 1
-  elseif not terminal[state] then
+  elseif not TERMINAL[state] then
     rcall("ZREM", KEYS[1], id)
     codes[i - 1] = 1
   else

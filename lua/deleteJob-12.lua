@@ -33,24 +33,24 @@
     { -5 }                   STALE_READ: type or labels differ from ARGV[2..3]
     { -7 }                   NOT_DUE: sweep, and the retention has not run out yet
 ]]
+--- @include "serverTime"
+--- @include "stateMachine"
 local rcall = redis.call
 local id = ARGV[1]
-local terminal = { kill = true, done = true, failed = true }
 
 -- Preconditions, before the first write.
 local job = rcall("HMGET", KEYS[1], "state", "version", "type", "labels")
 if not job[1] then
   return { -1 }
 end
-if not terminal[job[1]] then
+if not TERMINAL[job[1]] then
   return { -4, job[1], tonumber(job[2]) }
 end
 if job[3] ~= ARGV[2] or job[4] ~= ARGV[3] then
   return { -5 }
 end
 if ARGV[4] == "sweep" then
-  local t = rcall("TIME")
-  local nowMs = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local nowMs = serverTime()
   local due = rcall("ZSCORE", KEYS[8], id)
   if not due or tonumber(due) > nowMs then
     return { -7 }

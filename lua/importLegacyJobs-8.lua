@@ -39,34 +39,40 @@
 
   Output: one code per job, in order (app/store/scripts.py ImportLegacyJobsCode):
     { 1 }   IMPORTED: created here
-    { 0 }   ALREADY: imported before, with this same source state: nothing written
+    { 0 }   ALREADY: imported before, and the source's state leads to its state here
+            still: nothing written
     { 2 }   ID_TAKEN: a job with this id exists that was not imported: left alone
     { 3 }   CHANGED_HERE: imported before, changed here since: left alone
     { 4 }   UPDATED: imported before; written: its state here follows the source's
             new state (the one code above 1 that writes)
-  Arguments that do not fit (never sent by the service) are a script error,
-  raised before anything is written.
+  or, for the whole batch:
+    { -9 }  INVALID_ARGUMENTS: keys and arguments do not match, or an id or a
+            state is not one (never sent by the service): nothing written
 ]]
+--- @include "serverTime"
+--- @include "countChanges"
+--- @include "historyEntry"
+--- @include "stateMachine"
 local rcall = redis.call
 local FIXED = 8
-local STATE_INDEX = { start = 2, pause = 3, kill = 4, done = 5, failed = 6 }
-local TERMINAL = { kill = true, done = true, failed = true }
+local STATE_INDEX = {}  -- KEYS[2..6], in STATES' order
+for i, s in ipairs(STATES) do STATE_INDEX[s] = 1 + i end
 local actor, cap, retentionMs = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]) * 1000
 local channel = ARGV[4]
 
 -- Preconditions, before the first write.
 local count = (#ARGV - 4) / 4
 if count ~= math.floor(count) or #KEYS ~= FIXED + 3 * count then
-  return redis.error_reply("importLegacyJobs: keys and arguments do not match")
+  return { -9 }
 end
 for j = 1, count do
   local a = 4 + (j - 1) * 4
   if not string.match(ARGV[a + 1], "^[0-9a-f]+$") or #ARGV[a + 1] ~= 32 then
-    return redis.error_reply("importLegacyJobs: bad id " .. ARGV[a + 1])
+    return { -9 }
   end
   local target = ARGV[a + 3]
   if target ~= "start" and target ~= "pause" and target ~= "kill" and target ~= "failed" then
-    return redis.error_reply("importLegacyJobs: bad state " .. target)
+    return { -9 }
   end
 end
 
@@ -81,15 +87,7 @@ local function reasonFor(raw, target)
     .. "'; creation time unknown"
 end
 
-local function historyEntry(histKey, version, nowMs, from, to, reason)
-  rcall("RPUSH", histKey, cjson.encode({
-    version = version, at = nowMs, command = "import", from = from, to = to,
-    actor = actor, reason = reason }))
-  rcall("LTRIM", histKey, -cap, -1)
-end
-
-local t = rcall("TIME")
-local nowMs = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local nowMs, t = serverTime()
 local nowUs = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local codes = {}
 for j = 1, count do
@@ -114,11 +112,8 @@ for j = 1, count do
       rcall("HSET", jobKey, "ended_at", nowMs)
       rcall("ZADD", KEYS[7], nowMs + retentionMs, id)
     end
-    -- The first entry: no trim needed. No change message either: nobody can
-    -- be waiting on a job that did not exist.
-    rcall("RPUSH", histKey, cjson.encode({
-      version = 1, at = nowMs, command = "import", from = "", to = target,
-      actor = actor, reason = reasonFor(raw, target) }))
+    -- No change message: nobody can be waiting on a job that did not exist.
+    historyEntry(histKey, cap, 1, nowMs, "import", "", target, actor, reasonFor(raw, target))
     codes[j] = 1
   elseif not have[3] then
     codes[j] = 2
@@ -127,8 +122,8 @@ for j = 1, count do
   elseif have[4] ~= have[3] then
     codes[j] = 3
   elseif have[1] == target then
-    -- Another invalid state in the source, still failed here: just remember it.
-    rcall("HSET", jobKey, "legacy_state", raw)
+    -- Another invalid state in the source, still failed here: nothing to
+    -- write (legacy_state keeps the state the job was imported with).
     codes[j] = 0
   else
     local from = have[1]
@@ -144,7 +139,8 @@ for j = 1, count do
       rcall("HSET", jobKey, "ended_at", "")
       rcall("ZREM", KEYS[7], id)
     end
-    historyEntry(histKey, version, nowMs, from, target, reasonFor(raw, target))
+    historyEntry(histKey, cap, version, nowMs, "import", from, target, actor,
+      reasonFor(raw, target))
     rcall("SPUBLISH", channel, id .. " " .. version .. " " .. target)
     codes[j] = 4
   end
@@ -156,14 +152,6 @@ for j = 1, count do
   if codes[j] == 1 or codes[j] == 4 then written = written + 1 end
 end
 if written > 0 then
-  local minute = math.floor(nowMs / 60000)
-  if rcall("HINCRBY", KEYS[8], minute, written) == written then
-    rcall("EXPIRE", KEYS[8], 3720)
-    if rcall("HLEN", KEYS[8]) > 61 then
-      for _, m in ipairs(rcall("HKEYS", KEYS[8])) do
-        if tonumber(m) < minute - 60 then rcall("HDEL", KEYS[8], m) end
-      end
-    end
-  end
+  countChanges(KEYS[8], nowMs, written)
 end
 return codes

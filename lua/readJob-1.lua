@@ -9,6 +9,6 @@
   Output:
     { now in ms, job hash as a flat array (empty when there is no such job) }
 ]]
-local t = redis.call("TIME")
-return { tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000),
-         redis.call("HGETALL", KEYS[1]) }
+--- @include "serverTime"
+local nowMs = serverTime()
+return { nowMs, redis.call("HGETALL", KEYS[1]) }

@@ -25,6 +25,7 @@
   a killed job records observed_state "kill", the worker's acknowledgement
   that it has stopped (so a reader can tell "kill requested" from "stopped").
 ]]
+--- @include "serverTime"
 local rcall = redis.call
 local fields = { "worker", "progress", "message", "observed_state" }
 local bits = { 1, 2, 4, 8 }
@@ -44,8 +45,7 @@ for i = 2, #KEYS do
   end
 end
 
-local t = rcall("TIME")
-local nowMs = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local nowMs = serverTime()
 local answers = {}
 for i = 2, #KEYS do
   local job = jobs[i]

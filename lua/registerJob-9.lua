@@ -38,6 +38,9 @@
                                       nothing was written
     { -6 }                            IDEMPOTENCY_KEY_REUSED with another request
 ]]
+--- @include "serverTime"
+--- @include "countChanges"
+--- @include "historyEntry"
 local rcall = redis.call
 local jobKey, histKey = KEYS[1], KEYS[2]
 local idemKey = KEYS[7]
@@ -61,8 +64,7 @@ if rcall("EXISTS", jobKey) == 1 then
   return { 0, rcall("HGETALL", jobKey) }
 end
 
-local t = rcall("TIME")
-local nowMs = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local nowMs, t = serverTime()
 -- Microseconds as a string: a Lua number would be formatted with 14 digits.
 local score = t[1] .. string.format("%06d", tonumber(t[2]))
 local timeout = tonumber(ARGV[5])
@@ -85,23 +87,11 @@ end
 if timeout > 0 then
   rcall("ZADD", KEYS[6], nowMs + timeout * 1000, id)
 end
-rcall("RPUSH", histKey, cjson.encode({
-  version = 1, at = nowMs, command = "register", from = "", to = "start",
-  actor = ARGV[6], reason = "" }))
-rcall("LTRIM", histKey, -tonumber(ARGV[7]), -1)
+historyEntry(histKey, tonumber(ARGV[7]), 1, nowMs, "register", "", "start", ARGV[6], "")
 if idemTtl > 0 then
   rcall("SET", idemKey, id .. " " .. ARGV[9], "EX", idemTtl)
 end
 rcall("SPUBLISH", ARGV[10], id .. " 1 start")
--- Changes per minute (GET /v1/stats); the same lines in applyCommand(s).
-local minute = math.floor(nowMs / 60000)
-if rcall("HINCRBY", KEYS[9], minute, 1) == 1 then
-  rcall("EXPIRE", KEYS[9], 3720)
-  if rcall("HLEN", KEYS[9]) > 61 then
-    for _, m in ipairs(rcall("HKEYS", KEYS[9])) do
-      if tonumber(m) < minute - 60 then rcall("HDEL", KEYS[9], m) end
-    end
-  end
-end
+countChanges(KEYS[9], nowMs, 1)
 -- The caller knows everything else it holds: no HGETALL to build and send.
 return { 1, nowMs }

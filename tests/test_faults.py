@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from app.store.scripts import script_dir
+from app.store.scripts import load_source
 from karmchari_client import Client, ServiceUnavailable
 from tests.http_calls import Reply, call
 from tests.servers import ROOT, RedisProcess, ServiceProcess, free_port, karmchari_command
@@ -592,8 +592,7 @@ def losing_proxy(processes):
 
 def sha_of(script: str) -> str:
     """The SHA the service sends in EVALSHA: marks a call of that script."""
-    (path,) = script_dir().glob(f"{script}-*.lua")
-    return hashlib.sha1(path.read_bytes()).hexdigest()
+    return hashlib.sha1(load_source(script).encode("utf-8")).hexdigest()
 
 
 def test_command_whose_reply_was_lost_is_applied_once_despite_a_change_meanwhile(

@@ -204,7 +204,7 @@ def test_the_documented_acl_user_is_restricted(acl_redis):
 def test_the_acl_commands_cover_the_lua_scripts():
     """Every command the scripts call is granted (ACLs apply inside scripts)."""
     granted = {a[1:].lower() for a in acl_setuser_from_docs()[0] if a.startswith("+")}
-    for script in (ROOT / "lua").glob("*.lua"):
+    for script in (ROOT / "lua").rglob("*.lua"):   # the scripts and their includes
         for command in re.findall(r"(?:rcall|redis\.p?call)\(\s*[\"'](\w+)",
                                   Path(script).read_text()):
             assert command.lower() in granted, f"{script.name} calls {command}"

@@ -4,6 +4,12 @@ Files are named ``<verbNoun>-<numKeys>.lua`` (numKeys: the fixed keys; some
 scripts take more after them); the loader reads the count from the name and
 checks every call against it.
 
+Includes (as BullMQ's ``src/commands/includes/``): a line
+``--- @include "name"`` is replaced by ``lua/includes/name.lua``, itself
+expanded the same way; each include goes in once per script, where it is
+first named. ``stateMachine`` is no file: it is generated from ``app/model.py``,
+the one definition of the states. Redis sees, and hashes, the expanded text.
+
 Return codes: each script has its own set below, documented in its header
 (tests/test_scripts.py checks that they agree). They follow one rule:
 1 means this call wrote, 0 that nothing needed writing, 2 and up another
@@ -24,6 +30,7 @@ import redis
 from redis.commands.core import Script
 
 from app.errors import ScriptCode
+from app.model import STATES, TARGET_STATE, TERMINAL_STATES
 
 if TYPE_CHECKING:
     from app.store.connection import StoreClient
@@ -84,6 +91,7 @@ class ImportLegacyJobsCode(enum.IntEnum):
     ID_TAKEN = 2
     CHANGED_HERE = 3
     UPDATED = 4
+    INVALID_ARGUMENTS = ScriptCode.INVALID_ARGUMENTS   # the whole batch: nothing written
 
 
 class DeleteLegacyJobCode(enum.IntEnum):
@@ -104,6 +112,9 @@ RETURN_CODES: dict[str, type[enum.IntEnum]] = {
 }
 
 _NAME_RE = re.compile(r"(?P<name>[a-zA-Z]+)-(?P<keys>\d+)\.lua\Z")
+INCLUDE_RE = re.compile(r'^--- @include "(?P<name>[A-Za-z]+)"[ \t]*$', re.M)
+# Includes made from Python rather than read from lua/includes/.
+GENERATED_INCLUDES = ("stateMachine",)
 
 
 def script_dir() -> Path:
@@ -112,6 +123,58 @@ def script_dir() -> Path:
     if installed.is_dir():
         return installed
     return Path(__file__).resolve().parents[2] / "lua"
+
+
+def _lua_list(items: list[str]) -> str:
+    return "{ " + ", ".join(f'"{i}"' for i in items) + " }"
+
+
+def _lua_table(pairs: dict[str, str]) -> str:
+    return "{ " + ", ".join(f"{k} = {v}" for k, v in pairs.items()) + " }"
+
+
+def state_machine_lua() -> str:
+    """The ``stateMachine`` include: app/model.py's states, final states and
+    command -> target state, as Lua tables."""
+    return "\n".join((
+        "-- Generated from app/model.py (app/store/scripts.py state_machine_lua):",
+        "-- the states in the order of their index keys, the final states (no",
+        "-- command leaves them) and the state each command leads to.",
+        f"local STATES = {_lua_list(list(STATES))}",
+        "local TERMINAL = " + _lua_table({s: "true" for s in STATES if s in TERMINAL_STATES}),
+        "local TARGET = " + _lua_table({c: f'"{t}"' for c, t in TARGET_STATE.items()}),
+        "",
+    ))
+
+
+def include_source(name: str) -> str:
+    """One include as written (not expanded)."""
+    if name == "stateMachine":
+        return state_machine_lua()
+    path = script_dir() / "includes" / f"{name}.lua"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such include")
+    return path.read_text(encoding="utf-8")
+
+
+def expand(source: str, included: set[str] | None = None) -> str:
+    """``source`` with every include directive replaced by the include, once."""
+    included = set() if included is None else included
+
+    def replace(match: re.Match[str]) -> str:
+        name = match["name"]
+        if name in included:
+            return f"-- (include {name}: above)"
+        included.add(name)
+        return expand(include_source(name), included).rstrip("\n")
+
+    return INCLUDE_RE.sub(replace, source)
+
+
+def load_source(name: str) -> str:
+    """The text of script ``name`` as Redis runs it: includes expanded."""
+    (path,) = script_dir().glob(f"{name}-*.lua")
+    return expand(path.read_text(encoding="utf-8"))
 
 
 @dataclass(frozen=True)
@@ -169,7 +232,7 @@ class Scripts:
             match = _NAME_RE.match(path.name)
             if not match:
                 raise ValueError(f"script file name must be <verbNoun>-<numKeys>.lua: {path.name}")
-            source = path.read_text(encoding="utf-8")
+            source = expand(path.read_text(encoding="utf-8"))
             self.by_name[match["name"]] = LuaScript(
                 match["name"], int(match["keys"]), source, client.register_script(source)
             )

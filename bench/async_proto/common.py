@@ -5,7 +5,6 @@ key names and registerJob call, the form rules and the plain-text answers of
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from urllib.parse import parse_qsl
 
 from app.app import build_store
@@ -14,7 +13,7 @@ from app.model import is_job_id
 from app.resources.jobs import register_fingerprint
 from app.resources.legacy import old_state_name
 from app.schemas import IDEMPOTENCY_KEY_PATTERN, matches
-from app.store.scripts import RegisterJobCode, script_dir
+from app.store.scripts import RegisterJobCode, load_source
 
 # The Redis URL; set by bench/async_proto/__main__.py for each server it starts.
 URL_VARIABLE = "KARMCHARI_PROTO_REDIS_URL"
@@ -37,8 +36,7 @@ STORE = build_store(CONFIG, redis_url())
 
 
 def register_source() -> str:
-    (path,) = Path(script_dir()).glob("registerJob-*.lua")
-    return path.read_text(encoding="utf-8")
+    return load_source("registerJob")
 
 
 class Refused(Exception):
