@@ -11,6 +11,7 @@ from app.auth import AuthMiddleware, TokenRegistry
 from app.browser_guard import BrowserGuard
 from app.config import Config
 from app.errors import KarmchariError, StoreUnavailable
+from app.events import ChangeNotifier
 from app.inputs import QueryEncodingMiddleware
 from app.observability import Metrics, ObservabilityMiddleware
 from app.openapi import OpenApiDocument
@@ -29,7 +30,6 @@ from app.resources.watch import Watch
 from app.resources.workers import Heartbeats, JobHeartbeat
 from app.schemas import validators
 from app.store import JobStore, connect
-from app.store.events import ChangeNotifier
 from app.store.keys import KeySchema
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
+from typing import Any
 
 
 class ScriptCode(enum.IntEnum):
@@ -101,12 +103,15 @@ _BY_CODE: dict[ScriptCode, type[KarmchariError]] = {
 }
 
 
-def raise_for_code(reply: list) -> None:
-    """Raise the domain error for a script reply whose first element is negative."""
+def raise_for_code(reply: Sequence[Any], *, owner: str = "") -> None:
+    """Raise the domain error for a script reply whose first element is negative.
+    ``owner``: the caller's worker name, which NOT_OWNER's detail names."""
     code = int(reply[0])
     if code >= 0:
         return
     error = _BY_CODE[ScriptCode(code)]
+    if error is NotOwner:
+        raise error(not_owner_detail(owner))
     if len(reply) >= 3:
         raise error(f"the job is in state {reply[1]}", current_state=reply[1],
                     version=int(reply[2]))

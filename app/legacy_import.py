@@ -37,9 +37,9 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
-from app.errors import raise_for_code
 from app.model import shard_of
 from app.store import JobStore
+from app.store.bindings import Bindings
 from app.store.connection import StoreClient
 from app.store.scripts import DeleteLegacyJobCode, ImportLegacyJobsCode, Scripts
 
@@ -166,7 +166,7 @@ class LegacyImport:
         self.delete_source = delete_source and not dry_run
         self.progress = progress or (lambda report: None)
         self.report = Report(dry_run=dry_run)
-        self._source_scripts = Scripts(source)
+        self._source = Bindings(Scripts(source), store.keys)
 
     def run(self) -> Report:
         started = time.monotonic()
@@ -242,25 +242,20 @@ class LegacyImport:
 
     def _write(self, jobs: list[LegacyJob]) -> list[ImportLegacyJobsCode]:
         """One importLegacyJobs call per shard, all in one pipeline."""
+        binding = self.store.bindings.import_legacy_jobs
         calls, order = [], []
-        script = self.store.scripts.import_legacy_jobs
         for shard_name, indexes in self._by_shard(jobs).items():
-            shard = self.store.keys.shards[shard_name]
-            keys = [shard.all_jobs, *(shard.state_index(s) for s in
-                                      ("start", "pause", "kill", "done", "failed")),
-                    shard.expiries, shard.changes]
-            args = [ACTOR, self.history_cap, self.retention_seconds, shard.channel]
-            for index in indexes:
-                job = jobs[index]
-                keys += [shard.job(job.id), shard.history(job.id), shard.type_index(job.type)]
-                args += [job.id, job.type, job.state, job.source_state]
-            calls.append((script, keys, args))
+            calls.append(binding.call(
+                self.store.keys.shards[shard_name],
+                [(jobs[i].id, jobs[i].type, jobs[i].state, jobs[i].source_state)
+                 for i in indexes],
+                actor=ACTOR, history_cap=self.history_cap,
+                retention_seconds=self.retention_seconds))
             order.append(indexes)
         codes = [ALREADY] * len(jobs)
-        for indexes, reply in zip(order, self.store.scripts.run_pipeline(calls), strict=True):
-            raise_for_code(reply)
-            for index, code in zip(indexes, reply, strict=True):
-                codes[index] = ImportLegacyJobsCode(code)
+        for indexes, reply in zip(order, self.store.bindings.run_pipeline(calls), strict=True):
+            for index, code in zip(indexes, binding.decode(reply), strict=True):
+                codes[index] = code
         return codes
 
     def _predict(self, jobs: list[LegacyJob]) -> list[ImportLegacyJobsCode]:
@@ -271,9 +266,9 @@ class LegacyImport:
         return [predict(have, job) for have, job in zip(pipe.execute(), jobs, strict=True)]
 
     def _delete_source(self, jobs: list[LegacyJob]) -> None:
-        script = self._source_scripts.delete_legacy_job
-        calls = [(script, [f"job:{job.id}"], [job.type, job.source_state]) for job in jobs]
-        for deleted in self._source_scripts.run_pipeline(calls):
+        binding = self._source.delete_legacy_job
+        calls = [binding.call(job.id, job.type, job.source_state) for job in jobs]
+        for deleted in self._source.run_pipeline(calls):
             if deleted == DeleteLegacyJobCode.DELETED:
                 self.report.deleted += 1
             else:

@@ -39,6 +39,7 @@ from app.model import DEFAULT_JOB_TYPES
 from app.store import JobStore, connect
 from bench import RESULTS
 from bench.servers import BenchError, BenchRedis, BenchService
+from tests.bulk_load import register_many
 
 DEFAULT_SIZES = (1_000, 10_000, 100_000, 1_000_000)
 PAGE = 50
@@ -76,7 +77,7 @@ def load_jobs(store: JobStore, start: int, stop: int, log) -> float:
     began = time.monotonic()
     for first in range(start, stop, GROUP):
         group = first // GROUP
-        store.register_many(DEFAULT_JOB_TYPES[group % len(DEFAULT_JOB_TYPES)],
+        register_many(store, DEFAULT_JOB_TYPES[group % len(DEFAULT_JOB_TYPES)],
                             min(GROUP, stop - first), name="listing benchmark",
                             labels={"team": f"t{group % LABEL_VALUES}"},
                             heartbeat_timeout=3600)

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from app.store import JobFilter
+from tests.bulk_load import register_many
 from tests.live import LiveClient
 
 PROBLEM = "application/problem+json"
@@ -686,7 +687,7 @@ def test_long_poll_accepts_the_largest_version(client):
 
 
 def test_jobs_registered_in_bulk_are_whole_jobs(client, store):
-    ids = store.register_many("upload", 30, labels={"batch": "b1"}, heartbeat_timeout=60)
+    ids = register_many(store, "upload", 30, labels={"batch": "b1"}, heartbeat_timeout=60)
     assert len(set(ids)) == 30
     listed = [j["id"] for j in listing(client, label="batch:b1", limit=100)["jobs"]]
     assert sorted(listed) == sorted(ids)
@@ -695,7 +696,7 @@ def test_jobs_registered_in_bulk_are_whole_jobs(client, store):
 
 
 def test_a_combined_filter_reads_its_smallest_index(client, store):
-    store.register_many("teams", 200)
+    register_many(store, "teams", 200)
     paused = store.register("teams")[0]
     store.apply_command(paused.id, "pause")
     page = store.list_jobs(JobFilter(state="pause", type="teams"), limit=50)

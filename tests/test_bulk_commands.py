@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import random
+import secrets
 import threading
 
 import pytest
@@ -19,9 +20,20 @@ from app.config import Config
 from app.errors import IllegalTransition
 from app.model import COMMANDS, SHARDS, STATES, TARGET_STATE, TERMINAL_STATES, Outcome, outcome
 from app.store import JobFilter, JobStore
-from app.store.bulk import BATCH, script_call
+from app.store.bulk import BATCH
+from tests.bulk_load import register_many
 from tests.servers import ServiceProcess
 from tests.waiting import eventually
+
+
+def script_call(store: JobStore, shard, job_ids, command, actor, reason, history_cap,
+                retention_seconds, **where) -> tuple[list[str], list]:
+    """KEYS and ARGV of one applyCommands call, as its binding builds them."""
+    call = store.bindings.apply_commands.call(
+        shard, job_ids, command, actor=actor, reason=reason, history_cap=history_cap,
+        retention_seconds=retention_seconds, operation=secrets.token_hex(6), **where)
+    return call.keys, call.args
+
 
 OPERATOR = ("otto", "tok-operator-1b2c-9a8b")
 TOKENS = (f"otto:operator:{OPERATOR[1]},wim:worker:tok-worker-3d4e-7c6d,"
@@ -151,7 +163,7 @@ def test_stalled_filter(api, store):
 
 def test_many_jobs_over_every_shard_in_batches(api, store):
     # More than one batch per shard.
-    ids = store.register_many("teams", 24 * BATCH, labels={"team": "big"})
+    ids = register_many(store, "teams", 24 * BATCH, labels={"team": "big"})
     shards = {job_id[0] for job_id in ids}
     assert shards == set(SHARDS)
     paused = random.Random(7).sample(ids, 50)
@@ -171,7 +183,7 @@ def test_many_jobs_over_every_shard_in_batches(api, store):
 
 def test_a_walk_past_its_limit_continues_from_its_cursor(store):
     # More than one round of batches (16 shards of BATCH each).
-    ids = set(store.register_many("teams", 24 * BATCH, labels={"team": "walk"}))
+    ids = set(register_many(store, "teams", 24 * BATCH, labels={"team": "walk"}))
     where = JobFilter(labels=(("team", "walk"),))
     total, rounds, cursor = 0, 0, None
     while True:
@@ -320,7 +332,7 @@ def test_a_retried_batch_counts_its_changes_and_writes_nothing_more(store, redis
     ids = [job_in(store, "start") for _ in range(30)]
     shard_ids = [j for j in ids if j[0] == ids[0][0]]
     shard = store.keys.for_job(ids[0])
-    keys, args = script_call(shard, shard_ids, "pause", "ann", "", 100, 3600)
+    keys, args = script_call(store, shard, shard_ids, "pause", "ann", "", 100, 3600)
     assert store.scripts.apply_commands(keys, args) == [len(shard_ids), 0, 0, 0, 0]
     # Another client resumes one of them; the batch then arrives a second time
     # (redis-py retrying after a lost reply): it must not pause that one again.
@@ -339,8 +351,8 @@ def test_a_job_that_no_longer_matches_is_left_alone(store, redis_client, key_pre
     before = snapshot(redis_client, key_prefix)
     for job_id, where in ((paused, {"state": "start"}), (other_label, {"labels": (("team", "a"),)}),
                           (paused, {"job_type": "export"}), (other_label, {"stalled": True})):
-        keys, args = script_call(store.keys.for_job(job_id), [job_id], "kill", "", "", 100, 3600,
-                                 **where)
+        keys, args = script_call(store, store.keys.for_job(job_id), [job_id], "kill", "", "",
+                                 100, 3600, **where)
         assert store.scripts.apply_commands(keys, args) == [0, 0, 0, 0, 1]
     assert snapshot(redis_client, key_prefix) == before
 
@@ -348,7 +360,7 @@ def test_a_job_that_no_longer_matches_is_left_alone(store, redis_client, key_pre
 def test_an_unknown_command_writes_nothing(store, redis_client, key_prefix):
     job_id = job_in(store, "start")
     before = snapshot(redis_client, key_prefix)
-    keys, args = script_call(store.keys.for_job(job_id), [job_id], "stop", "", "", 100, 3600)
+    keys, args = script_call(store, store.keys.for_job(job_id), [job_id], "stop", "", "", 100, 3600)
     assert store.scripts.apply_commands(keys, args) == [-2]
     assert snapshot(redis_client, key_prefix) == before
 
@@ -362,7 +374,7 @@ def test_bulk_and_single_commands_racing_keep_every_job_consistent(redis_url, ke
     per version and ends in that state."""
     from tests.http_calls import call
 
-    ids = store.register_many("teams", 400, labels={"team": "race"})
+    ids = register_many(store, "teams", 400, labels={"team": "race"})
     service = ServiceProcess("--redis-url", redis_url, "--threads", "8",
                              env={"KARMCHARI_KEY_PREFIX": key_prefix}).start()
     errors: list[str] = []

@@ -16,6 +16,7 @@ import pytest
 
 from app.store import BulkInterrupted, JobFilter, JobStore, connect
 from app.store.keys import KeySchema
+from tests.bulk_load import register_many
 from tests.live import SERVERS
 from tests.servers import RedisProcess, ServiceProcess
 from tests.waiting import eventually
@@ -42,7 +43,7 @@ def call(port: int, method: str, path: str, body: dict | None = None,
 
 def load(store: JobStore, count: int) -> None:
     for _ in range(count // 2000):
-        store.register_many("teams", 2000)
+        register_many(store, "teams", 2000)
 
 
 @pytest.fixture(scope="module")

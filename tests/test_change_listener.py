@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
-from app.store.events import ChangeNotifier
+from app.events import ChangeNotifier
 
 # Longer than any test waits: only a change message can wake a waiter.
 NO_REREAD = 60.0

@@ -13,6 +13,7 @@ from app.app import create_app
 from app.config import Config
 from app.model import STATES
 from app.store import HeartbeatReport, JobStore
+from tests.bulk_load import register_many
 from tests.waiting import eventually
 
 TOKENS = "rea:reader:tok-reader-5f6a-5e4f,wim:worker:tok-worker-3d4e-7c6d"
@@ -76,7 +77,7 @@ def test_the_fifty_largest_labels_largest_first(client, store):
     # Label "n:<i>" on i+1 jobs, spread over shards by the random ids.
     jobs = 0
     for i in range(60):
-        store.register_many("teams", i + 1, labels={"n": str(i)})
+        register_many(store, "teams", i + 1, labels={"n": str(i)})
         jobs += i + 1
     body = stats(client)
     assert body["total"] == jobs
@@ -128,7 +129,7 @@ def test_changes_per_minute_come_from_the_scripts(client, store):
     store.apply_command(job.id, "pause")
     store.apply_command(job.id, "pause")               # unchanged: not counted
     store.heartbeat(HeartbeatReport(job.id, progress=5.0))  # not a change of state
-    others = store.register_many("teams", 40)
+    others = register_many(store, "teams", 40)
     store.bulk_command("kill", ids=others[:30])
     store.bulk_command("kill", ids=others[:30])        # unchanged: not counted
 

@@ -14,9 +14,10 @@ from falcon import testing
 
 from app.app import create_app
 from app.config import Config
+from app.events import ChangeNotifier
 from app.store import JobStore, connect
-from app.store.events import ChangeNotifier
 from app.store.keys import KeySchema
+from tests.bulk_load import register_many
 from tests.monitoring import CommandMonitor
 from tests.servers import RedisProcess, ServiceProcess
 from tests.waiting import eventually
@@ -210,7 +211,7 @@ def test_one_watch_holds_one_slot_however_many_jobs_and_past_the_limit_429(redis
     service = ServiceProcess("--redis-url", redis_url, "--threads", "4",
                              env={"KARMCHARI_KEY_PREFIX": key_prefix}).start()
     try:
-        ids = store.register_many("teams", 1000)
+        ids = register_many(store, "teams", 1000)
         halves = [{i: 1 for i in ids[:500]}, {i: 1 for i in ids[500:]}]
 
         def hold(jobs):

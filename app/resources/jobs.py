@@ -11,6 +11,7 @@ import falcon
 from app.auth import require
 from app.config import Config
 from app.errors import JobNotFound
+from app.events import ChangeNotifier, TooManyWaiters
 from app.inputs import int_param, read_json, single_param
 from app.model import FINISH_COMMANDS, STATES, format_time, is_job_id
 from app.problems import Problem, bad_request, too_many_waiters
@@ -25,7 +26,6 @@ from app.schemas import (
     matches,
 )
 from app.store import JobFilter, JobStore
-from app.store.events import ChangeNotifier, TooManyWaiters
 
 # A query parameter of schema type number (no sign, no "inf", no "1_0").
 _NUMBER_RE = re.compile(r"[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?\Z")

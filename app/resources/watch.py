@@ -8,10 +8,10 @@ import ipaddress
 import falcon
 
 from app.config import Config
+from app.events import ChangeNotifier, TooManyWaiters
 from app.inputs import read_json
 from app.problems import too_many_waiters
 from app.representation import job_json
-from app.store.events import ChangeNotifier, TooManyWaiters
 
 # Set by the server in the WSGI environ: a callable that is true once the
 # client has gone away (waitress's name; the Granian front uses it too).

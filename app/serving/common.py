@@ -22,8 +22,8 @@ from app.app import build_store, create_app
 from app.auth import TokenRegistry
 from app.config import Config
 from app.errors import StoreUnavailable
+from app.events import ChangeNotifier
 from app.store import JobStore
-from app.store.events import ChangeNotifier
 
 log = logging.getLogger("karmchari")
 

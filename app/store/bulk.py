@@ -12,10 +12,16 @@ import base64
 import binascii
 import json
 import secrets
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
+from app.errors import OutcomeUnknown, StoreUnavailable
 from app.model import SHARDS, is_job_id
+from app.store.bindings import Call
+from app.store.connection import unavailable_on_redis_errors
 from app.store.keys import ShardKeys
+from app.store.listing import JobFilter, ListingStore
 
 # Jobs per script call: one call writes about ten commands per job, so a batch
 # keeps Redis busy for a few milliseconds at most.
@@ -110,22 +116,7 @@ def decode_cursor(cursor: str) -> dict[str, Position]:
 # -- the calls -------------------------------------------------------------------
 
 
-def script_call(shard: ShardKeys, job_ids: list[str], command: str, actor: str, reason: str,
-                history_cap: int, retention_seconds: int, *, state: str | None = None,
-                job_type: str | None = None, labels: tuple[tuple[str, str], ...] = (),
-                stalled: bool | None = None) -> tuple[list[str], list]:
-    """KEYS and ARGV of one applyCommands call (ids of one shard, distinct)."""
-    keys = [*shard.state_indexes(), shard.deadlines, shard.expiries, shard.changes,
-            *(shard.label_index(k, v) for k, v in labels)]
-    for job_id in job_ids:
-        keys += [shard.job(job_id), shard.history(job_id)]
-    args = [command, actor, reason, history_cap, retention_seconds, shard.channel,
-            secrets.token_hex(6), state or "", job_type or "",
-            "" if stalled is None else "1" if stalled else "0", len(labels)]
-    return keys, args
-
-
-def next_entries(pipe, index: str, position: Position, upper: int | None) -> None:
+def next_entries(pipe: Any, index: str, position: Position, upper: int | None) -> None:
     """Queue the reads of the next BATCH entries of one shard's index below
     ``position``: entries tied with its score in full, then BATCH below it."""
     if position is not None:
@@ -137,7 +128,7 @@ def next_entries(pipe, index: str, position: Position, upper: int | None) -> Non
                               num=BATCH, withscores=True)
 
 
-def take_entries(replies: list, position: Position) -> tuple[list[tuple[int, str]], bool]:
+def take_entries(replies: list[Any], position: Position) -> tuple[list[tuple[int, str]], bool]:
     """The next BATCH entries from the replies of ``next_entries``, and whether
     the shard's index has nothing after them."""
     rows = [(int(score), job_id) for reply in replies for job_id, score in reply]
@@ -146,3 +137,105 @@ def take_entries(replies: list, position: Position) -> tuple[list[tuple[int, str
     rows.sort(reverse=True)
     return rows[:BATCH], len(rows) <= BATCH and len(replies[-1]) < BATCH
 
+
+# -- the walk ---------------------------------------------------------------------
+
+
+class BulkStore(ListingStore):
+    def bulk_command(self, command: str, *, actor: str = "", reason: str = "",
+                     ids: Sequence[str] | None = None, where: JobFilter | None = None,
+                     cursor: str | None = None, max_examined: int = MAX_EXAMINED,
+                     stop: Callable[[], bool] = lambda: False) -> BulkResult:
+        """Apply ``command`` to the jobs named by ``ids``, or to every job that
+        matches ``where``: batches of one applyCommands call per shard, each
+        round of them in one pipeline. A filter walks the index ``list_jobs``
+        would read, newest first, at most ``max_examined`` entries; past that
+        the result has a ``next_cursor`` to continue from (ValueError for a
+        cursor this service did not give).
+
+        Between rounds, ``stop()`` (the service is draining) ends the walk with
+        the same answer as the limit does; the ids form then lists the ids not
+        done in ``remaining_ids``. Redis gone mid-way raises BulkInterrupted
+        with the counts so far and where to resume."""
+        result = BulkResult()
+        if ids is not None:
+            chunks: list[tuple[str, list[str]]] = []
+            by_shard: dict[str, list[str]] = {}
+            for job_id in dict.fromkeys(ids):
+                by_shard.setdefault(self.keys.for_job(job_id).shard, []).append(job_id)
+            for shard, shard_ids in by_shard.items():
+                chunks += [(shard, shard_ids[i:i + BATCH])
+                           for i in range(0, len(shard_ids), BATCH)]
+            for first in range(0, len(chunks), ROUND):
+                if stop():
+                    result.remaining_ids = [i for _, chunk in chunks[first:] for i in chunk]
+                    break
+                calls = [self._bulk_call(self.keys.shards[shard], chunk, command, actor, reason)
+                         for shard, chunk in chunks[first:first + ROUND]]
+                try:
+                    self._bulk_round(result, calls)
+                except StoreUnavailable as error:
+                    result.remaining_ids = [i for _, chunk in chunks[first:] for i in chunk]
+                    if isinstance(error, OutcomeUnknown):
+                        result.in_doubt = sum(len(c) for _, c in chunks[first:first + ROUND])
+                    raise BulkInterrupted(result, error) from error
+            return result
+
+        where = where or JobFilter()
+        positions = decode_cursor(cursor) if cursor else dict.fromkeys(self.keys.shards)
+        index = self._index_for(where)
+        upper = self.server_time_ms() if where.stalled else None
+        while positions and result.examined < max_examined and not stop():
+            # Where this round starts: the cursor to resume from if it fails.
+            resume = dict(positions)
+            shards = list(positions)
+            sent = 0
+            try:
+                with unavailable_on_redis_errors():
+                    pipe = self.client.pipeline(transaction=False)
+                    for shard in shards:
+                        next_entries(pipe, index(self.keys.shards[shard]), positions[shard],
+                                     upper)
+                    replies = pipe.execute()
+                calls: list[Call] = []
+                for shard in shards:
+                    reads = 1 if positions[shard] is None else 2
+                    rows, exhausted = take_entries(replies[:reads], positions[shard])
+                    del replies[:reads]
+                    if rows:
+                        calls.append(self._bulk_call(
+                            self.keys.shards[shard], [job_id for _, job_id in rows], command,
+                            actor, reason, where))
+                        positions[shard] = rows[-1]
+                        sent += len(rows)
+                    if exhausted:
+                        del positions[shard]
+                self._bulk_round(result, calls, filtered=True)
+            except StoreUnavailable as error:
+                result.next_cursor = encode_cursor(resume)
+                if isinstance(error, OutcomeUnknown):
+                    result.in_doubt = sent
+                raise BulkInterrupted(result, error) from error
+            result.examined += sent
+        result.next_cursor = encode_cursor(positions) if positions else None
+        return result
+
+    def _bulk_call(self, shard: ShardKeys, job_ids: list[str], command: str, actor: str,
+                   reason: str, where: JobFilter | None = None) -> Call:
+        where = where or JobFilter()
+        return self.bindings.apply_commands.call(
+            shard, job_ids, command, actor=actor, reason=reason, history_cap=self.history_cap,
+            retention_seconds=self.retention_seconds, operation=secrets.token_hex(6),
+            state=where.state, job_type=where.type, labels=where.labels, stalled=where.stalled)
+
+    def _bulk_round(self, result: BulkResult, calls: list[Call], filtered: bool = False) -> None:
+        if not calls:
+            return
+        with unavailable_on_redis_errors(write=True):
+            replies = self.bindings.run_pipeline(calls)
+        for reply in replies:
+            counts = self.bindings.apply_commands.decode(reply)
+            if filtered:
+                # Listed a moment ago, deleted since: it no longer matches.
+                counts = [*counts[:3], 0, counts[4] + counts[3]]
+            result.add(counts)

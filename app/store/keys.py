@@ -78,6 +78,11 @@ class ShardKeys:
         return f"{self.tag}:events"
 
 
+def legacy_job_key(job_id: str) -> str:
+    """The Go service's hash of a job (import-legacy's source)."""
+    return f"job:{job_id}"
+
+
 class KeySchema:
     def __init__(self, prefix: str = "kc") -> None:
         self.prefix = prefix

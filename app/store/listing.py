@@ -1,0 +1,168 @@
+"""Listings: the jobs of one index per shard, merged newest first, with the
+filter's other conditions checked on the jobs read."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import heapq
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from app.model import Job, is_job_id
+from app.store.connection import unavailable_on_redis_errors
+from app.store.core import StoreCore
+from app.store.keys import ShardKeys
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    state: str | None = None
+    type: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    stalled: bool | None = None
+
+    def matches(self, job: Job, now_ms: int) -> bool:
+        return ((self.state is None or job.state == self.state)
+                and (self.type is None or job.type == self.type)
+                and all(job.labels.get(k) == v for k, v in self.labels)
+                and (self.stalled is None or job.stalled(now_ms) == self.stalled))
+
+
+
+@dataclass
+class Page:
+    jobs: list[Job]
+    next_cursor: str | None
+    now_ms: int
+    scanned: int = 0
+
+
+@dataclass(frozen=True)
+class _Position:
+    """Where a listing stopped: entries sort by (score, id), newest first."""
+
+    score: int
+    job_id: str
+
+    def encode(self) -> str:
+        return base64.urlsafe_b64encode(f"{self.score}.{self.job_id}".encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, cursor: str) -> _Position:
+        try:
+            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+            score, job_id = raw.split(".")
+            if is_job_id(job_id) and score.isdigit() and len(score) < 20:
+                return cls(int(score), job_id)
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            pass
+        raise ValueError("invalid cursor")
+
+
+# The key of one index in a shard: listings read the same index of every shard.
+IndexOf = Callable[[ShardKeys], str]
+
+
+def _label_index_of(key: str, value: str) -> IndexOf:
+    return lambda shard: shard.label_index(key, value)
+
+
+
+class ListingStore(StoreCore):
+    def list_jobs(self, where: JobFilter, *, limit: int = 50, cursor: str | None = None,
+                  max_scan: int = 1000) -> Page:
+        """Newest first. Entries come from one index (per shard) chosen from
+        the filter; other conditions are checked on the jobs read. Each call
+        reads at most ``max_scan`` jobs, so a page may be short but still carry
+        a cursor: its cost depends on the page, never on how many jobs exist."""
+        position = _Position.decode(cursor) if cursor else None
+        now_ms = self.server_time_ms()
+        index = self._index_for(where)
+        upper = now_ms if where.stalled else None
+        found: list[Job] = []
+        scanned = 0
+        exhausted = False
+        while len(found) < limit and scanned < max_scan:
+            want = min(limit - len(found), max_scan - scanned)
+            entries = self._merged_entries(index, position, upper, want)
+            jobs = self._read_jobs([job_id for _, job_id in entries])
+            for (score, job_id), job in zip(entries, jobs, strict=True):
+                scanned += 1
+                position = _Position(score, job_id)
+                if job is not None and where.matches(job, now_ms):
+                    found.append(job)
+            if len(entries) < want:
+                exhausted = True
+                break
+        next_cursor = None if exhausted or position is None else position.encode()
+        return Page(found, next_cursor, now_ms, scanned)
+
+    def _index_for(self, where: JobFilter) -> IndexOf:
+        """The deadlines for stalled jobs; else the smallest index the filter
+        names, so a selective condition is not checked on a page's worth of
+        jobs that fail it. Those indexes share one score (the time of
+        registration): a cursor stays valid whichever of them is read."""
+        if where.stalled:
+            return lambda shard: shard.deadlines
+        candidates: list[IndexOf] = [_label_index_of(k, v) for k, v in where.labels]
+        job_type, state = where.type, where.state
+        if job_type:
+            candidates.append(lambda shard: shard.type_index(job_type))
+        if state:
+            candidates.append(lambda shard: shard.state_index(state))
+        if len(candidates) < 2:
+            return candidates[0] if candidates else lambda shard: shard.all_jobs
+        shards = list(self.keys.shards.values())
+        with unavailable_on_redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for index in candidates:
+                for shard in shards:
+                    pipe.zcard(index(shard))
+            counts = pipe.execute()
+        sizes = [sum(counts[i:i + len(shards)]) for i in range(0, len(counts), len(shards))]
+        return candidates[sizes.index(min(sizes))]
+
+    def _merged_entries(self, index: IndexOf, position: _Position | None, upper: int | None,
+                        count: int) -> list[tuple[int, str]]:
+        """The next ``count`` entries after ``position`` over all shards.
+
+        Entries tied with the cursor's score are read in full, then at most
+        ``count`` below it per shard: any number of ties pages correctly."""
+        tied = position if position is not None and (upper is None or position.score <= upper) \
+            else None
+        if tied is not None:
+            below: int | str = f"({tied.score}"
+        elif upper is not None:
+            below = upper
+        else:
+            below = "+inf"
+        with unavailable_on_redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for shard in self.keys.shards.values():
+                if tied is not None:
+                    pipe.zrevrangebyscore(index(shard), tied.score, tied.score, withscores=True)
+                pipe.zrevrangebyscore(index(shard), below, "-inf", start=0, num=count,
+                                      withscores=True)
+            replies = pipe.execute()
+        if tied is not None:
+            replies = [replies[i] + replies[i + 1] for i in range(0, len(replies), 2)]
+        streams = []
+        for entries in replies:
+            rows = [(int(score), job_id) for job_id, score in entries]
+            if tied is not None:
+                rows = [r for r in rows if r < (tied.score, tied.job_id)]
+            streams.append(sorted(rows, reverse=True))
+        merged = heapq.merge(*streams, reverse=True)
+        return list(itertools.islice(merged, count))
+
+    def _read_jobs(self, job_ids: list[str]) -> list[Job | None]:
+        if not job_ids:
+            return []
+        with unavailable_on_redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.hgetall(self.keys.for_job(job_id).job(job_id))
+            hashes = pipe.execute()
+        return [Job.from_hash(h) if h else None for h in hashes]
