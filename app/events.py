@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -27,6 +27,9 @@ from app.store import JobStore
 from app.store.connection import left_behind
 
 log = logging.getLogger(__name__)
+
+# Says whether the client of a waiting request went away (from the server).
+Gone = Callable[[], bool]
 
 
 class TooManyWaiters(Exception):
@@ -105,7 +108,8 @@ class ChangeNotifier:
             return [channels]
         by_node: dict[str, list[str]] = {}
         for channel in channels:
-            by_node.setdefault(client.get_node_from_key(channel).name, []).append(channel)
+            node = client.get_node_from_key(channel)  # type: ignore[no-untyped-call]  # redis-py internals are untyped
+            by_node.setdefault(node.name, []).append(channel)
         return list(by_node.values())
 
     def stop(self) -> None:
@@ -119,7 +123,7 @@ class ChangeNotifier:
                     waiter.event.set()
 
     @contextmanager
-    def _waiting_on(self, job_ids, holder: str = "") -> Iterator[_Waiter]:
+    def _waiting_on(self, job_ids: Iterable[str], holder: str = "") -> Iterator[_Waiter]:
         """A slot (one of ``holder``'s too), and a waiter that change messages of
         ``job_ids`` wake."""
         if holder and self._per_holder:
@@ -156,7 +160,7 @@ class ChangeNotifier:
                 if left:
                     self._held[holder] = left
 
-    def _wait(self, waiter: _Waiter, seconds: float, gone) -> bool:
+    def _wait(self, waiter: _Waiter, seconds: float, gone: Gone | None) -> bool:
         """Wait for a wake-up at most ``seconds``; False once the client is gone
         (``gone``, from the server, says so)."""
         if gone is None:
@@ -171,7 +175,7 @@ class ChangeNotifier:
                 return True
 
     def wait_for_change(self, job_id: str, version: int | None, timeout: float,
-                        holder: str = "", gone=None):
+                        holder: str = "", gone: Gone | None = None) -> tuple[Job, int]:
         """The job once its version differs from ``version`` (or its current
         version when None), or after ``timeout`` seconds, or once ``gone()``
         says the client went away; with server time."""
@@ -192,7 +196,7 @@ class ChangeNotifier:
             return job, now_ms
 
     def watch(self, versions: dict[str, int], timeout: float, holder: str = "",
-              gone=None) -> WatchResult:
+              gone: Gone | None = None) -> WatchResult:
         """Wait until a job's version differs from the one given (or the job
         is gone), at most ``timeout`` seconds. Only the jobs named in change
         messages are read again, and every job at least every

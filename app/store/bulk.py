@@ -59,7 +59,7 @@ class BulkResult:
         for name, count in zip(_COUNTS, reply, strict=True):
             setattr(self, name, getattr(self, name) + int(count))
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         counts = {f.name: getattr(self, f.name) for f in fields(self)
                   if f.name in ("changed", "unchanged", "refused", "not_found")}
         answer = {"matched": self.matched, **counts, "next_cursor": self.next_cursor}
@@ -157,32 +157,42 @@ class BulkStore(ListingStore):
         the same answer as the limit does; the ids form then lists the ids not
         done in ``remaining_ids``. Redis gone mid-way raises BulkInterrupted
         with the counts so far and where to resume."""
-        result = BulkResult()
         if ids is not None:
-            chunks: list[tuple[str, list[str]]] = []
-            by_shard: dict[str, list[str]] = {}
-            for job_id in dict.fromkeys(ids):
-                by_shard.setdefault(self.keys.for_job(job_id).shard, []).append(job_id)
-            for shard, shard_ids in by_shard.items():
-                chunks += [(shard, shard_ids[i:i + BATCH])
-                           for i in range(0, len(shard_ids), BATCH)]
-            for first in range(0, len(chunks), ROUND):
-                if stop():
-                    result.remaining_ids = [i for _, chunk in chunks[first:] for i in chunk]
-                    break
-                calls = [self._bulk_call(self.keys.shards[shard], chunk, command, actor, reason)
-                         for shard, chunk in chunks[first:first + ROUND]]
-                try:
-                    self._bulk_round(result, calls)
-                except StoreUnavailable as error:
-                    result.remaining_ids = [i for _, chunk in chunks[first:] for i in chunk]
-                    if isinstance(error, OutcomeUnknown):
-                        result.in_doubt = sum(len(c) for _, c in chunks[first:first + ROUND])
-                    raise BulkInterrupted(result, error) from error
-            return result
+            return self._bulk_by_ids(command, actor, reason, ids, stop)
+        return self._bulk_by_filter(command, actor, reason, where or JobFilter(), cursor,
+                                    max_examined, stop)
 
-        where = where or JobFilter()
-        positions = decode_cursor(cursor) if cursor else dict.fromkeys(self.keys.shards)
+    def _bulk_by_ids(self, command: str, actor: str, reason: str, ids: Sequence[str],
+                     stop: Callable[[], bool]) -> BulkResult:
+        result = BulkResult()
+        chunks: list[tuple[str, list[str]]] = []
+        by_shard: dict[str, list[str]] = {}
+        for job_id in dict.fromkeys(ids):
+            by_shard.setdefault(self.keys.for_job(job_id).shard, []).append(job_id)
+        for shard, shard_ids in by_shard.items():
+            chunks += [(shard, shard_ids[i:i + BATCH])
+                       for i in range(0, len(shard_ids), BATCH)]
+        for first in range(0, len(chunks), ROUND):
+            if stop():
+                result.remaining_ids = [i for _, chunk in chunks[first:] for i in chunk]
+                break
+            calls = [self._bulk_call(self.keys.shards[shard], chunk, command, actor, reason)
+                     for shard, chunk in chunks[first:first + ROUND]]
+            try:
+                self._bulk_round(result, calls)
+            except StoreUnavailable as error:
+                result.remaining_ids = [i for _, chunk in chunks[first:] for i in chunk]
+                if isinstance(error, OutcomeUnknown):
+                    result.in_doubt = sum(len(c) for _, c in chunks[first:first + ROUND])
+                raise BulkInterrupted(result, error) from error
+        return result
+
+    def _bulk_by_filter(self, command: str, actor: str, reason: str, where: JobFilter,
+                        cursor: str | None, max_examined: int,
+                        stop: Callable[[], bool]) -> BulkResult:
+        result = BulkResult()
+        positions: dict[str, Position] = (decode_cursor(cursor) if cursor
+                                          else dict.fromkeys(self.keys.shards))
         index = self._index_for(where)
         upper = self.server_time_ms() if where.stalled else None
         while positions and result.examined < max_examined and not stop():
@@ -197,7 +207,7 @@ class BulkStore(ListingStore):
                         next_entries(pipe, index(self.keys.shards[shard]), positions[shard],
                                      upper)
                     replies = pipe.execute()
-                calls: list[Call] = []
+                calls = []
                 for shard in shards:
                     reads = 1 if positions[shard] is None else 2
                     rows, exhausted = take_entries(replies[:reads], positions[shard])

@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import redis
 import redis.cluster
@@ -66,7 +67,7 @@ def connect(url: str, *, cluster: bool = False, sentinels: Sequence[tuple[str, i
     return client
 
 
-def _is_script(packed) -> bool:
+def _is_script(packed: Any) -> bool:
     """Whether a packed command (or a pipeline's, whose commands here are all
     alike) is EVAL or EVALSHA: "*<n>\r\n$<len>\r\nEVALSHA\r\n..." opens its first chunk."""
     first = packed.encode() if isinstance(packed, str) else (
@@ -89,10 +90,12 @@ def counting_sends(connection_class: type) -> type:
     if getattr(connection_class, "counts_sends", False):
         return connection_class
 
-    class Counting(connection_class):
+    # A class made at run time from the one the pool was given: its type is
+    # only known as "a type", so the subclass is of Any.
+    class Counting(connection_class):  # type: ignore[misc]
         counts_sends = True
 
-        def send_packed_command(self, command, check_health=True):
+        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
             super().send_packed_command(command, check_health)
             if _is_script(command):
                 _SENT.scripts += 1
@@ -114,17 +117,17 @@ class _MasterFollowingPool(redis.sentinel.SentinelConnectionPool):
 
     check_interval = 1.0
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]  # redis-py internals are untyped
         self._next_check = 0.0
 
-    def get_connection(self, *args, **kwargs):
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         now = time.monotonic()
         if now >= self._next_check:
             self._next_check = now + self.check_interval
             # No Sentinel answering: keep the connections there are.
             with contextlib.suppress(redis.exceptions.ConnectionError):
-                self.get_master_address()
+                self.get_master_address()  # type: ignore[no-untyped-call]  # redis-py internals are untyped
         return super().get_connection(*args, **kwargs)
 
 
@@ -137,14 +140,14 @@ def left_behind(pubsub: redis.client.PubSub) -> bool:
 
 
 def _sentinel_master(url: str, sentinels: Sequence[tuple[str, int]], name: str,
-                     max_connections: int, options: dict) -> redis.Redis:
+                     max_connections: int, options: dict[str, Any]) -> redis.Redis:
     """Each new connection asks the Sentinels where the master is, so a failover
     costs the requests in flight a retry or a 503, never a restart.
 
     The Sentinels are asked once each, without a retry of their own: a request
     must not wait out redis-py's default backoff when none of them answers. They
     are reached without credentials or TLS."""
-    master = parse_url(url)
+    master = parse_url(url)  # type: ignore[no-untyped-call]  # redis-py internals are untyped
     for address_part in ("host", "port"):
         master.pop(address_part, None)
     if master.pop("connection_class", None) is redis.SSLConnection:
@@ -154,8 +157,10 @@ def _sentinel_master(url: str, sentinels: Sequence[tuple[str, int]], name: str,
             socket_timeout=options["socket_timeout"],
             socket_connect_timeout=options["socket_connect_timeout"],
             retry=Retry(NoBackoff(), retries=0), health_check_interval=0))
-    return sentinel.master_for(name, connection_pool_class=_MasterFollowingPool,
-                               max_connections=max_connections, **options, **master)
+    client: redis.Redis = sentinel.master_for(
+        name, connection_pool_class=_MasterFollowingPool, max_connections=max_connections,
+        **options, **master)
+    return client
 
 
 def is_transient(error: Exception) -> bool:

@@ -27,7 +27,7 @@ import struct
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import hiredis
 import redis
@@ -51,10 +51,10 @@ class _HiredisPacker:
     None, an int subclass, a command name with a space such as "CLIENT
     SETNAME") goes to redis-py's packer, which encodes or refuses it as ever."""
 
-    def __init__(self, fallback) -> None:
+    def __init__(self, fallback: Any) -> None:
         self._fallback = fallback
 
-    def pack(self, *args):
+    def pack(self, *args: Any) -> Any:
         name = args[0]
         if type(name) is str and " " not in name:
             try:
@@ -70,18 +70,18 @@ class _KernelTimeoutParser(_HiredisParser):
     the ``socket.timeout`` of a Python-timed socket, so the connection reports
     (and disconnects on) a ``TimeoutError`` exactly as before."""
 
-    def on_connect(self, connection, **kwargs) -> None:
-        super().on_connect(connection, **kwargs)
+    def on_connect(self, connection: Any, **kwargs: Any) -> None:
+        super().on_connect(connection, **kwargs)  # type: ignore[no-untyped-call]  # redis-py internals are untyped
         if getattr(connection, "kernel_timeouts", False):
             # A read with its own timeout (pub/sub) restores this afterwards:
             # blocking again, timed by the kernel.
             self._socket_timeout = None
 
-    def read_from_socket(self, timeout=SENTINEL, raise_on_timeout=True):
+    def read_from_socket(self, timeout: Any = SENTINEL, raise_on_timeout: bool = True) -> Any:
         sock, reader = self._sock, self._reader
         if timeout is not SENTINEL or sock is None or reader is None \
                 or self._socket_timeout is not None:  # timed by Python: as redis-py
-            return super().read_from_socket(timeout, raise_on_timeout)
+            return super().read_from_socket(timeout, raise_on_timeout)  # type: ignore[no-untyped-call]  # redis-py internals are untyped
         try:
             count = sock.recv_into(self._buffer)
         except BlockingIOError:
@@ -105,16 +105,16 @@ class _Lean(_ConnectionBase):
     kernel_timeouts = False
     _poller: select.poll | None = None
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("parser_class", _KernelTimeoutParser)
-        super().__init__(**kwargs)
+        super().__init__(**kwargs)  # type: ignore[no-untyped-call]  # redis-py internals are untyped
         encoder = self.encoder
         if encoder.encoding.lower().replace("-", "") == "utf8" \
                 and encoder.encoding_errors == "strict":
             self._command_packer = _HiredisPacker(self._command_packer)
 
-    def _connect(self):
-        sock = super()._connect()
+    def _connect(self) -> socket.socket:
+        sock: socket.socket = super()._connect()  # type: ignore[no-untyped-call]  # redis-py internals are untyped
         timeout = self.socket_timeout
         self.kernel_timeouts = bool(KERNEL_TIMEOUTS and timeout)
         if timeout and self.kernel_timeouts:
@@ -127,13 +127,13 @@ class _Lean(_ConnectionBase):
         self._poller.register(sock, select.POLLIN)
         return sock
 
-    def disconnect(self, *args, **kwargs) -> None:
+    def disconnect(self, *args: Any, **kwargs: Any) -> None:
         self._poller = None
-        super().disconnect(*args, **kwargs)
+        super().disconnect(*args, **kwargs)  # type: ignore[no-untyped-call]  # redis-py internals are untyped
 
-    def send_packed_command(self, command, check_health=True) -> None:
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         try:
-            super().send_packed_command(command, check_health)
+            super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]  # redis-py internals are untyped
         except redis.exceptions.ConnectionError as error:
             # SO_SNDTIMEO ran out (a full send buffer, Redis not reading): a
             # timeout, as a Python-timed socket reports it; not retried.
@@ -184,20 +184,20 @@ class LeanBlockingConnectionPool(redis.BlockingConnectionPool):
     new one while under the limit, else waits at most ``timeout`` for one
     (then ``ConnectionError``, a 503). TLS connections keep redis-py's class."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Maintenance notifications are a managed-Redis feature (RESP3 push
         # messages before a planned failover) that redis-py turns on in "auto"
         # mode; this pool does not take their locks, so it runs without them.
         kwargs.setdefault("maint_notifications_config", MaintNotificationsConfig(enabled=False))
         connection_class = kwargs.get("connection_class", redis.Connection)
         kwargs["connection_class"] = _LEAN_CLASSES.get(connection_class, connection_class)
-        super().__init__(*args, **kwargs)
-        if self.cache is not None or self.maint_notifications_enabled():
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]  # redis-py internals are untyped
+        if self.cache is not None or self.maint_notifications_enabled():  # type: ignore[no-untyped-call]  # redis-py internals are untyped
             raise ValueError("LeanBlockingConnectionPool supports neither client-side caching "
                              "nor maintenance notifications")
 
     def reset(self) -> None:
-        super().reset()
+        super().reset()  # type: ignore[no-untyped-call]  # redis-py internals are untyped
         self._available = threading.Condition(threading.Lock())
         self._idle: dict[redis.Connection, None] = {}  # insertion-ordered: LIFO by popitem
         self._made = 0
@@ -223,12 +223,12 @@ class LeanBlockingConnectionPool(redis.BlockingConnectionPool):
                 if remaining <= 0 or not self._available.wait(remaining) and not self._idle:
                     raise redis.exceptions.ConnectionError("No connection available.")
 
-    def get_connection(self, *args, **kwargs) -> redis.Connection:
+    def get_connection(self, *args: Any, **kwargs: Any) -> redis.Connection:
         self._checkpid()  # fork safety (--workers), as redis-py does
         connection = self._take()
         if connection is None:
             try:
-                connection = self.make_connection()
+                connection = self.make_connection()  # type: ignore[no-untyped-call]  # redis-py internals are untyped
             except BaseException:
                 with self._available:
                     self._made -= 1
@@ -254,7 +254,7 @@ class LeanBlockingConnectionPool(redis.BlockingConnectionPool):
         self._checkpid()
         if not self.owns_connection(connection):
             # Made before a fork: never reuse it; it was not counted here.
-            connection.disconnect()
+            connection.disconnect()  # type: ignore[no-untyped-call]  # redis-py internals are untyped
             return
         with self._available:
             self._idle[connection] = None
@@ -274,19 +274,20 @@ class LeanRedis(redis.Redis):
     (the failed connection is closed before the retry), without redis-py's
     per-command telemetry."""
 
-    def execute_command(self, *args, **options):
+    def execute_command(self, *args: Any, **options: Any) -> Any:
         if self.connection is not None or args[0] in _DELEGATED_COMMANDS:
-            return super().execute_command(*args, **options)
+            return super().execute_command(*args, **options)  # type: ignore[no-untyped-call]  # redis-py internals are untyped
         pool = self.connection_pool
         conn = pool.get_connection()
         try:
             return conn.retry.call_with_retry(
                 lambda: self._send_and_parse(conn, args, options),
-                lambda error: conn.disconnect())
+                lambda error: conn.disconnect())  # type: ignore[no-untyped-call]  # redis-py internals are untyped
         finally:
             pool.release(conn)
 
-    def _send_and_parse(self, conn: redis.Connection, args: tuple, options: dict):
-        conn.send_command(*args, **options)
-        return self.parse_response(conn, args[0], **options)
+    def _send_and_parse(self, conn: redis.Connection, args: tuple[Any, ...],
+                        options: dict[str, Any]) -> Any:
+        conn.send_command(*args, **options)  # type: ignore[no-untyped-call]  # redis-py internals are untyped
+        return self.parse_response(conn, args[0], **options)  # type: ignore[no-untyped-call]  # redis-py internals are untyped
 
