@@ -86,7 +86,8 @@ class Config:
                                      range=(1, 3650 * DAY), metavar="SECONDS")
     idempotency_ttl: int = setting(DAY, "how long an Idempotency-Key is remembered",
                                    range=(1, 365 * DAY), metavar="SECONDS")
-    sweep_interval: float = setting(60.0, "seconds between sweeps of the listing indexes",
+    sweep_interval: float = setting(60.0, "seconds between retention sweeps (finished jobs "
+                                    "past their retention are deleted)",
                                     range=(0.1, DAY), metavar="SECONDS")
     # Limits
     max_body_bytes: int = setting(64 * 1024, "largest request body",

@@ -269,7 +269,7 @@ class LegacyImport:
         binding = self._source.delete_legacy_job
         calls = [binding.call(job.id, job.type, job.source_state) for job in jobs]
         for deleted in self._source.run_pipeline(calls):
-            if deleted == DeleteLegacyJobCode.DELETED:
+            if binding.decode(deleted) == DeleteLegacyJobCode.DELETED:
                 self.report.deleted += 1
             else:
                 self.report.kept_changed += 1

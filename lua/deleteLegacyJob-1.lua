@@ -10,9 +10,9 @@
     ARGV[1]  type as read ("" when it had none)
     ARGV[2]  state as read ("" when it had none)
 
-  Output (app/store/scripts.py DeleteLegacyJobCode):
-    { 1 }   DELETED
-    { 0 }   CHANGED: changed since it was read (or gone), left alone
+  Output: an integer, not a table (app/store/scripts.py DeleteLegacyJobCode):
+    1   DELETED
+    0   CHANGED: changed since it was read (or gone), left alone
 ]]
 local key = KEYS[1]
 -- pcall: a key that is no longer a hash is "changed", not an error.

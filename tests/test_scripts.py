@@ -502,7 +502,9 @@ def test_sweep_moves_past_entries_of_jobs_that_are_gone(store, redis_client):
 
 # -- return codes ---------------------------------------------------------------
 
-_HEADER_CODE_RE = re.compile(r"^\s*\{ (-?\d+)\b[^}]*\}\s+([A-Z_]+)", re.MULTILINE)
+# A code as a table ("{ -3, state, version }  NAME") or, for a script that
+# answers a bare integer, as the number alone ("1   NAME").
+_HEADER_CODE_RE = re.compile(r"^\s*(?:\{ (-?\d+)\b[^}]*\}|(-?\d+))\s+([A-Z_]+)", re.MULTILINE)
 
 
 @pytest.mark.parametrize("name", sorted(RETURN_CODES))
@@ -512,7 +514,8 @@ def test_each_header_documents_the_codes_of_its_script(name):
     (path,) = script_dir().glob(f"{name}-*.lua")
     header = path.read_text(encoding="utf-8").split("]]", 1)[0]
     output = header.split("Output", 1)[1]
-    documented = {int(number): label for number, label in _HEADER_CODE_RE.findall(output)}
+    documented = {int(table or bare): label
+                  for table, bare, label in _HEADER_CODE_RE.findall(output)}
     assert documented == {code.value: code.name for code in RETURN_CODES[name]}
 
 

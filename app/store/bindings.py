@@ -20,6 +20,7 @@ from app.store.keys import KeySchema, ShardKeys, legacy_job_key
 from app.store.scripts import (
     ApplyCommandCode,
     ClearOrphansCode,
+    DeleteLegacyJobCode,
     ImportLegacyJobsCode,
     LuaScript,
     RecordHeartbeatsCode,
@@ -224,6 +225,10 @@ class DeleteLegacyJob(_Binding):
 
     def call(self, job_id: str, job_type: str, state: str) -> Call:
         return Call(self.script, [legacy_job_key(job_id)], [job_type, state])
+
+    @staticmethod
+    def decode(reply: Reply) -> DeleteLegacyJobCode:
+        return DeleteLegacyJobCode(int(reply))
 
 
 class Bindings:
