@@ -14,6 +14,7 @@ import redis
 from app.errors import (
     IdempotencyKeyReused,
     IllegalTransition,
+    InvalidArguments,
     InvalidCommand,
     JobNotFound,
     VersionMismatch,
@@ -30,7 +31,12 @@ from app.model import (
 )
 from app.store import HeartbeatReport, JobStore, connect
 from app.store.keys import KeySchema
-from app.store.scripts import RETURN_CODES, RegisterJobCode, script_dir
+from app.store.scripts import (
+    RETURN_CODES,
+    ImportLegacyJobsCode,
+    RegisterJobCode,
+    script_dir,
+)
 from tests.servers import RedisProcess
 
 TARGET, TERMINAL = TARGET_STATE, TERMINAL_STATES
@@ -531,3 +537,35 @@ def test_a_registration_answers_the_job_as_its_hash_holds_it(store, options):
     assert created
     assert job == store.get(job.id)
     assert now_ms == job.created_at
+
+
+# -- importLegacyJobs -------------------------------------------------------------
+
+def import_call(store: JobStore, job_id: str, state: str, source_state: str, shard: str = ""):
+    return store.bindings.import_legacy_jobs.call(
+        store.keys.shards[shard or job_id[0]], [(job_id, "teams", state, source_state)],
+        actor="import",
+        history_cap=store.history_cap, retention_seconds=store.retention_seconds)
+
+
+def test_import_of_arguments_that_do_not_fit_answers_a_code_and_writes_nothing(
+        store, raw, key_prefix):
+    job_id = new_job_id()
+    before = snapshot(raw, key_prefix)
+    for call in (import_call(store, job_id, "explode", "explode"),
+                 import_call(store, "not-an-id", "start", "start", shard="0")):
+        assert call.run() == [ImportLegacyJobsCode.INVALID_ARGUMENTS]
+        with pytest.raises(InvalidArguments):
+            store.bindings.import_legacy_jobs.decode(call.run())
+    short = import_call(store, job_id, "start", "start")
+    assert store.scripts.import_legacy_jobs(short.keys[:-1], short.args) == [-9]
+    assert snapshot(raw, key_prefix) == before
+
+
+def test_import_answering_already_writes_nothing(store, raw, key_prefix):
+    job_id = new_job_id()
+    assert import_call(store, job_id, "failed", "explode").run() == [1]
+    before = snapshot(raw, key_prefix)
+    # Another invalid state at the source: still failed here, nothing to write.
+    assert import_call(store, job_id, "failed", "implode").run() == [0]
+    assert snapshot(raw, key_prefix) == before
