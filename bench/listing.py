@@ -15,7 +15,7 @@ where the queries take turns; the figures are medians over the rounds:
   cursor), so even this stays bounded.
 
 Jobs are written as the service writes them, by the registerJob Lua script
-(pipelined, ``JobStore.register_many``), in groups of 125 with one of three
+(pipelined, ``tests.bulk_load.register_many``), in groups of 125 with one of three
 types and one of eight labels each, in turn.
 Memory per job is Redis ``used_memory`` growth over the empty store divided
 by the jobs stored. Writes bench/results/listing.json (``--output``).

@@ -115,11 +115,6 @@ class WritesStore(StoreCore):
             idempotency_key=idempotency_key, idempotency_ttl=self.idempotency_ttl,
             fingerprint=fingerprint, owner=owner)
 
-    def _register_call(self, *args: Any) -> tuple[str, list[str], list[Any]]:
-        """``register_call`` as (id, KEYS, ARGV): bench/async_proto sends it itself."""
-        job_id, call = self.register_call(*args)
-        return job_id, call.keys, call.args
-
     def apply_command(self, job_id: str, command: str, *, actor: str = "", reason: str = "",
                       expected_version: int | None = None, owner: str = "",
                       idempotency_key: str | None = None) -> tuple[Job, bool]:

@@ -31,7 +31,7 @@ def redis_url() -> str:
 
 
 # The product's store, never connected: it builds the key names and the
-# registerJob KEYS and ARGV exactly as the product does (JobStore._register_call).
+# registerJob KEYS and ARGV exactly as the product does (JobStore.register_call).
 STORE = build_store(CONFIG, redis_url())
 
 
@@ -109,7 +109,8 @@ def register_call(form: dict[str, str], idempotency_key: str | None
     if idempotency_key is not None and not matches(IDEMPOTENCY_KEY_PATTERN, idempotency_key):
         raise Refused("400 Bad Request", "Idempotency-Key is invalid")
     fingerprint = register_fingerprint({"type": job_type}) if idempotency_key is not None else ""
-    return STORE._register_call(job_type, "", {}, 0, "", idempotency_key, fingerprint, "")
+    job_id, call = STORE.register_call(job_type, "", {}, 0, "", idempotency_key, fingerprint, "")
+    return job_id, call.keys, call.args
 
 
 def registered_id(job_id: str, reply: list) -> str:
