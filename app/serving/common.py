@@ -18,12 +18,13 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from app import access_log
-from app.app import build_store, create_app
+from app.app import create_app
 from app.auth import TokenRegistry
 from app.config import Config
 from app.errors import StoreUnavailable
 from app.store import JobStore
 from app.store.events import ChangeNotifier
+from app.store_setup import build_store
 
 log = logging.getLogger("karmchari")
 

@@ -22,6 +22,7 @@ import signal
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from app.access_log import LOG_FORMAT
 from app.config import Config
 from app.embedded import die_with_parent
 from app.serving.common import StartupError, Worker, limit_malloc_arenas, listen_socket
@@ -50,7 +51,6 @@ def check_available() -> None:
 
 
 def _log_config(level: str) -> dict:
-    from app.serving import LOG_FORMAT
     return {
         "version": 1, "disable_existing_loggers": False,
         "formatters": {"plain": {"format": LOG_FORMAT}},

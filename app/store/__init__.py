@@ -27,10 +27,10 @@ from app.errors import (
     not_owner_detail,
     raise_for_code,
 )
+from app.limits import MAX_EXAMINED
 from app.model import STATES, Job, is_job_id, new_job_id, shard_of
 from app.store.bulk import (
     BATCH,
-    MAX_EXAMINED,
     ROUND,
     BulkInterrupted,
     BulkResult,
