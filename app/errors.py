@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 
 class ScriptCode(enum.IntEnum):
@@ -93,7 +94,7 @@ _BY_CODE: dict[ScriptCode, type[KarmchariError]] = {
 }
 
 
-def raise_for_code(reply: list) -> None:
+def raise_for_code(reply: list[Any]) -> None:
     """Raise the domain error for a script reply whose first element is negative."""
     code = int(reply[0])
     if code >= 0:

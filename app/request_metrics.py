@@ -38,7 +38,8 @@ class RequestMetrics:
         self._bounds = [float(b) for b in buckets]
         if self._bounds[-1] != math.inf:
             self._bounds.append(math.inf)
-        self._le = [floatToGoString(b) for b in self._bounds]
+        # prometheus-client's own formatting of a bound; it has no annotations.
+        self._le = [floatToGoString(b) for b in self._bounds]  # type: ignore[no-untyped-call]
         self._queue: deque[tuple[tuple[str, str, int], float]] = deque()
         self._fold_lock = threading.Lock()
         # The series in the order they first appeared, with the time they did
@@ -48,7 +49,7 @@ class RequestMetrics:
         self._timers_created: dict[tuple[str, str], float] = {}
         # Folded totals: the count by series; [sum, bucket counts...] by timer.
         self._counts: dict[tuple[str, str, int], int] = {}
-        self._timers: dict[tuple[str, str], list] = {}
+        self._timers: dict[tuple[str, str], list[float]] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)
