@@ -3,9 +3,10 @@
 A request only appends its line to a bounded queue; a thread of this process
 writes what is queued every ``INTERVAL`` seconds (sooner when ``WAKE_AT`` lines
 wait) in one write to standard error, each line with the prefix the logging
-format of ``karmchari serve`` gives (``LOG_FORMAT``), so the lines read as
-before. Going through ``logging`` cost about 50 µs a request: its handler lock,
-a LogRecord, the formatter and one write and flush per line.
+format of ``karmchari serve`` gives (``LOG_FORMAT``, kept here beside the
+prefix that copies it), so the lines read as before. Going through ``logging``
+cost about 50 µs a request: its handler lock, a LogRecord, the formatter and
+one write and flush per line.
 
 Nothing is lost on a clean exit: the queue is written at interpreter exit, at
 the exit of a multiprocessing child (Granian's workers, which end with
@@ -27,6 +28,8 @@ from typing import TextIO
 INTERVAL = 0.05
 WAKE_AT = 1024
 CAPACITY = 100_000
+# The logging format of ``karmchari serve`` (both servers, every process).
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class BatchWriter:

@@ -6,6 +6,7 @@ import threading
 from typing import Any
 
 import falcon
+from falcon import Request, Response
 
 from app.auth import AuthMiddleware, TokenRegistry
 from app.browser_guard import BrowserGuard
@@ -29,24 +30,16 @@ from app.resources.overview import BulkCommands, Stats
 from app.resources.watch import Watch
 from app.resources.workers import Heartbeats, JobHeartbeat
 from app.schemas import validators
-from app.store import JobStore, connect
-from app.store.keys import KeySchema
+from app.store import JobStore
+from app.store_setup import build_store
 
-
-def build_store(config: Config, url: str) -> JobStore:
-    client = connect(url, cluster=config.redis_cluster, sentinels=config.sentinel_addresses,
-                     sentinel_master=config.sentinel_master,
-                     max_connections=config.threads + 4,
-                     socket_timeout=config.redis_socket_timeout)
-    return JobStore(client, history_cap=config.history_cap,
-                    retention_seconds=config.retention_seconds,
-                    idempotency_ttl=config.idempotency_ttl, keys=KeySchema(config.key_prefix))
+__all__ = ["build_store", "create_app", "get_app"]  # build_store: also for tests and bench
 
 
 def create_app(config: Config | None = None, store: JobStore | None = None,
                tokens: TokenRegistry | None = None,
                notifier: ChangeNotifier | None = None,
-               draining: threading.Event | None = None) -> falcon.App:
+               draining: threading.Event | None = None) -> falcon.App[Request, Response]:
     """``draining``: set when the service drains (bulk commands then stop early)."""
     config = config or Config()
     if store is None:
@@ -70,7 +63,8 @@ def create_app(config: Config | None = None, store: JobStore | None = None,
     app.set_error_serializer(serialize_error)
     domain_errors = make_domain_error_handler(config.retry_after_seconds)
 
-    def handle_domain_error(req, resp, error, params):
+    def handle_domain_error(req: Request, resp: Response, error: KarmchariError,
+                            params: dict[str, Any]) -> None:
         if isinstance(error, StoreUnavailable):
             metrics.redis_errors.inc()
         domain_errors(req, resp, error, params)
@@ -101,6 +95,6 @@ def create_app(config: Config | None = None, store: JobStore | None = None,
     return app
 
 
-def get_app() -> falcon.App:
+def get_app() -> falcon.App[Request, Response]:
     """For ``waitress-serve --call app.app:get_app``: settings from the environment."""
     return create_app(Config.from_env())

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import falcon
 
@@ -171,7 +172,8 @@ class AuthMiddleware:
     def __init__(self, registry: TokenRegistry) -> None:
         self._registry = registry
 
-    def process_resource(self, req, resp, resource, params) -> None:
+    def process_resource(self, req: falcon.Request, resp: falcon.Response,
+                         resource: object, params: dict[str, Any]) -> None:
         req.context.principal = ANONYMOUS
         permission = getattr(resource, "permissions", {}).get(req.method)
         if permission is None or not self._registry.enabled:

@@ -20,6 +20,7 @@ Both cost a few dict lookups a request: a Host header's verdict is kept.
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 import falcon
 
@@ -81,7 +82,8 @@ class BrowserGuard:
             return False
         return authority == (host or "").lower() or host_name(authority) in self._origin_names
 
-    def process_resource(self, req, resp, resource, params) -> None:
+    def process_resource(self, req: falcon.Request, resp: falcon.Response,
+                         resource: object, params: dict[str, Any]) -> None:
         env = req.env
         host = env.get("HTTP_HOST")
         if self._check_host and host is not None:

@@ -1,15 +1,16 @@
 """Settings, each declared once: its type (the annotation), default, range, help
 and option name live on the ``Config`` field. The ``KARMCHARI_<NAME>`` environment
 variables, the ``karmchari serve`` flags and the range check at start-up are all
-derived from these declarations (see ``SETTINGS``, ``from_env``, ``app/cli.py``).
+derived from these declarations (see ``SETTINGS``, ``from_env``, ``app/arguments.py``).
 Precedence: defaults, then the environment, then the command line."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from app.model import DEFAULT_JOB_TYPES
 
@@ -18,6 +19,8 @@ ENV_PREFIX = "KARMCHARI_"
 DAY = 24 * 3600
 SERVERS = ("auto", "waitress", "granian")
 ACCESS_LOG_MODES = ("stderr", "logging", "off")
+# What a setting holds, as parsed from text.
+SettingValue = bool | int | float | str | tuple[str, ...]
 
 
 def _default_data_dir() -> str:
@@ -27,9 +30,9 @@ def _default_data_dir() -> str:
     return str(Path(base) / "karmchari")
 
 
-def setting(default, help: str, *, range: tuple | None = None, metavar: str | None = None,
-            choices: tuple[str, ...] | None = None, old_flag: str | None = None,
-            flag: bool = True):
+def setting(default: Any, help: str, *, range: tuple[float, float] | None = None,
+            metavar: str | None = None, choices: tuple[str, ...] | None = None,
+            old_flag: str | None = None, flag: bool = True) -> Any:
     """One setting's declaration. ``range`` is inclusive (min, max); ``flag=False``
     keeps a setting out of the command line (secrets must not show in ``ps``)."""
     meta = {"help": help, "range": range, "metavar": metavar, "choices": choices,
@@ -190,11 +193,12 @@ class Config:
         return self.max_waiters_per_client or max(1, self.waiter_limit // 2)
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> Config:
+    def from_env(cls, environ: Mapping[str, str] | None = None,
+                 **overrides: Any) -> Config:
         """``KARMCHARI_<NAME>`` for every setting; ``overrides`` (the command line)
         win over the environment. Raises ValueError naming the variable or option."""
         env: Mapping[str, str] = os.environ if environ is None else environ
-        values: dict = {}
+        values: dict[str, Any] = {}
         for s in SETTINGS:
             raw = env.get(s.env)
             if raw is not None and raw != "":
@@ -221,13 +225,14 @@ class Config:
 class Setting:
     """A view of one declared ``Config`` field."""
 
-    def __init__(self, f) -> None:
+    def __init__(self, f: Field[Any]) -> None:
         self.name: str = f.name
         self.kind: str = f.type if isinstance(f.type, str) else f.type.__name__
-        self.default = f.default_factory() if f.default is MISSING else f.default
+        factory = f.default_factory  # set where the default is not (a list's)
+        self.default: Any = f.default if factory is MISSING else factory()
         meta = f.metadata
         self.help: str = meta["help"]
-        self.range: tuple | None = meta["range"]
+        self.range: tuple[float, float] | None = meta["range"]
         self.metavar: str | None = meta["metavar"]
         self.choices: tuple[str, ...] | None = meta["choices"]
         self.old_flag: str | None = meta["old_flag"]
@@ -248,7 +253,7 @@ class Setting:
         low, high = self.range
         return f"{low} to {high}" if self.kind == "int" else f"{low:g} to {high:g}"
 
-    def parse(self, raw: str, source: str):
+    def parse(self, raw: str, source: str) -> SettingValue:
         """Text (an environment value or a flag's argument) as this setting's type."""
         if self.kind == "bool":
             lowered = raw.strip().lower()
@@ -268,7 +273,7 @@ class Setting:
             raise ValueError(f"{source}: must be one of {', '.join(self.choices)}: {raw!r}")
         return raw
 
-    def check(self, value) -> None:
+    def check(self, value: object) -> None:
         if self.choices and value not in self.choices:
             raise ValueError(f"{self.option} ({self.env}) must be one of "
                              f"{', '.join(self.choices)}, not {value!r}")

@@ -130,10 +130,6 @@ def choose_server_binary(configured: str = "") -> tuple[str, str]:
         "or --redis-url")
 
 
-def find_server_binary() -> str:
-    return choose_server_binary()[0]
-
-
 # -- where it listens ----------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from app.cli import add_job_arguments, add_store_arguments, config_from_args
+from app.arguments import Commands, add_job_arguments, add_store_arguments, config_from_args
 from app.legacy_import import LegacyImport, Report, summary
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_UNAVAILABLE = 0, 1, 2, 5
@@ -32,7 +32,7 @@ EPILOG = f"""exit codes:
   {EXIT_UNAVAILABLE}  a Redis cannot be reached"""
 
 
-def add_import_command(commands) -> None:
+def add_import_command(commands: Commands) -> None:
     parser = commands.add_parser(
         "import-legacy", help="import the Go service's jobs, keeping their ids",
         description=DESCRIPTION, epilog=EPILOG, allow_abbrev=False,
@@ -91,9 +91,9 @@ class _Progress:
 def run_import(args: argparse.Namespace) -> int:
     import redis
 
-    from app.app import build_store
     from app.serving.common import StartupError, check_store
     from app.store import connect
+    from app.store_setup import build_store
 
     if args.batch < 1:
         return _fail("--batch must be at least 1", EXIT_BAD_INPUT)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, cast, overload
 from urllib.parse import parse_qsl, unquote_to_bytes
 
 import falcon
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 MAX_JSON_DEPTH = 8
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
     result = dict(pairs)
     if len(result) != len(pairs):
         seen = set()
@@ -85,7 +85,7 @@ _LIMITS = {
 
 
 def read_json(req: falcon.Request, validator: Validator, max_bytes: int,
-              required: bool = True) -> dict:
+              required: bool = True) -> dict[str, Any]:
     """The request's JSON object, validated against ``validator``'s schema."""
     if not required and not req.content_length and not req.content_type:
         return _validated({}, validator)
@@ -98,7 +98,7 @@ def read_json(req: falcon.Request, validator: Validator, max_bytes: int,
 
 
 def read_json_batch(req: falcon.Request, validator: FastRequestValidator, max_bytes: int,
-                    batch: BatchShape) -> dict:
+                    batch: BatchShape) -> dict[str, Any]:
     """``read_json`` (required) for a body that is one array of flat objects,
     such as 100 heartbeats: a body that ``_fast_batch`` vouches for skips the
     per-object checks; any other takes ``read_json``'s path and its answer."""
@@ -120,13 +120,14 @@ class BatchShape:
     tokens: tuple[bytes, ...]
 
     @classmethod
-    def of(cls, schema: dict) -> BatchShape:
+    def of(cls, schema: dict[str, Any]) -> BatchShape:
         (member,) = schema["properties"]
         names = {member, *schema["properties"][member]["items"]["properties"]}
         return cls(member, tuple(f'"{name}"'.encode() for name in sorted(names)))
 
 
-def _fast_batch(raw: bytes, validator: FastRequestValidator, batch: BatchShape) -> dict | None:
+def _fast_batch(raw: bytes, validator: FastRequestValidator,
+                batch: BatchShape) -> dict[str, Any] | None:
     """The body, if it is certainly one ``read_json`` accepts as it is; else
     None. orjson refuses what json.loads would (bad UTF-8, NaN, control
     characters, trailing commas), and a body the schema accepts is shallow;
@@ -146,7 +147,7 @@ def _fast_batch(raw: bytes, validator: FastRequestValidator, batch: BatchShape) 
     members = len(data) + sum(map(len, data[batch.member]))
     if sum(map(raw.count, batch.tokens)) != members:
         return None
-    return data
+    return cast("dict[str, Any]", data)  # the schema accepted it: an object
 
 
 def _parsed(raw: bytes) -> Any:
@@ -163,7 +164,7 @@ def _parsed(raw: bytes) -> Any:
     return data
 
 
-def _validated(data: Any, validator: Validator | FastRequestValidator) -> Any:
+def _validated(data: Any, validator: Validator | FastRequestValidator) -> dict[str, Any]:
     invalid = next(iter(validator.iter_errors(data)), None)
     if invalid is not None:
         where = "/".join(str(p) for p in invalid.absolute_path) or "body"
@@ -174,7 +175,7 @@ def _validated(data: Any, validator: Validator | FastRequestValidator) -> Any:
             text = invalid.message
             message = text if len(text) <= 200 else text[:200] + "…"
         raise bad_request("invalid_request", f"{where}: {message}")
-    return data
+    return cast("dict[str, Any]", data)  # every request schema is an object
 
 
 def read_form(req: falcon.Request, max_bytes: int) -> dict[str, str]:
@@ -204,7 +205,8 @@ class QueryEncodingMiddleware:
     decode it with replacement characters, turning bad input into plausible
     values (a label filter, a cursor) that then reach Redis."""
 
-    def process_resource(self, req, resp, resource, params) -> None:
+    def process_resource(self, req: falcon.Request, resp: falcon.Response,
+                         resource: object, params: dict[str, Any]) -> None:
         if req.query_string and not _is_utf8(req.query_string):
             raise Problem(falcon.HTTP_400, "invalid_encoding", "Bad request",
                           "the query string is not valid UTF-8")

@@ -36,6 +36,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
 
 from app.model import shard_of
 from app.store import JobStore
@@ -97,7 +98,7 @@ class Report:
             shown.append(key.decode("utf-8", "backslashreplace") if isinstance(key, bytes)
                          else key)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["seconds"] = round(self.seconds, 3)
         return data
@@ -144,7 +145,10 @@ def predict(have: list[str | None], job: LegacyJob) -> ImportLegacyJobsCode:
     return ALREADY if state == job.state else UPDATED
 
 
-def _chunks(items: Iterator, size: int) -> Iterator[list]:
+T = TypeVar("T")
+
+
+def _chunks(items: Iterator[T], size: int) -> Iterator[list[T]]:
     while chunk := list(itertools.islice(items, size)):
         yield chunk
 
@@ -177,10 +181,13 @@ class LegacyImport:
         self.report.seconds = time.monotonic() - started
         return self.report
 
-    def _read_ahead(self) -> Iterator[tuple[list[bytes], list]]:
+    def _read_ahead(self) -> Iterator[tuple[list[bytes], list[Any]]]:
         """(keys, HGETALL replies) a batch at a time, read by a thread one batch
         ahead, so reading the source and writing the target overlap."""
-        batches: queue.Queue = queue.Queue(maxsize=1)
+        # A batch of keys and their replies (an error in place of a failed one),
+        # the reader's own error, or None at the end.
+        batches: queue.Queue[tuple[list[bytes], list[Any]] | Exception | None] = \
+            queue.Queue(maxsize=1)
         stop = threading.Event()
 
         def read() -> None:
@@ -210,7 +217,7 @@ class LegacyImport:
                 batches.get_nowait()  # unblock a reader waiting to put
             reader.join(30)
 
-    def _import_chunk(self, keys: list[bytes], replies: list) -> None:
+    def _import_chunk(self, keys: list[bytes], replies: list[Any]) -> None:
         report = self.report
         report.scanned += len(keys)
         jobs: list[LegacyJob] = []

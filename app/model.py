@@ -65,6 +65,8 @@ def outcome(state: str, command: str) -> Outcome:
 DEFAULT_JOB_TYPES = ("upload", "export", "teams")
 
 JOB_ID_RE = re.compile(r"[0-9a-f]{32}\Z")
+# Label keys: no ":" (the list filter is label=key:value), nothing exotic.
+LABEL_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}\Z")
 # Ids are sharded by their first hex digit: 16 shards, fixed for the life of a
 # deployment, because a job's shard is derived from its id alone.
 SHARDS = "0123456789abcdef"

@@ -9,6 +9,7 @@ import re
 import threading
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import falcon
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -45,7 +46,8 @@ def new_request_id() -> str:
     """What ``uuid.uuid4().hex`` gives (random, with the version-4 and variant
     bits), without building a UUID object or calling os.urandom every request."""
     try:
-        return _ids.batch.pop()
+        batch: list[str] = _ids.batch
+        return batch.pop()
     except (AttributeError, IndexError):
         size = 16 * _IDS_PER_BATCH
         text = (int.from_bytes(os.urandom(size), "big") & _ID_MASK | _ID_BITS).to_bytes(
@@ -117,7 +119,7 @@ class ObservabilityMiddleware:
         self._access = access
         self._queue_line = access_writer.WRITER.write
 
-    def process_request(self, req, resp) -> None:
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.started = time.perf_counter()
         given = req.get_header("X-Request-ID")
         req.context.request_id = given if given and _REQUEST_ID_RE.match(given) \
@@ -126,10 +128,12 @@ class ObservabilityMiddleware:
         # Every answer: no browser may take an error's echoed text for HTML or script.
         resp.set_header("X-Content-Type-Options", "nosniff")
 
-    def process_resource(self, req, resp, resource, params) -> None:
+    def process_resource(self, req: falcon.Request, resp: falcon.Response,
+                         resource: object, params: dict[str, Any]) -> None:
         req.context.plain_errors = getattr(resource, "plain_text_errors", False)
 
-    def process_response(self, req, resp, resource, req_succeeded) -> None:
+    def process_response(self, req: falcon.Request, resp: falcon.Response,
+                         resource: object, req_succeeded: bool) -> None:
         # Any token is a method on the wire: a label per made-up method would
         # let clients grow the metrics without bound. Routes are URI templates.
         method = req.method if req.method in falcon.COMBINED_METHODS else "other"

@@ -7,6 +7,7 @@ import falcon
 
 from app import __version__
 from app.config import Config
+from app.limits import MAX_EXAMINED
 from app.model import COMMANDS, STATES
 from app.schemas import (
     CURSOR_PATTERN,
@@ -17,7 +18,6 @@ from app.schemas import (
     label_filter_pattern,
     request_schemas,
 )
-from app.store.bulk import MAX_EXAMINED
 
 _JOB_ID = {"name": "job_id", "in": "path", "required": True,
            "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}
@@ -84,7 +84,7 @@ def build_openapi(config: Config) -> dict:
             "additionalProperties": {"type": "string"}}}}}
     legacy_id = {"type": "string", "minLength": 1}
     text_error = {"description": "Error, as plain text", "content": _TEXT}
-    job_not_found = _problem("No such job")
+    job_not_found = _problem("Job not found")
     paths = {
         "/registerJob": {"post": {
             "summary": "Register a job (old API)", "tags": ["old API"],

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
+from typing import Any, TypeAlias
 
 import falcon
 
@@ -21,6 +23,10 @@ from app.errors import (
     StoreUnavailable,
     VersionMismatch,
 )
+
+# Falcon's error handler for the domain errors (``App.add_error_handler``).
+DomainErrorHandler: TypeAlias = Callable[
+    [falcon.Request, falcon.Response, KarmchariError, dict[str, Any]], None]
 
 _STATUS_OF = {
     JobNotFound: (falcon.HTTP_404, "Job not found"),
@@ -43,7 +49,7 @@ class Problem(falcon.HTTPError):
     """An HTTP error with a stable machine ``code`` and extra members."""
 
     def __init__(self, status: str, code: str, title: str, detail: str | None = None,
-                 headers: dict | None = None, **extra: object) -> None:
+                 headers: dict[str, str] | None = None, **extra: object) -> None:
         super().__init__(status, title=title, description=detail, headers=headers)
         # Not falcon's ``code``, which is numeric.
         self.problem_code = code
@@ -54,8 +60,9 @@ def bad_request(code: str, detail: str) -> Problem:
     return Problem(falcon.HTTP_400, code, "Bad request", detail)
 
 
-def make_domain_error_handler(retry_after: int):
-    def handle(req, resp, error: KarmchariError, params) -> None:
+def make_domain_error_handler(retry_after: int) -> DomainErrorHandler:
+    def handle(req: falcon.Request, resp: falcon.Response, error: KarmchariError,
+               params: dict[str, Any]) -> None:
         status, title = _STATUS_OF.get(type(error), (falcon.HTTP_500, "Internal error"))
         headers = {"Retry-After": str(retry_after)} if status == falcon.HTTP_503 else None
         if isinstance(error, OutcomeUnknown):

@@ -18,13 +18,16 @@ import threading
 import time
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import metrics as prometheus_metrics
 from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
 FOLD_AT = 4096  # queued observations a request folds itself, without waiting
+# prometheus-client's own text of a bucket bound ("+Inf", "0.005"), which it
+# leaves unannotated: the type is given here.
+_go_string: Callable[[float], str] = floatToGoString
 
 
 class RequestMetrics:
@@ -38,7 +41,7 @@ class RequestMetrics:
         self._bounds = [float(b) for b in buckets]
         if self._bounds[-1] != math.inf:
             self._bounds.append(math.inf)
-        self._le = [floatToGoString(b) for b in self._bounds]
+        self._le = [_go_string(b) for b in self._bounds]
         self._queue: deque[tuple[tuple[str, str, int], float]] = deque()
         self._fold_lock = threading.Lock()
         # The series in the order they first appeared, with the time they did
@@ -48,7 +51,7 @@ class RequestMetrics:
         self._timers_created: dict[tuple[str, str], float] = {}
         # Folded totals: the count by series; [sum, bucket counts...] by timer.
         self._counts: dict[tuple[str, str, int], int] = {}
-        self._timers: dict[tuple[str, str], list] = {}
+        self._timers: dict[tuple[str, str], list[float]] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)

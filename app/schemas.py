@@ -12,8 +12,7 @@ from jsonschema import Draft202012Validator, ValidationError
 from jsonschema.validators import extend
 
 from app.config import Config
-from app.model import COMMANDS, STATES
-from app.store.keys import LABEL_KEY_RE
+from app.model import COMMANDS, LABEL_KEY_RE, STATES
 
 LABEL_KEY_PATTERN = "^" + LABEL_KEY_RE.pattern.replace("\\Z", "$")
 # Visible ASCII: a key survives every HTTP stack unchanged (UUIDs fit).

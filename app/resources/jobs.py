@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 
 import falcon
@@ -13,9 +11,10 @@ from app.config import Config
 from app.errors import JobNotFound
 from app.events import ChangeNotifier, TooManyWaiters
 from app.inputs import int_param, read_json, single_param
-from app.model import FINISH_COMMANDS, STATES, format_time, is_job_id
+from app.model import FINISH_COMMANDS, STATES, format_time
 from app.problems import Problem, bad_request, too_many_waiters
 from app.representation import etag, job_json
+from app.resources.common import check_job_id, register_fingerprint
 from app.resources.watch import waiting_client
 from app.schemas import (
     CURSOR_PATTERN,
@@ -31,14 +30,6 @@ from app.store import JobFilter, JobStore
 _NUMBER_RE = re.compile(r"[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?\Z")
 
 
-def checked_id(job_id: str) -> str:
-    """Ids are checked before any Redis call: nothing else may reach a key name."""
-    if not is_job_id(job_id):
-        raise Problem(falcon.HTTP_404, "job_not_found", "Job not found",
-                      "a job id is 32 lowercase hexadecimal characters")
-    return job_id
-
-
 def idempotency_key(req: falcon.Request) -> str | None:
     """The request's Idempotency-Key: absent, or 1 to 255 visible ASCII characters."""
     key = req.get_header("Idempotency-Key")
@@ -46,11 +37,6 @@ def idempotency_key(req: falcon.Request) -> str | None:
         raise bad_request("invalid_idempotency_key",
                           "Idempotency-Key must be 1 to 255 visible ASCII characters")
     return key
-
-
-def register_fingerprint(body: dict) -> str:
-    """What a replayed Idempotency-Key must match: the registration's body."""
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _set_job(resp: falcon.Response, job, now_ms: int, body: dict | None = None) -> None:
@@ -123,6 +109,7 @@ class JobCollection:
                       "next_cursor": page.next_cursor}
 
 
+@falcon.before(check_job_id)
 class JobItem:
     permissions = {"GET": "read", "DELETE": "delete"}
 
@@ -132,7 +119,6 @@ class JobItem:
         self._notifier = notifier
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
-        checked_id(job_id)
         wait = single_param(req, "wait")
         version = int_param(req, "version", minimum=0, maximum=MAX_VERSION)
         if wait is not None:
@@ -155,10 +141,11 @@ class JobItem:
         _set_job(resp, job, now_ms)
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
-        self._store.delete(checked_id(job_id))
+        self._store.delete(job_id)
         resp.status = falcon.HTTP_204
 
 
+@falcon.before(check_job_id)
 class JobCommands:
     # Workers may send done/fail; other commands need the "command" permission.
     permissions = {"POST": "finish"}
@@ -169,7 +156,6 @@ class JobCommands:
         self._validator = validators["Command"]
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
-        checked_id(job_id)
         body = read_json(req, self._validator, self._config.max_body_bytes)
         key = idempotency_key(req)
         if body["command"] not in FINISH_COMMANDS:
@@ -191,6 +177,7 @@ class JobCommands:
         _set_job(resp, job, now_ms, {"job": job_json(job, now_ms), "changed": changed})
 
 
+@falcon.before(check_job_id)
 class JobHistory:
     permissions = {"GET": "read"}
 
@@ -198,7 +185,7 @@ class JobHistory:
         self._store = store
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
-        entries = self._store.history(checked_id(job_id))
+        entries = self._store.history(job_id)
         for entry in entries:
             entry["at"] = format_time(entry["at"])
         resp.media = {"id": job_id, "entries": entries}

@@ -14,7 +14,7 @@ from app.config import Config
 from app.errors import IllegalTransition, JobNotFound
 from app.inputs import read_form
 from app.model import COMMANDS, FINISH_COMMANDS, TARGET_STATE, Command, State, is_job_id
-from app.resources.jobs import register_fingerprint
+from app.resources.common import register_fingerprint
 from app.schemas import IDEMPOTENCY_KEY_PATTERN, matches
 from app.store import JobStore
 

@@ -10,7 +10,7 @@ from app.config import Config
 from app.errors import not_owner_detail
 from app.inputs import BatchShape, read_json, read_json_batch
 from app.problems import bad_request
-from app.resources.jobs import checked_id
+from app.resources.common import check_job_id
 from app.schemas import request_schemas
 from app.store import HeartbeatAnswer, HeartbeatReport, JobStore, heartbeat_args
 from app.store.scripts import RecordHeartbeatsCode
@@ -32,6 +32,7 @@ def _answer_json(answer: HeartbeatAnswer, owner: str) -> dict:
             "version": answer.version, "observed_state": answer.observed_state}
 
 
+@falcon.before(check_job_id)
 class JobHeartbeat:
     permissions = {"POST": "heartbeat"}
 
@@ -41,7 +42,6 @@ class JobHeartbeat:
         self._validator = validators["Heartbeat"]
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
-        checked_id(job_id)
         body = read_json(req, self._validator, self._config.max_body_bytes, required=False)
         owner = req.context.principal.owner
         answer = self._store.heartbeat(_report(job_id, body), owner=owner)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from app.access_log import LOG_FORMAT
 from app.auth import TokenConfigError, TokenRegistry
 from app.config import Config
 from app.embedded import EmbeddedRedis, EmbeddedServerError, choose_server_binary
 from app.serving import defaults
 from app.serving.common import (
     StartupError,
-    build_store,
     check_exposure,
     check_store,
     check_version,
@@ -20,11 +20,11 @@ from app.serving.common import (
     raise_open_files_limit,
     shown_store,
 )
+from app.store_setup import build_store
 
-__all__ = ["StartupError", "check_exposure", "check_version", "serve"]
+__all__ = ["LOG_FORMAT", "StartupError", "check_exposure", "check_version", "serve"]
 
 log = logging.getLogger("karmchari")
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def serve(config: Config) -> int:

@@ -14,16 +14,22 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from app import access_log
-from app.app import build_store, create_app
+from app.app import create_app
 from app.auth import TokenRegistry
 from app.config import Config
 from app.errors import StoreUnavailable
 from app.events import ChangeNotifier
 from app.store import JobStore
+from app.store_setup import build_store
+
+if TYPE_CHECKING:
+    from _typeshed import OptExcInfo
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger("karmchari")
 
@@ -214,7 +220,7 @@ PLAIN_TEXT_PATHS = ("/registerJob", "/jobState")
 def problem_body(status: int, code: str, title: str, detail: str | None = None) -> bytes:
     """A problem document shaped as ``app.problems.serialize_error`` makes it, for
     answers given before the application runs."""
-    body: dict = {"type": "about:blank", "title": title, "status": status}
+    body: dict[str, object] = {"type": "about:blank", "title": title, "status": status}
     if detail:
         body["detail"] = detail
     body["code"] = code
@@ -250,7 +256,7 @@ def framing_error(version: str, codings: list[str], has_length: bool) -> bool:
             or codings[0].strip(" \t").lower() != "chunked")
 
 
-def _head_size(environ: dict) -> int:
+def _head_size(environ: WSGIEnvironment) -> int:
     """About the bytes of the request head: the request line and the headers."""
     size = len(environ.get("PATH_INFO", "")) + len(environ.get("QUERY_STRING", "")) + 16
     for name, value in environ.items():
@@ -259,7 +265,7 @@ def _head_size(environ: dict) -> int:
     return size
 
 
-def _apply_proxy_headers(environ: dict, trusted_proxy: str) -> None:
+def _apply_proxy_headers(environ: WSGIEnvironment, trusted_proxy: str) -> None:
     """As waitress does with ``trusted_proxy``: from that address, the client is the
     last X-Forwarded-For entry and the scheme X-Forwarded-Proto; from any other,
     both headers are dropped, so nobody else can claim an address."""
@@ -278,7 +284,7 @@ def _apply_proxy_headers(environ: dict, trusted_proxy: str) -> None:
 GRANIAN_MIN_HEAD = 8192
 
 
-def guarded(worker: Worker):
+def guarded(worker: Worker) -> WSGIApplication:
     """The WSGI application for a server that leaves these to the application:
     the trusted proxy's headers, a request head over a limit below Granian's
     smallest (GRANIAN_MIN_HEAD), and ``Connection: close`` on every answer once
@@ -289,14 +295,16 @@ def guarded(worker: Worker):
     check_head = max_head < GRANIAN_MIN_HEAD
     trusted_proxy = worker.config.trusted_proxy
 
-    def refuse(environ, start_response, status: str, code: str, title: str, detail: str):
+    def refuse(environ: WSGIEnvironment, start_response: StartResponse, status: str,
+               code: str, title: str, detail: str) -> list[bytes]:
         media, body = error_answer(environ.get("PATH_INFO", ""), int(status[:3]), code,
                                    title, detail)
         start_response(status, [("Content-Type", media), ("Content-Length", str(len(body))),
                                 ("Connection", "close"), ("X-Content-Type-Options", "nosniff")])
         return [body]
 
-    def application(environ, start_response):
+    def application(environ: WSGIEnvironment,
+                    start_response: StartResponse) -> Iterable[bytes]:
         if trusted_proxy:
             _apply_proxy_headers(environ, trusted_proxy)
         if check_head and _head_size(environ) > max_head:
@@ -304,7 +312,8 @@ def guarded(worker: Worker):
                           "headers_too_large", "Request header fields too large",
                           f"the request head may be at most {max_head} bytes")
 
-        def respond(status, headers, exc_info=None):
+        def respond(status: str, headers: list[tuple[str, str]],
+                    exc_info: OptExcInfo | None = None) -> Callable[[bytes], Any]:
             # Decided when the answer starts: a long-poll begun before the drain
             # ends because of it, and its answer closes the connection too.
             if draining.is_set():

@@ -24,8 +24,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from io import BytesIO
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
 from app.serving.common import (
@@ -37,6 +38,9 @@ from app.serving.common import (
     guarded,
 )
 from app.serving.request_threads import RequestThreads
+
+if TYPE_CHECKING:
+    from _typeshed import OptExcInfo
 
 DRAIN_QUIET = 1.0  # seconds without a request before a draining worker's loop ends
 DRAIN_GRACE = 0.5  # seconds from the drain's start to Granian's shutdown
@@ -76,7 +80,7 @@ class _ClientGone:
     def __init__(self, loop: asyncio.AbstractEventLoop, receive: Any) -> None:
         self._loop, self._receive = loop, receive
         self._event: threading.Event | None = None  # made when first asked: most never are
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._done = False
 
     def __call__(self) -> bool:  # in the request thread
@@ -124,7 +128,7 @@ class GranianFront:
                      "wsgi.multithread": True, "wsgi.multiprocess": config.workers > 1,
                      "wsgi.run_once": False}
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             self.in_flight += 1
             try:
@@ -168,7 +172,7 @@ class GranianFront:
             if granian is None:
                 continue
 
-            def later(granian=granian) -> None:
+            def later(granian: Any = granian) -> None:  # asyncio's own handler
                 self.worker.drain()
                 loop.call_later(DRAIN_GRACE, granian._run)
 
@@ -183,7 +187,7 @@ class GranianFront:
             await asyncio.sleep(0.05)
             loop_time = time.monotonic()
 
-    async def _serve(self, scope: dict, receive: Any, send: Any) -> None:
+    async def _serve(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         loop = self.loop or asyncio.get_running_loop()
         if self.worker.draining.is_set():
             self.last_seen = time.monotonic()
@@ -219,7 +223,7 @@ class GranianFront:
                                 for name, value in headers]})
         await send({"type": "http.response.body", "body": content})
 
-    def _environ(self, scope: dict) -> tuple[dict, bool, int]:
+    def _environ(self, scope: dict[str, Any]) -> tuple[dict[str, Any], bool, int]:
         """The WSGI environ of the head, and how its body is framed; refuses what
         is ambiguous."""
         server = scope.get("server") or ("", "")
@@ -291,11 +295,12 @@ class GranianFront:
             if not message.get("more_body", False):
                 return b"".join(parts)
 
-    def _call(self, environ: dict) -> tuple[int, list[tuple[str, str]], bytes]:
+    def _call(self, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
         """Runs in a request thread: the WSGI application, its answer collected."""
-        started: list = []
+        started: list[Any] = []  # status, headers
 
-        def start_response(status: str, headers: list, exc_info=None):
+        def start_response(status: str, headers: list[tuple[str, str]],
+                           exc_info: OptExcInfo | None = None) -> Callable[[bytes], None]:
             started[:] = [status, headers]
             return lambda data: None  # no application here writes through this
 

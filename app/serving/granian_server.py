@@ -20,11 +20,16 @@ import multiprocessing
 import os
 import signal
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
+from app.access_log import LOG_FORMAT
 from app.config import Config
 from app.embedded import die_with_parent
 from app.serving.common import StartupError, Worker, limit_malloc_arenas, listen_socket
+
+if TYPE_CHECKING:  # imported on use: it is the workers' module, not the main process's
+    from app.serving.granian_front import GranianFront
 
 log = logging.getLogger("karmchari")
 # 2.7.9 fixes the blocking-thread pool that let one long-lived response starve
@@ -49,8 +54,7 @@ def check_available() -> None:
         raise StartupError("--server granian is not supported on Windows; use waitress")
 
 
-def _log_config(level: str) -> dict:
-    from app.serving import LOG_FORMAT
+def _log_config(level: str) -> dict[str, Any]:
     return {
         "version": 1, "disable_existing_loggers": False,
         "formatters": {"plain": {"format": LOG_FORMAT}},
@@ -79,7 +83,7 @@ def _forward_drain() -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         previous = signal.getsignal(signum)
 
-        def handler(signum, frame, previous=previous):
+        def handler(signum: int, frame: FrameType | None, previous: object = previous) -> None:
             for child in multiprocessing.active_children():
                 if not child.pid:
                     continue
@@ -130,7 +134,7 @@ def run(config: Config, url: str, shown_store: str, open_files: int) -> None:
     log.info("stopped")
 
 
-def worker_app():
+def worker_app() -> GranianFront:
     """Granian's factory, called in each worker process."""
     from app.serving.granian_front import GranianFront
 

@@ -32,7 +32,7 @@ class RequestThreads:
             thread.start()
 
     def run(self, loop: asyncio.AbstractEventLoop, fn: Callable[[Any], Any],
-            arg: Any) -> asyncio.Future:
+            arg: Any) -> asyncio.Future[Any]:
         future = loop.create_future()
         self._calls.put((loop, future, fn, arg))
         return future
@@ -57,11 +57,11 @@ class RequestThreads:
             del call, future, arg  # hold nothing of a finished request while idle
 
 
-def _succeed(future: asyncio.Future, result: Any) -> None:
+def _succeed(future: asyncio.Future[Any], result: Any) -> None:
     if not future.done():  # cancelled meanwhile: its client is gone
         future.set_result(result)
 
 
-def _fail(future: asyncio.Future, error: BaseException) -> None:
+def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
     if not future.done():
         future.set_exception(error)

@@ -105,11 +105,12 @@ class _ErrorTask(ErrorTask):
 
 
 class _Task(WSGITask):
-    def build_response_header(self):
+    def build_response_header(self) -> bytes:
         channel: Any = self.channel
         if channel.worker.draining.is_set():
             self.set_close_on_finish()  # "Connection: close", then close once flushed
-        return super().build_response_header()
+        head: bytes = super().build_response_header()
+        return head
 
 
 class _Channel(HTTPChannel):
@@ -120,7 +121,7 @@ class _Channel(HTTPChannel):
     _timed: Any = None  # the partial request head_since is about
 
     def received(self, data: bytes) -> bool:
-        result = super().received(data)
+        result: bool = super().received(data)
         partial: Any = self.request
         if partial is None or partial.headers_finished:
             self.head_since = self._timed = None
@@ -137,7 +138,7 @@ def _unanswered(channel: Any) -> bool:
             and (partial is None or not partial.headers_finished))
 
 
-def _shed_order(channel: Any) -> tuple:
+def _shed_order(channel: Any) -> tuple[int, float]:
     # Those sending a head first (slowest first), then idle ones (longest idle first).
     if channel.head_since is not None:
         return (0, channel.head_since)

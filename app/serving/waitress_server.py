@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import sys
+from types import FrameType
 from typing import Any
 
 import waitress.server
@@ -45,7 +46,7 @@ def run(config: Config, url: str, shown_store: str, open_files: int) -> None:
         _serve_process(config, url, sock, limit)
 
 
-def _proxy_settings(config: Config) -> dict:
+def _proxy_settings(config: Config) -> dict[str, Any]:
     if not config.trusted_proxy:
         return {}
     return {"trusted_proxy": config.trusted_proxy,
@@ -69,7 +70,7 @@ def _serve_process(config: Config, url: str, sock: socket.socket, limit: int) ->
         channel_request_lookahead=1, **_proxy_settings(config))
     waitress_adapter.install(server, worker)
 
-    def on_signal(signum, frame) -> None:
+    def on_signal(signum: int, frame: FrameType | None) -> None:
         worker.drain()
         waitress_adapter.wake(server)
 
@@ -100,7 +101,7 @@ def _serve_forked(config: Config, url: str, sock: socket.socket, limit: int) -> 
         children.append(pid)
     sock.close()
 
-    def forward(signum, frame) -> None:
+    def forward(signum: int, frame: FrameType | None) -> None:
         for child in children:
             try:
                 os.kill(child, signal.SIGTERM)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from app.errors import OutcomeUnknown, StoreUnavailable
+from app.limits import MAX_EXAMINED
 from app.model import SHARDS, is_job_id
 from app.store.bindings import Call
 from app.store.connection import unavailable_on_redis_errors
@@ -29,9 +30,6 @@ BATCH = 100
 # Script calls sent in one pipeline (a round): a drain or a lost Redis is noticed
 # between rounds, so an answer is never more than one round late.
 ROUND = 4
-# Index entries one request walks at most; past it the answer carries a
-# cursor to continue from (about 4 s of work on a small machine).
-MAX_EXAMINED = 100_000
 
 # What the script answers, in its order.
 _COUNTS = ("changed", "unchanged", "refused", "not_found", "unmatched")

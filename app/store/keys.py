@@ -8,13 +8,9 @@ cluster slot, and the listing indexes are spread over 16 slots.
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 
 from app.model import SHARDS, STATES, shard_of
-
-# Label keys: no ":" (the list filter is label=key:value), nothing exotic.
-LABEL_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}\Z")
 
 
 def _digest(text: str) -> str:
