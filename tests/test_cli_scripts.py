@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -241,6 +242,27 @@ def test_bash_worker_pauses_resumes_and_is_killed(url, api):
         output.wait_for(r"killed at step \d+: cleaning up")
         assert worker.wait(60) == 0
         eventually(lambda: api.get(job_id)["observed_state"] == "kill", timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(10)
+
+
+@pytest.mark.parametrize(("signum", "reason", "status"), [
+    (signal.SIGINT, "interrupted by SIGINT (Ctrl-C)", 130),
+    (signal.SIGTERM, "interrupted by SIGTERM", 143),
+])
+def test_bash_worker_interrupted_marks_the_job_failed(url, api, signum, reason, status):
+    worker = run_bash_worker(url, STEPS="1000", STEP_SECONDS="0.05")
+    output = Lines(worker)
+    try:
+        job_id = output.wait_for(r"job ([0-9a-f]{32})")[1]
+        output.wait_for(r"step 1/1000 done")
+        worker.send_signal(signum)
+        assert worker.wait(60) == status
+        output.wait_for(re.escape(f"{reason}: the job is marked failed; cleaning up"))
+        assert api.get(job_id)["state"] == "failed"
+        assert api.history(job_id)[-1]["reason"] == reason
     finally:
         if worker.poll() is None:
             worker.kill()
