@@ -32,6 +32,8 @@ def report(error: ApiError, args: argparse.Namespace) -> int:
     if error.code == "illegal_transition":
         return fail(f"cannot {args.command} job {job}: it is in state {error.current_state}",
                      EXIT_REFUSED)
+    if error.code == "not_ended":
+        return fail(f"cannot rerun job {job}: it has not ended", EXIT_REFUSED)
     if error.code == "version_mismatch":
         return fail(f"job {job} is at version {error.problem.get('version')}, not "
                      f"{args.if_match}: nothing changed", EXIT_REFUSED)

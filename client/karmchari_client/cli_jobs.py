@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from karmchari_client.cli_common import EXIT_ERROR, EXIT_OK, STATE_EXIT, BadInput, labels
 from karmchari_client.cli_output import JOB_HEADERS, job_row, print_job, print_json, table
@@ -56,6 +57,13 @@ def _get_many(args: argparse.Namespace, client: Client, ids: list[str]) -> list[
     return [jobs[i] for i in ids]
 
 
+def list_filters(args: argparse.Namespace) -> dict[str, Any]:
+    """``karmchari list``'s options, as ``Client.list`` takes them."""
+    return {"state": args.state, "type": args.type, "labels": labels(args.label),
+            "stalled": args.stalled, "worker": args.worker, "name_prefix": args.name_prefix,
+            "limit": args.limit}
+
+
 def run_list(args: argparse.Namespace, client: Client) -> int:
     if args.watch:
         if args.all:
@@ -65,15 +73,13 @@ def run_list(args: argparse.Namespace, client: Client) -> int:
         from karmchari_client.live_list import watch_listing
 
         def read_page() -> Json:
-            return client.list(state=args.state, type=args.type, labels=labels(args.label),
-                               stalled=args.stalled, limit=args.limit, cursor=args.cursor)
+            return client.list(**list_filters(args), cursor=args.cursor)
         return watch_listing(args, client, read_page, lambda jobs: table(
             JOB_HEADERS, [job_row(job) for job in jobs]))
     jobs: list[Json] = []
     cursor = args.cursor
     while True:
-        page = client.list(state=args.state, type=args.type, labels=labels(args.label),
-                           stalled=args.stalled, limit=args.limit, cursor=cursor)
+        page = client.list(**list_filters(args), cursor=cursor)
         jobs += page["jobs"]
         cursor = page["next_cursor"]
         if not args.all or cursor is None:
@@ -114,4 +120,44 @@ def run_heartbeat(args: argparse.Namespace, client: Client) -> int:
 def run_delete(args: argparse.Namespace, client: Client) -> int:
     client.delete(args.job_id)
     print(f"{args.job_id} deleted")
+    return EXIT_OK
+
+
+def run_rerun(args: argparse.Namespace, client: Client) -> int:
+    job = client.rerun(args.job_id, idempotency_key=args.idempotency_key)
+    if args.json:
+        print_json(job)
+    else:
+        print(job["id"])
+    return EXIT_OK
+
+
+WORKER_HEADERS = ["NAME", "LAST HEARTBEAT", "STALLED", "JOBS"]
+
+
+def worker_row(worker: Json) -> list[str]:
+    jobs = ", ".join(f"{state} {count}" for state, count in worker.get("jobs", {}).items()
+                     if count)
+    return [worker["name"], worker.get("last_heartbeat_at") or "",
+            str(worker.get("stalled", 0)), jobs]
+
+
+def run_workers(args: argparse.Namespace, client: Client) -> int:
+    workers: list[Json] = []
+    cursor = args.cursor
+    while True:
+        page = client.workers(limit=args.limit, cursor=cursor)
+        workers += page["workers"]
+        cursor = page["next_cursor"]
+        if not args.all or cursor is None:
+            break
+    if args.json:
+        print_json({"workers": workers, "next_cursor": cursor})
+        return EXIT_OK
+    if workers:
+        print(table(WORKER_HEADERS, [worker_row(worker) for worker in workers]))
+    else:
+        print("no workers", file=sys.stderr)
+    if cursor is not None:
+        print(f"more workers: add --cursor {cursor}", file=sys.stderr)
     return EXIT_OK

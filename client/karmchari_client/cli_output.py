@@ -61,7 +61,10 @@ def print_job(job: Json) -> None:
               ("heartbeat timeout", f"{job.get('heartbeat_timeout', 0)}s"),
               ("heartbeat at", job.get("heartbeat_at") or ""),
               ("created at", job["created_at"]), ("updated at", job["updated_at"]),
-              ("ended at", job.get("ended_at") or "")]
+              ("started at", job.get("started_at") or ""),
+              ("ended at", job.get("ended_at") or ""),
+              ("retry of", job.get("retry_of") or ""),
+              ("reruns", ", ".join(job.get("reruns") or []))]
     width = max(len(name) for name, _ in fields)
     for name, value in fields:
         print(f"{name + ':':<{width + 1}} {shown(value)}".rstrip())

@@ -108,6 +108,10 @@ def add_client_commands(commands: Subcommands) -> None:
     stalled.add_argument("--stalled", action="store_true", default=None,
                          help="only running jobs whose heartbeat is overdue")
     stalled.add_argument("--not-stalled", dest="stalled", action="store_false")
+    listing.add_argument("--worker", metavar="NAME",
+                         help="only jobs whose last heartbeat named this worker")
+    listing.add_argument("--name-prefix", metavar="TEXT",
+                         help="only jobs whose name starts with TEXT")
     listing.add_argument("--limit", type=int, help="jobs per page, default 50")
     listing.add_argument("--cursor", help="continue where a previous page ended")
     listing.add_argument("--all", action="store_true", help="follow the cursor to the end")
@@ -133,6 +137,19 @@ def add_client_commands(commands: Subcommands) -> None:
     heartbeat.add_argument("--observed-state", choices=(RUNNING, PAUSED, KILLED),
                            help="the state the worker is actually in: acknowledges a pause, "
                                 "a resume or a kill")
+
+    rerun = add("rerun", cli_jobs.run_rerun,
+                "register a new job like an ended one (its type, name, labels and heartbeat "
+                "timeout); prints the new job's id", as_json)
+    rerun.add_argument("job_id", type=job_id, metavar="ID")
+    rerun.add_argument("--idempotency-key", metavar="KEY",
+                       help="running again with the same key reruns once")
+
+    workers = add("workers", cli_jobs.run_workers,
+                  "list the workers seen in heartbeats, with their jobs by state", as_json)
+    workers.add_argument("--limit", type=int, help="workers per page")
+    workers.add_argument("--cursor", help="continue where a previous page ended")
+    workers.add_argument("--all", action="store_true", help="follow the cursor to the end")
 
     delete = add("delete", cli_jobs.run_delete, "delete a finished job and its history")
     delete.add_argument("job_id", type=job_id, metavar="ID")

@@ -142,16 +142,33 @@ class Client:
 
     def list(self, *, state: str | None = None, type: str | None = None,
              labels: dict[str, str] | None = None, stalled: bool | None = None,
+             worker: str | None = None, name_prefix: str | None = None,
              limit: int | None = None, cursor: str | None = None) -> Json:
-        query: list[tuple[str, str]] = []
-        for name, value in (("state", state), ("type", type), ("limit", limit),
-                            ("cursor", cursor)):
-            if value is not None:
-                query.append((name, str(value)))
-        if stalled is not None:
-            query.append(("stalled", "true" if stalled else "false"))
-        query += [("label", f"{k}:{v}") for k, v in (labels or {}).items()]
-        return self._json("GET", "/v1/jobs", query=query)
+        """A page of jobs, newest first; ``{"jobs": [...], "next_cursor": ...}``.
+        ``worker``: jobs whose last heartbeat named it; ``name_prefix``: jobs
+        whose name starts with it."""
+        return self._json("GET", "/v1/jobs", query=listing_query(
+            state=state, type=type, labels=labels, stalled=stalled, worker=worker,
+            name_prefix=name_prefix, limit=limit, cursor=cursor))
+
+    def workers(self, *, limit: int | None = None, cursor: str | None = None) -> Json:
+        """Every worker seen in heartbeats, with its jobs by state:
+        ``{"workers": [...], "next_cursor": ...}``."""
+        return self._json("GET", "/v1/workers", query=listing_query(limit=limit, cursor=cursor))
+
+    def rerun(self, job_id: str, *, idempotency_key: str | None = None) -> Json:
+        """Register a new job like an ended one (its type, name, labels and
+        heartbeat timeout; ``retry_of`` names the old one). Sent with an
+        Idempotency-Key (a new one unless given), so a retry reruns once."""
+        headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
+        return self._json("POST", f"/v1/jobs/{job_id}/rerun", headers=headers)
+
+    def delete_jobs(self, *, ids: builtins.list[str] | None = None,
+                    where: Json | None = None) -> Json:
+        """Delete the ended jobs named by ``ids``, or every job matching
+        ``where``, which must name final states only (admin). The answer adds
+        ``deleted`` and ``refused_ids`` to the counts of ``command_many``."""
+        return self.command_many("delete", ids=ids, where=where)
 
     def delete(self, job_id: str) -> None:
         self.request("DELETE", f"/v1/jobs/{job_id}")
@@ -282,4 +299,15 @@ def new_idempotency_key() -> str:
     return uuid.uuid4().hex
 
 
-__all__ = ["ApiError", "Client", "ServiceUnavailable", "new_idempotency_key"]
+def listing_query(*, labels: dict[str, str] | None = None, stalled: bool | None = None,
+                  **filters: str | int | None) -> list[tuple[str, str]]:
+    """The query string of a listing: the filters given (None: not given),
+    ``stalled`` as true or false, each label as ``label=key:value``."""
+    query = [(name, str(value)) for name, value in filters.items() if value is not None]
+    if stalled is not None:
+        query.append(("stalled", "true" if stalled else "false"))
+    return query + [("label", f"{k}:{v}") for k, v in (labels or {}).items()]
+
+
+__all__ = ["ApiError", "Client", "Json", "ServiceUnavailable", "listing_query",
+           "new_idempotency_key"]
