@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from karmchari_client.cli_common import (
@@ -51,7 +51,7 @@ def installed_server_commands() -> dict[str, ServerCommand]:
     return {point.name: point.load() for point in entry_points(group=SERVER_COMMAND_GROUP)}
 
 
-def build_parser(server_commands: dict[str, ServerCommand]) -> argparse.ArgumentParser:
+def build_parser(server_commands: Mapping[str, ServerCommand]) -> argparse.ArgumentParser:
     from karmchari_client import __version__
 
     parser = argparse.ArgumentParser(
@@ -67,7 +67,7 @@ def build_parser(server_commands: dict[str, ServerCommand]) -> argparse.Argument
 
 
 def main(argv: list[str] | None = None,
-         server_commands: dict[str, ServerCommand] | None = None) -> int:
+         server_commands: Mapping[str, ServerCommand] | None = None) -> int:
     """``karmchari``. The old service's command line (``karmchari -port 51463``,
     no subcommand) means ``serve``."""
     argv = sys.argv[1:] if argv is None else list(argv)
