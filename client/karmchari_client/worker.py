@@ -72,6 +72,9 @@ __all__ = ["DONE", "DONE_COMMAND", "ENDED_STATES", "FAILED", "FAIL_COMMAND", "KI
            "PAUSED", "RUNNING", "JobEnded", "JobKilled", "Worker"]
 
 MAX_TEXT_CHARS = 1024  # the service's limit on message and reason
+# Seconds the final report of an interrupted job is retried while the service
+# is away (a supervisor's grace period before SIGKILL is often 10 s).
+INTERRUPTED_GIVE_UP = 5.0
 
 
 class JobEnded(Exception):
@@ -247,7 +250,11 @@ class Worker:
                 self._send_final(DONE_COMMAND, "")
             else:
                 # A signal is not the work failing: the reason says which one.
-                reason = interrupts.interruption(error) or f"{type(error).__name__}: {error}"
+                interrupted = interrupts.interruption(error)
+                if interrupted:
+                    # Whoever sent it waits for the process: retry briefly, not for minutes.
+                    self._give_up_after = min(self._give_up_after, INTERRUPTED_GIVE_UP)
+                reason = interrupted or f"{type(error).__name__}: {error}"
                 self._send_final(FAIL_COMMAND, _clip(reason))
         finally:
             self._client.close()
