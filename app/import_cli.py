@@ -48,8 +48,11 @@ def add_import_command(commands: Commands) -> None:
                         help="delete each old key once imported, unless it changed meanwhile")
     parser.add_argument("--batch", type=int, default=1000, metavar="N",
                         help="keys per SCAN and per round trip, default 1000")
-    parser.add_argument("--output", choices=("text", "json"), default="text",
+    # -o and --json as on every client command.
+    parser.add_argument("--output", "-o", choices=("text", "json"), default="text",
                         help="the report as text (default) or JSON, on stdout")
+    parser.add_argument("--json", dest="output", action="store_const", const="json",
+                        help="the same as --output json")
     parser.set_defaults(run=run_import)
 
 

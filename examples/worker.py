@@ -9,9 +9,14 @@ control it. Try it with a running ``karmchari serve``::
     curl -d "id=<id>&command=start" http://127.0.0.1:51463/jobState    # it goes on
     curl -d "id=<id>&command=kill" http://127.0.0.1:51463/jobState     # it cleans up, exits
 
+Ctrl-C and SIGTERM (``kill <pid>``) stop it the same way: it cleans up, the
+job is marked ``failed`` with the reason "interrupted by SIGINT (Ctrl-C)" or
+"interrupted by SIGTERM", and it exits with a message, no traceback.
+
 Exit status: 0 when the job is done, or was killed and the worker cleaned up;
 1 when the work failed (the job is then ``failed``, with the error as reason);
-2 when the job cannot be started (unknown id, service unreachable, bad token).
+2 when the job cannot be started (unknown id, service unreachable, bad token);
+130 after Ctrl-C, 143 after SIGTERM (128 + the signal's number, as a shell does).
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from karmchari_client import ApiError, JobEnded, JobKilled, Worker
+from karmchari_client import ApiError, Interrupted, JobEnded, JobKilled, Worker
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,6 +61,19 @@ def say(text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt as interrupt:  # before the job started, or after it ended
+        say("interrupted")
+        return exit_status(interrupt)
+
+
+def exit_status(interrupt: KeyboardInterrupt) -> int:
+    """128 + the signal's number, as a shell reports a process a signal ended."""
+    return 128 + (interrupt.signum if isinstance(interrupt, Interrupted) else signal.SIGINT)
+
+
+def run(args: argparse.Namespace) -> int:
     options = dict(heartbeat_interval=args.heartbeat_interval,
                    long_poll=not args.no_long_poll,
                    on_state=lambda state: say(f"the job's state is now {state}"))
@@ -93,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     except JobKilled:
         say("killed: cleaning up")
         return 0
+    except KeyboardInterrupt as interrupt:
+        # Leaving the with block reported it: the job is failed, "interrupted by ...".
+        say(f"{str(interrupt) or 'interrupted by SIGINT (Ctrl-C)'}: the job is marked failed; "
+            "cleaning up")
+        return exit_status(interrupt)
     except JobEnded as ended:
         say(f"stopped: {ended}")
         return 0

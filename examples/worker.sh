@@ -8,8 +8,10 @@
 #   KARMCHARI_URL=http://127.0.0.1:51463 STEPS=30 examples/worker.sh
 #   karmchari pause <id>   # it stops and says so; karmchari resume <id>: it goes on
 #   karmchari kill <id>    # it cleans up and exits
+#   Ctrl-C or kill <pid>   # the job is marked failed, "interrupted by ..."
 #
-# Exit status: 0 when done or killed (after cleaning up), 1 on any error.
+# Exit status: 0 when done or killed (after cleaning up), 1 on any error,
+# 130 after Ctrl-C, 143 after SIGTERM.
 set -uo pipefail
 
 steps=${STEPS:-10}
@@ -21,6 +23,16 @@ job=${JOB_ID:-$(karmchari register "${JOB_TYPE:-teams}" --name "bash worker" \
 echo "job $job"
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
+
+# Ctrl-C and SIGTERM alike: the job is marked failed as interrupted (not as a
+# failure of the work), then the EXIT trap cleans up. Exits 128 + the signal.
+interrupted() {
+    karmchari fail "$job" --reason "interrupted by $1" >/dev/null
+    echo "interrupted by $1: the job is marked failed; cleaning up"
+    exit "$2"
+}
+trap 'interrupted "SIGINT (Ctrl-C)" 130' INT
+trap 'interrupted SIGTERM 143' TERM
 
 # heartbeat PROGRESS OBSERVED-STATE: sets $state from the exit code; retries
 # while the service is unavailable (exit code 5).

@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from karmchari_client import Client
 from karmchari_client.cli import EXIT_NOT_FOUND, STATE_EXIT
 from tests.servers import ROOT, ServiceProcess, karmchari_command
 from tests.test_cli import karmchari, ok
-from tests.waiting import eventually
+from tests.waiting import eventually, long_polls_waiting
 
 BASH_WORKER = ROOT / "examples" / "worker.sh"
 
@@ -135,12 +137,41 @@ def test_list_watch_draws_again_as_jobs_change(url, api):
 
 
 def test_list_watch_shows_new_jobs_at_the_next_read(url, api):
-    follower = Follower(url, "--interval", "0.3", "--count", "2", "--state", "start")
+    # Each interval is a refresh: long enough for the job to be registered first.
+    follower = Follower(url, "--interval", "2", "--count", "2", "--state", "start")
     follower.wait_for(1)
     assert follower.drawings[0]["jobs"] == []
     job_id = api.register("upload")["id"]
     assert follower.close() == 0
     assert follower.states(1) == {job_id: "start"}
+
+
+def test_list_watch_count_counts_refreshes_not_changes(url, api):
+    """--count 2 --interval 1 on a listing that does not change: two
+    refreshes, a second apart, then it exits (it used to wait for a change)."""
+    job_id = api.register("teams")["id"]
+    started = time.monotonic()
+    follower = Follower(url, "--interval", "1", "--count", "2")
+    assert follower.close() == 0
+    assert 1 <= time.monotonic() - started < 15
+    assert [follower.states(0), follower.states(1)] == [{job_id: "start"}] * 2
+
+
+@pytest.mark.parametrize("jobs", [0, 1])
+def test_ctrl_c_stops_list_watch_at_once(url, api, jobs):
+    """With a watch in flight (a job shown) or a sleep (none), Ctrl-C ends
+    the refreshes at once, quietly."""
+    for _ in range(jobs):
+        api.register("teams")
+    follower = Follower(url, "--interval", "30")
+    follower.wait_for(1)
+    if jobs:
+        long_polls_waiting(url)
+    started = time.monotonic()
+    follower.process.send_signal(signal.SIGINT)
+    assert follower.close() == 0
+    assert time.monotonic() - started < 1.5
+    assert follower.process.stderr.read() == ""
 
 
 def test_list_watch_reads_the_page_where_the_service_will_not_watch(redis_url, key_prefix):
@@ -241,6 +272,27 @@ def test_bash_worker_pauses_resumes_and_is_killed(url, api):
         output.wait_for(r"killed at step \d+: cleaning up")
         assert worker.wait(60) == 0
         eventually(lambda: api.get(job_id)["observed_state"] == "kill", timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(10)
+
+
+@pytest.mark.parametrize(("signum", "reason", "status"), [
+    (signal.SIGINT, "interrupted by SIGINT (Ctrl-C)", 130),
+    (signal.SIGTERM, "interrupted by SIGTERM", 143),
+])
+def test_bash_worker_interrupted_marks_the_job_failed(url, api, signum, reason, status):
+    worker = run_bash_worker(url, STEPS="1000", STEP_SECONDS="0.05")
+    output = Lines(worker)
+    try:
+        job_id = output.wait_for(r"job ([0-9a-f]{32})")[1]
+        output.wait_for(r"step 1/1000 done")
+        worker.send_signal(signum)
+        assert worker.wait(60) == status
+        output.wait_for(re.escape(f"{reason}: the job is marked failed; cleaning up"))
+        assert api.get(job_id)["state"] == "failed"
+        assert api.history(job_id)[-1]["reason"] == reason
     finally:
         if worker.poll() is None:
             worker.kill()

@@ -29,7 +29,9 @@ class ExampleWorker:
     """``examples/worker.py`` as a subprocess; its output is read as it comes."""
 
     def __init__(self, url: str, *args: str) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        # The tree's own client (client/), not an installed one.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "client")]),
+               "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen([sys.executable, str(EXAMPLE), "--url", url, *args],
                                         cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True)
@@ -148,6 +150,38 @@ def test_example_worker_reports_a_failure(run_example, api):
     job_id = re.search(r"job ([0-9a-f]{32}) running", worker.output).group(1)
     assert api.get(job_id)["state"] == "failed"
     assert api.history(job_id)[-1]["reason"] == "RuntimeError: step 2 failed on purpose"
+
+
+@pytest.mark.parametrize(("signum", "reason", "status"), [
+    (signal.SIGINT, "interrupted by SIGINT (Ctrl-C)", 130),
+    (signal.SIGTERM, "interrupted by SIGTERM", 143),
+])
+def test_ctrl_c_and_sigterm_stop_the_example_alike(run_example, api, signum, reason, status):
+    """Either signal: the job is failed with a reason that says it was
+    interrupted (not a failure of the work), the scratch space is removed, and
+    the worker exits with a message, no traceback."""
+    worker = run_example("--steps", "1000", "--step-seconds", "0.05")
+    job_id = worker.wait_for(r"job ([0-9a-f]{32}) running").group(1)
+    worker.wait_for(r"step 1/1000 done")
+    worker.process.send_signal(signum)
+    assert worker.wait() == status
+    assert f"{reason}: the job is marked failed" in worker.output
+    assert "removed " in worker.output
+    assert "Traceback" not in worker.output
+    assert api.get(job_id)["state"] == "failed"
+    assert api.history(job_id)[-1]["reason"] == reason
+
+
+def test_sigterm_while_paused_stops_the_example(run_example, api):
+    """A worker blocked in checkpoint() on a paused job is interrupted too."""
+    worker = run_example("--steps", "1000", "--step-seconds", "0.05")
+    job_id = worker.wait_for(r"job ([0-9a-f]{32}) running").group(1)
+    api.command(job_id, "pause")
+    worker.wait_for(r"paused at step")
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.wait() == 143
+    assert "Traceback" not in worker.output
+    assert api.history(job_id)[-1]["reason"] == "interrupted by SIGTERM"
 
 
 def test_example_worker_with_an_unknown_job_exits_2(run_example):
@@ -450,6 +484,19 @@ def test_the_shared_watch_carries_on_across_a_service_restart(redis_url, key_pre
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
+def test_a_worker_handles_sigterm_only_while_it_runs(live_service, api):
+    """In the main thread, a default SIGTERM handler becomes Interrupted while
+    a Worker runs, and is the default again once it finished."""
+    assert threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM)
+    with Worker(live_service.url, api.register("teams")["id"]):
+        during = signal.getsignal(signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert (during is not before) == (before is signal.SIG_DFL)
+    with Worker(live_service.url, api.register("teams")["id"], handle_sigterm=False):
+        assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_a_forked_child_starts_without_the_parents_watchers():
     parent = Watcher.shared("http://127.0.0.1:9", None)
     pid = os.fork()

@@ -6,8 +6,10 @@ into a worker program pulls in nothing else and clashes with nothing.
 
 __version__ = "0.1.0"
 
+from karmchari_client.backoff import Backoff
 from karmchari_client.client import ApiError, Client, ServiceUnavailable
-from karmchari_client.worker import Backoff, JobEnded, JobKilled, Worker
+from karmchari_client.interrupts import Interrupted
+from karmchari_client.worker import JobEnded, JobKilled, Worker
 
-__all__ = ["ApiError", "Backoff", "Client", "JobEnded", "JobKilled", "ServiceUnavailable",
-           "Worker", "__version__"]
+__all__ = ["ApiError", "Backoff", "Client", "Interrupted", "JobEnded", "JobKilled",
+           "ServiceUnavailable", "Worker", "__version__"]

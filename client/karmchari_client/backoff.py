@@ -19,7 +19,7 @@ class Backoff:
         self._attempt = 0
 
     def next(self, retry_after: float | None = None) -> float:
-        ceiling = min(self.cap, self.base * 2 ** min(self._attempt, 32))
+        ceiling = min(self.cap, self.base * 2.0 ** min(self._attempt, 32))
         self._attempt += 1
         delay = ceiling / 2 + self._rng() * ceiling / 2
         if retry_after:

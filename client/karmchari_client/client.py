@@ -11,13 +11,16 @@ import socket
 import threading
 import urllib.parse
 import uuid
-from typing import Any
+from typing import Any, cast
+
+# A JSON object as the service sends it.
+Json = dict[str, Any]
 
 
 class ApiError(Exception):
     """The service answered with an error (RFC 9457 problem)."""
 
-    def __init__(self, status: int, problem: dict) -> None:
+    def __init__(self, status: int, problem: Json) -> None:
         self.status = status
         self.problem = problem
         self.code = problem.get("code", "")
@@ -74,7 +77,7 @@ class Client:
 
     def register(self, job_type: str, *, name: str | None = None,
                  labels: dict[str, str] | None = None, heartbeat_timeout: int | None = None,
-                 idempotency_key: str | None = None) -> dict:
+                 idempotency_key: str | None = None) -> Json:
         """Register a job. Sent with an Idempotency-Key (a new one unless given),
         so a retry, this client's or the caller's with the same key, never
         registers a second job."""
@@ -86,37 +89,37 @@ class Client:
         if heartbeat_timeout is not None:
             body["heartbeat_timeout"] = heartbeat_timeout
         headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
-        return self.request("POST", "/v1/jobs", body, headers=headers)
+        return self._json("POST", "/v1/jobs", body, headers=headers)
 
     def get(self, job_id: str, *, wait: float | None = None,
-            version: int | None = None) -> dict:
+            version: int | None = None) -> Json:
         query = {}
         if wait is not None:
             query["wait"] = f"{wait:g}"
             if version is not None:
                 query["version"] = str(version)
         timeout = self._timeout + (wait or 0)
-        return self.request("GET", f"/v1/jobs/{job_id}", query=query, timeout=timeout)
+        return self._json("GET", f"/v1/jobs/{job_id}", query=query, timeout=timeout)
 
-    def watch(self, jobs: dict[str, int], *, wait: float) -> dict:
+    def watch(self, jobs: dict[str, int], *, wait: float) -> Json:
         """Wait up to ``wait`` seconds until a job's version differs from the
         one given; ``{"changed": [jobs], "missing": [ids]}``."""
-        return self.request("POST", "/v1/watch", {"jobs": jobs, "wait": wait},
+        return self._json("POST", "/v1/watch", {"jobs": jobs, "wait": wait},
                             timeout=self._timeout + wait, retry_safe=True)
 
     def command(self, job_id: str, command: str, *, reason: str | None = None,
-                if_match: int | None = None, idempotency_key: str | None = None) -> dict:
+                if_match: int | None = None, idempotency_key: str | None = None) -> Json:
         """Send a command, with an Idempotency-Key (a new one unless given): a
         retry with the same key is applied once."""
         body = {"command": command, **({"reason": reason} if reason else {})}
         headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
         if if_match is not None:
             headers["If-Match"] = f'"{if_match}"'
-        return self.request("POST", f"/v1/jobs/{job_id}/commands", body, headers=headers)
+        return self._json("POST", f"/v1/jobs/{job_id}/commands", body, headers=headers)
 
     def command_many(self, command: str, *, ids: list[str] | None = None,
-                     where: dict | None = None, reason: str | None = None,
-                     cursor: str | None = None) -> dict:
+                     where: Json | None = None, reason: str | None = None,
+                     cursor: str | None = None) -> Json:
         """One command for the jobs named by ``ids``, or for every job matching
         ``where`` (``state``, ``type``, ``label``: ["key:value", ...], ``stalled``).
         Answers the counts; a walk that stopped at the service's limit has a
@@ -128,44 +131,63 @@ class Client:
             body["where"] = where or {}
             if cursor:
                 body["cursor"] = cursor
-        return self.request("POST", "/v1/jobs/commands", body, timeout=max(self._timeout, 60))
+        return self._json("POST", "/v1/jobs/commands", body, timeout=max(self._timeout, 60))
 
-    def stats(self) -> dict:
-        return self.request("GET", "/v1/stats")
+    def stats(self) -> Json:
+        return self._json("GET", "/v1/stats")
 
-    def history(self, job_id: str) -> list[dict]:
-        return self.request("GET", f"/v1/jobs/{job_id}/history")["entries"]
+    def history(self, job_id: str) -> list[Json]:
+        entries = self._json("GET", f"/v1/jobs/{job_id}/history")["entries"]
+        return cast(list[Json], entries)
 
     def list(self, *, state: str | None = None, type: str | None = None,
              labels: dict[str, str] | None = None, stalled: bool | None = None,
-             limit: int | None = None, cursor: str | None = None) -> dict:
-        query: list[tuple[str, str]] = []
-        for name, value in (("state", state), ("type", type), ("limit", limit),
-                            ("cursor", cursor)):
-            if value is not None:
-                query.append((name, str(value)))
-        if stalled is not None:
-            query.append(("stalled", "true" if stalled else "false"))
-        query += [("label", f"{k}:{v}") for k, v in (labels or {}).items()]
-        return self.request("GET", "/v1/jobs", query=query)
+             worker: str | None = None, name_prefix: str | None = None,
+             limit: int | None = None, cursor: str | None = None) -> Json:
+        """A page of jobs, newest first; ``{"jobs": [...], "next_cursor": ...}``.
+        ``worker``: jobs whose last heartbeat named it; ``name_prefix``: jobs
+        whose name starts with it."""
+        return self._json("GET", "/v1/jobs", query=listing_query(
+            state=state, type=type, labels=labels, stalled=stalled, worker=worker,
+            name_prefix=name_prefix, limit=limit, cursor=cursor))
+
+    def workers(self, *, limit: int | None = None, cursor: str | None = None) -> Json:
+        """Every worker seen in heartbeats, with its jobs by state:
+        ``{"workers": [...], "next_cursor": ...}``."""
+        return self._json("GET", "/v1/workers", query=listing_query(limit=limit, cursor=cursor))
+
+    def rerun(self, job_id: str, *, idempotency_key: str | None = None) -> Json:
+        """Register a new job like an ended one (its type, name, labels and
+        heartbeat timeout; ``retry_of`` names the old one). Sent with an
+        Idempotency-Key (a new one unless given), so a retry reruns once."""
+        headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
+        return self._json("POST", f"/v1/jobs/{job_id}/rerun", headers=headers)
+
+    def delete_jobs(self, *, ids: builtins.list[str] | None = None,
+                    where: Json | None = None) -> Json:
+        """Delete the ended jobs named by ``ids``, or every job matching
+        ``where``, which must name final states only (admin). The answer adds
+        ``deleted`` and ``refused_ids`` to the counts of ``command_many``."""
+        return self.command_many("delete", ids=ids, where=where)
 
     def delete(self, job_id: str) -> None:
         self.request("DELETE", f"/v1/jobs/{job_id}")
 
     # Heartbeats set values, so a repeated one changes nothing: safe to retry.
-    def heartbeat(self, job_id: str, **report: Any) -> dict:
+    def heartbeat(self, job_id: str, **report: Any) -> Json:
         body = {k: v for k, v in report.items() if v is not None}
-        return self.request("POST", f"/v1/jobs/{job_id}/heartbeat", body, retry_safe=True)
+        return self._json("POST", f"/v1/jobs/{job_id}/heartbeat", body, retry_safe=True)
 
     # builtins.list: in the class body "list" names the method above.
-    def heartbeats(self, reports: builtins.list[dict]) -> builtins.list[dict]:
-        return self.request("POST", "/v1/heartbeats", {"heartbeats": reports},
-                            retry_safe=True)["results"]
+    def heartbeats(self, reports: builtins.list[Json]) -> builtins.list[Json]:
+        answer = self._json("POST", "/v1/heartbeats", {"heartbeats": reports}, retry_safe=True)
+        return cast(builtins.list[Json], answer["results"])
 
     # -- transport ----------------------------------------------------------
 
     def request(self, method: str, path: str, body: Any = None, *,
-                query: dict | builtins.list | None = None, headers: dict | None = None,
+                query: dict[str, str] | builtins.list[tuple[str, str]] | None = None,
+                headers: dict[str, str] | None = None,
                 timeout: float | None = None, retry_safe: bool | None = None) -> Any:
         """One request. On a kept-alive connection the server had closed, it is
         sent again once, but only if that cannot apply it twice: reads, deletes,
@@ -203,7 +225,12 @@ class Client:
             raise ApiError(status, parsed or {"title": data.decode("utf-8", "replace")})
         return parsed
 
-    def _send(self, method, path, payload, headers, timeout, retry_safe):
+    def _json(self, method: str, path: str, body: Any = None, **options: Any) -> Json:
+        """``request()`` for the endpoints that answer a JSON object."""
+        return cast(Json, self.request(method, path, body, **options))
+
+    def _send(self, method: str, path: str, payload: bytes | None, headers: dict[str, str],
+              timeout: float, retry_safe: bool) -> tuple[int, dict[str, str], bytes]:
         for attempt in (1, 2) if retry_safe else (2,):
             connection = self._connection(timeout)
             try:
@@ -272,4 +299,15 @@ def new_idempotency_key() -> str:
     return uuid.uuid4().hex
 
 
-__all__ = ["ApiError", "Client", "ServiceUnavailable", "new_idempotency_key"]
+def listing_query(*, labels: dict[str, str] | None = None, stalled: bool | None = None,
+                  **filters: str | int | None) -> list[tuple[str, str]]:
+    """The query string of a listing: the filters given (None: not given),
+    ``stalled`` as true or false, each label as ``label=key:value``."""
+    query = [(name, str(value)) for name, value in filters.items() if value is not None]
+    if stalled is not None:
+        query.append(("stalled", "true" if stalled else "false"))
+    return query + [("label", f"{k}:{v}") for k, v in (labels or {}).items()]
+
+
+__all__ = ["ApiError", "Client", "Json", "ServiceUnavailable", "listing_query",
+           "new_idempotency_key"]

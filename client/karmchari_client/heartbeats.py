@@ -26,19 +26,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from karmchari_client.backoff import Backoff
 from karmchari_client.client import ApiError, Client, ServiceUnavailable
-
-if TYPE_CHECKING:
-    from karmchari_client.worker import Worker
+from karmchari_client.shared import JobMember, PerProcess
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +52,7 @@ Report = dict[str, Any]
 
 @dataclass(eq=False)
 class _Member:
-    worker: Worker
+    worker: JobMember
     interval: float
     due: float  # time.monotonic() of its next heartbeat
     solo: bool = False  # its report was refused inside a batch: sent on its own
@@ -66,12 +63,9 @@ class _Member:
         return self.worker.job_id
 
 
-class Heartbeater:
+class Heartbeater(PerProcess):
     """The shared heartbeats of one service and token; get it with
     ``shared()``. ``client`` is the Client it sends with."""
-
-    _all: dict[tuple[str, str | None], Heartbeater] = {}
-    _all_lock = threading.Lock()
 
     def __init__(self, url: str, token: str | None) -> None:
         self.client = Client(url, token=token)
@@ -88,23 +82,9 @@ class Heartbeater:
         self._backoff = Backoff()
         self._thread: threading.Thread | None = None
 
-    @classmethod
-    def _forget_all(cls) -> None:
-        """In a forked child: the parent's heartbeaters have no thread here."""
-        cls._all = {}
-        cls._all_lock = threading.Lock()
-
-    @classmethod
-    def shared(cls, url: str, token: str | None) -> Heartbeater:
-        with cls._all_lock:
-            heartbeater = cls._all.get((url, token))
-            if heartbeater is None:
-                heartbeater = cls._all[(url, token)] = cls(url, token)
-            return heartbeater
-
     # -- what Workers call --------------------------------------------------------
 
-    def add(self, worker: Worker, interval: float) -> None:
+    def add(self, worker: JobMember, interval: float) -> None:
         """Heartbeat ``worker``'s job every ``interval`` seconds (its first
         heartbeat has just been sent)."""
         with self._lock:
@@ -122,14 +102,14 @@ class Heartbeater:
                                                 daemon=True)
                 self._thread.start()
 
-    def wake(self, worker: Worker) -> None:
+    def wake(self, worker: JobMember) -> None:
         """Send ``worker``'s report now (it acknowledged a pause or resume)."""
         with self._lock:
             if worker.job_id in self._members:
                 self._urgent.add(worker.job_id)
                 self._lock.notify_all()
 
-    def remove(self, worker: Worker) -> None:
+    def remove(self, worker: JobMember) -> None:
         """Stop heartbeating ``worker``'s job; returns once no request with its
         report is in flight, so that no heartbeat overtakes its last report."""
         with self._lock:
@@ -287,7 +267,7 @@ class Heartbeater:
                           "detail": str(error)}
         self._answer(m, answer)
 
-    def _answer(self, m: _Member, answer: dict) -> None:
+    def _answer(self, m: _Member, answer: dict[str, Any]) -> None:
         """One job's part of an answer, for its Worker alone."""
         if not answer.get("found"):
             m.worker.learn_from_heartbeat(None, 0)  # the job no longer exists
@@ -298,7 +278,3 @@ class Heartbeater:
             m.refused = answer.get("code", "")
             log.warning("heartbeat of job %s refused: %s", m.job_id,
                         answer.get("detail") or m.refused)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=Heartbeater._forget_all)

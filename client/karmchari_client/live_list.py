@@ -1,8 +1,10 @@
-"""``karmchari list --watch``: the listing, drawn again whenever it changes.
+"""``karmchari list --watch``: the listing, refreshed every ``--interval``
+seconds and whenever a job shown changes.
 
-It re-reads the page every ``--interval`` seconds, and in between waits on
-``POST /v1/watch`` for the jobs shown, so a change of state appears at once
-rather than at the next read. Against a service without ``/v1/watch``, or
+Each refresh reads the page and draws it (``--count N`` stops after N
+refreshes, so ``--count 2 --interval 1`` takes about a second). In between it
+waits on ``POST /v1/watch`` for the jobs shown, so a change of state appears
+at once rather than at the next refresh. Against a service without ``/v1/watch``, or
 one that will not watch that many jobs at once, it just reads the page every
 interval. Heartbeats do not change a job's version,
 so progress shows at the next read.
@@ -17,27 +19,25 @@ import sys
 import time
 from collections.abc import Callable
 
-from karmchari_client.client import ApiError, Client
+from karmchari_client.client import ApiError, Client, Json
 
 CLEAR = "\033[H\033[2J"
 
 
 def watch_listing(args: argparse.Namespace, client: Client,
-                  read_page: Callable[[], dict], draw_table: Callable[[list[dict]], str]) -> int:
-    """Runs until Ctrl-C, or until the listing was drawn ``--count`` times."""
+                  read_page: Callable[[], Json], draw_table: Callable[[list[Json]], str]) -> int:
+    """Runs until Ctrl-C (at once: both waits below are interruptible), or
+    until ``--count`` refreshes."""
     on_terminal = sys.stdout.isatty()
     use_watch = True
-    shown: list[dict] | None = None
-    drawn = 0
+    refreshes = 0
     try:
         while True:
             page = read_page()
-            if page["jobs"] != shown:
-                _draw(args, page, draw_table, on_terminal)
-                drawn += 1
-                if args.count and drawn >= args.count:
-                    return 0
-            shown = page["jobs"]
+            _draw(args, page, draw_table, on_terminal)
+            refreshes += 1
+            if args.count and refreshes >= args.count:
+                return 0
             versions = {job["id"]: job["version"] for job in page["jobs"]}
             if use_watch and versions:
                 try:
@@ -52,10 +52,11 @@ def watch_listing(args: argparse.Namespace, client: Client,
                         raise
             time.sleep(args.interval)
     except KeyboardInterrupt:
+        client.close()
         return 0
 
 
-def _draw(args: argparse.Namespace, page: dict, draw_table: Callable[[list[dict]], str],
+def _draw(args: argparse.Namespace, page: Json, draw_table: Callable[[list[Json]], str],
           on_terminal: bool) -> None:
     if args.json:
         # One JSON document per line and drawing, for a reader that follows along.

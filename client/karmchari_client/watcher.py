@@ -14,17 +14,13 @@ limit, 1,000 by default) the jobs are split over several watches.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 import time
-from typing import TYPE_CHECKING
 
 from karmchari_client.backoff import Backoff
 from karmchari_client.client import ApiError, Client, ServiceUnavailable
-
-if TYPE_CHECKING:
-    from karmchari_client.worker import Worker
+from karmchari_client.shared import JobMember, PerProcess
 
 log = logging.getLogger(__name__)
 
@@ -33,40 +29,23 @@ FIRST_WAIT = 1.0
 _LIMIT_RE = re.compile(r"jobs: too many members, at most (\d+)")
 
 
-class Watcher:
+class Watcher(PerProcess):
     """The shared watch of one service and token; get it with ``shared()``."""
-
-    _all: dict[tuple[str, str | None], Watcher] = {}
-    _all_lock = threading.Lock()
 
     def __init__(self, url: str, token: str | None, max_jobs: int = 1000) -> None:
         self._client = Client(url, token=token)
         self.max_jobs = max_jobs
         self._lock = threading.Condition()
-        self._workers: dict[str, Worker] = {}
+        self._workers: dict[str, JobMember] = {}
         self._lanes: dict[int, threading.Thread] = {}
 
-    @classmethod
-    def _forget_all(cls) -> None:
-        """In a forked child: the parent's watchers have no threads here."""
-        cls._all = {}
-        cls._all_lock = threading.Lock()
-
-    @classmethod
-    def shared(cls, url: str, token: str | None) -> Watcher:
-        with cls._all_lock:
-            watcher = cls._all.get((url, token))
-            if watcher is None:
-                watcher = cls._all[(url, token)] = cls(url, token)
-            return watcher
-
-    def add(self, worker: Worker) -> None:
+    def add(self, worker: JobMember) -> None:
         with self._lock:
             self._workers[worker.job_id] = worker
             self._lock.notify_all()
             self._start_lanes()
 
-    def remove(self, worker: Worker) -> None:
+    def remove(self, worker: JobMember) -> None:
         with self._lock:
             if self._workers.get(worker.job_id) is worker:
                 del self._workers[worker.job_id]
@@ -87,7 +66,7 @@ class Watcher:
                 lane.start()
                 self._lanes[index] = lane
 
-    def _share(self, index: int) -> dict[str, Worker] | None:
+    def _share(self, index: int) -> dict[str, JobMember] | None:
         """With the lock held: lane ``index``'s jobs; None when it should end
         (lane 0 stays, idle, while the process has no jobs)."""
         ids = sorted(self._workers)[index * self.max_jobs:(index + 1) * self.max_jobs]
@@ -162,7 +141,3 @@ class Watcher:
 
     def _pause(self, seconds: float) -> None:
         time.sleep(seconds)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=Watcher._forget_all)

@@ -25,6 +25,11 @@ runs, blocks while it is paused (acknowledging the pause with
 the ``with`` block reports ``done``, or ``fail`` with the exception as reason,
 or, after a kill, acknowledges it (``observed_state=kill``).
 
+Ctrl-C and SIGTERM behave alike: either leaves the ``with`` block with a
+``KeyboardInterrupt`` (``Interrupted`` for SIGTERM), and the job is marked
+``failed`` with the reason ``interrupted by SIGINT (Ctrl-C)`` or
+``interrupted by SIGTERM`` (see ``karmchari_client.interrupts``).
+
 The service may restart at any time: every call is retried with exponential
 backoff and jitter, honouring ``Retry-After``, and the worker keeps going on
 what it last learned. A command sent meanwhile is not lost: it is the job's
@@ -40,22 +45,36 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
+from karmchari_client import interrupts
 from karmchari_client.backoff import Backoff
 from karmchari_client.client import ApiError, Client, ServiceUnavailable
 from karmchari_client.heartbeats import Heartbeater
+from karmchari_client.states import (
+    DONE,
+    DONE_COMMAND,
+    ENDED_STATES,
+    FAIL_COMMAND,
+    FAILED,
+    KILLED,
+    PAUSED,
+    RUNNING,
+)
 from karmchari_client.watcher import Watcher
 
 log = logging.getLogger(__name__)
 
-# The service's states and the commands this library sends, defined once here
-# (the library needs only the standard library, so it does not import the
-# service's app.model; tests/test_transitions.py checks that they agree).
-RUNNING, PAUSED, KILLED, DONE, FAILED = "start", "pause", "kill", "done", "failed"
-ENDED_STATES = frozenset({KILLED, DONE, FAILED})
-DONE_COMMAND, FAIL_COMMAND = "done", "fail"
+# The states are this package's (karmchari_client.states), named here too for
+# the programs that took them from this module.
+__all__ = ["DONE", "DONE_COMMAND", "ENDED_STATES", "FAILED", "FAIL_COMMAND", "KILLED",
+           "PAUSED", "RUNNING", "JobEnded", "JobKilled", "Worker"]
+
 MAX_TEXT_CHARS = 1024  # the service's limit on message and reason
+# Seconds the final report of an interrupted job is retried while the service
+# is away (a supervisor's grace period before SIGKILL is often 10 s).
+INTERRUPTED_GIVE_UP = 5.0
 
 
 class JobEnded(Exception):
@@ -98,6 +117,8 @@ class Worker:
     ``on_state(state)`` is called from a background thread each time the
     worker learns a new state. ``give_up_after`` bounds how long the start and
     the final report are retried while the service is away.
+    ``handle_sigterm=False`` leaves SIGTERM's handling to the program (by
+    default a Worker started in the main thread turns it into ``Interrupted``).
     """
 
     def __init__(self, url: str | None, job_id: str, *, token: str | None = None,
@@ -105,7 +126,7 @@ class Worker:
                  long_poll: bool = True, long_poll_wait: float = 30.0,
                  on_state: Callable[[str | None], None] | None = None,
                  max_backoff: float = 30.0, give_up_after: float = 300.0,
-                 client: Client | None = None) -> None:
+                 handle_sigterm: bool = True, client: Client | None = None) -> None:
         self.job_id = job_id
         self.worker_name = worker_name or f"{socket.gethostname()}:{os.getpid()}"
         self._client = client or Client(url, token=token)
@@ -117,6 +138,8 @@ class Worker:
         self._on_state = on_state
         self.max_backoff = max_backoff
         self._give_up_after = give_up_after
+        self._handle_sigterm = handle_sigterm
+        self._counted_in = False  # by interrupts.worker_started()
         # Everything below is guarded by _changed's lock.
         self._changed = threading.Condition()
         self._state: str | None = RUNNING
@@ -148,13 +171,25 @@ class Worker:
         self.start()
         return self
 
-    def __exit__(self, exc_type, exc, traceback) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
         self.finish(exc)
 
     def start(self) -> None:
         """Send the first heartbeat (so that a wrong id or token fails here,
         not in the background), then join the process's shared heartbeats
         and watch."""
+        if self._handle_sigterm and not self._counted_in:
+            self._counted_in = interrupts.worker_started()
+        try:
+            self._join()
+        except BaseException:
+            if self._counted_in:  # no finish() follows a failed start
+                self._counted_in = False
+                interrupts.worker_finished()
+            raise
+
+    def _join(self) -> None:
         answer = self._retry(lambda: self._client.heartbeat(
             self.job_id, worker=self.worker_name, observed_state=RUNNING))
         self._learn(answer["state"], answer["version"])
@@ -214,9 +249,18 @@ class Worker:
             elif error is None or isinstance(error, SystemExit) and not error.code:
                 self._send_final(DONE_COMMAND, "")
             else:
-                self._send_final(FAIL_COMMAND, _clip(f"{type(error).__name__}: {error}"))
+                # A signal is not the work failing: the reason says which one.
+                interrupted = interrupts.interruption(error)
+                if interrupted:
+                    # Whoever sent it waits for the process: retry briefly, not for minutes.
+                    self._give_up_after = min(self._give_up_after, INTERRUPTED_GIVE_UP)
+                reason = interrupted or f"{type(error).__name__}: {error}"
+                self._send_final(FAIL_COMMAND, _clip(reason))
         finally:
             self._client.close()
+            if self._counted_in:
+                self._counted_in = False
+                interrupts.worker_finished()
 
     # -- what the shared watch calls -------------------------------------------
 
