@@ -57,7 +57,8 @@ def load_demo(url: str) -> str:
     for name, job_type, labels, worker, progress, state, observed in DEMO:
         job_id = admin.register(job_type, name=name, labels=labels, heartbeat_timeout=300)["id"]
         if worker:
-            admin.heartbeat(job_id, worker=worker, progress=progress, message=f"{progress}% of the rows",
+            admin.heartbeat(job_id, worker=worker, progress=progress,
+                            message=f"{progress}% of the rows",
                             **({} if observed is None else {"observed_state": "start"}))
         if state == "pause":
             operator.command(job_id, "pause", reason=REASONS["pause"])

@@ -118,8 +118,10 @@ def open_page(browser, service):
     contexts = []
     watched = []
 
-    def opener(hash_: str = "#/", token: str | None = OPERATOR, width: int = 1280):
-        context = browser.new_context(viewport={"width": width, "height": 900})
+    def opener(hash_: str = "#/", token: str | None = OPERATOR, width: int = 1280,
+               timezone: str | None = None):
+        context = browser.new_context(viewport={"width": width, "height": 900},
+                                      timezone_id=timezone)
         contexts.append(context)
         if token:
             context.add_init_script(
@@ -345,7 +347,7 @@ def test_pending_transitions_only_for_workers_that_report_observed_state(open_pa
     never answers a command, so its job shows the state itself: never
     "resuming…" while it runs, never "killing…" once killed. A worker that does
     report it shows the transition until it answers, or until it has been
-    silent for its heartbeat timeout (a kill is final)."""
+    silent for its heartbeat timeout. A kill is final: never "killing…"."""
     from playwright.sync_api import expect
 
     old, new, gone = (api.register("export", name=name, labels={"run": tag},
@@ -377,14 +379,22 @@ def test_pending_transitions_only_for_workers_that_report_observed_state(open_pa
     api.heartbeat(new, observed_state="start")
     expect(status(new)).to_have_text("running", timeout=WAIT_MS)
 
+    # A new-style worker silent past its heartbeat timeout (1 s) is not waited for.
+    _wait_until(lambda: api.get(gone)["stalled"])
+    api.command(gone, "pause")
+    expect(status(gone)).to_have_text("paused", timeout=WAIT_MS)
+
+    # A kill is final: "killed" at once, whether or not the worker answers.
     for job_id in (old, new, gone):
         api.command(job_id, "kill")
-    expect(status(old)).to_have_text("killed", timeout=WAIT_MS)
-    expect(status(new)).to_have_text("killing…", timeout=WAIT_MS)
-    # The silent one: "killing…" lasts its heartbeat timeout (1 s), then "killed".
-    expect(status(gone)).to_have_text("killed", timeout=WAIT_MS)
-    api.heartbeat(new, observed_state="kill")  # the worker's acknowledgement
-    expect(status(new)).to_have_text("killed", timeout=WAIT_MS)
+    for job_id in (old, new, gone):
+        expect(status(job_id)).to_have_text("killed", timeout=WAIT_MS)
+    api.heartbeat(new, observed_state="start")  # a late heartbeat changes nothing
+    page.wait_for_timeout(1500)  # the acknowledgement checks run once a second
+    expect(status(new)).to_have_text("killed")
+    api.heartbeat(new, observed_state="kill")
+    expect(status(new)).to_have_text("killed")
+    expect(page.locator("#job-rows .state.pending")).to_have_count(0)
 
     # The job page decides the same way (one module does, app/ui/status.js).
     page.locator(f'a[href="#/jobs/{old}"]').click()
@@ -396,13 +406,18 @@ def test_pending_transitions_only_for_workers_that_report_observed_state(open_pa
                                                            timeout=WAIT_MS)
 
 
-def test_times_are_utc_with_the_exact_time_on_hover(open_page, api, tag):
+def test_times_are_local_iso_with_the_exact_time_on_hover(open_page, api, tag):
+    """One convention: the reader's local time in ISO order with its offset, to
+    the second; the exact ISO time the API gave on hover."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
     from playwright.sync_api import expect
 
     (job_id,) = register(api, 1, tag, name="timed")
     api.heartbeat(job_id, worker="host-1", progress=5)
     job = api.get(job_id)
-    page = open_page(f"#/?label=run:{tag}")
+    page = open_page(f"#/?label=run:{tag}", timezone="Asia/Kolkata")  # +05:30
     age = row(page, job_id).locator("td.age")
     expect(age).to_have_text(re.compile(r"^\d+ s ago$"), timeout=WAIT_MS)
     expect(age).to_have_attribute("title", job["heartbeat_at"])
@@ -410,8 +425,9 @@ def test_times_are_utc_with_the_exact_time_on_hover(open_page, api, tag):
     created = page.locator("#job-fields [data-field=created] time")
     expect(created).to_have_attribute("title", job["created_at"], timeout=WAIT_MS)
     expect(created).to_have_attribute("datetime", job["created_at"])
-    # The CLI's convention: UTC, to the second.
-    expect(created).to_have_text(job["created_at"][:19].replace("T", " ") + " UTC")
+    local = datetime.fromisoformat(job["created_at"].replace("Z", "+00:00")).astimezone(
+        ZoneInfo("Asia/Kolkata"))
+    expect(created).to_have_text(local.strftime("%Y-%m-%d %H:%M:%S +05:30"))
     expect(page.locator("#timeline time").first).to_have_attribute("title", job["created_at"])
     expect(page.locator("#job-fields [data-field=heartbeat] time")).to_have_attribute(
         "title", job["heartbeat_at"])
@@ -560,14 +576,17 @@ def test_bulk_resume_of_selected_rows(open_page, api, tag):
 
 
 def test_narrow_window_and_keyboard(open_page, api, tag):
-    """On a phone-sized window the table scrolls inside its box, not the page;
-    the controls are reachable with Tab and have labels."""
+    """On a phone-sized window the table scrolls inside its box, not the page,
+    and keeps each job's status in view; the controls are reachable with Tab and have labels."""
     from playwright.sync_api import expect
 
     register(api, 2, tag, name="small screen")
     page = open_page(f"#/?label=run:{tag}", width=380)
     expect(rows(page)).to_have_count(2, timeout=WAIT_MS)
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    # What a job is doing is on screen without scrolling the table.
+    box = rows(page).first.locator("td.status").bounding_box()
+    assert box and box["x"] + box["width"] <= 380, box
     unlabelled = page.evaluate("""() => [...document.querySelectorAll('input, select')]
         .filter(e => !e.labels?.length && !e.getAttribute('aria-label')).map(e => e.id)""")
     assert unlabelled == []

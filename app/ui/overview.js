@@ -1,7 +1,7 @@
 // The overview: counts from GET /v1/stats and a chart of changes per minute.
 
 import { get, setServerNow } from "./api.js";
-import { clear, el, plural } from "./dom.js";
+import { clear, el, localMinute, plural } from "./dom.js";
 import { overviewCounts } from "./status.js";
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -72,7 +72,7 @@ export function drawChart(container, minutes) {
     const bar = svg("rect", { x: i * step, y: height - h, width: Math.max(1, step - 1),
       height: h, class: "bar" });
     const title = svg("title", {});
-    title.textContent = `${m.minute.slice(11, 16)} UTC: ${plural(m.count, "change")}`;
+    title.textContent = `${localMinute(m.minute)}: ${plural(m.count, "change")}`;
     bar.append(title);
     chart.append(bar);
   });
