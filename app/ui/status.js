@@ -22,6 +22,9 @@ export const WORDS = {
   paused: "paused", killed: "killed", done: "done", failed: "failed",
   resuming: "resuming…", pausing: "pausing…",
 };
+// The requested states a job never leaves: it has ended.
+export const FINAL_STATES = new Set(["kill", "done", "failed"]);
+
 const SETTLED = { start: "running", pause: "paused", kill: "killed", done: "done",
   failed: "failed" };
 const PENDING = { start: "resuming", pause: "pausing" };  // never a final state
