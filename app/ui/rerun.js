@@ -8,8 +8,11 @@ import { el } from "./dom.js";
 import { notify } from "./notice.js";
 import { FINAL_STATES } from "./status.js";
 
+// A service that can run a job again says so in every job it shows: the job
+// names what it reruns (retry_of, null for most). Before that, no button
+// that could only fail.
 export function canRerun(job) {
-  return can("register") && FINAL_STATES.has(job.state);
+  return "retry_of" in job && can("register") && FINAL_STATES.has(job.state);
 }
 
 // onRegistered(newJob) once the service has registered it. The button is

@@ -28,7 +28,8 @@ export function duration(seconds) {
 // The cell or field: ticks while the job runs (see refreshRunTimes).
 export function runTime(job) {
   const seconds = runSeconds(job);
-  const title = !job.started_at ? "no heartbeat yet: not started"
+  const title = !("started_at" in job) ? "this service does not report when jobs start"
+    : !job.started_at ? "no heartbeat yet: not started"
     : job.finished_at ? `from ${job.started_at} to ${job.finished_at}`
       : `since ${job.started_at}, still going`;
   return el("span", { class: `runtime${seconds === null ? " muted" : ""}`, title,
