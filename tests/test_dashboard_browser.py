@@ -733,6 +733,22 @@ def test_run_time_in_the_rows_and_the_job_page(open_page, api, tag):
         re.compile(r"^[12] s$"), timeout=WAIT_MS)
 
 
+def test_overview_shows_run_times_by_type(open_page, api, tag):
+    from playwright.sync_api import expect
+
+    _needs("run_times" in api.request("GET", "/v1/stats"), "run_times in GET /v1/stats")
+    job_type = "teams"  # one of the service's types; other tests' jobs may add to it
+    job_id = api.register(job_type, name="timed", labels={"run": tag})["id"]
+    api.heartbeat(job_id, worker="host-1", progress=10)
+    api.command(job_id, "done")
+    page = open_page(f"#/?label=run:{tag}")
+    card = page.locator("#run-times-card")
+    expect(card).to_be_visible(timeout=WAIT_MS)
+    stats = api.request("GET", "/v1/stats")["run_times"][job_type]
+    line = card.locator(f'tr[data-type="{job_type}"] td')
+    expect(line.last).to_have_text(str(stats["count"]))
+
+
 def test_admin_deletes_an_ended_job_from_its_page_after_confirming(open_page, api, tag):
     from playwright.sync_api import expect
 

@@ -18,6 +18,7 @@ const pad = (n) => String(n).padStart(2, "0");
 // "42 s", "3 min 05 s", "2 h 04 min", "3 d 4 h": two units at most.
 export function duration(seconds) {
   if (seconds === null || seconds === undefined) return "–";
+  if (seconds < 10) return `${Number(seconds.toFixed(1))} s`;  // a median may be 0.4 s
   const s = Math.round(seconds);
   if (s < 60) return `${s} s`;
   if (s < 3600) return `${Math.floor(s / 60)} min ${pad(s % 60)} s`;
