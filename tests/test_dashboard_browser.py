@@ -669,6 +669,10 @@ def test_search_by_name_prefix(open_page, api, tag):
     expect(rows(page)).to_have_count(3, timeout=WAIT_MS)
     assert rows(page).evaluate_all("rows => rows.map(r => r.dataset.id)") == wanted[::-1]
     assert f"name_prefix=nightly-{tag}" in page.url
+    # Bulk commands filter on state, type, label and stalled only: none is
+    # offered for "every job matching" a name, which would act on more.
+    expect(page.get_by_role("button", name="Pause all matching")).to_be_disabled()
+    expect(page.get_by_role("button", name="Kill all matching")).to_be_disabled()
 
 
 def test_run_again_from_the_rows_and_the_job_page(open_page, api, tag):

@@ -133,7 +133,14 @@ function showSelection() {
     b.disabled = view.selected.size === 0;
   }
   document.getElementById("delete-selected").disabled = view.selected.size === 0;
-  document.getElementById("delete-matching").disabled = !filterIsFinal(view.filter);
+  // A bulk command's "where" takes state, type, label and stalled: a filter on
+  // a worker or a name prefix is not offered one (it would be refused).
+  const whole = !view.filter.worker && !view.filter.name_prefix;
+  for (const b of document.querySelectorAll("[data-scope=filter]")) {
+    b.disabled = !whole;
+    b.title = whole ? "" : "Not with a worker or name filter: select the rows instead";
+  }
+  document.getElementById("delete-matching").disabled = !whole || !filterIsFinal(view.filter);
 }
 
 // The first page of a filter, asked for at start-up beside GET /v1/whoami
