@@ -5,7 +5,8 @@ jobs through the API (workers heartbeating, some paused, killed, finished),
 opens the dashboard in headless Chromium (Debian's ``chromium`` package,
 through Playwright) and writes, at 1400 px and at a phone's 420 px,
 docs/img/overview.png, docs/img/job.png, docs/img/overview-narrow.png and
-docs/img/job-narrow.png (``--out DIR`` writes them elsewhere, e.g. to compare
+docs/img/job-narrow.png, and docs/img/workers.png where the service lists
+workers (GET /v1/workers) (``--out DIR`` writes them elsewhere, e.g. to compare
 before and after a change). Needs the test extra (``pip install -e '.[test]'``)
 and ``redis-server``.
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from karmchari_client import Client  # noqa: E402
+from karmchari_client import ApiError, Client  # noqa: E402
 from tests.browser import launch  # noqa: E402
 from tests.servers import RedisProcess, ServiceProcess  # noqa: E402
 
@@ -78,6 +79,17 @@ def load_demo(url: str) -> str:
     return shown
 
 
+def lists_workers(url: str) -> bool:
+    client = Client(url, token=ADMIN)
+    try:
+        client.request("GET", "/v1/workers")
+    except ApiError:
+        return False
+    finally:
+        client.close()
+    return True
+
+
 def main() -> int:
     from playwright.sync_api import sync_playwright
 
@@ -91,6 +103,7 @@ def main() -> int:
                              env={"KARMCHARI_TOKENS": TOKENS}).start()
     try:
         job_id = load_demo(service.url)
+        workers = lists_workers(service.url)
         with sync_playwright() as driver:
             browser = launch(driver)
             for suffix, width in WIDTHS.items():
@@ -109,6 +122,11 @@ def main() -> int:
                 page.wait_for_selector("#timeline li:nth-child(4)")
                 written.append(out / f"job{suffix}.png")
                 page.screenshot(path=str(written[-1]), full_page=bool(suffix))
+                if workers and not suffix:
+                    page.goto(f"{service.url}/ui/#/workers")
+                    page.wait_for_selector("#worker-rows tr")
+                    written.append(out / "workers.png")
+                    page.screenshot(path=str(written[-1]))
                 context.close()
             browser.close()
     finally:

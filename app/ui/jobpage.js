@@ -65,12 +65,14 @@ function show(job) {
     ...field("labels", Object.keys(job.labels || {}).length ? labelChips(job.labels)
       : text("")),
     ...field("created", time(job.created_at)),
+    // The fields of API 20 where the service gives them, not "–" for unknown.
+    ...("started_at" in job ? field("started", time(job.started_at)) : []),
     ...field("updated", time(job.updated_at)),
     ...field("ended", time(job.ended_at || job.finished_at)),
-    ...field("started", time(job.started_at)),
-    ...field("run time", runTime(job)),
-    ...field("run again from", job.retry_of ? jobLinks([job.retry_of]) : text("")),
-    ...field("run again as", jobLinks(job.reruns || [])));
+    ...("started_at" in job ? field("run time", runTime(job)) : []),
+    ...("retry_of" in job ? [
+      ...field("run again from", job.retry_of ? jobLinks([job.retry_of]) : text("")),
+      ...field("run again as", jobLinks(job.reruns || []))] : []));
   moreActions(job);
   const actions = document.getElementById("job-actions");
   actions.hidden = !canCommand();
