@@ -10,9 +10,13 @@ let role = { permissions: [] };
 export function setRole(whoami) {
   role = whoami;
   document.body.classList.toggle("can-command", canCommand());
+  document.body.classList.toggle("can-delete", can("delete"));
+}
+export function can(permission) {
+  return role.permissions.includes(permission);
 }
 export function canCommand() {
-  return role.permissions.includes("command");
+  return can("command");
 }
 
 // Shows the dialog; resolves to the reason, or null when cancelled.

@@ -65,6 +65,8 @@ export function filterQuery(filter) {
   if (filter.type) query.set("type", filter.type);
   for (const label of filter.labels || []) query.append("label", label);
   if (filter.stalled) query.set("stalled", filter.stalled);  // "true" or "false"
+  if (filter.worker) query.set("worker", filter.worker);
+  if (filter.name_prefix) query.set("name_prefix", filter.name_prefix);
   return query;
 }
 
@@ -82,5 +84,9 @@ export function whereOf(filter) {
   if (filter.type) where.type = filter.type;
   if (filter.labels && filter.labels.length) where.label = filter.labels;
   if (filter.stalled) where.stalled = filter.stalled === "true";
+  // A service that cannot filter on these refuses the whole "where" (400):
+  // never a command on more jobs than the filter shows.
+  if (filter.worker) where.worker = filter.worker;
+  if (filter.name_prefix) where.name_prefix = filter.name_prefix;
   return where;
 }

@@ -34,18 +34,30 @@ export function age(iso) {
   return `${Math.floor(seconds / 86400)} d ago`;
 }
 
-// One convention for times, the CLI's: UTC, ISO 8601 order, to the second
-// ("2026-05-04 13:02:07 UTC"); the exact value the API gave is the title.
-export function utc(iso) {
+// One convention for times, the dashboard's and the CLI's: the reader's local
+// time in ISO 8601 order, to the second, with its UTC offset
+// ("2026-05-04 15:02:07 +02:00"); the exact value the API gave is the title.
+const pad = (n) => String(n).padStart(2, "0");
+
+export function localTime(iso) {
   if (!iso) return "–";
   const d = new Date(iso);
-  return Number.isNaN(d.getTime()) ? iso
-    : `${d.toISOString().slice(0, 19).replace("T", " ")} UTC`;
+  if (Number.isNaN(d.getTime())) return iso;
+  const offset = -d.getTimezoneOffset();  // minutes east of UTC
+  const zone = `${offset < 0 ? "-" : "+"}${pad(Math.floor(Math.abs(offset) / 60))}:`
+    + pad(Math.abs(offset) % 60);
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} `
+    + `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())} ${zone}`;
+}
+
+// The local time of day, for the chart's minutes ("15:02").
+export function localMinute(iso) {
+  return localTime(iso).slice(11, 16);
 }
 
 export function time(iso) {
   if (!iso) return el("span", { class: "muted" }, "–");
-  return el("time", { datetime: iso, title: iso }, utc(iso));
+  return el("time", { datetime: iso, title: iso }, localTime(iso));
 }
 
 // "n thing" or "n things".

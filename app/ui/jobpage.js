@@ -2,8 +2,12 @@
 
 import { canCommand, commandJob } from "./actions.js";
 import { get } from "./api.js";
+import { canDelete, deleteJob } from "./cleanup.js";
 import { age, clear, el, labelChips, progressBar, stateChip, time } from "./dom.js";
 import { Watcher } from "./live.js";
+import { notify } from "./notice.js";
+import { rerunButton } from "./rerun.js";
+import { refreshRunTimes, runTime } from "./runtime.js";
 import { status } from "./status.js";
 
 let current = null;
@@ -15,6 +19,28 @@ function field(name, ...value) {
 
 function text(value) {
   return value ? value : el("span", { class: "muted" }, "–");
+}
+
+function jobLinks(ids) {
+  return ids.length ? ids.flatMap((id, i) => [i ? ", " : "",
+    el("a", { href: `#/jobs/${id}`, class: "mono" }, id)]) : text("");
+}
+
+// Run again and Delete, for a job that has ended (API 20; admin for delete).
+function moreActions(job) {
+  const again = rerunButton(job, (fresh) => { location.hash = `#/jobs/${fresh.id}`; });
+  const remove = canDelete(job) ? el("button", { type: "button", class: "danger",
+    onclick: async () => {
+      try {
+        if (await deleteJob(job)) {
+          notify(`Job ${job.name || job.id} deleted.`);
+          location.hash = "#/";
+        }
+      } catch (error) {
+        notify(error.message, true);
+      }
+    } }, "Delete") : null;
+  clear(document.getElementById("job-more")).append(...[again, remove].filter(Boolean));
 }
 
 function show(job) {
@@ -39,11 +65,18 @@ function show(job) {
     ...field("labels", Object.keys(job.labels || {}).length ? labelChips(job.labels)
       : text("")),
     ...field("created", time(job.created_at)),
+    // The fields of API 20 where the service gives them, not "–" for unknown.
+    ...("started_at" in job ? field("started", time(job.started_at)) : []),
     ...field("updated", time(job.updated_at)),
-    ...field("ended", time(job.ended_at)));
+    ...field("ended", time(job.ended_at || job.finished_at)),
+    ...("started_at" in job ? field("run time", runTime(job)) : []),
+    ...("retry_of" in job ? [
+      ...field("run again from", job.retry_of ? jobLinks([job.retry_of]) : text("")),
+      ...field("run again as", jobLinks(job.reruns || []))] : []));
+  moreActions(job);
   const actions = document.getElementById("job-actions");
   actions.hidden = !canCommand();
-  for (const button of actions.querySelectorAll("button")) {
+  for (const button of actions.querySelectorAll("button[data-command]")) {
     const command = button.dataset.command;
     button.disabled = !(job.state === "start" ? command !== "start"
       : job.state === "pause" ? command !== "pause" : false);
@@ -53,6 +86,7 @@ function show(job) {
 function markDeleted() {
   document.getElementById("job-title").append(" ", el("span", { class: "state" }, "deleted"));
   document.getElementById("job-actions").hidden = true;
+  clear(document.getElementById("job-more"));
 }
 
 async function loadHistory(id) {
@@ -75,6 +109,7 @@ export async function showJob(id) {
   current = null;
   clear(document.getElementById("timeline"));
   clear(document.getElementById("job-fields"));
+  clear(document.getElementById("job-more"));
   const job = await get(`/v1/jobs/${id}`);
   show(job);
   await loadHistory(id);
@@ -85,6 +120,7 @@ export async function showJob(id) {
 // not report (no new version): re-read the job while it is awaited.
 export async function checkAcknowledgement() {
   if (!current) return;
+  refreshRunTimes(document.getElementById("job-fields"));
   const shown = document.querySelector("#job-title .state");
   if (shown && shown.dataset.status && shown.dataset.status !== status(current).kind) {
     show(current);  // a pending transition lapsed with time alone (app/ui/status.js)
@@ -101,7 +137,7 @@ export function stopJob() {
 }
 
 export function setUp() {
-  for (const button of document.querySelectorAll("#job-actions button")) {
+  for (const button of document.querySelectorAll("#job-actions button[data-command]")) {
     button.addEventListener("click", async () => {
       if (!current) return;
       const result = await commandJob(current, button.dataset.command);

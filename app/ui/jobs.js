@@ -3,9 +3,12 @@
 
 import { canCommand, commandJob, commandMany, summary } from "./actions.js";
 import { filterQuery, get, jobsQuery, whereOf } from "./api.js";
+import { deleteMatching, deleteSelected, deleteSummary, filterIsFinal } from "./cleanup.js";
 import { age, clear, el, labelChips, plural, progressBar, stateChip } from "./dom.js";
 import { Watcher } from "./live.js";
 import { notify } from "./notice.js";
+import { rerunButton } from "./rerun.js";
+import { refreshRunTimes, runTime } from "./runtime.js";
 import { status } from "./status.js";
 
 const PAGE_SIZE = 50;
@@ -29,6 +32,8 @@ export function filterFromQuery(query) {
     type: query.get("type") || "",
     labels: query.getAll("label").filter(Boolean),
     stalled: ["true", "false"].includes(query.get("stalled")) ? query.get("stalled") : "",
+    worker: query.get("worker") || "",
+    name_prefix: query.get("name_prefix") || "",
   };
 }
 
@@ -38,16 +43,19 @@ function describe(filter) {
   if (filter.type) parts.push(`type ${filter.type}`);
   for (const label of filter.labels) parts.push(`label ${label}`);
   if (filter.stalled) parts.push(filter.stalled === "true" ? "stalled" : "not stalled");
+  if (filter.worker) parts.push(`worker ${filter.worker}`);
+  if (filter.name_prefix) parts.push(`a name starting with "${filter.name_prefix}"`);
   return parts.length ? `Every job with ${parts.join(", ")}` : "Every job";
 }
 
 function actionButtons(job) {
-  if (!canCommand()) return [];
-  return (ROW_ACTIONS[job.state] || []).map((command) => el("button", {
+  const again = rerunButton(job, () => { if (onFirstPage()) loadPage(); }, { small: true });
+  if (!canCommand()) return again ? [again] : [];
+  return [again, ...(ROW_ACTIONS[job.state] || []).map((command) => el("button", {
     type: "button", class: `small${command === "kill" ? " danger" : ""}`, dataset: { command },
     "aria-label": `${ACTION_WORDS[command]} job ${job.name || job.id}`,
     onclick: () => act(job.id, command),
-  }, ACTION_WORDS[command]));
+  }, ACTION_WORDS[command]))].filter(Boolean);
 }
 
 async function act(id, command) {
@@ -67,15 +75,16 @@ function rowCells(job) {
     el("td", { class: "id" }, el("a", { href: `#/jobs/${job.id}`, class: "mono",
       title: job.id }, job.id)),
     el("td", { class: "name" }, job.name || el("span", { class: "muted" }, "–")),
-    el("td", {}, job.type),
-    el("td", { class: "requested" }, job.state),
+    el("td", { class: "wide-only" }, job.type),
+    el("td", { class: "requested wide-only" }, job.state),
     el("td", { class: "status" }, stateChip(job)),
     el("td", {}, progressBar(job.progress)),
-    el("td", { class: "worker" }, job.worker || el("span", { class: "muted" }, "–")),
-    el("td", { class: "age", dataset: { at: job.heartbeat_at || "" },
+    el("td", { class: "worker wide-only" }, job.worker || el("span", { class: "muted" }, "–")),
+    el("td", { class: "age wide-only", dataset: { at: job.heartbeat_at || "" },
       title: job.heartbeat_at || null },
     age(job.heartbeat_at)),
-    el("td", {}, labelChips(job.labels)),
+    el("td", { class: "run-time wide-only" }, runTime(job)),
+    el("td", { class: "wide-only" }, labelChips(job.labels)),
     el("td", { class: "row-actions" }, actionButtons(job)),
   ];
 }
@@ -123,6 +132,15 @@ function showSelection() {
   for (const b of document.querySelectorAll("[data-scope=selected]")) {
     b.disabled = view.selected.size === 0;
   }
+  document.getElementById("delete-selected").disabled = view.selected.size === 0;
+  // A bulk command's "where" takes state, type, label and stalled: a filter on
+  // a worker or a name prefix is not offered one (it would be refused).
+  const whole = !view.filter.worker && !view.filter.name_prefix;
+  for (const b of document.querySelectorAll("[data-scope=filter]")) {
+    b.disabled = !whole;
+    b.title = whole ? "" : "Not with a worker or name filter: select the rows instead";
+  }
+  document.getElementById("delete-matching").disabled = !whole || !filterIsFinal(view.filter);
 }
 
 // The first page of a filter, asked for at start-up beside GET /v1/whoami
@@ -200,6 +218,8 @@ export function showFilter(filter, prefetched = null) {
   typeSelect.value = filter.type;
   form.elements.label.value = filter.labels.join(" ");  // one label in the form
   form.elements.stalled.value = filter.stalled;
+  form.elements.worker.value = filter.worker;
+  form.elements.name_prefix.value = filter.name_prefix;
   return loadPage(prefetched);
 }
 
@@ -218,6 +238,7 @@ export function tickAges() {
   for (const cell of document.querySelectorAll("#job-rows td.age")) {
     cell.textContent = age(cell.dataset.at);
   }
+  refreshRunTimes(document.getElementById("job-rows"));
 }
 
 async function bulk(command, scope) {
@@ -231,6 +252,18 @@ async function bulk(command, scope) {
   await loadPage();
 }
 
+async function removeJobs(asked) {
+  try {
+    const result = await asked;
+    if (!result) return;
+    notify(deleteSummary(result));
+    view.selected.clear();
+    await loadPage();
+  } catch (error) {
+    notify(error.message, true);
+  }
+}
+
 export function setUp(navigate) {
   document.getElementById("filters").addEventListener("submit", (event) => {
     event.preventDefault();
@@ -239,6 +272,7 @@ export function setUp(navigate) {
       state: form.state.value, type: form.type.value,
       labels: form.label.value.trim() ? [form.label.value.trim()] : [],
       stalled: form.stalled.value,
+      worker: form.worker.value.trim(), name_prefix: form.name_prefix.value.trim(),
     };
     navigate(`#/?${filterQuery(filter)}`);
   });
@@ -267,6 +301,14 @@ export function setUp(navigate) {
       box.checked = event.target.checked;
       toggle(box.closest("tr").dataset.id, event.target.checked);
     }
+  });
+  document.getElementById("delete-selected").addEventListener("click", () => {
+    const jobs = [...view.selected].map((id) => view.rows.get(id)?.job).filter(Boolean);
+    removeJobs(deleteSelected(jobs));
+  });
+  document.getElementById("delete-matching").addEventListener("click", () => {
+    if (!filterIsFinal(view.filter)) return;
+    removeJobs(deleteMatching(view.filter, whereOf(view.filter), describe(view.filter)));
   });
   for (const button of document.querySelectorAll("[data-bulk]")) {
     button.addEventListener("click", () => {

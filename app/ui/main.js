@@ -6,6 +6,7 @@ import * as jobPage from "./jobpage.js";
 import * as jobs from "./jobs.js";
 import { notify } from "./notice.js";
 import { loadStats, renderStats, showStatsUnavailable } from "./overview.js";
+import * as workers from "./workers.js";
 
 const STATS_EVERY_MS = 15000;  // the slow refresh of the counts; rows are live
 
@@ -14,9 +15,18 @@ function navigate(hash) {
   else location.hash = hash;
 }
 
+const VIEWS = { list: "list-view", job: "job-view", workers: "workers-view" };
+
 function showView(name) {
-  document.getElementById("list-view").hidden = name !== "list";
-  document.getElementById("job-view").hidden = name !== "job";
+  for (const [view, id] of Object.entries(VIEWS)) {
+    document.getElementById(id).hidden = view !== name;
+  }
+  // The header's links say which view is shown (a job belongs to the jobs).
+  const current = name === "workers" ? "nav-workers" : "nav-jobs";
+  for (const id of ["nav-jobs", "nav-workers"]) {
+    if (id === current) document.getElementById(id).setAttribute("aria-current", "page");
+    else document.getElementById(id).removeAttribute("aria-current");
+  }
 }
 
 function listQuery(hash) {
@@ -27,13 +37,18 @@ async function route(prefetched = null) {
   let hash = location.hash || "#/";
   if (!hash.startsWith("#/")) {
     // An in-page anchor (the skip link) leaves the view as it is.
-    if (!document.getElementById("list-view").hidden
-        || !document.getElementById("job-view").hidden) return;
+    if (Object.values(VIEWS).some((id) => !document.getElementById(id).hidden)) return;
     hash = "#/";
   }
   const job = /^#\/jobs\/([0-9a-f]{32})$/.exec(hash);
   try {
-    if (job) {
+    if (hash === "#/workers") {
+      jobs.stopLive();
+      jobPage.stopJob();
+      showView("workers");
+      document.title = "Workers · Karmchari";
+      await workers.showWorkers();
+    } else if (job) {
       jobs.stopLive();
       showView("job");
       await jobPage.showJob(job[1]);
@@ -111,6 +126,7 @@ function showWho(who) {
 async function start() {
   jobs.setUp(navigate);
   jobPage.setUp();
+  workers.setUp();
   document.getElementById("sign-out").addEventListener("click", () => {
     setToken("");
     location.reload();

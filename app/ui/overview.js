@@ -1,7 +1,8 @@
 // The overview: counts from GET /v1/stats and a chart of changes per minute.
 
 import { get, setServerNow } from "./api.js";
-import { clear, el, plural } from "./dom.js";
+import { clear, el, localMinute, plural } from "./dom.js";
+import { duration } from "./runtime.js";
 import { overviewCounts } from "./status.js";
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -48,6 +49,21 @@ export function renderStats(stats) {
     ...(labels.length ? labels.map(([l, n]) => countItem(l, n, filterLink({ label: l })))
       : [el("li", { class: "muted" }, "no labels")]));
   drawChart(document.getElementById("chart"), stats.changes_per_minute);
+  renderRunTimes(stats.run_times);
+}
+
+// Median and p95 run time of the jobs that finished in the last hour, by
+// type (API 20); the card stays hidden for a service that does not count them.
+function renderRunTimes(runTimes) {
+  const card = document.getElementById("run-times-card");
+  card.hidden = !runTimes;
+  if (!runTimes) return;
+  const types = Object.entries(runTimes).filter(([, t]) => t.count > 0);
+  clear(document.getElementById("run-times")).append(...(types.length
+    ? types.map(([type, t]) => el("tr", { dataset: { type } },
+      el("th", { scope: "row" }, type), el("td", {}, duration(t.median_seconds)),
+      el("td", {}, duration(t.p95_seconds)), el("td", {}, t.count.toLocaleString("en"))))
+    : [el("tr", {}, el("td", { colspan: "4", class: "muted" }, "none finished"))]));
 }
 
 function svg(tag, attrs) {
@@ -72,7 +88,7 @@ export function drawChart(container, minutes) {
     const bar = svg("rect", { x: i * step, y: height - h, width: Math.max(1, step - 1),
       height: h, class: "bar" });
     const title = svg("title", {});
-    title.textContent = `${m.minute.slice(11, 16)} UTC: ${plural(m.count, "change")}`;
+    title.textContent = `${localMinute(m.minute)}: ${plural(m.count, "change")}`;
     bar.append(title);
     chart.append(bar);
   });

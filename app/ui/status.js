@@ -2,15 +2,16 @@
 // page and the overview, decided here and nowhere else.
 //
 // job.state is what was requested; a worker tells what it does through its
-// heartbeats. A pending transition ("pausing…", "resuming…", "killing…") is
-// shown only while an answer can be expected:
+// heartbeats. A pending transition ("pausing…", "resuming…") is shown only
+// while an answer can be expected:
 //  - the worker reports observed_state (it has sent one at least once; old-style
 //    workers that heartbeat only progress never do, and for them the requested
 //    state is shown as it is), and
 //  - it has been heard from within its heartbeat timeout (ANSWER_WAIT_S when the
 //    job has none), counted from its last heartbeat or the command, whichever
-//    is later: a silent worker will not answer. So a kill, which is final,
-//    never shows "killing…" for longer than that.
+//    is later: a silent worker will not answer.
+// A final state (killed, done, failed) is never pending: the service has ended
+// the job whatever its worker does next, so it is shown as it is at once.
 
 import { serverNow } from "./api.js";
 
@@ -19,11 +20,14 @@ const ANSWER_WAIT_S = 60;
 export const WORDS = {
   waiting: "waiting for a worker", running: "running", stalled: "stalled",
   paused: "paused", killed: "killed", done: "done", failed: "failed",
-  resuming: "resuming…", pausing: "pausing…", killing: "killing…",
+  resuming: "resuming…", pausing: "pausing…",
 };
+// The requested states a job never leaves: it has ended.
+export const FINAL_STATES = new Set(["kill", "done", "failed"]);
+
 const SETTLED = { start: "running", pause: "paused", kill: "killed", done: "done",
   failed: "failed" };
-const PENDING = { start: "resuming", pause: "pausing", kill: "killing" };
+const PENDING = { start: "resuming", pause: "pausing" };  // never a final state
 
 // The worker has said which state it is in at least once.
 export function reportsObservedState(job) {
