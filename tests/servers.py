@@ -205,7 +205,8 @@ def _serves_on_the_default_port(argv: list[str], env: dict | None) -> bool:
     if [str(a) for a in argv[:len(command)]] != command:
         return False
     rest = [str(a) for a in argv[len(command):]]
-    if not rest or not (rest[0] == "serve" or rest[0].startswith("-")):
+    old_form = ("-port", "-shost", "-port=", "-shost=")  # serve, without the subcommand
+    if not rest or not (rest[0] == "serve" or rest[0].startswith(old_form)):
         return False  # a client command, or --help of the whole command
     if any(a in ("--port", "-port") or a.startswith(("--port=", "-port=")) for a in rest):
         return False

@@ -239,3 +239,8 @@ def test_no_test_can_take_the_default_port():
         subprocess.run([*karmchari_command(), "serve", "--redis-url", "redis://127.0.0.1:1"],
                        cwd=ROOT, env={k: v for k, v in os.environ.items()
                                       if k != "KARMCHARI_PORT"}, timeout=60)
+    with pytest.raises(RuntimeError, match="without a port"):  # the old form means serve too
+        subprocess.run([*karmchari_command(), "-shost", "127.0.0.1:1"], cwd=ROOT, timeout=60,
+                       env={k: v for k, v in os.environ.items() if k != "KARMCHARI_PORT"})
+    assert subprocess.run([*karmchari_command(), "--help"], cwd=ROOT, capture_output=True,
+                          timeout=60).returncode == 0  # the client's commands are not serve
