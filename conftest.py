@@ -24,7 +24,7 @@ from app.config import Config
 from app.store import JobStore, connect
 from app.store.keys import KeySchema
 from tests.live import SERVERS, LiveClient
-from tests.servers import RedisProcess, ServiceProcess
+from tests.servers import RedisProcess, ServiceProcess, forbid_the_default_port
 
 # Modules whose module-scoped fixtures start something costly (a browser, a
 # cluster, a venv with the client's wheel, Sentinels): under pytest-xdist
@@ -69,6 +69,8 @@ def _test_client_names_localhost() -> None:
 
 
 _test_client_names_localhost()
+# No test listens on 51463, where the user's own service may run (tests/servers.py).
+forbid_the_default_port()
 
 
 @pytest.fixture(scope="session")

@@ -196,3 +196,38 @@ class ServiceProcess:
         if getattr(self, "_log", None):
             self._log.close()
         return self.process.returncode if self.process else None
+
+
+def _serves_on_the_default_port(argv: list[str], env: dict | None) -> bool:
+    """``argv`` runs this tree's ``karmchari serve`` (or the old ``-port`` form)
+    with no port named, so it would listen on the default one."""
+    command = karmchari_command()
+    if [str(a) for a in argv[:len(command)]] != command:
+        return False
+    rest = [str(a) for a in argv[len(command):]]
+    old_form = ("-port", "-shost", "-port=", "-shost=")  # serve, without the subcommand
+    if not rest or not (rest[0] == "serve" or rest[0].startswith(old_form)):
+        return False  # a client command, or --help of the whole command
+    if any(a in ("--port", "-port") or a.startswith(("--port=", "-port=")) for a in rest):
+        return False
+    return not (os.environ if env is None else env).get("KARMCHARI_PORT")
+
+
+def forbid_the_default_port() -> None:
+    """No test may listen on 51463, where the user's own service may run
+    (issue 19): a bind to it in this process, or a ``karmchari serve`` started
+    without a port, fails the test that tried, whatever else holds the port."""
+    from app.config import DEFAULT_PORT
+
+    def hook(event: str, args: tuple) -> None:
+        if event == "socket.bind":
+            address = args[1]
+            if isinstance(address, tuple) and len(address) >= 2 and address[1] == DEFAULT_PORT:
+                raise RuntimeError(f"a test may not listen on the default port {DEFAULT_PORT}")
+        elif event == "subprocess.Popen":
+            _, argv, _, env = args
+            if isinstance(argv, (list, tuple)) and _serves_on_the_default_port(list(argv), env):
+                raise RuntimeError(f"a test may not run karmchari serve without a port "
+                                   f"(it would take the default {DEFAULT_PORT}): {argv}")
+
+    sys.addaudithook(hook)

@@ -21,6 +21,7 @@ from app.store.keys import KeySchema
 from tests.http_calls import call
 from tests.servers import ROOT, RedisProcess, ServiceProcess, free_port, karmchari_command
 from tests.test_faults import POLL_INTERVAL, assert_valid_path, command, history, register
+from tests.waiting import long_polls_waiting
 
 pytestmark = pytest.mark.cluster
 
@@ -245,7 +246,7 @@ def test_a_command_on_one_service_wakes_a_long_poll_on_the_other(services):
     with ThreadPoolExecutor(len(job_ids)) as pool:
         waiting = [pool.submit(call, other.url, "GET", f"/v1/jobs/{job_id}?wait=20&version=1")
                    for job_id in job_ids]
-        time.sleep(0.5)
+        long_polls_waiting(other.url, len(job_ids))
         for job_id, future in zip(job_ids, waiting, strict=True):
             sent = time.monotonic()
             assert command(one, job_id, "pause").status == 200

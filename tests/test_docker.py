@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import tomllib
 import yaml
+from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -114,6 +117,25 @@ def test_lock_pins_every_runtime_dependency_within_its_bounds(python):
     # granian: KARMCHARI_SERVER=granian works in the image.
     from app.serving.granian_server import MIN_GRANIAN
     assert tuple(int(p) for p in lock["granian"].split(".")[:3]) >= MIN_GRANIAN
+
+
+@pytest.mark.slow
+def test_lock_installs_from_the_index_with_hashes(tmp_path):
+    """What the image's RUN line does, resolved as in an empty venv on this
+    machine's Python (--ignore-installed; nothing is installed): every pin
+    downloads and matches its hashes, no dependency is missing (under
+    --require-hashes an unpinned one is an error), and exactly the pins that
+    apply to this Python would be installed, Granian among them."""
+    report = tmp_path / "report.json"
+    run = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--dry-run",
+                          "--ignore-installed", "--require-hashes",
+                          "-r", str(ROOT / "requirements.lock"), "--report", str(report)],
+                         capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout + run.stderr
+    installed = {canonicalize_name(item["metadata"]["name"]): item["metadata"]["version"]
+                 for item in json.loads(report.read_text())["install"]}
+    assert installed == read_lock("requirements.lock", dict(default_environment()))
+    assert "granian" in installed
 
 
 def test_build_lock_has_the_build_backend_of_both_distributions():

@@ -302,7 +302,8 @@ def retried_while_frozen(server: RedisProcess, attempt) -> tuple[object, list[st
     try:
         thread.start()
         eventually(lambda: "outcome_unknown" in codes, timeout=30)
-        time.sleep(1.5)  # a few more attempts meet the frozen server
+        met = len(codes)
+        eventually(lambda: len(codes) >= met + 2)  # a few more attempts meet the frozen server
     finally:
         server.thaw()
     thread.join(60)
@@ -478,7 +479,7 @@ def test_kill_9_loses_no_registration_that_was_answered(processes):
 
     with ThreadPoolExecutor(6) as pool:
         running = [pool.submit(registrar, n) for n in range(6)]
-        time.sleep(1.0)
+        eventually(lambda: len(accepted) >= 30)  # registrations answered before the kill
         server.kill()
         killed.set()
         for future in running:

@@ -248,7 +248,8 @@ def test_a_full_pool_answers_unavailable_at_once(topology):
 def test_a_malformed_sentinel_list_is_refused_at_start_up():
     for args, env in ((["--redis-sentinel", "127.0.0.1"], {}),
                       ([], {"KARMCHARI_REDIS_SENTINEL": "127.0.0.1:26379,sentinel"})):
-        result = subprocess.run([*karmchari_command(), "serve", *args], cwd=ROOT, timeout=60,
+        result = subprocess.run([*karmchari_command(), "serve", "--port", "0", *args],
+                                cwd=ROOT, timeout=60,
                                 env={**os.environ, **env}, capture_output=True, text=True)
         assert result.returncode == 2, result.stderr
         assert "KARMCHARI_REDIS_SENTINEL: not HOST:PORT" in result.stderr

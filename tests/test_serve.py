@@ -228,3 +228,19 @@ def test_several_worker_processes_share_the_port_and_stop_on_sigterm(redis_url, 
         assert "2 processes" in service.log()
     finally:
         assert service.stop() == 0
+
+
+def test_no_test_can_take_the_default_port():
+    """The guard conftest.py installs: the user's own service may hold 51463, so
+    neither a bind to it nor a ``serve`` without a port gets as far as trying."""
+    with socket.socket() as sock, pytest.raises(RuntimeError, match="default port 51463"):
+        sock.bind(("127.0.0.1", 51463))
+    with pytest.raises(RuntimeError, match="without a port"):
+        subprocess.run([*karmchari_command(), "serve", "--redis-url", "redis://127.0.0.1:1"],
+                       cwd=ROOT, env={k: v for k, v in os.environ.items()
+                                      if k != "KARMCHARI_PORT"}, timeout=60)
+    with pytest.raises(RuntimeError, match="without a port"):  # the old form means serve too
+        subprocess.run([*karmchari_command(), "-shost", "127.0.0.1:1"], cwd=ROOT, timeout=60,
+                       env={k: v for k, v in os.environ.items() if k != "KARMCHARI_PORT"})
+    assert subprocess.run([*karmchari_command(), "--help"], cwd=ROOT, capture_output=True,
+                          timeout=60).returncode == 0  # the client's commands are not serve

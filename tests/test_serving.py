@@ -24,7 +24,7 @@ from app.serving import common, granian_server, waitress_adapter
 from tests.http_calls import call
 from tests.live import SERVERS
 from tests.servers import RedisProcess, ServiceProcess
-from tests.waiting import long_polls_waiting
+from tests.waiting import eventually, long_polls_waiting
 
 each_server = pytest.mark.parametrize("server", SERVERS)
 
@@ -211,7 +211,8 @@ def test_drain_under_load_answers_every_accepted_request(server, started, redis_
     with ThreadPoolExecutor(12) as pool:
         polls = [pool.submit(long_poll) for _ in range(3)]
         writers = [pool.submit(writer, n) for n in range(8)]
-        time.sleep(1.5)
+        long_polls_waiting(service.url, 3)
+        eventually(lambda: len(answered) >= 40)  # the writers are under way
         draining.set()
         signalled = time.monotonic()
         service.process.send_signal(signal.SIGTERM)

@@ -18,6 +18,7 @@ from tests import test_serving
 from tests.http_calls import call
 from tests.live import SERVERS
 from tests.test_serving import register, wait_closed
+from tests.waiting import eventually, long_polls_waiting
 
 started = test_serving.started  # the fixture that starts and stops services
 
@@ -162,7 +163,7 @@ def test_a_dropped_watch_frees_its_slot_within_a_second(server, started):
     dropped = [connect(service) for _ in range(2)]
     for sock in dropped:
         sock.sendall(watch_request(job, 60))
-    time.sleep(0.5)  # both are waiting now
+    long_polls_waiting(service.url, 2)  # both are waiting now
     poll = f"/v1/jobs/{job['id']}?wait=0"
     assert call(service.url, "GET", poll).status == 429, "the slots were not taken"
     for sock in dropped:
@@ -192,7 +193,8 @@ def test_one_client_cannot_take_every_waiting_slot(server, started, monkeypatch)
     held = [connect(service) for _ in range(2)]
     for sock in held:
         sock.sendall(watch_request(job, 20, "greedy-token-0123456789"))
-    time.sleep(0.5)
+    long_polls_waiting(service.url, 2,
+                       headers={"Authorization": "Bearer admin-token-0123456789012"})
     try:
         with connect(service) as third:
             third.sendall(watch_request(job, 0, "greedy-token-0123456789"))
@@ -255,7 +257,7 @@ def test_drain_resets_no_request_of_keep_alive_writers(server, started):
     threads = [threading.Thread(target=writer) for _ in range(8)]
     for thread in threads:
         thread.start()
-    time.sleep(1.5)
+    eventually(lambda: answered[0] >= 40)  # every writer under way
     service.process.send_signal(signal.SIGTERM)
     for thread in threads:
         thread.join(60)
