@@ -28,6 +28,11 @@ from app.errors import (
     raise_for_code,
 )
 from app.model import STATES, Job, is_job_id, new_job_id, shard_of
+from app.store import bulk_delete as _bulk_delete
+from app.store import lexical
+from app.store import rerun as _rerun
+from app.store import run_times as _run_times
+from app.store import workers as _workers
 from app.store.bulk import (
     BATCH,
     MAX_EXAMINED,
@@ -119,12 +124,16 @@ class JobFilter:
     type: str | None = None
     labels: tuple[tuple[str, str], ...] = ()
     stalled: bool | None = None
+    worker: str | None = None        # the worker of the job's last heartbeat
+    name_prefix: str | None = None
 
     def matches(self, job: Job, now_ms: int) -> bool:
         return ((self.state is None or job.state == self.state)
                 and (self.type is None or job.type == self.type)
                 and all(job.labels.get(k) == v for k, v in self.labels)
-                and (self.stalled is None or job.stalled(now_ms) == self.stalled))
+                and (self.stalled is None or job.stalled(now_ms) == self.stalled)
+                and (self.worker is None or job.worker == self.worker)
+                and (self.name_prefix is None or job.name.startswith(self.name_prefix)))
 
 
 @dataclass
@@ -136,6 +145,7 @@ class Stats:
     types: dict[str, int] = field(default_factory=dict)
     labels: dict[str, int] = field(default_factory=dict)     # "key:value": jobs, largest first
     changes_per_minute: list[tuple[int, int]] = field(default_factory=list)  # (ms, count)
+    run_times: dict[str, _run_times.RunTimes] = field(default_factory=dict)  # by type
 
 
 @dataclass
@@ -254,7 +264,7 @@ class JobStore:
             idem_key, idem_ttl = f"{shard.tag}:idem:-", 0
         keys = [shard.job(job_id), shard.history(job_id), shard.all_jobs,
                 shard.state_index("start"), shard.type_index(job_type), shard.deadlines, idem_key,
-                shard.label_counts, shard.changes,
+                shard.label_counts, shard.changes, shard.name_index,
                 *(shard.label_index(k, v) for k, v in sorted(labels.items()))]
         args = [job_id, job_type, name, json.dumps(labels, sort_keys=True, separators=(",", ":")),
                 heartbeat_timeout, actor, self.history_cap, idem_ttl, fingerprint, shard.channel,
@@ -281,7 +291,8 @@ class JobStore:
         repeated ``start`` leaves a stalled job stalled)."""
         shard = self.keys.for_job(job_id)
         keys = [shard.job(job_id), shard.history(job_id), *shard.state_indexes(),
-                shard.deadlines, shard.expiries, shard.changes]
+                shard.deadlines, shard.expiries, shard.changes, shard.worker_jobs,
+                shard.run_times]
         # The operation id lets the script recognise a retry of this very command
         # after a lost reply (redis-py's, or the client's with the same key), and
         # not apply it twice.
@@ -426,7 +437,7 @@ class JobStore:
         calls = []
         for name, indexes in by_shard.items():
             shard = self.keys.shards[name]
-            keys = [shard.deadlines, *(shard.job(job_ids[i]) for i in indexes)]
+            keys = [*shard.heartbeat_keys(), *(shard.job(job_ids[i]) for i in indexes)]
             args = [owner]
             for i in indexes:
                 args += job_args[i]
@@ -443,7 +454,8 @@ class JobStore:
         shard = self.keys.for_job(report.job_id)
         with unavailable_on_redis_errors(write=True):
             reply = self.scripts.record_heartbeats(
-                [shard.deadlines, shard.job(report.job_id)], [owner, *report.script_args()])
+                [*shard.heartbeat_keys(), shard.job(report.job_id)],
+                [owner, *report.script_args()])
         answer = HeartbeatAnswer.from_reply(report.job_id, reply[0])
         if not answer.found:
             raise JobNotFound()
@@ -462,14 +474,9 @@ class JobStore:
                                                               "labels"))
             if job_type is None or labels is None:
                 raise JobNotFound()
-            keys = [shard.job(job_id), shard.history(job_id), shard.all_jobs,
-                    *(shard.state_index(s) for s in ("kill", "done", "failed")),
-                    shard.deadlines, shard.expiries, shard.type_index(job_type),
-                    shard.state_index("start"), shard.state_index("pause"), shard.label_counts,
-                    *(shard.label_index(k, v) for k, v in sorted(json.loads(labels).items()))]
-            args = [job_id, job_type, labels, "sweep" if sweep else "api", shard.channel]
+            script, keys, args = self.delete_call(job_id, job_type, labels, sweep=sweep)
             with unavailable_on_redis_errors(write=True):
-                reply = self.scripts.delete_job(keys, args)
+                reply = script(keys, args)
             try:
                 raise_for_code(reply)
                 return
@@ -481,6 +488,42 @@ class JobStore:
                 return
         raise StaleRead("the job changed while it was being deleted")
 
+    def delete_call(self, job_id: str, job_type: str, labels: str, *, sweep: bool = False
+                    ) -> tuple[LuaScript, list[str], list[Any]]:
+        """The deleteJob call for a job of this type and labels (as read)."""
+        shard = self.keys.for_job(job_id)
+        keys = [shard.job(job_id), shard.history(job_id), shard.all_jobs,
+                *(shard.state_index(s) for s in ("kill", "done", "failed")),
+                shard.deadlines, shard.expiries, shard.type_index(job_type),
+                shard.state_index("start"), shard.state_index("pause"), shard.label_counts,
+                shard.name_index, shard.worker_index, shard.worker_jobs,
+                *(shard.label_index(k, v) for k, v in sorted(json.loads(labels).items()))]
+        args = [job_id, job_type, labels, "sweep" if sweep else "api", shard.channel]
+        return self.scripts.delete_job, keys, args
+
+    # -- issue 20: thin calls into their own modules ---------------------------
+
+    def rerun(self, job_id: str, *, actor: str = "", owner: str = "",
+              idempotency_key: str | None = None) -> tuple[Job, bool, int]:
+        """A new job like an ended one (app/store/rerun.py)."""
+        return _rerun.rerun(self, job_id, actor=actor, owner=owner,
+                           idempotency_key=idempotency_key)
+
+    def workers(self, *, limit: int = 50, cursor: str | None = None
+                ) -> tuple[list[_workers.WorkerInfo], str | None, int]:
+        """A page of the workers seen in heartbeats (app/store/workers.py)."""
+        return _workers.list_workers(self, limit=limit, cursor=cursor)
+
+    def bulk_delete(self, *, ids: Sequence[str] | None = None, where: JobFilter | None = None,
+                    cursor: str | None = None) -> _bulk_delete.DeleteResult:
+        """Delete ended jobs by ids or by a filter (app/store/bulk_delete.py)."""
+        if ids is not None:
+            return _bulk_delete.delete_ids(self, ids)
+        return _bulk_delete.delete_where(self, where or JobFilter(), cursor=cursor)
+
+    def index_for(self, where: JobFilter) -> IndexOf:
+        return self._index_for(where)
+
     def sweep_expired(self, batch: int = 200, job_types: Sequence[str] = ()) -> int:
         """Delete terminal jobs whose retention has run out, up to ``batch`` per
         shard; returns how many due entries were dealt with (0: none left).
@@ -490,6 +533,8 @@ class JobStore:
         pipeline of one call per shard: an entry that cannot be deleted is
         never read again, so it cannot hold up the jobs due after it."""
         now_ms = self.server_time_ms()
+        # Workers silent for the retention period leave GET /v1/workers.
+        _workers.drop_silent(self, now_ms)
         shards = list(self.keys.shards.values())
         with unavailable_on_redis_errors():
             pipe = self.client.pipeline(transaction=False)
@@ -592,14 +637,13 @@ class JobStore:
         a cursor: its cost depends on the page, never on how many jobs exist."""
         position = _Position.decode(cursor) if cursor else None
         now_ms = self.server_time_ms()
-        index = self._index_for(where)
-        upper = now_ms if where.stalled else None
+        next_entries = self._entry_source(where, now_ms)
         found: list[Job] = []
         scanned = 0
         exhausted = False
         while len(found) < limit and scanned < max_scan:
             want = min(limit - len(found), max_scan - scanned)
-            entries = self._merged_entries(index, position, upper, want)
+            entries = next_entries(position, want)
             jobs = self._read_jobs([job_id for _, job_id in entries])
             for (score, job_id), job in zip(entries, jobs, strict=True):
                 scanned += 1
@@ -611,6 +655,35 @@ class JobStore:
                 break
         next_cursor = None if exhausted or position is None else position.encode()
         return Page(found, next_cursor, now_ms, scanned)
+
+    def _entry_source(self, where: JobFilter, now_ms: int
+                      ) -> Callable[[_Position | None, int], list[tuple[int, str]]]:
+        """Where a listing takes its entries from, newest first: the worker's
+        lexical index, the name index for a prefix with few enough entries,
+        else the smallest time-ordered index the filter names."""
+        shards = list(self.keys.shards.values())
+        if where.worker is not None:
+            worker = where.worker
+
+            def by_worker(position: _Position | None, count: int) -> list[tuple[int, str]]:
+                at = None if position is None else (position.score, position.job_id)
+                with unavailable_on_redis_errors():
+                    return lexical.text_entries(self.client, shards, lambda s: s.worker_index,
+                                                worker, at, count)
+            return by_worker
+        if where.name_prefix is not None:
+            with unavailable_on_redis_errors():
+                named = lexical.prefix_entries(self.client, shards, lambda s: s.name_index,
+                                               where.name_prefix)
+            if named is not None:
+                def by_name(position: _Position | None, count: int) -> list[tuple[int, str]]:
+                    rows = named if position is None else \
+                        [e for e in named if e < (position.score, position.job_id)]
+                    return rows[:count]
+                return by_name
+        index = self._index_for(where)
+        upper = now_ms if where.stalled else None
+        return lambda position, count: self._merged_entries(index, position, upper, count)
 
     def _index_for(self, where: JobFilter) -> IndexOf:
         """The deadlines for stalled jobs; else the smallest index the filter
@@ -724,6 +797,8 @@ class JobStore:
         result.changes_per_minute = [(m * 60_000, minutes.get(m, 0))
                                      for m in range(this_minute - 59, this_minute + 1)]
         result.labels = self._largest_labels(shards, top_labels)
+        with unavailable_on_redis_errors():
+            result.run_times = _run_times.read(self.client, shards, now_ms)
         return result
 
     def _largest_labels(self, shards: list[ShardKeys], top: int,

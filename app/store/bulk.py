@@ -116,7 +116,7 @@ def script_call(shard: ShardKeys, job_ids: list[str], command: str, actor: str, 
                 stalled: bool | None = None) -> tuple[list[str], list]:
     """KEYS and ARGV of one applyCommands call (ids of one shard, distinct)."""
     keys = [*shard.state_indexes(), shard.deadlines, shard.expiries, shard.changes,
-            *(shard.label_index(k, v) for k, v in labels)]
+            shard.worker_jobs, shard.run_times, *(shard.label_index(k, v) for k, v in labels)]
     for job_id in job_ids:
         keys += [shard.job(job_id), shard.history(job_id)]
     args = [command, actor, reason, history_cap, retention_seconds, shard.channel,

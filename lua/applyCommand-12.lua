@@ -2,7 +2,7 @@
 --[[
   Apply a command (start, pause, kill, done, fail) to a job.
 
-  lua/applyCommands-8.lua applies the same change to many jobs: keep the two
+  lua/applyCommands-10.lua applies the same change to many jobs: keep the two
   alike (tests/test_bulk_commands.py compares them).
 
   Input:
@@ -16,6 +16,8 @@
     KEYS[8]  heartbeat deadlines   {kc:s}:deadline
     KEYS[9]  retention deadlines   {kc:s}:expiry
     KEYS[10] changes per minute    {kc:s}:changes
+    KEYS[11] jobs per worker       {kc:s}:workers:jobs  (field "<state> <worker>")
+    KEYS[12] run times             {kc:s}:runtimes      (histogram, see recordRunTime)
 
     ARGV[1]  command
     ARGV[2]  actor
@@ -51,6 +53,35 @@ local target = ({ start = "start", pause = "pause", kill = "kill",
                   done = "done", fail = "failed" })[ARGV[1]]
 local terminal = { kill = true, done = true, failed = true }
 local op = ARGV[8] or ""
+-- Jobs per worker by state (GET /v1/workers), kept with recordHeartbeats-4.lua:
+-- a job that names a worker moves between that worker's counts.
+local function moveWorkerCount(key, worker, from, to)
+  if worker == nil or worker == "" then return end
+  if rcall("HINCRBY", key, from .. " " .. worker, -1) <= 0 then
+    rcall("HDEL", key, from .. " " .. worker)
+  end
+  rcall("HINCRBY", key, to .. " " .. worker, 1)
+end
+-- Run times of finished jobs (GET /v1/stats "run_times"), the same block in
+-- applyCommand-12.lua and applyCommands-10.lua. {kc:s}:runtimes is a histogram per
+-- minute and type: field "<minute> <bucket> <type>", bucket floor(4 * log2(ms)),
+-- so four buckets per doubling (about 19 % wide); field "<minute>" counts the
+-- minute's finishes. Its first finish deletes the fields older than an hour,
+-- so the hash holds at most 61 minutes of buckets.
+local function recordRunTime(key, nowMs, jobType, startedMs, finishes)
+  local minute = math.floor(nowMs / 60000)
+  if startedMs then
+    local ran = math.max(nowMs - startedMs, 1)
+    local bucket = math.floor(4 * math.log(ran) / math.log(2))
+    rcall("HINCRBY", key, minute .. " " .. bucket .. " " .. jobType, 1)
+  end
+  if finishes > 0 and rcall("HINCRBY", key, minute, finishes) == finishes then
+    rcall("EXPIRE", key, 3720)
+    for _, f in ipairs(rcall("HKEYS", key)) do
+      if tonumber(string.match(f, "^%d+")) < minute - 60 then rcall("HDEL", key, f) end
+    end
+  end
+end
 local keptOps = 4
 -- The time goes with every answer that carries the job: "stalled" depends on it.
 local t = rcall("TIME")
@@ -58,7 +89,7 @@ local nowMs = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 -- Preconditions, before the first write.
 local job = rcall("HMGET", jobKey, "id", "state", "version", "score", "heartbeat_timeout",
-                  "ops", "owner")
+                  "ops", "owner", "worker", "started_at", "created_at", "type")
 local id, state, version = job[1], job[2], tonumber(job[3])
 if not id then
   return { -1 }
@@ -107,7 +138,10 @@ end
 if terminal[target] then
   rcall("HSET", jobKey, "ended_at", nowMs)
   rcall("ZADD", KEYS[9], nowMs + tonumber(ARGV[6]) * 1000, id)
+  -- Run time: from the first heartbeat, or from registration without one.
+  recordRunTime(KEYS[12], nowMs, job[11], tonumber(job[9] or job[10]), 1)
 end
+moveWorkerCount(KEYS[11], job[8], state, target)
 
 rcall("RPUSH", histKey, cjson.encode({
   version = version, at = nowMs, command = ARGV[1], from = state, to = target,

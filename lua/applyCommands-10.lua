@@ -2,7 +2,7 @@
 --[[
   Apply one command (start, pause, kill, done, fail) to many jobs of one shard:
   POST /v1/jobs/commands, one call per shard and batch. Each job that matches
-  changes exactly as lua/applyCommand-10.lua changes one (same transitions,
+  changes exactly as lua/applyCommand-12.lua changes one (same transitions,
   history entry, index moves, deadline, expiry, change message and operation
   id): keep the two alike (tests/test_bulk_commands.py compares them).
 
@@ -15,8 +15,10 @@
     KEYS[6]  heartbeat deadlines   {kc:s}:deadline
     KEYS[7]  retention deadlines   {kc:s}:expiry
     KEYS[8]  changes per minute    {kc:s}:changes
-    KEYS[9 .. 8+L]   label indexes of the filter   {kc:s}:idx:label:<sha1>
-    KEYS[9+L ..]     per job, two keys: job hash {kc:s}:job:<id>, history {kc:s}:hist:<id>
+    KEYS[9]  jobs per worker       {kc:s}:workers:jobs  (field "<state> <worker>")
+    KEYS[10] run times             {kc:s}:runtimes      (histogram, see recordRunTime)
+    KEYS[11 .. 10+L] label indexes of the filter   {kc:s}:idx:label:<sha1>
+    KEYS[11+L ..]     per job, two keys: job hash {kc:s}:job:<id>, history {kc:s}:hist:<id>
                      (distinct jobs: a job named twice would change twice)
 
     ARGV[1]  command
@@ -47,9 +49,38 @@ local target = ({ start = "start", pause = "pause", kill = "kill",
 local terminal = { kill = true, done = true, failed = true }
 local op = ARGV[7]
 local keptOps = 4
+-- Jobs per worker by state (GET /v1/workers), kept with recordHeartbeats-4.lua:
+-- a job that names a worker moves between that worker's counts.
+local function moveWorkerCount(key, worker, from, to)
+  if worker == nil or worker == "" then return end
+  if rcall("HINCRBY", key, from .. " " .. worker, -1) <= 0 then
+    rcall("HDEL", key, from .. " " .. worker)
+  end
+  rcall("HINCRBY", key, to .. " " .. worker, 1)
+end
+-- Run times of finished jobs (GET /v1/stats "run_times"), the same block in
+-- applyCommand-12.lua and applyCommands-10.lua. {kc:s}:runtimes is a histogram per
+-- minute and type: field "<minute> <bucket> <type>", bucket floor(4 * log2(ms)),
+-- so four buckets per doubling (about 19 % wide); field "<minute>" counts the
+-- minute's finishes. Its first finish deletes the fields older than an hour,
+-- so the hash holds at most 61 minutes of buckets.
+local function recordRunTime(key, nowMs, jobType, startedMs, finishes)
+  local minute = math.floor(nowMs / 60000)
+  if startedMs then
+    local ran = math.max(nowMs - startedMs, 1)
+    local bucket = math.floor(4 * math.log(ran) / math.log(2))
+    rcall("HINCRBY", key, minute .. " " .. bucket .. " " .. jobType, 1)
+  end
+  if finishes > 0 and rcall("HINCRBY", key, minute, finishes) == finishes then
+    rcall("EXPIRE", key, 3720)
+    for _, f in ipairs(rcall("HKEYS", key)) do
+      if tonumber(string.match(f, "^%d+")) < minute - 60 then rcall("HDEL", key, f) end
+    end
+  end
+end
 local wantState, wantType, wantStalled = ARGV[8], ARGV[9], ARGV[10]
 local labels = tonumber(ARGV[11])
-local first = 9 + labels
+local first = 11 + labels
 
 if not target then
   return { -2 }
@@ -62,7 +93,7 @@ local counts = { 0, 0, 0, 0, 0 }  -- changed, unchanged, refused, not_found, unm
 local todo = {}
 for k = first, #KEYS, 2 do
   local job = rcall("HMGET", KEYS[k], "id", "state", "version", "score", "heartbeat_timeout",
-                    "ops", "type")
+                    "ops", "type", "worker", "started_at", "created_at")
   local id, state = job[1], job[2]
   local outcome
   if not id then
@@ -72,7 +103,7 @@ for k = first, #KEYS, 2 do
   else
     local matches = (wantState == "" or state == wantState)
       and (wantType == "" or job[7] == wantType)
-    for i = 9, first - 1 do
+    for i = 11, first - 1 do
       matches = matches and rcall("ZSCORE", KEYS[i], id) ~= false
     end
     if matches and wantStalled ~= "" then
@@ -94,7 +125,7 @@ for k = first, #KEYS, 2 do
   counts[outcome] = counts[outcome] + 1
 end
 
--- Each change as in applyCommand-10.lua.
+-- Each change as in applyCommand-12.lua.
 for _, entry in ipairs(todo) do
   local jobKey, histKey, job = KEYS[entry[1]], KEYS[entry[1] + 1], entry[2]
   local id, state, version = job[1], job[2], tonumber(job[3]) + 1
@@ -119,7 +150,9 @@ for _, entry in ipairs(todo) do
   if terminal[target] then
     rcall("HSET", jobKey, "ended_at", nowMs)
     rcall("ZADD", KEYS[7], nowMs + tonumber(ARGV[5]) * 1000, id)
+    recordRunTime(KEYS[10], nowMs, job[7], tonumber(job[9] or job[10]), 0)
   end
+  moveWorkerCount(KEYS[9], job[8], state, target)
 
   rcall("RPUSH", histKey, cjson.encode({
     version = version, at = nowMs, command = ARGV[1], from = state, to = target,
@@ -128,7 +161,10 @@ for _, entry in ipairs(todo) do
   rcall("SPUBLISH", ARGV[6], id .. " " .. version .. " " .. target)
 end
 
--- Changes per minute (GET /v1/stats); the same lines in applyCommand-10.lua.
+if terminal[target] and #todo > 0 then
+  recordRunTime(KEYS[10], nowMs, "", nil, #todo)
+end
+-- Changes per minute (GET /v1/stats); the same lines in applyCommand-12.lua.
 if #todo > 0 then
   local minute = math.floor(nowMs / 60000)
   if rcall("HINCRBY", KEYS[8], minute, #todo) == #todo then
