@@ -2,7 +2,7 @@
 Pure functions only.
 
 This is the one definition of the state machine in Python; every other module
-imports it. ``lua/applyCommand-10.lua`` and ``lua/applyCommands-8.lua`` enforce
+imports it. ``lua/applyCommand-12.lua`` and ``lua/applyCommands-10.lua`` enforce
 the same table atomically (Lua cannot import it): tests/test_scripts.py drives
 every (state, command) pair through the scripts and compares with ``outcome()``. The
 standard-library client keeps its own copy of the state names

@@ -56,7 +56,7 @@ local op = ARGV[8] or ""
 -- Jobs per worker by state (GET /v1/workers), kept with recordHeartbeats-4.lua:
 -- a job that names a worker moves between that worker's counts.
 local function moveWorkerCount(key, worker, from, to)
-  if worker == nil or worker == "" then return end
+  if not worker or worker == "" then return end
   if rcall("HINCRBY", key, from .. " " .. worker, -1) <= 0 then
     rcall("HDEL", key, from .. " " .. worker)
   end

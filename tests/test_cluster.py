@@ -322,8 +322,9 @@ def test_retention_sweep_deletes_finished_jobs_on_every_master(cluster):
                   for job_id in job_ids):
             assert time.monotonic() < deadline, "finished jobs were not swept"
             time.sleep(0.2)
-        # All gone but the per-minute change counters, which expire by themselves.
-        assert {key for key in keys() if not key.endswith(":changes")} == set()
+        # All gone but the per-minute counters (changes, run times), which expire
+        # by themselves.
+        assert {key for key in keys() if not key.endswith((":changes", ":runtimes"))} == set()
     finally:
         client.close()
         service.stop()

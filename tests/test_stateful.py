@@ -57,7 +57,7 @@ def old_name(state: str) -> str:
 
 
 def acknowledged(state: str, observed: str, reported: str | None) -> str:
-    """The observed_state a heartbeat leaves (recordHeartbeats-1.lua)."""
+    """The observed_state a heartbeat leaves (recordHeartbeats-4.lua)."""
     if reported is None:
         return observed
     if state in ("start", "pause") or (state == "kill" and reported == "kill"):
