@@ -64,9 +64,11 @@ def text_entries(client, shards: Sequence[ShardKeys], key_of: Callable[[ShardKey
 
 
 def prefix_entries(client, shards: Sequence[ShardKeys], key_of: Callable[[ShardKeys], str],
-                   prefix: str, limit: int = MAX_PREFIX_ENTRIES) -> list[Entry] | None:
+                   prefix: str, limit: int | None = None) -> list[Entry] | None:
     """Every entry whose text starts with ``prefix``, newest first; None when
-    there are more than ``limit`` (counted first, in O(log N) per shard)."""
+    there are more than ``limit`` (MAX_PREFIX_ENTRIES), counted first in
+    O(log N) per shard."""
+    limit = MAX_PREFIX_ENTRIES if limit is None else limit
     low, high = _prefix_range(prefix)
     pipe = client.pipeline(transaction=False)
     for shard in shards:
