@@ -14,6 +14,7 @@ from app.schemas import (
     IF_MATCH_PATTERN,
     MAX_VERSION,
     RESPONSE_SCHEMAS,
+    WORKER_CURSOR_PATTERN,
     label_filter_pattern,
     request_schemas,
 )
@@ -271,7 +272,8 @@ def build_openapi(config: Config) -> dict:
                      "schema": {"type": "integer", "minimum": 1,
                                 "maximum": config.max_list_limit}},
                     {"name": "cursor", "in": "query", "description": "next_cursor of the "
-                     "previous page", "schema": {"type": "string", "pattern": CURSOR_PATTERN}},
+                     "previous page",
+                     "schema": {"type": "string", "pattern": WORKER_CURSOR_PATTERN}},
                 ],
                 "responses": _responses({"200": {"description": "A page of workers",
                                                  "content": _json("WorkerList")}})},

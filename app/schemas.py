@@ -23,6 +23,8 @@ MAX_VERSION = 2**53
 JOB_ID_PATTERN = "^[0-9a-f]{32}$"
 # An opaque listing cursor: base64url without padding.
 CURSOR_PATTERN = "^[A-Za-z0-9_-]{1,200}$"
+# The cursor of GET /v1/workers: a time and a worker's name (up to 256 characters).
+WORKER_CURSOR_PATTERN = "^[A-Za-z0-9_-]{1,1500}$"
 # The cursor of a bulk command: where each shard's walk stopped.
 BULK_CURSOR_PATTERN = "^[A-Za-z0-9_-]{1,2000}$"
 JOB_ID_PATTERN = "^[0-9a-f]{32}$"

@@ -400,3 +400,10 @@ def test_new_endpoints_answer_503_with_retry_after_when_redis_is_away():
         assert response.status_code == 503, (path, response.text)
         assert response.headers["retry-after"].isdigit()
         assert response.json["code"] == "store_unavailable"
+
+
+def test_workers_with_long_names_page_with_their_cursor(client):
+    names = ["é" * 256, "x" * 256]
+    for name in names:
+        heartbeat(client, new_job(client)["id"], worker=name)
+    assert sorted(w["name"] for w in workers_of(client, limit=1)) == sorted(names)

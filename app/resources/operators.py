@@ -12,7 +12,7 @@ from app.model import format_time
 from app.problems import bad_request
 from app.representation import etag, job_json
 from app.resources.jobs import checked_id, idempotency_key, refuse_unknown_params
-from app.schemas import CURSOR_PATTERN, matches
+from app.schemas import WORKER_CURSOR_PATTERN, matches
 from app.store import JobStore
 
 
@@ -52,7 +52,7 @@ class WorkerCollection:
                           default=50)
         cursor = single_param(req, "cursor")
         try:
-            if cursor is not None and not matches(CURSOR_PATTERN, cursor):
+            if cursor is not None and not matches(WORKER_CURSOR_PATTERN, cursor):
                 raise ValueError(cursor)
             workers, next_cursor, _ = self._store.workers(limit=limit, cursor=cursor)
         except ValueError:
