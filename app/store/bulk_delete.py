@@ -36,7 +36,7 @@ class DeleteResult:
     examined: int = 0
     next_cursor: str | None = None
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         refused = len(self.refused_ids) - self.not_found
         return {"matched": self.deleted + refused, "changed": self.deleted, "unchanged": 0,
                 "refused": refused, "not_found": self.not_found, "deleted": self.deleted,
@@ -44,7 +44,7 @@ class DeleteResult:
 
 
 def _delete_batch(store: JobStore, job_ids: Sequence[str], result: DeleteResult,
-                  keep: Callable[[dict], bool] | None = None) -> None:
+                  keep: Callable[[dict[str, str]], bool] | None = None) -> None:
     """Delete the ended ones of ``job_ids`` (with ``keep``: those whose hash it
     accepts); the others go to ``refused_ids`` (ids form only)."""
     with unavailable_on_redis_errors():
@@ -107,7 +107,7 @@ def delete_where(store: JobStore, where: JobFilter, *, cursor: str | None = None
     index = store.index_for(where)
     now_ms = store.server_time_ms()
 
-    def keep(job: dict) -> bool:
+    def keep(job: dict[str, str]) -> bool:
         return where.matches(Job.from_hash(job), now_ms)
 
     while positions and result.examined < max_examined:

@@ -21,8 +21,12 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from app.store.keys import ShardKeys
+
+if TYPE_CHECKING:
+    from app.store.connection import StoreClient
 
 SCORE_DIGITS = 20
 # A prefix with more entries than this over all shards is not read whole.
@@ -49,8 +53,9 @@ def _prefix_range(prefix: str) -> tuple[bytes, bytes]:
     return b"[" + raw, b"[" + raw + b"\xff"
 
 
-def text_entries(client, shards: Sequence[ShardKeys], key_of: Callable[[ShardKeys], str],
-                 text: str, position: Entry | None, count: int) -> list[Entry]:
+def text_entries(client: StoreClient, shards: Sequence[ShardKeys],
+                 key_of: Callable[[ShardKeys], str], text: str, position: Entry | None,
+                 count: int) -> list[Entry]:
     """The next ``count`` entries of exactly ``text`` after ``position``, newest
     first, over all shards: one ZREVRANGEBYLEX per shard, in one pipeline."""
     raw = text.encode()
@@ -63,8 +68,9 @@ def text_entries(client, shards: Sequence[ShardKeys], key_of: Callable[[ShardKey
     return list(itertools.islice(heapq.merge(*streams, reverse=True), count))
 
 
-def prefix_entries(client, shards: Sequence[ShardKeys], key_of: Callable[[ShardKeys], str],
-                   prefix: str, limit: int | None = None) -> list[Entry] | None:
+def prefix_entries(client: StoreClient, shards: Sequence[ShardKeys],
+                   key_of: Callable[[ShardKeys], str], prefix: str,
+                   limit: int | None = None) -> list[Entry] | None:
     """Every entry whose text starts with ``prefix``, newest first; None when
     there are more than ``limit`` (MAX_PREFIX_ENTRIES), counted first in
     O(log N) per shard."""

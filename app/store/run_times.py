@@ -16,8 +16,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from app.store.keys import ShardKeys
+
+if TYPE_CHECKING:
+    from app.store.connection import StoreClient
 
 BUCKETS_PER_DOUBLING = 4
 
@@ -28,7 +32,7 @@ class RunTimes:
     median_seconds: float
     p95_seconds: float
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, float]:
         return {"count": self.count, "median_seconds": self.median_seconds,
                 "p95_seconds": self.p95_seconds}
 
@@ -47,7 +51,7 @@ def _quantile(buckets: dict[int, int], total: int, q: float) -> float:
     raise AssertionError("rank beyond the total")
 
 
-def read(client, shards: Sequence[ShardKeys], now_ms: int) -> dict[str, RunTimes]:
+def read(client: StoreClient, shards: Sequence[ShardKeys], now_ms: int) -> dict[str, RunTimes]:
     """Per type: the jobs finished in the last 60 minutes (this one included)."""
     pipe = client.pipeline(transaction=False)
     for shard in shards:
