@@ -26,6 +26,7 @@ from app.resources.dashboard import (
 from app.resources.health import Healthz, MetricsResource, Readyz
 from app.resources.jobs import JobCollection, JobCommands, JobHistory, JobItem
 from app.resources.legacy import JobState, RegisterJob
+from app.resources.operators import JobRerun, WorkerCollection
 from app.resources.overview import BulkCommands, Stats
 from app.resources.watch import Watch
 from app.resources.workers import Heartbeats, JobHeartbeat
@@ -78,6 +79,8 @@ def create_app(config: Config | None = None, store: JobStore | None = None,
     app.add_route("/v1/jobs/{job_id}", JobItem(store, config, notifier))
     app.add_route("/v1/jobs/{job_id}/commands", JobCommands(store, config, checks))
     app.add_route("/v1/jobs/{job_id}/history", JobHistory(store))
+    app.add_route("/v1/jobs/{job_id}/rerun", JobRerun(store))
+    app.add_route("/v1/workers", WorkerCollection(store, config))
     app.add_route("/v1/jobs/{job_id}/heartbeat", JobHeartbeat(store, config, checks))
     app.add_route("/v1/heartbeats", Heartbeats(store, config, checks))
     app.add_route("/v1/stats", Stats(store, config))

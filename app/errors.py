@@ -48,6 +48,18 @@ class IllegalTransition(KarmchariError):
     code = "illegal_transition"
 
 
+class NotEnded(KarmchariError):
+    """A rerun of a job that is not in a final state."""
+
+    code = "not_ended"
+
+
+class FilterNotFinal(KarmchariError):
+    """A bulk delete whose filter could match jobs that have not ended."""
+
+    code = "filter_not_final"
+
+
 class IdempotencyKeyReused(KarmchariError):
     code = "idempotency_key_reused"
 

@@ -116,6 +116,11 @@ class Job:
     # The worker token that registered the job; "" when none (registered without
     # auth, or by an operator or admin): then only operators and admins end it.
     owner: str = ""
+    # The first heartbeat's time (None: none yet); the job this one runs again
+    # (POST /v1/jobs/{id}/rerun) and the jobs that run this one again, oldest first.
+    started_at: int | None = None
+    retry_of: str = ""
+    reruns: tuple[str, ...] = ()
 
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> Job:
@@ -131,6 +136,9 @@ class Job:
             observed_state=h.get("observed_state", ""),
             ended_at=_int_or_none(h.get("ended_at")),
             owner=h.get("owner", ""),
+            started_at=_int_or_none(h.get("started_at")),
+            retry_of=h.get("retry_of", ""),
+            reruns=tuple(h["reruns"].split()) if h.get("reruns") else (),
         )
 
     def stalled(self, now_ms: int) -> bool:

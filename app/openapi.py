@@ -7,7 +7,7 @@ import falcon
 
 from app import __version__
 from app.config import Config
-from app.limits import MAX_EXAMINED
+from app.limits import MAX_DELETE_EXAMINED, MAX_EXAMINED
 from app.model import COMMANDS, STATES
 from app.schemas import (
     CURSOR_PATTERN,
@@ -15,6 +15,7 @@ from app.schemas import (
     IF_MATCH_PATTERN,
     MAX_VERSION,
     RESPONSE_SCHEMAS,
+    WORKER_CURSOR_PATTERN,
     label_filter_pattern,
     request_schemas,
 )
@@ -141,12 +142,21 @@ def build_openapi(config: Config) -> dict:
                                           "pattern": label_filter_pattern(config)}}},
                     {"name": "stalled", "in": "query",
                      "schema": {"type": "string", "enum": ["true", "false"]}},
+                    {"name": "worker", "in": "query", "description": "Jobs whose last "
+                     "heartbeat named this worker",
+                     "schema": {"type": "string", "minLength": 1, "maxLength": 256}},
+                    {"name": "name_prefix", "in": "query", "description": "Jobs whose name "
+                     "starts with this text",
+                     "schema": {"type": "string", "minLength": 1, "maxLength": 200}},
                     {"name": "limit", "in": "query",
                      "schema": {"type": "integer", "minimum": 1,
                                 "maximum": config.max_list_limit}},
                     {"name": "cursor", "in": "query", "description": "next_cursor of the "
                      "previous page", "schema": {"type": "string", "pattern": CURSOR_PATTERN}},
                 ],
+                "description": "Any other query parameter is refused (400 "
+                               "invalid_parameter), so that a misspelt filter lists nothing "
+                               "rather than everything.",
                 "responses": _responses({"200": {"description": "A page of jobs",
                                                  "content": _json("JobList")}})},
         },
@@ -157,7 +167,12 @@ def build_openapi(config: Config) -> dict:
                 "description": "Each job changes as with POST /v1/jobs/{job_id}/commands, with "
                                "its history entry. A filter is walked newest first, in batches "
                                f"of one script call per shard; after {MAX_EXAMINED} jobs the "
-                               "answer carries next_cursor to continue from.",
+                               "answer carries next_cursor to continue from. The command "
+                               "`delete` (admin only) deletes ended jobs, each as DELETE "
+                               "/v1/jobs/{job_id} would; by ids, the others are listed in "
+                               "refused_ids; its where must name a final state (400 "
+                               "filter_not_final otherwise), and its walk stops after "
+                               f"{MAX_DELETE_EXAMINED} jobs with next_cursor.",
                 "requestBody": {"required": True, "content": _json("BulkCommand")},
                 "responses": _responses(
                     {"200": {"description": "What the command did; cut short by a drain, "
@@ -228,6 +243,39 @@ def build_openapi(config: Config) -> dict:
                     "responses": _responses({"200": {"description": "History",
                                                      "content": _json("History")}},
                                             **{"404": job_not_found})},
+        },
+        "/v1/jobs/{job_id}/rerun": {
+            "parameters": [_JOB_ID],
+            "post": {
+                "summary": "Run an ended job again: a new job with its type, name, labels "
+                           "and heartbeat timeout, owned by the caller, retry_of the old one",
+                "tags": ["jobs"],
+                "parameters": [_idempotency_key(
+                    "Retrying with the same key (for the same job) returns the same new job "
+                    "(for the idempotency TTL, 24 hours by default)")],
+                "responses": _responses(
+                    {"201": {"description": "The new job", "content": _json("Job")},
+                     "200": {"description": "Idempotency-Key replay: the job made by the "
+                                            "first request", "content": _json("Job")}},
+                    **{"404": job_not_found,
+                       "409": _problem("The job has not ended (not_ended)"),
+                       "422": _problem("Idempotency-Key used for another request")})},
+        },
+        "/v1/workers": {
+            "get": {
+                "summary": "The workers seen in heartbeats, newest heartbeat first, with "
+                           "their jobs by state; silent for the retention period, a worker "
+                           "drops off", "tags": ["workers"],
+                "parameters": [
+                    {"name": "limit", "in": "query",
+                     "schema": {"type": "integer", "minimum": 1,
+                                "maximum": config.max_list_limit}},
+                    {"name": "cursor", "in": "query", "description": "next_cursor of the "
+                     "previous page",
+                     "schema": {"type": "string", "pattern": WORKER_CURSOR_PATTERN}},
+                ],
+                "responses": _responses({"200": {"description": "A page of workers",
+                                                 "content": _json("WorkerList")}})},
         },
         "/v1/jobs/{job_id}/heartbeat": {
             "parameters": [_JOB_ID],

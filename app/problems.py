@@ -11,12 +11,14 @@ from typing import Any, TypeAlias
 import falcon
 
 from app.errors import (
+    FilterNotFinal,
     IdempotencyKeyReused,
     IllegalTransition,
     InvalidCommand,
     JobNotFound,
     KarmchariError,
     NotDue,
+    NotEnded,
     NotOwner,
     OutcomeUnknown,
     StaleRead,
@@ -36,6 +38,8 @@ _STATUS_OF = {
     IdempotencyKeyReused: (falcon.HTTP_422, "Idempotency-Key reused"),
     StaleRead: (falcon.HTTP_503, "Job changed meanwhile"),
     NotDue: (falcon.HTTP_409, "Not due"),
+    NotEnded: (falcon.HTTP_409, "Job has not ended"),
+    FilterNotFinal: (falcon.HTTP_400, "Filter may match jobs that have not ended"),
     NotOwner: (falcon.HTTP_403, "Not the job's owner"),
     StoreUnavailable: (falcon.HTTP_503, "Store unavailable"),
     OutcomeUnknown: (falcon.HTTP_503, "Outcome unknown"),

@@ -22,6 +22,8 @@ MAX_VERSION = 2**53
 JOB_ID_PATTERN = "^[0-9a-f]{32}$"
 # An opaque listing cursor: base64url without padding.
 CURSOR_PATTERN = "^[A-Za-z0-9_-]{1,200}$"
+# The cursor of GET /v1/workers: a time and a worker's name (up to 256 characters).
+WORKER_CURSOR_PATTERN = "^[A-Za-z0-9_-]{1,1500}$"
 # The cursor of a bulk command: where each shard's walk stopped.
 BULK_CURSOR_PATTERN = "^[A-Za-z0-9_-]{1,2000}$"
 JOB_ID_PATTERN = "^[0-9a-f]{32}$"
@@ -79,9 +81,11 @@ def request_schemas(config: Config) -> dict[str, dict]:
             "required": ["command"],
             "additionalProperties": False,
             "description": "A command for the jobs named by `ids`, or for every job that "
-                           "matches `where` (the filters of GET /v1/jobs; {} matches all).",
+                           "matches `where` (the filters of GET /v1/jobs; {} matches all). "
+                           "`delete` (admin only) deletes ended jobs; its `where` must name "
+                           "a final state.",
             "properties": {
-                "command": {"type": "string", "enum": list(COMMANDS)},
+                "command": {"type": "string", "enum": [*COMMANDS, "delete"]},
                 "reason": text,
                 "ids": {"type": "array", "minItems": 1, "maxItems": config.max_batch,
                         "items": {"type": "string", "pattern": JOB_ID_PATTERN}},
@@ -210,6 +214,15 @@ RESPONSE_SCHEMAS: dict[str, dict] = {
             "created_at": {"type": "string", "format": "date-time"},
             "updated_at": {"type": "string", "format": "date-time"},
             "ended_at": _TIME,
+            "started_at": {**_TIME, "description": "The first heartbeat; null: none yet."},
+            "finished_at": {**_TIME, "description": "When the job reached a final state "
+                                                    "(the same as ended_at); null: not yet."},
+            "retry_of": {"type": ["string", "null"], "pattern": JOB_ID_PATTERN,
+                         "description": "The job this one runs again (POST "
+                                        "/v1/jobs/{id}/rerun); null: none."},
+            "reruns": {"type": "array", "items": {"type": "string", "pattern": JOB_ID_PATTERN},
+                       "description": "The jobs that run this one again, oldest first (the "
+                                      "newest 100; a deleted one stays named)."},
             "heartbeat_timeout": {"type": "integer"},
             "heartbeat_at": _TIME,
             "worker": {"type": "string"},
@@ -245,6 +258,11 @@ RESPONSE_SCHEMAS: dict[str, dict] = {
             "remaining_ids": {"type": "array", "items": {"type": "string"},
                               "description": "Only when the ids form was cut short: the ids "
                                              "not done, to send again as ids"},
+            "deleted": {"type": "integer", "minimum": 0,
+                        "description": "Only for delete: the jobs deleted"},
+            "refused_ids": {"type": "array", "items": {"type": "string"},
+                            "description": "Only for delete by ids: the ids not deleted "
+                                           "(not ended, or no such job)"},
         },
     },
     "BulkInterrupted": {
@@ -278,6 +296,34 @@ RESPONSE_SCHEMAS: dict[str, dict] = {
                 "description": "Registrations and changes of state in each of the last 60 "
                                "minutes, oldest first (the last one is the current minute)"},
             "now": {"type": "string", "format": "date-time"},
+            "run_times": {"type": "object", "description": (
+                "Per type: the jobs finished in the last hour, and the median and 95th "
+                "percentile of their run times (finished_at - started_at, or - created_at "
+                "without a heartbeat), from a histogram: within about 10 %"),
+                "additionalProperties": {
+                    "type": "object", "required": ["count", "median_seconds", "p95_seconds"],
+                    "properties": {"count": {"type": "integer", "minimum": 1},
+                                   "median_seconds": {"type": "number", "minimum": 0},
+                                   "p95_seconds": {"type": "number", "minimum": 0}}}},
+        },
+    },
+    "WorkerList": {
+        "type": "object",
+        "required": ["workers", "next_cursor"],
+        "properties": {
+            "workers": {"type": "array", "items": {
+                "type": "object",
+                "required": ["name", "last_heartbeat_at", "jobs", "stalled", "jobs_url"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "last_heartbeat_at": {"type": "string", "format": "date-time"},
+                    "jobs": {"type": "object", "description": "The worker's jobs by state: "
+                             "running, paused, killed, done, failed",
+                             "additionalProperties": {"type": "integer", "minimum": 0}},
+                    "stalled": {"type": "integer", "minimum": 0,
+                                "description": "Of its running jobs, those stalled"},
+                    "jobs_url": {"type": "string"}}}},
+            "next_cursor": {"type": ["string", "null"]},
         },
     },
     "JobList": {

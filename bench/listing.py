@@ -12,11 +12,19 @@ where the queries take turns; the figures are medians over the rounds:
 - ``sparse``: ``?limit=50&type=export&label=team:t3``, one job in 24: the
   service reads the smaller of the two indexes and checks the other condition
   on the jobs, at most 1,000 of them per request (a short page then carries a
-  cursor), so even this stays bounded.
+  cursor), so even this stays bounded;
+- ``worker``: ``?limit=50&worker=w03``, one job in 20 (the worker index);
+- ``name``: ``?limit=50&name_prefix=listing-000003``, one group of 125 jobs
+  (the name index, read whole and sorted);
+- ``name_broad``: ``?limit=50&name_prefix=listing-``, every job: past 2,000
+  entries the listing walks the time index and checks the names;
+- ``workers``: ``GET /v1/workers?limit=50``, the 20 workers with their counts.
 
 Jobs are written as the service writes them, by the registerJob Lua script
 (pipelined, ``tests.bulk_load.register_many``), in groups of 125 with one of three
-types and one of eight labels each, in turn.
+types and one of eight labels each, in turn, each group named
+``listing-<group number>``; then each group gets one heartbeat per job from
+one of 20 workers, in turn (recordHeartbeats, one call per shard).
 Memory per job is Redis ``used_memory`` growth over the empty store divided
 by the jobs stored. Writes bench/results/listing.json (``--output``).
 """
@@ -36,7 +44,7 @@ import urllib.parse
 from pathlib import Path
 
 from app.model import DEFAULT_JOB_TYPES
-from app.store import JobStore, connect
+from app.store import JobStore, connect, heartbeat_args
 from bench import RESULTS
 from bench.servers import BenchError, BenchRedis, BenchService
 from tests.bulk_load import register_many
@@ -46,6 +54,8 @@ PAGE = 50
 GROUP = 125  # jobs alike, in one pipeline, while loading
 LABEL_VALUES = 8
 CURSOR_PAGE = 10  # pages skipped before the cursor query's page
+WORKERS = 20
+QUERIES = ("newest", "cursor", "label", "sparse", "worker", "name", "name_broad", "workers")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -77,10 +87,12 @@ def load_jobs(store: JobStore, start: int, stop: int, log) -> float:
     began = time.monotonic()
     for first in range(start, stop, GROUP):
         group = first // GROUP
-        register_many(store, DEFAULT_JOB_TYPES[group % len(DEFAULT_JOB_TYPES)],
-                            min(GROUP, stop - first), name="listing benchmark",
+        ids = register_many(store, DEFAULT_JOB_TYPES[group % len(DEFAULT_JOB_TYPES)],
+                            min(GROUP, stop - first), name=f"listing-{group:06d}",
                             labels={"team": f"t{group % LABEL_VALUES}"},
                             heartbeat_timeout=3600)
+        beat = heartbeat_args(f"w{group % WORKERS:02d}", 1.0, None, None)
+        store.record_heartbeats(ids, [beat] * len(ids))
         if group % 800 == 799:
             log(f"  {first + GROUP:,} jobs, {time.monotonic() - began:.0f} s")
     return time.monotonic() - began
@@ -131,7 +143,8 @@ def summary(path: str, rounds: list[list[float]], page: dict) -> dict:
         cuts = statistics.quantiles(times, n=100, method="inclusive")
         figures.append({"p50_ms": statistics.median(times), "p90_ms": cuts[89],
                         "p99_ms": cuts[98], "mean_ms": statistics.fmean(times)})
-    result = {"path": path, "requests": sum(map(len, rounds)), "jobs_returned": len(page["jobs"])}
+    result = {"path": path, "requests": sum(map(len, rounds)),
+              "jobs_returned": len(page.get("jobs", page.get("workers", [])))}
     for name in ("p50_ms", "p90_ms", "p99_ms", "mean_ms"):
         result[name] = round(statistics.median(f[name] for f in figures), 3)
     result["p99_ms_rounds"] = [round(f["p99_ms"], 3) for f in figures]
@@ -144,7 +157,11 @@ def measure(service: BenchService, requests: int, rounds: int, warmup: int) -> d
     try:
         paths = {"newest": f"/v1/jobs?limit={PAGE}", "cursor": cursor_path(timer),
                  "label": f"/v1/jobs?limit={PAGE}&label=team:t3",
-                 "sparse": f"/v1/jobs?limit={PAGE}&type=export&label=team:t3"}
+                 "sparse": f"/v1/jobs?limit={PAGE}&type=export&label=team:t3",
+                 "worker": f"/v1/jobs?limit={PAGE}&worker=w03",
+                 "name": f"/v1/jobs?limit={PAGE}&name_prefix=listing-000003",
+                 "name_broad": f"/v1/jobs?limit={PAGE}&name_prefix=listing-",
+                 "workers": f"/v1/workers?limit={PAGE}"}
         for path in paths.values():
             timer.samples(path, warmup)
         times: dict[str, list[list[float]]] = {name: [] for name in paths}
@@ -172,14 +189,14 @@ def ratio(rows: list[dict], query: str, figure: str, small: int, large: int) -> 
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| jobs stored | load jobs/s | memory/job (bytes) | newest p50 / p99 ms "
-             "| cursor p50 / p99 ms | label p50 / p99 ms | sparse p50 / p99 ms |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| jobs stored | load jobs/s | memory/job (bytes) | "
+             + " | ".join(f"{q} p50 / p99 ms" for q in QUERIES) + " |",
+             "|---:|---:|---:|" + "---:|" * len(QUERIES)]
     for row in rows:
         cells = [f"{row['jobs']:,}", f"{row['load_jobs_per_s']:,.0f}",
                  f"{row['memory_per_job_bytes']:,.0f}"]
         cells += [f"{row['queries'][q]['p50_ms']:.2f} / {row['queries'][q]['p99_ms']:.2f}"
-                  for q in ("newest", "cursor", "label", "sparse")]
+                  for q in QUERIES]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -246,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     if p99_1m is not None:
         results["p99_ratio_1m_to_1k"] = p99_1m
         results["p50_ratio_1m_to_1k"] = ratio(rows, "newest", "p50_ms", 1_000, 1_000_000)
+    # Every query: largest over smallest size, p50 and p99.
+    results["ratios_largest_to_smallest"] = {
+        q: {"p50": ratio(rows, q, "p50_ms", smallest, largest),
+            "p99": ratio(rows, q, "p99_ms", smallest, largest)} for q in QUERIES}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     log(results["markdown"])

@@ -44,7 +44,9 @@ def assert_store_holds(client: redis.Redis, keys: KeySchema, jobs: dict[str, Ind
     job hashes and histories exist for these jobs and no others."""
     pattern = f"{{{keys.prefix}:*"
     all_zsets = set(client.scan_iter(match=pattern, count=1000, _type="zset"))
-    zsets = sorted(key for key in all_zsets
+    # The lexical indexes hold text, not ids: checked against the hashes below.
+    lexical = {key for key in all_zsets if key.endswith((":idx:name", ":idx:worker"))}
+    zsets = sorted(key for key in all_zsets - lexical
                    if ":idx:" in key or key.endswith((":deadline", ":expiry")))
     counted = sorted(key for key in all_zsets if key.endswith(":labels"))
     hashes = set(client.scan_iter(match=pattern + ":job:*", count=1000, _type="hash"))
@@ -76,6 +78,36 @@ def assert_store_holds(client: redis.Redis, keys: KeySchema, jobs: dict[str, Ind
         for k, v in job.labels:
             expected_counts[keys.for_job(job_id).label_counts][f"{k}:{v}"] += 1
     assert label_counts == {key: dict(c) for key, c in expected_counts.items()}, "label counts"
+    assert_lexical_indexes(client, keys, ids)
+
+
+def assert_lexical_indexes(client: redis.Redis, keys: KeySchema, ids: list[str]) -> None:
+    """idx:name and idx:worker hold "<text>\\0<score, 20 digits><id>" for each
+    live job with a name, a worker; workers:jobs counts each worker's jobs by state."""
+    pipe = client.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hmget(keys.for_job(job_id).job(job_id), "name", "worker", "score", "state")
+    expected: dict[str, set[str]] = defaultdict(set)
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for job_id, (name, worker, score, state) in zip(ids, pipe.execute(), strict=True):
+        shard = keys.for_job(job_id)
+        if name:
+            expected[shard.name_index].add(f"{name}\0{int(score):020d}{job_id}")
+        if worker:
+            expected[shard.worker_index].add(f"{worker}\0{int(score):020d}{job_id}")
+            counts[shard.worker_jobs][f"{state} {worker}"] += 1
+    shards = list(keys.shards.values())
+    pipe = client.pipeline(transaction=False)
+    for shard in shards:
+        pipe.zrange(shard.name_index, 0, -1)
+        pipe.zrange(shard.worker_index, 0, -1)
+        pipe.hgetall(shard.worker_jobs)
+    replies = iter(pipe.execute())
+    for shard in shards:
+        assert set(next(replies)) == expected[shard.name_index], "name index"
+        assert set(next(replies)) == expected[shard.worker_index], "worker index"
+        assert {f: int(n) for f, n in next(replies).items()} == dict(counts[shard.worker_jobs]), \
+            "jobs per worker"
 
 
 def indexed_from_hashes(client: redis.Redis, keys: KeySchema) -> dict[str, Indexed]:

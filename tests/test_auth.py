@@ -158,6 +158,15 @@ CALLS = [
          lambda s, o="": ("POST", "/v1/jobs/commands",
                           {"json": {"command": "done", "where": {"state": "start"}}})),
     Call("GET /v1/stats", "read", lambda s, o="": ("GET", "/v1/stats", {})),
+    Call("POST /v1/jobs/{id}/rerun", "register",
+         lambda s, o="": ("POST", f"/v1/jobs/{new_job(s, 'done', o)}/rerun", {}), 201),
+    Call("GET /v1/workers", "read", lambda s, o="": ("GET", "/v1/workers", {})),
+    Call("POST /v1/jobs/commands delete by ids", "delete",
+         lambda s, o="": ("POST", "/v1/jobs/commands",
+                          {"json": {"command": "delete", "ids": [new_job(s, "kill", o)]}})),
+    Call("POST /v1/jobs/commands delete by filter", "delete",
+         lambda s, o="": ("POST", "/v1/jobs/commands",
+                          {"json": {"command": "delete", "where": {"state": "done"}}})),
 ]
 # The calls whose outcome for a worker depends on who owns the job.
 OWNED_CALLS = [c for c in CALLS if c.permission in ("finish", "heartbeat")]

@@ -83,6 +83,11 @@ ROUTES = {
                                                        "message": "SLOT"}]}),
     "POST /v1/jobs/commands": Route("POST", "/v1/jobs/commands", required="command",
                                     json={"command": "pause", "reason": "SLOT", "ids": [JOB]}),
+    "POST /v1/jobs/{id}/rerun": Route("POST", f"/v1/jobs/{JOB}/rerun"),
+    "GET /v1/workers": Route("GET", "/v1/workers", query={"limit": "5"}),
+    "POST /v1/jobs/commands delete": Route("POST", "/v1/jobs/commands", required="command",
+                                           json={"command": "delete", "reason": "SLOT",
+                                                 "ids": [JOB]}),
 }
 OPEN_ROUTES = ("/healthz", "/readyz", "/metrics", "/openapi.json")
 JSON_ROUTES = [name for name, r in ROUTES.items() if r.json is not None]
@@ -399,6 +404,28 @@ def limit_cases() -> list[tuple[str, Case]]:
         ("cursor not one of ours", listing("cursor=bm90LWEtY3Vyc29y", "invalid_cursor")),
         ("cursor with a bad id", listing("cursor=" + quote("MTIzLnt4fQ"), "invalid_cursor")),
         ("cursor of invalid base64", listing("cursor=%25%25%25", "invalid_cursor")),
+        ("unknown parameter", listing("stat=done")),
+        ("unknown parameter, blank", listing("state=done&sate=")),
+        ("unknown parameter beside valid ones", listing("state=done&limit=5&names=x")),
+        ("empty worker", listing("worker=")),
+        ("worker over the size limit", listing("worker=" + "w" * 257)),
+        ("empty name_prefix", listing("name_prefix=")),
+        ("name_prefix over the size limit", listing("name_prefix=" + "n" * 201)),
+        ("workers: unknown parameter", Case("GET /v1/workers", 400, "invalid_parameter",
+                                            query="state=done")),
+        ("workers: limit zero", Case("GET /v1/workers", 400, "invalid_parameter",
+                                     query="limit=0")),
+        ("workers: cursor not one of ours", Case("GET /v1/workers", 400, "invalid_cursor",
+                                                 query="cursor=bm90LWEtY3Vyc29y")),
+        ("rerun: empty Idempotency-Key", Case("POST /v1/jobs/{id}/rerun", 400,
+                                              "invalid_idempotency_key",
+                                              headers={"Idempotency-Key": ""})),
+        ("delete by a filter without a final state",
+         Case("POST /v1/jobs/commands delete", 400, "filter_not_final", content_type=JSON,
+              body=_json_text({"command": "delete", "where": {"type": "teams"}}))),
+        ("delete by a filter of unended jobs",
+         Case("POST /v1/jobs/commands delete", 400, "filter_not_final", content_type=JSON,
+              body=_json_text({"command": "delete", "where": {"state": "start"}}))),
     ]
     return cases
 
@@ -537,7 +564,8 @@ def test_the_valid_requests_the_cases_spoil_are_accepted(app_client):
     they start from was wrong."""
     client, store = app_client
     job_id = store.register("teams")[0].id
-    expected = {"POST /v1/jobs": 201, "DELETE /v1/jobs/{id}": 409}
+    expected = {"POST /v1/jobs": 201, "DELETE /v1/jobs/{id}": 409,
+                "POST /v1/jobs/{id}/rerun": 409}
     for name, route in ROUTES.items():
         case = Case(name, 0, "", body=route.valid_body, content_type=route.content_type)
         response = send(client, case, job_id)
@@ -682,7 +710,8 @@ def test_chunked_bodies_are_accepted_on_every_route(app_client, service):
     Content-Length (a route without a body, an empty chunked one)."""
     _, store = app_client
     job_id = store.register("teams")[0].id
-    expected = {"POST /v1/jobs": 201, "DELETE /v1/jobs/{id}": 409}
+    expected = {"POST /v1/jobs": 201, "DELETE /v1/jobs/{id}": 409,
+                "POST /v1/jobs/{id}/rerun": 409}
     for name, route in ROUTES.items():
         body = (route.valid_body or b"").replace(JOB.encode(), job_id.encode())
         target = route.path.replace(JOB, job_id)

@@ -215,6 +215,47 @@ def test_bulk_commands_and_stats_over_every_master(services):
     assert sum(entry["count"] for entry in stats["changes_per_minute"]) >= 40 + 1 + 39 + 9
 
 
+def test_workers_search_rerun_and_bulk_delete_over_every_master(services):
+    """Issue 20's keys (idx:name, idx:worker, workers, workers:jobs, runtimes)
+    live in each shard's slot: every script that writes them runs on the
+    master of the job's shard, and the reads merge all shards."""
+    one, other = services
+    run = uuid.uuid4().hex[:8]
+    ids = [register(one, name=f"cl-{run}-{i:02d}", heartbeat_timeout=60) for i in range(32)]
+    assert len({job_id[0] for job_id in ids}) > 8
+    worker = f"cl-worker-{run}"
+    body = {"heartbeats": [{"id": job_id, "worker": worker, "progress": 1} for job_id in ids]}
+    assert call(other.url, "POST", "/v1/heartbeats", body=body).status == 200
+    for job_id in ids[:10]:
+        assert command(one, job_id, "done").status == 200
+
+    def listed(service, query: str) -> list[str]:
+        reply = call(service.url, "GET", f"/v1/jobs?{query}&limit=100")
+        assert reply.status == 200, reply.text
+        return [job["id"] for job in reply.json()["jobs"]]
+
+    assert listed(other, f"worker={worker}") == list(reversed(ids))
+    assert listed(one, f"name_prefix=cl-{run}-0") == list(reversed(ids[:10]))
+    assert listed(other, f"name_prefix=cl-{run}-&state=done") == list(reversed(ids[:10]))
+    workers = {w["name"]: w for w in call(one.url, "GET", "/v1/workers?limit=500")
+               .json()["workers"]}
+    assert workers[worker]["jobs"]["running"] == 22 and workers[worker]["jobs"]["done"] == 10
+
+    rerun = call(other.url, "POST", f"/v1/jobs/{ids[0]}/rerun")
+    assert rerun.status == 201, rerun.text
+    assert rerun.json()["retry_of"] == ids[0] and rerun.json()["id"][0] == ids[0][0]
+    assert call(one.url, "GET", f"/v1/jobs/{ids[0]}").json()["reruns"] == [rerun.json()["id"]]
+    assert call(one.url, "GET", "/v1/stats").json()["run_times"]["teams"]["count"] >= 10
+
+    reply = call(one.url, "POST", "/v1/jobs/commands",
+                 body={"command": "delete", "ids": ids[:12]})
+    assert reply.status == 200, reply.text
+    assert (reply.json()["deleted"], reply.json()["refused_ids"]) == (10, ids[10:12])
+    # Left of the first ten: the rerun, which has the first one's name.
+    assert listed(other, f"name_prefix=cl-{run}-0") == [rerun.json()["id"]]
+    assert listed(one, f"worker={worker}") == list(reversed(ids[10:]))
+
+
 def test_every_service_listens_on_every_shard_channel(cluster, services):
     """Sharded pub/sub: each service subscribes to the 16 shard channels, on
     whichever master owns each, from its first long-poll on."""
@@ -323,8 +364,9 @@ def test_retention_sweep_deletes_finished_jobs_on_every_master(cluster):
                   for job_id in job_ids):
             assert time.monotonic() < deadline, "finished jobs were not swept"
             time.sleep(0.2)
-        # All gone but the per-minute change counters, which expire by themselves.
-        assert {key for key in keys() if not key.endswith(":changes")} == set()
+        # All gone but the per-minute counters (changes, run times), which expire
+        # by themselves.
+        assert {key for key in keys() if not key.endswith((":changes", ":runtimes"))} == set()
     finally:
         client.close()
         service.stop()

@@ -66,6 +66,9 @@ def test_every_script_call_touches_one_slot(server, store, monitor):
     store.heartbeat(HeartbeatReport(first.id, worker="w1", progress=10.0))
     store.get(first.id)
     store.apply_command(first.id, "done")
+    again, _, _ = store.rerun(first.id, actor="ci", idempotency_key="again-1")
+    store.apply_command(again.id, "kill")
+    store.delete(again.id)
     store.delete(first.id)
     with pytest.raises(JobNotFound):
         store.get(first.id)

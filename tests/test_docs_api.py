@@ -163,7 +163,8 @@ def test_page_has_every_kind_of_example():
     for call in ("/v1/jobs ", "If-None-Match", "If-Match", "/commands", "/history",
                  "label=", "cursor=$CURSOR", "-X DELETE", "/heartbeat ", "/v1/heartbeats",
                  "wait=", "/v1/watch", "/registerJob", "/jobState", "/v1/jobs/commands",
-                 "/v1/stats"):
+                 "/v1/stats", "/v1/workers", "worker=", "name_prefix=", "/rerun",
+                 '"delete"'):
         assert call in commands, call
 
 

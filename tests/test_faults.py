@@ -80,6 +80,11 @@ def every_endpoint(job_id: str, finished_id: str) -> list[tuple[str, str, dict]]
         ("DELETE", f"/v1/jobs/{finished_id}", {}),
         ("POST", f"/v1/jobs/{job_id}/heartbeat", {"body": {"progress": 0.5}}),
         ("POST", "/v1/heartbeats", {"body": {"heartbeats": [{"id": job_id, "progress": 0.5}]}}),
+        ("GET", "/v1/jobs?worker=w1&limit=5", {}),
+        ("GET", "/v1/jobs?name_prefix=n&limit=5", {}),
+        ("GET", "/v1/workers", {}),
+        ("GET", "/v1/stats", {}),
+        ("POST", f"/v1/jobs/{finished_id}/rerun", {}),
     ]
 
 

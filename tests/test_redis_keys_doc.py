@@ -15,7 +15,7 @@ from app.store.scripts import load_source
 ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "redis-keys.md").read_text(encoding="utf-8")
 SCRIPTS = sorted(p.stem for p in (ROOT / "lua").glob("*-*.lua"))
-KEY_RE = re.compile(r"\{kc:s\}:([a-z]+(?::(?:all|state|type|label))?)")
+KEY_RE = re.compile(r"\{kc:s\}:([a-z]+(?::(?:all|state|type|label|name|worker|jobs))?)")
 # Keys a script declares but only reads: applyCommands checks the filter's
 # label indexes (ZSCORE); clearOrphans reads whether the job hash is there.
 READ_ONLY = {("applyCommands", "idx:label"), ("clearOrphans", "job")}
@@ -41,7 +41,7 @@ def script_row(stem: str) -> str:
 
 def key_row(kind: str) -> str:
     (row,) = [r for r in table_rows("The keys")
-              if re.match(rf"\| `\{{P:<s>\}}:{re.escape(kind)}[:`]", r)]
+              if re.match(rf"\| `\{{P:<s>\}}:{re.escape(kind)}(`|:<)", r)]
     return row
 
 

@@ -79,7 +79,7 @@ def history(store: JobStore, job_id: str) -> list[dict]:
 def apply_keys(store: JobStore, job_id: str) -> list[str]:
     shard = store.keys.for_job(job_id)
     return [shard.job(job_id), shard.history(job_id), *shard.state_indexes(), shard.deadlines,
-            shard.expiries, shard.changes]
+            shard.expiries, shard.changes, shard.worker_jobs, shard.run_times]
 
 
 def apply_args(store: JobStore, job_id: str, command: str, expected: str = "") -> list:
@@ -122,7 +122,7 @@ def test_register_never_overwrites_an_existing_id(store, raw, key_prefix):
     reply = store.scripts.register_job(
         [shard.job(job.id), shard.history(job.id), shard.all_jobs, shard.state_index("start"),
          shard.type_index("export"), shard.deadlines, f"{shard.tag}:idem:-",
-         shard.label_counts, shard.changes],
+         shard.label_counts, shard.changes, shard.name_index],
         [job.id, "export", "second", "{}", 5, "", 100, 0, "", shard.channel])
 
     assert reply[0] == RegisterJobCode.EXISTS
@@ -299,8 +299,9 @@ def test_heartbeat_of_an_unknown_job_creates_nothing(store, raw, key_prefix):
         store.heartbeat(HeartbeatReport(unknown, progress=1.0))
     shard = store.keys.for_job(job.id)
     reply = store.scripts.record_heartbeats(
-        [shard.deadlines, shard.job(unknown), shard.job(job.id)],
-        ["", "2", "", "1.0", "", "", "1", "w", "", "", ""])
+        [*shard.heartbeat_keys(), shard.job(unknown), shard.job(job.id)],
+        # The known job's heartbeat names no worker: a worker would add its own keys.
+        ["", "2", "", "1.0", "", "", "2", "", "5.0", "", ""])
     assert reply[0] == [-1]
     assert reply[1][:2] == ["start", 1]
     assert not raw.exists(shard.job(unknown))
@@ -357,7 +358,8 @@ def delete_call(store: JobStore, job: Job, job_type: str, mode: str) -> list:
     keys = [shard.job(job.id), shard.history(job.id), shard.all_jobs,
             *(shard.state_index(s) for s in ("kill", "done", "failed")), shard.deadlines,
             shard.expiries, shard.type_index(job_type), shard.state_index("start"),
-            shard.state_index("pause"), shard.label_counts]
+            shard.state_index("pause"), shard.label_counts, shard.name_index,
+            shard.worker_index, shard.worker_jobs]
     return store.scripts.delete_job(keys, [job.id, job_type, "{}", mode, shard.channel])
 
 
@@ -391,7 +393,7 @@ def test_only_read_job_may_run_as_a_read_only_script(store):
     _, flat = store.client.evalsha_ro(store.scripts.read_job.script.sha, 1, key)
     assert flat
     with pytest.raises(redis.exceptions.ResponseError, match="write"):
-        store.client.evalsha_ro(store.scripts.apply_command.script.sha, 10,
+        store.client.evalsha_ro(store.scripts.apply_command.script.sha, 12,
                                 *apply_keys(store, job.id), *apply_args(store, job.id, "pause"))
     assert store.get(job.id).state == "start"
 

@@ -57,7 +57,7 @@ def old_name(state: str) -> str:
 
 
 def acknowledged(state: str, observed: str, reported: str | None) -> str:
-    """The observed_state a heartbeat leaves (recordHeartbeats-1.lua)."""
+    """The observed_state a heartbeat leaves (recordHeartbeats-4.lua)."""
     if reported is None:
         return observed
     if state in ("start", "pause") or (state == "kill" and reported == "kill"):
@@ -191,6 +191,26 @@ class JobApiMachine(RuleBasedStateMachine):
             assert response.status_code == 200, response.text
             self.assert_job_body(response.json, job_id)
         return multiple()
+
+    @rule(target=jobs, job_id=jobs)
+    def rerun(self, job_id):
+        """A new job like an ended one (POST /v1/jobs/{id}/rerun)."""
+        response = self.client.simulate_post(f"/v1/jobs/{job_id}/rerun")
+        if not self.known(job_id):
+            self.assert_problem(response, 404, "job_not_found")
+            return multiple()
+        old = self.model[job_id]
+        if old.state not in TERMINAL:
+            self.assert_problem(response, 409, "not_ended")
+            return multiple()
+        assert response.status_code == 201, response.text
+        body = response.json
+        assert (body["retry_of"], body["labels"]) == (job_id, old.labels)
+        self.model[body["id"]] = ModelJob(
+            old.type, dict(old.labels), old.timed,
+            changes=[("rerun", "", "start", f"rerun of {job_id}")])
+        self.assert_job_body(body, body["id"])
+        return body["id"]
 
     @rule(job_type=st.sampled_from(["", "nope", "Teams"]), old=st.booleans())
     def register_invalid_type(self, job_type, old):

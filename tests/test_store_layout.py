@@ -8,7 +8,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MAX_MODULE = 400
 MAX_STORE_ROOM = 300
-STORE_ROOMS = ("core", "writes", "listing", "bulk", "retention", "stats", "health")
+STORE_ROOMS = ("core", "writes", "listing", "bulk", "retention", "stats", "health", "workers",
+               "rerun", "bulk_delete", "lexical", "run_times")
 
 
 def lines(path: Path) -> int:

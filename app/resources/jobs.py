@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import falcon
+from falcon.uri import parse_query_string
 
 from app.auth import require
 from app.config import Config
@@ -28,6 +29,22 @@ from app.store import JobFilter, JobStore
 
 # A query parameter of schema type number (no sign, no "inf", no "1_0").
 _NUMBER_RE = re.compile(r"[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?\Z")
+
+
+# The query parameters of GET /v1/jobs: any other is refused, so that a typo
+# (?stat=done) does not list every job.
+LIST_PARAMS = frozenset({"state", "type", "label", "stalled", "worker", "name_prefix", "limit",
+                         "cursor"})
+MAX_WORKER_CHARS = 256          # as the heartbeat's "worker"
+MAX_NAME_PREFIX_CHARS = 200
+
+
+def refuse_unknown_params(req: falcon.Request, known: frozenset[str]) -> None:
+    # Blank ones too (?foo=): falcon's req.params leaves those out.
+    names = parse_query_string(req.query_string, keep_blank=True)
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise bad_request("invalid_parameter", f"unknown query parameter: {unknown[0]}")
 
 
 def idempotency_key(req: falcon.Request) -> str | None:
@@ -73,6 +90,7 @@ class JobCollection:
         _set_job(resp, job, now_ms)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        refuse_unknown_params(req, LIST_PARAMS)
         # A parameter is absent or valid: an empty one is refused too.
         state = single_param(req, "state")
         if state is not None and state not in STATES:
@@ -97,7 +115,16 @@ class JobCollection:
         limit = int_param(req, "limit", minimum=1, maximum=self._config.max_list_limit,
                           default=50)
         cursor = single_param(req, "cursor")
-        where = JobFilter(state=state, type=job_type, labels=tuple(labels), stalled=stalled)
+        worker = single_param(req, "worker")
+        if worker is not None and not 1 <= len(worker) <= MAX_WORKER_CHARS:
+            raise bad_request("invalid_parameter",
+                              f"worker must be 1 to {MAX_WORKER_CHARS} characters")
+        name_prefix = single_param(req, "name_prefix")
+        if name_prefix is not None and not 1 <= len(name_prefix) <= MAX_NAME_PREFIX_CHARS:
+            raise bad_request("invalid_parameter",
+                              f"name_prefix must be 1 to {MAX_NAME_PREFIX_CHARS} characters")
+        where = JobFilter(state=state, type=job_type, labels=tuple(labels), stalled=stalled,
+                          worker=worker, name_prefix=name_prefix)
         try:
             if cursor is not None and not matches(CURSOR_PATTERN, cursor):
                 raise ValueError(cursor)

@@ -6,6 +6,7 @@ import threading
 
 import falcon
 
+from app.auth import require
 from app.config import Config
 from app.inputs import read_json
 from app.model import format_time
@@ -53,15 +54,15 @@ class BulkCommands:
             self._slots.release()
 
     def _run(self, req: falcon.Request, resp: falcon.Response, body: dict) -> None:
+        if body["command"] == "delete":
+            self._delete(req, resp, body)
+            return
         options = {"actor": req.context.principal.name, "reason": body.get("reason", ""),
                    "stop": self._stop}
         if "ids" in body:
             result = self._store.bulk_command(body["command"], ids=body["ids"], **options)
         else:
-            where = body["where"]
-            labels = tuple(item.partition(":")[::2] for item in where.get("label", []))
-            job_filter = JobFilter(state=where.get("state"), type=where.get("type"),
-                                   labels=labels, stalled=where.get("stalled"))
+            job_filter = _filter_of(body["where"])
             try:
                 result = self._store.bulk_command(body["command"], where=job_filter,
                                                   cursor=body.get("cursor"), **options)
@@ -69,6 +70,27 @@ class BulkCommands:
                 raise bad_request("invalid_cursor",
                                   "the cursor is not one this service gave") from None
         resp.media = result.as_dict()
+
+
+    def _delete(self, req: falcon.Request, resp: falcon.Response, body: dict) -> None:
+        """Ended jobs, by ids or by a filter that names a final state (admin)."""
+        require(req, "delete", "delete jobs")
+        if "ids" in body:
+            result = self._store.bulk_delete(ids=body["ids"])
+        else:
+            try:
+                result = self._store.bulk_delete(where=_filter_of(body["where"]),
+                                                 cursor=body.get("cursor"))
+            except ValueError:
+                raise bad_request("invalid_cursor",
+                                  "the cursor is not one this service gave") from None
+        resp.media = result.as_dict()
+
+
+def _filter_of(where: dict) -> JobFilter:
+    labels = tuple(item.partition(":")[::2] for item in where.get("label", []))
+    return JobFilter(state=where.get("state"), type=where.get("type"), labels=labels,
+                     stalled=where.get("stalled"))
 
 
 class Stats:
@@ -85,4 +107,5 @@ class Stats:
             "types": stats.types, "labels": stats.labels,
             "changes_per_minute": [{"minute": format_time(ms), "count": count}
                                    for ms, count in stats.changes_per_minute],
-            "now": format_time(stats.now_ms)}
+            "now": format_time(stats.now_ms),
+            "run_times": {t: r.as_dict() for t, r in stats.run_times.items()}}

@@ -14,16 +14,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from app.errors import raise_for_code
+from app.errors import NotEnded, raise_for_code
 from app.model import Job
 from app.store.keys import KeySchema, ShardKeys, legacy_job_key
 from app.store.scripts import (
     ApplyCommandCode,
     ClearOrphansCode,
+    DeleteJobCode,
     DeleteLegacyJobCode,
+    DropWorkersCode,
     ImportLegacyJobsCode,
     LuaScript,
     RecordHeartbeatsCode,
+    RerunJobCode,
     Scripts,
 )
 
@@ -66,7 +69,7 @@ class _Binding:
 
 
 class RegisterJob(_Binding):
-    """lua/registerJob-9.lua"""
+    """lua/registerJob-10.lua"""
 
     def call(self, shard: ShardKeys, job_id: str, job_type: str, *, name: str,
              labels: dict[str, str], heartbeat_timeout: int, actor: str, history_cap: int,
@@ -78,7 +81,7 @@ class RegisterJob(_Binding):
             idem_key, idem_ttl = shard.idempotency(actor, idempotency_key), idempotency_ttl
         keys = [shard.job(job_id), shard.history(job_id), shard.all_jobs,
                 shard.state_index("start"), shard.type_index(job_type), shard.deadlines, idem_key,
-                shard.label_counts, shard.changes,
+                shard.label_counts, shard.changes, shard.name_index,
                 *(shard.label_index(k, v) for k, v in sorted(labels.items()))]
         args: list[Any] = [job_id, job_type, name, labels_json(labels), heartbeat_timeout, actor,
                            history_cap, idem_ttl, fingerprint, shard.channel, owner]
@@ -92,14 +95,15 @@ class RegisterJob(_Binding):
 
 
 class ApplyCommand(_Binding):
-    """lua/applyCommand-10.lua"""
+    """lua/applyCommand-12.lua"""
 
     def call(self, job_id: str, command: str, *, actor: str, reason: str,
              expected_version: int | None, history_cap: int, retention_seconds: int,
              operation: str, owner: str) -> Call:
         shard = self.keys.for_job(job_id)
         keys = [shard.job(job_id), shard.history(job_id), *shard.state_indexes(),
-                shard.deadlines, shard.expiries, shard.changes]
+                shard.deadlines, shard.expiries, shard.changes, shard.worker_jobs,
+                shard.run_times]
         args: list[Any] = [command, actor, reason,
                            "" if expected_version is None else expected_version, history_cap,
                            retention_seconds, shard.channel, operation, owner]
@@ -114,14 +118,14 @@ class ApplyCommand(_Binding):
 
 
 class ApplyCommands(_Binding):
-    """lua/applyCommands-8.lua: ids of one shard, distinct."""
+    """lua/applyCommands-10.lua: ids of one shard, distinct."""
 
     def call(self, shard: ShardKeys, job_ids: Sequence[str], command: str, *, actor: str,
              reason: str, history_cap: int, retention_seconds: int, operation: str,
              state: str | None = None, job_type: str | None = None,
              labels: tuple[tuple[str, str], ...] = (), stalled: bool | None = None) -> Call:
         keys = [*shard.state_indexes(), shard.deadlines, shard.expiries, shard.changes,
-                *(shard.label_index(k, v) for k, v in labels)]
+                shard.worker_jobs, shard.run_times, *(shard.label_index(k, v) for k, v in labels)]
         for job_id in job_ids:
             keys += [shard.job(job_id), shard.history(job_id)]
         args: list[Any] = [command, actor, reason, history_cap, retention_seconds,
@@ -138,7 +142,7 @@ class ApplyCommands(_Binding):
 
 
 class DeleteJob(_Binding):
-    """lua/deleteJob-12.lua: the index keys come from the type and labels the
+    """lua/deleteJob-15.lua: the index keys come from the type and labels the
     caller read; the script checks them again (STALE_READ)."""
 
     def call(self, job_id: str, job_type: str, labels: str, *, sweep: bool) -> Call:
@@ -147,6 +151,7 @@ class DeleteJob(_Binding):
                 *(shard.state_index(s) for s in ("kill", "done", "failed")),
                 shard.deadlines, shard.expiries, shard.type_index(job_type),
                 shard.state_index("start"), shard.state_index("pause"), shard.label_counts,
+                shard.name_index, shard.worker_index, shard.worker_jobs,
                 *(shard.label_index(k, v) for k, v in sorted(json.loads(labels).items()))]
         args: list[Any] = [job_id, job_type, labels, "sweep" if sweep else "api", shard.channel]
         return Call(self.script, keys, args)
@@ -154,6 +159,11 @@ class DeleteJob(_Binding):
     @staticmethod
     def decode(reply: Reply) -> None:
         raise_for_code(reply)
+
+    @staticmethod
+    def code(reply: Reply) -> DeleteJobCode:
+        """The reply's code, without raising (a batch tells its jobs apart)."""
+        return DeleteJobCode(int(reply[0]))
 
 
 class ReadJob(_Binding):
@@ -169,11 +179,11 @@ class ReadJob(_Binding):
 
 
 class RecordHeartbeats(_Binding):
-    """lua/recordHeartbeats-1.lua: jobs of one shard."""
+    """lua/recordHeartbeats-4.lua: jobs of one shard."""
 
     def call(self, shard: ShardKeys, job_ids: Sequence[str],
              job_args: Sequence[Sequence[str]], owner: str) -> Call:
-        keys = [shard.deadlines, *(shard.job(job_id) for job_id in job_ids)]
+        keys = [*shard.heartbeat_keys(), *(shard.job(job_id) for job_id in job_ids)]
         args: list[Any] = [owner]
         for one in job_args:
             args += one
@@ -185,6 +195,55 @@ class RecordHeartbeats(_Binding):
         if entry[0] in (RecordHeartbeatsCode.JOB_NOT_FOUND, RecordHeartbeatsCode.NOT_OWNER):
             raise_for_code(entry, owner=owner)
         return entry
+
+
+class RerunJob(_Binding):
+    """lua/rerunJob-11.lua: the new id is drawn in the old job's shard; the
+    label index keys come from the type and labels the caller read, which the
+    script checks again (STALE_READ)."""
+
+    def call(self, old_id: str, new_id: str, job_type: str, labels: str, *, actor: str,
+             owner: str, history_cap: int, idempotency_key: str | None, idempotency_ttl: int,
+             kept_reruns: int) -> Call:
+        shard = self.keys.for_job(old_id)
+        if idempotency_key is None:
+            idem_key, idem_ttl = f"{shard.tag}:idem:-", 0
+        else:
+            idem_key = shard.rerun_idempotency(actor, old_id, idempotency_key)
+            idem_ttl = idempotency_ttl
+        keys = [shard.job(old_id), shard.job(new_id), shard.history(new_id), shard.all_jobs,
+                shard.state_index("start"), shard.type_index(job_type), shard.deadlines,
+                idem_key, shard.label_counts, shard.changes, shard.name_index,
+                *(shard.label_index(k, v) for k, v in sorted(json.loads(labels).items()))]
+        args: list[Any] = [new_id, job_type, labels, actor, history_cap, idem_ttl, "rerun",
+                           shard.channel, owner, kept_reruns]
+        return Call(self.script, keys, args)
+
+    @staticmethod
+    def decode(reply: Reply) -> Reply:
+        """CREATED, EXISTS, REPLAY or STALE_READ (the caller reads again);
+        NotEnded for an old job that has not ended, else the code's error."""
+        code = int(reply[0])
+        if code == RerunJobCode.ILLEGAL_TRANSITION:
+            raise NotEnded(f"the job is in state {reply[1]}; only an ended job runs again",
+                           current_state=reply[1], version=int(reply[2]))
+        if code != RerunJobCode.STALE_READ:
+            raise_for_code(reply)
+        return reply
+
+
+class DropWorkers(_Binding):
+    """lua/dropWorkers-2.lua: the workers of one shard silent since ``cutoff_ms``."""
+
+    def call(self, shard: ShardKeys, cutoff_ms: int, batch: int) -> Call:
+        return Call(self.script, [shard.workers, shard.worker_jobs], [cutoff_ms, batch])
+
+    @staticmethod
+    def decode(reply: Reply) -> int:
+        """How many workers were dropped."""
+        if int(reply[0]) != DropWorkersCode.DROPPED:
+            raise_for_code(reply)
+        return int(reply[1])
 
 
 class ClearOrphans(_Binding):
@@ -245,6 +304,8 @@ class Bindings:
         self.clear_orphans = ClearOrphans(scripts.clear_orphans, keys)
         self.import_legacy_jobs = ImportLegacyJobs(scripts.import_legacy_jobs, keys)
         self.delete_legacy_job = DeleteLegacyJob(scripts.delete_legacy_job, keys)
+        self.rerun_job = RerunJob(scripts.rerun_job, keys)
+        self.drop_workers = DropWorkers(scripts.drop_workers, keys)
 
     def run_pipeline(self, calls: Sequence[Call]) -> list[Reply]:
         return run_pipeline(self.scripts, calls)

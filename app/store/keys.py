@@ -70,6 +70,39 @@ class ShardKeys:
         return f"{self.tag}:idem:{_digest(scope + chr(0) + key)}"
 
     @property
+    def name_index(self) -> str:
+        """Lexical: members "<name>\\0<score, 20 digits><id>" (app/store/lexical.py)."""
+        return f"{self.tag}:idx:name"
+
+    @property
+    def worker_index(self) -> str:
+        """Lexical: members "<worker>\\0<score, 20 digits><id>" (app/store/lexical.py)."""
+        return f"{self.tag}:idx:worker"
+
+    @property
+    def workers(self) -> str:
+        """Member: a worker's name; score: its last heartbeat (ms)."""
+        return f"{self.tag}:workers"
+
+    @property
+    def worker_jobs(self) -> str:
+        """Field "<state> <worker>": that worker's jobs in that state."""
+        return f"{self.tag}:workers:jobs"
+
+    @property
+    def run_times(self) -> str:
+        """Histogram of run times per minute and type (app/store/run_times.py)."""
+        return f"{self.tag}:runtimes"
+
+    def heartbeat_keys(self) -> list[str]:
+        """The fixed KEYS of recordHeartbeats-4, before the job hashes."""
+        return [self.deadlines, self.worker_index, self.workers, self.worker_jobs]
+
+    def rerun_idempotency(self, scope: str, job_id: str, key: str) -> str:
+        """An Idempotency-Key of a rerun: scoped to the caller and the old job."""
+        return f"{self.tag}:idem:{_digest(scope + chr(0) + job_id + chr(0) + key)}"
+
+    @property
     def channel(self) -> str:
         return f"{self.tag}:events"
 

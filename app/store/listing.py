@@ -14,6 +14,7 @@ from app.model import Job, is_job_id
 from app.store.connection import unavailable_on_redis_errors
 from app.store.core import StoreCore
 from app.store.keys import ShardKeys
+from app.store.lexical import prefix_entries, text_entries
 
 
 @dataclass(frozen=True)
@@ -22,13 +23,16 @@ class JobFilter:
     type: str | None = None
     labels: tuple[tuple[str, str], ...] = ()
     stalled: bool | None = None
+    worker: str | None = None        # the worker of the job's last heartbeat
+    name_prefix: str | None = None
 
     def matches(self, job: Job, now_ms: int) -> bool:
         return ((self.state is None or job.state == self.state)
                 and (self.type is None or job.type == self.type)
                 and all(job.labels.get(k) == v for k, v in self.labels)
-                and (self.stalled is None or job.stalled(now_ms) == self.stalled))
-
+                and (self.stalled is None or job.stalled(now_ms) == self.stalled)
+                and (self.worker is None or job.worker == self.worker)
+                and (self.name_prefix is None or job.name.startswith(self.name_prefix)))
 
 
 @dataclass
@@ -63,6 +67,8 @@ class _Position:
 
 # The key of one index in a shard: listings read the same index of every shard.
 IndexOf = Callable[[ShardKeys], str]
+# The next entries after a position, newest first, at most that many.
+EntrySource = Callable[[_Position | None, int], list[tuple[int, str]]]
 
 
 def _label_index_of(key: str, value: str) -> IndexOf:
@@ -79,14 +85,13 @@ class ListingStore(StoreCore):
         a cursor: its cost depends on the page, never on how many jobs exist."""
         position = _Position.decode(cursor) if cursor else None
         now_ms = self.server_time_ms()
-        index = self._index_for(where)
-        upper = now_ms if where.stalled else None
+        next_entries = self._entry_source(where, now_ms)
         found: list[Job] = []
         scanned = 0
         exhausted = False
         while len(found) < limit and scanned < max_scan:
             want = min(limit - len(found), max_scan - scanned)
-            entries = self._merged_entries(index, position, upper, want)
+            entries = next_entries(position, want)
             jobs = self._read_jobs([job_id for _, job_id in entries])
             for (score, job_id), job in zip(entries, jobs, strict=True):
                 scanned += 1
@@ -98,6 +103,36 @@ class ListingStore(StoreCore):
                 break
         next_cursor = None if exhausted or position is None else position.encode()
         return Page(found, next_cursor, now_ms, scanned)
+
+    def _entry_source(self, where: JobFilter, now_ms: int) -> EntrySource:
+        """Where a listing takes its entries from, newest first: the worker's
+        lexical index, the name index for a prefix with few enough entries,
+        else the smallest time-ordered index the filter names."""
+        shards = list(self.keys.shards.values())
+        if where.worker is not None:
+            worker = where.worker
+
+            def by_worker(position: _Position | None, count: int) -> list[tuple[int, str]]:
+                at = None if position is None else (position.score, position.job_id)
+                with unavailable_on_redis_errors():
+                    return text_entries(self.client, shards, lambda s: s.worker_index,
+                                                worker, at, count)
+            return by_worker
+        if where.name_prefix is not None:
+            with unavailable_on_redis_errors():
+                named = prefix_entries(self.client, shards, lambda s: s.name_index,
+                                               where.name_prefix)
+            if named is not None:
+                rows = named
+
+                def by_name(position: _Position | None, count: int) -> list[tuple[int, str]]:
+                    after = rows if position is None else \
+                        [e for e in rows if e < (position.score, position.job_id)]
+                    return after[:count]
+                return by_name
+        index = self._index_for(where)
+        upper = now_ms if where.stalled else None
+        return lambda position, count: self._merged_entries(index, position, upper, count)
 
     def _index_for(self, where: JobFilter) -> IndexOf:
         """The deadlines for stalled jobs; else the smallest index the filter

@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from app.errors import JobNotFound, NotDue
 from app.store.connection import unavailable_on_redis_errors
 from app.store.scripts import ClearOrphansCode
+from app.store.workers import WorkersStore
 from app.store.writes import WritesStore
 
 
-class RetentionStore(WritesStore):
+class RetentionStore(WritesStore, WorkersStore):
     def sweep_expired(self, batch: int = 200, job_types: Sequence[str] = ()) -> int:
         """Delete terminal jobs whose retention has run out, up to ``batch`` per
         shard; returns how many due entries were dealt with (0: none left).
@@ -21,6 +22,8 @@ class RetentionStore(WritesStore):
         pipeline of one call per shard: an entry that cannot be deleted is
         never read again, so it cannot hold up the jobs due after it."""
         now_ms = self.server_time_ms()
+        # Workers silent for the retention period leave GET /v1/workers.
+        self.drop_silent_workers(now_ms)
         shards = list(self.keys.shards.values())
         with unavailable_on_redis_errors():
             pipe = self.client.pipeline(transaction=False)

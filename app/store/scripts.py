@@ -94,6 +94,20 @@ class ImportLegacyJobsCode(enum.IntEnum):
     INVALID_ARGUMENTS = ScriptCode.INVALID_ARGUMENTS   # the whole batch: nothing written
 
 
+class RerunJobCode(enum.IntEnum):
+    CREATED = 1
+    EXISTS = 0             # a retry of this very call: the job it created
+    REPLAY = 2             # Idempotency-Key replay: the id of the first request's job
+    JOB_NOT_FOUND = ScriptCode.JOB_NOT_FOUND
+    ILLEGAL_TRANSITION = ScriptCode.ILLEGAL_TRANSITION   # the old job has not ended
+    STALE_READ = ScriptCode.STALE_READ
+    IDEMPOTENCY_KEY_REUSED = ScriptCode.IDEMPOTENCY_KEY_REUSED
+
+
+class DropWorkersCode(enum.IntEnum):
+    DROPPED = 1
+
+
 class DeleteLegacyJobCode(enum.IntEnum):
     DELETED = 1
     CHANGED = 0
@@ -109,6 +123,8 @@ RETURN_CODES: dict[str, type[enum.IntEnum]] = {
     "clearOrphans": ClearOrphansCode,
     "importLegacyJobs": ImportLegacyJobsCode,
     "deleteLegacyJob": DeleteLegacyJobCode,
+    "rerunJob": RerunJobCode,
+    "dropWorkers": DropWorkersCode,
 }
 
 _NAME_RE = re.compile(r"(?P<name>[a-zA-Z]+)-(?P<keys>\d+)\.lua\Z")
@@ -224,6 +240,8 @@ class Scripts:
     clear_orphans: LuaScript
     import_legacy_jobs: LuaScript
     delete_legacy_job: LuaScript
+    rerun_job: LuaScript
+    drop_workers: LuaScript
 
     def __init__(self, client: StoreClient) -> None:
         self._client = client
@@ -246,6 +264,8 @@ class Scripts:
         self.clear_orphans = self._named("clearOrphans")
         self.import_legacy_jobs = self._named("importLegacyJobs")
         self.delete_legacy_job = self._named("deleteLegacyJob")
+        self.rerun_job = self._named("rerunJob")
+        self.drop_workers = self._named("dropWorkers")
 
     def _named(self, name: str) -> LuaScript:
         try:

@@ -10,6 +10,7 @@ from app.model import STATES
 from app.store.connection import unavailable_on_redis_errors
 from app.store.core import StoreCore
 from app.store.keys import ShardKeys
+from app.store.run_times import RunTimes, read_run_times
 
 
 @dataclass
@@ -21,6 +22,7 @@ class Stats:
     types: dict[str, int] = field(default_factory=dict)
     labels: dict[str, int] = field(default_factory=dict)     # "key:value": jobs, largest first
     changes_per_minute: list[tuple[int, int]] = field(default_factory=list)  # (ms, count)
+    run_times: dict[str, RunTimes] = field(default_factory=dict)  # by type
 
 
 
@@ -69,6 +71,8 @@ class StatsStore(StoreCore):
         result.changes_per_minute = [(m * 60_000, minutes.get(m, 0))
                                      for m in range(this_minute - 59, this_minute + 1)]
         result.labels = self._largest_labels(shards, top_labels)
+        with unavailable_on_redis_errors():
+            result.run_times = read_run_times(self.client, shards, now_ms)
         return result
 
     def _largest_labels(self, shards: list[ShardKeys], top: int,

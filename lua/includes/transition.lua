@@ -2,18 +2,29 @@
   Move one job to the command's target state, as applyCommand does for one
   job and applyCommands for each job of a batch: the hash (state, version,
   updated_at, the ids of its last changes), the state indexes, the heartbeat
-  deadline, the retention deadline, a history entry and the change message.
+  deadline, the retention deadline, the counts of its worker by state, on a
+  final state the run time, a history entry and the change message.
   Checks are the caller's, all made before its first write.
 
     c: what the call's jobs share: stateIndex (state -> index key), deadlines,
-       expiries (keys), command, target, actor, reason, cap (history entries),
-       retention (seconds), channel, op (operation id, "" for none)
-    job: HMGET of id, state, version, score, heartbeat_timeout, ops
+       expiries, workerJobs, runTimes (keys), command, target, actor, reason,
+       cap (history entries), retention (seconds), channel, op (operation id,
+       "" for none)
+    job: readJob's answer (HMGET of JOB_FIELDS)
   Returns the job's new version.
 ]]
 --- @include "stateMachine"
 --- @include "historyEntry"
+--- @include "workerCounts"
+--- @include "runTime"
 local keptOps = 4
+-- What a transition reads of a job; callers read it whole (readJob) and may
+-- check the fields after the ones transition uses (type, owner).
+local JOB_FIELDS = { "id", "state", "version", "score", "heartbeat_timeout", "ops",
+                     "worker", "started_at", "created_at", "type", "owner" }
+local function readJob(jobKey)
+  return redis.call("HMGET", jobKey, unpack(JOB_FIELDS))
+end
 
 local function transition(c, jobKey, histKey, job, nowMs)
   local target = c.target
@@ -40,7 +51,11 @@ local function transition(c, jobKey, histKey, job, nowMs)
   if TERMINAL[target] then
     redis.call("HSET", jobKey, "ended_at", nowMs)
     redis.call("ZADD", c.expiries, nowMs + c.retention * 1000, id)
+    -- Run time: from the first heartbeat, or from registration without one.
+    recordRunTime(c.runTimes, nowMs, job[10], tonumber(job[8] or job[9]))
   end
+  countWorkerJob(c.workerJobs, state, job[7], -1)
+  countWorkerJob(c.workerJobs, target, job[7], 1)
 
   historyEntry(histKey, c.cap, version, nowMs, c.command, state, target, c.actor, c.reason)
   redis.call("SPUBLISH", c.channel, id .. " " .. version .. " " .. target)

@@ -2,7 +2,7 @@
 --[[
   Apply one command (start, pause, kill, done, fail) to many jobs of one shard:
   POST /v1/jobs/commands, one call per shard and batch. Each job that matches
-  changes exactly as lua/applyCommand-10.lua changes one: both move a job with
+  changes exactly as lua/applyCommand-12.lua changes one: both move a job with
   lua/includes/transition.lua (tests/test_bulk_commands.py compares them).
 
   Input:
@@ -14,8 +14,10 @@
     KEYS[6]  heartbeat deadlines   {kc:s}:deadline
     KEYS[7]  retention deadlines   {kc:s}:expiry
     KEYS[8]  changes per minute    {kc:s}:changes
-    KEYS[9 .. 8+L]   label indexes of the filter   {kc:s}:idx:label:<sha1>
-    KEYS[9+L ..]     per job, two keys: job hash {kc:s}:job:<id>, history {kc:s}:hist:<id>
+    KEYS[9]  jobs per worker       {kc:s}:workers:jobs  (field "<state> <worker>")
+    KEYS[10] run times             {kc:s}:runtimes      (histogram, lua/includes/runTime.lua)
+    KEYS[11 .. 10+L] label indexes of the filter   {kc:s}:idx:label:<sha1>
+    KEYS[11+L ..]     per job, two keys: job hash {kc:s}:job:<id>, history {kc:s}:hist:<id>
                      (distinct jobs: a job named twice would change twice)
 
     ARGV[1]  command
@@ -46,7 +48,7 @@ local target = TARGET[ARGV[1]]
 local op = ARGV[7]
 local wantState, wantType, wantStalled = ARGV[8], ARGV[9], ARGV[10]
 local labels = tonumber(ARGV[11])
-local first = 9 + labels
+local first = 11 + labels
 
 if not target then
   return { -2 }
@@ -57,8 +59,7 @@ local nowMs = serverTime()
 local counts = { 0, 0, 0, 0, 0 }  -- changed, unchanged, refused, not_found, unmatched
 local todo = {}
 for k = first, #KEYS, 2 do
-  local job = rcall("HMGET", KEYS[k], "id", "state", "version", "score", "heartbeat_timeout",
-                    "ops", "type")
+  local job = readJob(KEYS[k])
   local id, state = job[1], job[2]
   local outcome
   if not id then
@@ -67,8 +68,8 @@ for k = first, #KEYS, 2 do
     outcome = 1
   else
     local matches = (wantState == "" or state == wantState)
-      and (wantType == "" or job[7] == wantType)
-    for i = 9, first - 1 do
+      and (wantType == "" or job[10] == wantType)
+    for i = 11, first - 1 do
       matches = matches and rcall("ZSCORE", KEYS[i], id) ~= false
     end
     if matches and wantStalled ~= "" then
@@ -92,6 +93,7 @@ end
 
 -- Each change as in applyCommand-10.lua.
 local c = { stateIndex = stateIndexes(1), deadlines = KEYS[6], expiries = KEYS[7],
+            workerJobs = KEYS[9], runTimes = KEYS[10],
             command = ARGV[1], target = target, actor = ARGV[2], reason = ARGV[3],
             cap = tonumber(ARGV[4]), retention = tonumber(ARGV[5]), channel = ARGV[6], op = op }
 for _, entry in ipairs(todo) do

@@ -2,7 +2,7 @@
 --[[
   Apply a command (start, pause, kill, done, fail) to a job.
 
-  lua/applyCommands-8.lua applies the same change to many jobs: both move a
+  lua/applyCommands-10.lua applies the same change to many jobs: both move a
   job with lua/includes/transition.lua (tests/test_bulk_commands.py compares
   them).
 
@@ -17,6 +17,8 @@
     KEYS[8]  heartbeat deadlines   {kc:s}:deadline
     KEYS[9]  retention deadlines   {kc:s}:expiry
     KEYS[10] changes per minute    {kc:s}:changes
+    KEYS[11] jobs per worker       {kc:s}:workers:jobs  (field "<state> <worker>")
+    KEYS[12] run times             {kc:s}:runtimes      (histogram, lua/includes/runTime.lua)
 
     ARGV[1]  command
     ARGV[2]  actor
@@ -56,14 +58,13 @@ local op = ARGV[8] or ""
 local nowMs = serverTime()
 
 -- Preconditions, before the first write.
-local job = rcall("HMGET", jobKey, "id", "state", "version", "score", "heartbeat_timeout",
-                  "ops", "owner")
+local job = readJob(jobKey)
 local id, state, version = job[1], job[2], tonumber(job[3])
 if not id then
   return { -1 }
 end
 local requiredOwner = ARGV[9] or ""
-if requiredOwner ~= "" and (job[7] or "") ~= requiredOwner then
+if requiredOwner ~= "" and (job[11] or "") ~= requiredOwner then
   return { -8 }
 end
 -- A retry of a change already made (other changes may have come since).
@@ -84,6 +85,7 @@ if TERMINAL[state] then
 end
 
 transition({ stateIndex = stateIndexes(3), deadlines = KEYS[8], expiries = KEYS[9],
+             workerJobs = KEYS[11], runTimes = KEYS[12],
              command = ARGV[1], target = target, actor = ARGV[2], reason = ARGV[3],
              cap = tonumber(ARGV[5]), retention = tonumber(ARGV[6]), channel = ARGV[7],
              op = op }, jobKey, histKey, job, nowMs)

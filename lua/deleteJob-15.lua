@@ -18,7 +18,10 @@
     KEYS[10] index of state start  {kc:s}:idx:state:start
     KEYS[11] index of state pause  {kc:s}:idx:state:pause
     KEYS[12] label counts          {kc:s}:labels
-    KEYS[13..] label indexes       {kc:s}:idx:label:<sha1 of key=value>
+    KEYS[13] name index (lexical)  {kc:s}:idx:name
+    KEYS[14] worker index (lexical) {kc:s}:idx:worker
+    KEYS[15] jobs per worker       {kc:s}:workers:jobs
+    KEYS[16..] label indexes       {kc:s}:idx:label:<sha1 of key=value>
 
     ARGV[1]  job id
     ARGV[2]  type the caller read (the index keys were built from it)
@@ -35,11 +38,14 @@
 ]]
 --- @include "serverTime"
 --- @include "stateMachine"
+--- @include "lexicalEntry"
+--- @include "workerCounts"
 local rcall = redis.call
 local id = ARGV[1]
 
 -- Preconditions, before the first write.
-local job = rcall("HMGET", KEYS[1], "state", "version", "type", "labels")
+local job = rcall("HMGET", KEYS[1], "state", "version", "type", "labels", "name", "worker",
+                  "score")
 if not job[1] then
   return { -1 }
 end
@@ -61,10 +67,20 @@ rcall("DEL", KEYS[1], KEYS[2])
 for i = 3, 11 do
   rcall("ZREM", KEYS[i], id)
 end
-for i = 13, #KEYS do
+for i = 16, #KEYS do
   rcall("ZREM", KEYS[i], id)
 end
-if #KEYS >= 13 then
+-- The lexical entries (written by registerJob, rerunJob and recordHeartbeats)
+-- and the job's place in its worker's counts.
+local score = job[7] or ""
+if (job[5] or "") ~= "" then
+  rcall("ZREM", KEYS[13], lexicalEntry(job[5], score, id))
+end
+if (job[6] or "") ~= "" then
+  rcall("ZREM", KEYS[14], lexicalEntry(job[6], score, id))
+  countWorkerJob(KEYS[15], job[1], job[6], -1)
+end
+if #KEYS >= 16 then
   for key, value in pairs(cjson.decode(ARGV[3])) do
     rcall("ZINCRBY", KEYS[12], -1, key .. ":" .. value)
   end
