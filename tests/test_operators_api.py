@@ -178,6 +178,7 @@ def test_workers_page_without_repeats_when_they_span_shards(client, store):
     jobs = [new_job(client) for _ in range(48)]
     store.heartbeats([HeartbeatReport(job["id"], worker=f"w{i % 5}")
                       for i, job in enumerate(jobs)])
+    time.sleep(0.002)  # a later millisecond: a tie would list w4 first (by name)
     heartbeat(client, jobs[7]["id"], worker="w2")  # w2 is now the newest
     for limit in (1, 2, 3, 50):
         names = [w["name"] for w in workers_of(client, limit)]

@@ -99,6 +99,10 @@ def list_workers(store: StoreCore, *, limit: int = 50, cursor: str | None = None
     for _ in range(_MAX_ROUNDS):
         heads = _heads(store, shards, position, limit)
         merged = list(heapq.merge(*heads, reverse=True))
+        # A shard whose head is full may hold more entries just below its last
+        # one: the merge is complete only down to the largest such last entry.
+        full = [head[-1] for head in heads if len(head) == limit]
+        safe = max(full) if full else None
         if merged:
             names = sorted({name for _, name in merged})
             with unavailable_on_redis_errors():
@@ -110,6 +114,8 @@ def list_workers(store: StoreCore, *, limit: int = 50, cursor: str | None = None
                                                   strict=True)}
             listed = {name for _, name in page}
             for ms, name in merged:
+                if safe is not None and (ms, name) < safe:
+                    break
                 # Listed at its latest heartbeat only, once.
                 if latest[name] == ms and name not in listed:
                     page.append((ms, name))
@@ -117,14 +123,14 @@ def list_workers(store: StoreCore, *, limit: int = 50, cursor: str | None = None
                 position = (ms, name)
                 if len(page) == limit:
                     break
-        if all(len(h) < limit for h in heads) and (not merged or position == merged[-1]):
+        if not full and (not merged or position == merged[-1]):
             exhausted = True
             break
         if len(page) == limit:
             break
     workers = [WorkerInfo(name, ms) for ms, name in page]
     _count_jobs(store, shards, workers, now_ms)
-    next_cursor = None if exhausted or not page else encode_cursor(position or page[-1])
+    next_cursor = None if exhausted or position is None else encode_cursor(position)
     return workers, next_cursor, now_ms
 
 

@@ -13,6 +13,8 @@ import urllib.parse
 import uuid
 from typing import Any, cast
 
+from karmchari_client.states import DONE, FAILED, KILLED, PAUSED, RUNNING
+
 # A JSON object as the service sends it.
 Json = dict[str, Any]
 
@@ -43,6 +45,11 @@ class ServiceUnavailable(ApiError):
                                   "code": code})
         self.retry_after = retry_after
         self.idempotency_key: str | None = None  # the key of the write that got this
+
+
+# GET /v1/workers's words for the states of a worker's jobs.
+_STATE_OF_WORD = {"running": RUNNING, "paused": PAUSED, "killed": KILLED, "done": DONE,
+                  "failed": FAILED}
 
 
 class Client:
@@ -153,8 +160,14 @@ class Client:
 
     def workers(self, *, limit: int | None = None, cursor: str | None = None) -> Json:
         """Every worker seen in heartbeats, with its jobs by state:
-        ``{"workers": [...], "next_cursor": ...}``."""
-        return self._json("GET", "/v1/workers", query=listing_query(limit=limit, cursor=cursor))
+        ``{"workers": [...], "next_cursor": ...}``. The service counts them by
+        the dashboard's words ("running", "paused"); each worker's ``jobs`` here
+        is keyed by the state names of the rest of this library ("start", "pause")."""
+        page = self._json("GET", "/v1/workers", query=listing_query(limit=limit, cursor=cursor))
+        for worker in page.get("workers", []):
+            worker["jobs"] = {_STATE_OF_WORD.get(word, word): count
+                              for word, count in worker.get("jobs", {}).items()}
+        return page
 
     def rerun(self, job_id: str, *, idempotency_key: str | None = None) -> Json:
         """Register a new job like an ended one (its type, name, labels and
