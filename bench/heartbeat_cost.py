@@ -2,8 +2,9 @@
 
 ``python -m bench.heartbeat_cost`` starts its own Redis, registers jobs, and
 runs the heartbeat script of this tree beside the one of ``--old-ref`` (git,
-default ``main``: ``lua/recordHeartbeats-1.lua``, which keeps no worker
-index) on the same jobs, in turns. For each it reports the Redis commands
+default ``d9e3bdd``, main before the worker index:
+``lua/recordHeartbeats-1.lua``, which keeps no worker index, its includes
+expanded as today's) on the same jobs, in turns. For each it reports the Redis commands
 one call runs (INFO commandstats: the script's own commands counted by name)
 and the server time per call (``usec_per_call`` of EVALSHA, which includes
 the commands it runs), for a single heartbeat and for batches of 100 jobs of
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from app.model import new_job_id
 from app.store import JobStore, connect, heartbeat_args
+from app.store.scripts import expand
 from bench import RESULTS, ROOT
 from bench.servers import BenchRedis
 
@@ -54,23 +56,24 @@ def measure(client, sha: str, keys_of, jobs: list[str], per_call: int, calls: in
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.heartbeat_cost", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--old-ref", default="main")
+    parser.add_argument("--old-ref", default="d9e3bdd")
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--output", type=Path, default=RESULTS / "heartbeat_cost.json")
     options = parser.parse_args(argv)
-    old_source = subprocess.run(["git", "show", f"{options.old_ref}:lua/recordHeartbeats-1.lua"],
-                                cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    # The old script as Redis ran it: its includes are the same as today's.
+    old_source = expand(subprocess.run(
+        ["git", "show", f"{options.old_ref}:lua/recordHeartbeats-1.lua"],
+        cwd=ROOT, check=True, capture_output=True, text=True).stdout)
     with BenchRedis() as server:
         store = JobStore(connect(server.url))
         shard = store.keys.shards["a"]
         jobs = [new_job_id("a") for _ in range(1000)]
         for job_id in jobs:  # registerJob calls, all in shard a
-            store.scripts.register_job(
-                [shard.job(job_id), shard.history(job_id), shard.all_jobs,
-                 shard.state_index("start"), shard.type_index("teams"), shard.deadlines,
-                 f"{shard.tag}:idem:-", shard.label_counts, shard.changes, shard.name_index],
-                [job_id, "teams", "n", "{}", 3600, "", 100, 0, "", shard.channel, ""])
+            store.bindings.register_job.call(
+                shard, job_id, "teams", name="n", labels={}, heartbeat_timeout=3600, actor="",
+                history_cap=100, idempotency_key=None, idempotency_ttl=0, fingerprint="",
+                owner="").run()
         client = server.client()
         new_sha = store.scripts.record_heartbeats.script.sha
         store.scripts.load_all()

@@ -91,7 +91,7 @@ for k = first, #KEYS, 2 do
   counts[outcome] = counts[outcome] + 1
 end
 
--- Each change as in applyCommand-10.lua.
+-- Each change as in applyCommand-12.lua.
 local c = { stateIndex = stateIndexes(1), deadlines = KEYS[6], expiries = KEYS[7],
             workerJobs = KEYS[9], runTimes = KEYS[10],
             command = ARGV[1], target = target, actor = ARGV[2], reason = ARGV[3],
