@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import falcon
 
@@ -10,6 +11,7 @@ from app.config import Config
 from app.inputs import read_json
 from app.model import format_time
 from app.problems import Problem, bad_request
+from app.schemas import Validators
 from app.store import BulkInterrupted, JobFilter, JobStore
 
 INTERRUPTED_DETAIL = (
@@ -27,7 +29,7 @@ class BulkCommands:
     permissions = {"POST": "command"}
     refusals = {"POST": "send commands to many jobs"}
 
-    def __init__(self, store: JobStore, config: Config, validators: dict,
+    def __init__(self, store: JobStore, config: Config, validators: Validators,
                  draining: threading.Event | None = None) -> None:
         self._store = store
         self._config = config
@@ -52,7 +54,7 @@ class BulkCommands:
         finally:
             self._slots.release()
 
-    def _run(self, req: falcon.Request, resp: falcon.Response, body: dict) -> None:
+    def _run(self, req: falcon.Request, resp: falcon.Response, body: dict[str, Any]) -> None:
         options = {"actor": req.context.principal.name, "reason": body.get("reason", ""),
                    "stop": self._stop}
         if "ids" in body:
