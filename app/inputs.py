@@ -84,7 +84,7 @@ _LIMITS = {
 }
 
 
-def read_json(req: falcon.Request, validator: Validator, max_bytes: int,
+def read_json(req: falcon.Request, validator: Validator | FastRequestValidator, max_bytes: int,
               required: bool = True) -> dict[str, Any]:
     """The request's JSON object, validated against ``validator``'s schema."""
     if not required and not req.content_length and not req.content_type:

@@ -3,6 +3,9 @@ that validate requests."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import falcon
 
 from app import __version__
@@ -28,15 +31,15 @@ _ASSET = {media: {"schema": {"type": "string"}}
           for media in ("text/html", "text/javascript", "text/css", "image/svg+xml")}
 
 
-def _ref(name: str) -> dict:
+def _ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _json(name: str) -> dict:
+def _json(name: str) -> dict[str, Any]:
     return {"application/json": {"schema": _ref(name)}}
 
 
-def _problem(description: str) -> dict:
+def _problem(description: str) -> dict[str, Any]:
     return {"description": description,
             "content": {"application/problem+json": {"schema": _ref("Problem")}}}
 
@@ -55,7 +58,7 @@ _COMMON = {
 }
 
 
-def _idempotency_key(description: str) -> dict:
+def _idempotency_key(description: str) -> dict[str, Any]:
     return {"name": "Idempotency-Key", "in": "header", "required": False,
             "description": description,
             "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN}}
@@ -71,14 +74,14 @@ _BODY_ERRORS = {"413": {"description": "Body too large",
                 "415": _problem("Not JSON")}
 
 
-def _responses(ok: dict, **more: dict) -> dict:
+def _responses(ok: dict[str, Any], **more: dict[str, Any]) -> dict[str, Any]:
     return {**ok, **_COMMON, **more}
 
 
-def build_openapi(config: Config) -> dict:
+def build_openapi(config: Config) -> dict[str, Any]:
     schemas = {**request_schemas(config), **RESPONSE_SCHEMAS}
     # Other fields are ignored, as the old service did; none may be repeated.
-    legacy_form = lambda props, required: {  # noqa: E731
+    legacy_form: Callable[[dict[str, Any], list[str]], dict[str, Any]] = lambda props, required: {  # noqa: E731
         "required": True,
         "content": {"application/x-www-form-urlencoded": {"schema": {
             "type": "object", "properties": props, "required": required,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from app.model import Job, format_time
 
 
-def job_json(job: Job, now_ms: int) -> dict:
+def job_json(job: Job, now_ms: int) -> dict[str, Any]:
     return {
         "id": job.id,
         "type": job.type,

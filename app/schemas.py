@@ -6,9 +6,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from functools import cache
+from typing import Any
 
 import jsonschema_rs
 from jsonschema import Draft202012Validator, ValidationError
+from jsonschema.protocols import Validator
 from jsonschema.validators import extend
 
 from app.config import Config
@@ -36,11 +38,11 @@ def label_filter_pattern(config: Config) -> str:
     return LABEL_KEY_PATTERN[:-1] + f":[\\s\\S]{{0,{config.max_label_chars}}}$"
 
 
-def _text(max_chars: int) -> dict:
+def _text(max_chars: int) -> dict[str, Any]:
     return {"type": "string", "maxLength": max_chars}
 
 
-def request_schemas(config: Config) -> dict[str, dict]:
+def request_schemas(config: Config) -> dict[str, dict[str, Any]]:
     text = _text(config.max_text_chars)
     heartbeat_props = {
         "progress": {"type": "number", "minimum": 0, "maximum": 100,
@@ -142,7 +144,7 @@ def request_schemas(config: Config) -> dict[str, dict]:
 
 
 @cache
-def _as_ecma(pattern: str) -> re.Pattern:
+def _as_ecma(pattern: str) -> re.Pattern[str]:
     """A final ``$`` means the end of the text in ECMA-262 (the regex dialect of
     JSON Schema); in Python it also matches before a final newline, which would
     let "<32 hex>\\n" pass as a job id."""
@@ -156,12 +158,15 @@ def matches(pattern: str, text: str) -> bool:
     return bool(_as_ecma(pattern).search(text))
 
 
-def _pattern(validator, pattern: str, instance: object, schema: dict):
+def _pattern(validator: Validator, pattern: str, instance: Any,
+             schema: dict[str, Any]) -> Iterator[ValidationError]:
     if validator.is_type(instance, "string") and not _as_ecma(pattern).search(instance):
         yield ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
-RequestValidator = extend(Draft202012Validator, {"pattern": _pattern})
+# The stubs leave extend() unannotated; what it returns is a validator class.
+RequestValidator: type[Validator] = extend(  # type: ignore[no-untyped-call]
+    Draft202012Validator, {"pattern": _pattern})
 
 
 class FastRequestValidator:
@@ -172,7 +177,7 @@ class FastRequestValidator:
     tests/test_schemas_fast_path.py checks that the fast path accepts nothing
     the reference refuses."""
 
-    def __init__(self, schema: dict) -> None:
+    def __init__(self, schema: dict[str, Any]) -> None:
         self._fast = jsonschema_rs.Draft202012Validator(schema)
         self._reference = RequestValidator(schema)
 
@@ -182,10 +187,14 @@ class FastRequestValidator:
         except ValueError:  # a value it cannot take, such as a lone surrogate
             return False
 
-    def iter_errors(self, instance: object) -> Iterator[ValidationError]:
+    def iter_errors(self, instance: Any) -> Iterator[ValidationError]:
         if self.fast_accepts(instance):
             return iter(())
         return self._reference.iter_errors(instance)
+
+
+# What validators() returns, as the resources take it.
+Validators = dict[str, FastRequestValidator]
 
 
 def validators(config: Config) -> dict[str, FastRequestValidator]:
@@ -196,7 +205,7 @@ def validators(config: Config) -> dict[str, FastRequestValidator]:
 
 _TIME = {"type": ["string", "null"], "format": "date-time"}
 
-RESPONSE_SCHEMAS: dict[str, dict] = {
+RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
     "Job": {
         "type": "object",
         "required": ["id", "type", "state", "version", "created_at", "updated_at", "stalled"],

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -77,7 +78,38 @@ def test_register_pause_resume_kill(url):
         ("kill", "start", "kill")]
     table = ok(karmchari("history", job_id, url=url)).splitlines()
     assert table[0].split() == ["VERSION", "AT", "COMMAND", "FROM", "TO", "ACTOR", "REASON"]
-    assert table[2].split()[2:] == ["pause", "start", "pause", "-", "disk", "full"]
+    # VERSION, then AT in three words (date, time, offset)
+    assert table[2].split()[4:] == ["pause", "start", "pause", "-", "disk", "full"]
+
+
+def test_times_are_local_iso_with_the_offset_and_raw_in_json(url):
+    """The dashboard's convention, in the zone TZ names; -o json keeps the
+    API's values."""
+    job_id = ok(karmchari("register", "teams", url=url)).strip()
+    ok(karmchari("pause", job_id, url=url))
+    kolkata = {"TZ": "Asia/Kolkata"}
+
+    def local(iso: str) -> str:
+        moment = datetime.datetime.fromisoformat(iso.replace("Z", "+00:00"))
+        return (moment + datetime.timedelta(hours=5, minutes=30)).strftime(
+            "%Y-%m-%d %H:%M:%S +05:30")
+
+    job = json.loads(ok(karmchari("get", job_id, "-o", "json", url=url, env=kolkata)))
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", job["created_at"])
+    shown = ok(karmchari("get", job_id, url=url, env=kolkata))
+    assert re.search(rf"^created at:\s+{re.escape(local(job['created_at']))}$", shown, re.M)
+    assert re.search(rf"^updated at:\s+{re.escape(local(job['updated_at']))}$", shown, re.M)
+
+    listed = ok(karmchari("list", url=url, env=kolkata)).splitlines()[1]
+    assert listed.split()[:3] == [job_id, "teams", "pause"]
+    assert listed.endswith(f"  {local(job['updated_at'])}")  # no name: last column
+    raw = json.loads(ok(karmchari("list", "-o", "json", url=url, env=kolkata)))
+    assert raw["jobs"][0]["updated_at"] == job["updated_at"]
+
+    history = json.loads(ok(karmchari("history", job_id, "-o", "json", url=url, env=kolkata)))
+    table = ok(karmchari("history", job_id, url=url, env=kolkata)).splitlines()
+    for line, entry in zip(table[1:], history, strict=True):
+        assert line.startswith(f"{entry['version']}        {local(entry['at'])}  ")
 
 
 def test_url_option_and_environment(url):

@@ -6,6 +6,7 @@ newer options build."""
 from __future__ import annotations
 
 import ast
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from app.cli import build_parser as server_parser
 from karmchari_client import states
 from karmchari_client.cli import build_parser
 from karmchari_client.cli_jobs import list_filters, worker_row
+from karmchari_client.cli_output import local_time
 from karmchari_client.client import listing_query
 from tests.servers import ROOT
 
@@ -89,10 +91,39 @@ def test_rerun_and_workers_take_the_output_option():
         parse("rerun", "not-an-id")
 
 
-def test_a_worker_row_lists_its_jobs_by_state():
+@pytest.fixture
+def zone(monkeypatch):
+    """Sets the local time zone (``TZ``) of this process for one test."""
+    def set_zone(name: str) -> None:
+        monkeypatch.setenv("TZ", name)
+        time.tzset()
+    yield set_zone
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_a_worker_row_lists_its_jobs_by_state(zone):
+    zone("Asia/Kolkata")
     row = worker_row({"name": "host-7", "last_heartbeat_at": "2026-01-01T00:00:00Z",
                       "jobs": {"start": 2, "pause": 0, "failed": 1}, "stalled": 1})
-    assert row == ["host-7", "2026-01-01T00:00:00Z", "1", "start 2, failed 1"]
+    assert row == ["host-7", "2026-01-01 05:30:00 +05:30", "1", "start 2, failed 1"]
+
+
+@pytest.mark.parametrize(("name", "iso", "expected"), [
+    ("Asia/Kolkata", "2026-12-05T08:08:10.120Z", "2026-12-05 13:38:10 +05:30"),
+    ("Asia/Kolkata", "2026-12-05T23:59:59.999999+00:00", "2026-12-06 05:29:59 +05:30"),
+    ("Europe/Berlin", "2026-12-05T08:08:10Z", "2026-12-05 09:08:10 +01:00"),
+    ("Europe/Berlin", "2026-07-05T08:08:10Z", "2026-07-05 10:08:10 +02:00"),
+    ("America/St_Johns", "2026-12-05T08:08:10.5+01:00", "2026-12-05 03:38:10 -03:30"),
+    ("UTC", "2026-12-05T08:08:10.120Z", "2026-12-05 08:08:10 +00:00"),
+    ("Asia/Kolkata", "not a time", "not a time"),
+    ("Asia/Kolkata", "2026-12-05T08:08:10", "2026-12-05T08:08:10"),  # no zone: as given
+    ("Asia/Kolkata", None, ""),
+])
+def test_times_are_local_iso_to_the_second_with_the_offset(zone, name, iso, expected):
+    """The dashboard's convention (app/ui/dom.js localTime), in TZ's zone."""
+    zone(name)
+    assert local_time(iso) == expected
 
 
 @pytest.mark.parametrize("option", [["-o", "json"], ["--output", "json"], ["--json"]])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from importlib import resources
+from typing import Any
 
 import falcon
 
@@ -49,7 +50,7 @@ def not_found() -> falcon.HTTPNotFound:
                                code="not_found", headers=dict(SECURITY_HEADERS))
 
 
-def unknown_dashboard_path(req: falcon.Request, resp: falcon.Response, **_) -> None:
+def unknown_dashboard_path(req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
     """A sink under /ui/ for what no route matches (a name with a slash, such
     as a decoded ``..%2F``): the same 404, with the same headers."""
     raise not_found()
@@ -66,7 +67,7 @@ class DashboardAssets:
     def __init__(self) -> None:
         self._assets = load_assets()
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response, name: str = "index.html"):
+    def on_get(self, req: falcon.Request, resp: falcon.Response, name: str = "index.html") -> None:
         asset = self._assets.get(name)
         if asset is None:
             raise not_found()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import falcon
 from falcon.uri import parse_query_string
@@ -12,7 +13,7 @@ from app.config import Config
 from app.errors import JobNotFound
 from app.events import ChangeNotifier, TooManyWaiters
 from app.inputs import int_param, read_json, single_param
-from app.model import FINISH_COMMANDS, STATES, format_time
+from app.model import FINISH_COMMANDS, STATES, Job, format_time
 from app.problems import Problem, bad_request, too_many_waiters
 from app.representation import etag, job_json
 from app.resources.common import check_job_id, register_fingerprint
@@ -22,6 +23,7 @@ from app.schemas import (
     IDEMPOTENCY_KEY_PATTERN,
     IF_MATCH_PATTERN,
     MAX_VERSION,
+    Validators,
     label_filter_pattern,
     matches,
 )
@@ -56,7 +58,8 @@ def idempotency_key(req: falcon.Request) -> str | None:
     return key
 
 
-def _set_job(resp: falcon.Response, job, now_ms: int, body: dict | None = None) -> None:
+def _set_job(resp: falcon.Response, job: Job, now_ms: int,
+             body: dict[str, Any] | None = None) -> None:
     resp.etag = etag(job)
     resp.media = job_json(job, now_ms) if body is None else body
 
@@ -64,7 +67,7 @@ def _set_job(resp: falcon.Response, job, now_ms: int, body: dict | None = None) 
 class JobCollection:
     permissions = {"POST": "register", "GET": "read"}
 
-    def __init__(self, store: JobStore, config: Config, validators: dict) -> None:
+    def __init__(self, store: JobStore, config: Config, validators: Validators) -> None:
         self._store = store
         self._config = config
         self._validator = validators["RegisterJob"]
@@ -177,7 +180,7 @@ class JobCommands:
     # Workers may send done/fail; other commands need the "command" permission.
     permissions = {"POST": "finish"}
 
-    def __init__(self, store: JobStore, config: Config, validators: dict) -> None:
+    def __init__(self, store: JobStore, config: Config, validators: Validators) -> None:
         self._store = store
         self._config = config
         self._validator = validators["Command"]

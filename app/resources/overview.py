@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import falcon
 
@@ -11,6 +12,7 @@ from app.config import Config
 from app.inputs import read_json
 from app.model import format_time
 from app.problems import Problem, bad_request
+from app.schemas import Validators
 from app.store import BulkInterrupted, JobFilter, JobStore
 
 INTERRUPTED_DETAIL = (
@@ -28,7 +30,7 @@ class BulkCommands:
     permissions = {"POST": "command"}
     refusals = {"POST": "send commands to many jobs"}
 
-    def __init__(self, store: JobStore, config: Config, validators: dict,
+    def __init__(self, store: JobStore, config: Config, validators: Validators,
                  draining: threading.Event | None = None) -> None:
         self._store = store
         self._config = config
@@ -53,7 +55,7 @@ class BulkCommands:
         finally:
             self._slots.release()
 
-    def _run(self, req: falcon.Request, resp: falcon.Response, body: dict) -> None:
+    def _run(self, req: falcon.Request, resp: falcon.Response, body: dict[str, Any]) -> None:
         if body["command"] == "delete":
             self._delete(req, resp, body)
             return
@@ -72,7 +74,7 @@ class BulkCommands:
         resp.media = result.as_dict()
 
 
-    def _delete(self, req: falcon.Request, resp: falcon.Response, body: dict) -> None:
+    def _delete(self, req: falcon.Request, resp: falcon.Response, body: dict[str, Any]) -> None:
         """Ended jobs, by ids or by a filter that names a final state (admin)."""
         require(req, "delete", "delete jobs")
         if "ids" in body:
@@ -87,7 +89,7 @@ class BulkCommands:
         resp.media = result.as_dict()
 
 
-def _filter_of(where: dict) -> JobFilter:
+def _filter_of(where: dict[str, Any]) -> JobFilter:
     labels = tuple(item.partition(":")[::2] for item in where.get("label", []))
     return JobFilter(state=where.get("state"), type=where.get("type"), labels=labels,
                      stalled=where.get("stalled"))

@@ -4,6 +4,7 @@ all its jobs with one request, so one request thread serves many jobs)."""
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 import falcon
 
@@ -12,13 +13,14 @@ from app.events import ChangeNotifier, TooManyWaiters
 from app.inputs import read_json
 from app.problems import too_many_waiters
 from app.representation import job_json
+from app.schemas import Validators
 
 # Set by the server in the WSGI environ: a callable that is true once the
 # client has gone away (waitress's name; the Granian front uses it too).
 CLIENT_GONE = "waitress.client_disconnected"
 
 
-def waiting_client(req: falcon.Request) -> dict:
+def waiting_client(req: falcon.Request) -> dict[str, Any]:
     """Who holds a waiting slot: the token's name, or with auth off the peer
     address, except a loopback one (every client of this machine shares it: a
     cap on it would be a cap on the machine, which the slots already are); and
@@ -42,7 +44,7 @@ def is_loopback(address: str) -> bool:
 class Watch:
     permissions = {"POST": "read"}
 
-    def __init__(self, config: Config, notifier: ChangeNotifier, validators: dict) -> None:
+    def __init__(self, config: Config, notifier: ChangeNotifier, validators: Validators) -> None:
         self._config = config
         self._notifier = notifier
         self._validator = validators["Watch"]

@@ -3,6 +3,8 @@ answer which state their job should be in."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import falcon
 import orjson
 
@@ -11,18 +13,18 @@ from app.errors import not_owner_detail
 from app.inputs import BatchShape, read_json, read_json_batch
 from app.problems import bad_request
 from app.resources.common import check_job_id
-from app.schemas import request_schemas
+from app.schemas import Validators, request_schemas
 from app.store import HeartbeatAnswer, HeartbeatReport, JobStore, heartbeat_args
 from app.store.scripts import RecordHeartbeatsCode
 
 
-def _report(job_id: str, body: dict) -> HeartbeatReport:
+def _report(job_id: str, body: dict[str, Any]) -> HeartbeatReport:
     return HeartbeatReport(job_id, worker=body.get("worker"), progress=body.get("progress"),
                            message=body.get("message"),
                            observed_state=body.get("observed_state"))
 
 
-def _answer_json(answer: HeartbeatAnswer, owner: str) -> dict:
+def _answer_json(answer: HeartbeatAnswer, owner: str) -> dict[str, Any]:
     if answer.not_owner:
         return {"id": answer.job_id, "found": True, "status": 403, "code": "not_owner",
                 "detail": not_owner_detail(owner)}
@@ -36,7 +38,7 @@ def _answer_json(answer: HeartbeatAnswer, owner: str) -> dict:
 class JobHeartbeat:
     permissions = {"POST": "heartbeat"}
 
-    def __init__(self, store: JobStore, config: Config, validators: dict) -> None:
+    def __init__(self, store: JobStore, config: Config, validators: Validators) -> None:
         self._store = store
         self._config = config
         self._validator = validators["Heartbeat"]
@@ -55,7 +57,7 @@ class Heartbeats:
 
     permissions = {"POST": "heartbeat"}
 
-    def __init__(self, store: JobStore, config: Config, validators: dict) -> None:
+    def __init__(self, store: JobStore, config: Config, validators: Validators) -> None:
         self._store = store
         self._config = config
         self._validator = validators["Heartbeats"]

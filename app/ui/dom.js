@@ -37,6 +37,7 @@ export function age(iso) {
 // One convention for times, the dashboard's and the CLI's: the reader's local
 // time in ISO 8601 order, to the second, with its UTC offset
 // ("2026-05-04 15:02:07 +02:00"); the exact value the API gave is the title.
+// The CLI's side is karmchari_client.cli_output.local_time.
 const pad = (n) => String(n).padStart(2, "0");
 
 export function localTime(iso) {

@@ -8,7 +8,14 @@ import sys
 from typing import Any
 
 from karmchari_client.cli_common import EXIT_ERROR, EXIT_OK, STATE_EXIT, BadInput, labels
-from karmchari_client.cli_output import JOB_HEADERS, job_row, print_job, print_json, table
+from karmchari_client.cli_output import (
+    JOB_HEADERS,
+    job_row,
+    local_time,
+    print_job,
+    print_json,
+    table,
+)
 from karmchari_client.client import ApiError, Client, Json
 
 
@@ -101,7 +108,7 @@ def run_history(args: argparse.Namespace, client: Client) -> int:
     if args.json:
         print_json(entries)
         return EXIT_OK
-    rows = [[str(e["version"]), e["at"], e["command"], e["from"] or "-", e["to"],
+    rows = [[str(e["version"]), local_time(e["at"]), e["command"], e["from"] or "-", e["to"],
              e["actor"] or "-", e["reason"]] for e in entries]
     print(table(["VERSION", "AT", "COMMAND", "FROM", "TO", "ACTOR", "REASON"], rows))
     return EXIT_OK
@@ -138,7 +145,7 @@ WORKER_HEADERS = ["NAME", "LAST HEARTBEAT", "STALLED", "JOBS"]
 def worker_row(worker: Json) -> list[str]:
     jobs = ", ".join(f"{state} {count}" for state, count in worker.get("jobs", {}).items()
                      if count)
-    return [worker["name"], worker.get("last_heartbeat_at") or "",
+    return [worker["name"], local_time(worker.get("last_heartbeat_at")),
             str(worker.get("stalled", 0)), jobs]
 
 
