@@ -15,6 +15,7 @@ from jsonschema.validators import extend
 
 from app.config import Config
 from app.model import COMMANDS, LABEL_KEY_RE, STATES
+from app.schemas_operators import RUN_TIMES_SCHEMA, WORKER_LIST_SCHEMA
 
 LABEL_KEY_PATTERN = "^" + LABEL_KEY_RE.pattern.replace("\\Z", "$")
 # Visible ASCII: a key survives every HTTP stack unchanged (UUIDs fit).
@@ -305,36 +306,10 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
                 "description": "Registrations and changes of state in each of the last 60 "
                                "minutes, oldest first (the last one is the current minute)"},
             "now": {"type": "string", "format": "date-time"},
-            "run_times": {"type": "object", "description": (
-                "Per type: the jobs finished in the last hour, and the median and 95th "
-                "percentile of their run times (finished_at - started_at, or - created_at "
-                "without a heartbeat), from a histogram: within about 10 %"),
-                "additionalProperties": {
-                    "type": "object", "required": ["count", "median_seconds", "p95_seconds"],
-                    "properties": {"count": {"type": "integer", "minimum": 1},
-                                   "median_seconds": {"type": "number", "minimum": 0},
-                                   "p95_seconds": {"type": "number", "minimum": 0}}}},
+            "run_times": RUN_TIMES_SCHEMA,
         },
     },
-    "WorkerList": {
-        "type": "object",
-        "required": ["workers", "next_cursor"],
-        "properties": {
-            "workers": {"type": "array", "items": {
-                "type": "object",
-                "required": ["name", "last_heartbeat_at", "jobs", "stalled", "jobs_url"],
-                "properties": {
-                    "name": {"type": "string"},
-                    "last_heartbeat_at": {"type": "string", "format": "date-time"},
-                    "jobs": {"type": "object", "description": "The worker's jobs by state: "
-                             "running, paused, killed, done, failed",
-                             "additionalProperties": {"type": "integer", "minimum": 0}},
-                    "stalled": {"type": "integer", "minimum": 0,
-                                "description": "Of its running jobs, those stalled"},
-                    "jobs_url": {"type": "string"}}}},
-            "next_cursor": {"type": ["string", "null"]},
-        },
-    },
+    "WorkerList": WORKER_LIST_SCHEMA,
     "JobList": {
         "type": "object",
         "required": ["jobs", "next_cursor"],
