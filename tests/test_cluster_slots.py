@@ -97,6 +97,8 @@ def test_every_script_call_touches_one_slot(server, store, monitor):
 
 def test_a_heartbeat_batch_sends_one_single_slot_call_per_shard(store, monitor):
     jobs = [store.register("upload")[0] for _ in range(60)]
+    # Loaded first: run alone (xdist), the first call would add an EVAL per NOSCRIPT.
+    store.scripts.load_all()
     monitor.collect()
 
     answers = store.heartbeats([HeartbeatReport(job.id, progress=50.0) for job in jobs])
