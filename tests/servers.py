@@ -185,7 +185,10 @@ class ServiceProcess:
             time.sleep(0.02)
         return log
 
-    def stop(self, timeout: float = 30.0) -> int | None:
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout``: longer than the service's own
+        limit on its drain (``--shutdown-timeout``, 30 s by default), so that a
+        slow but orderly exit on a loaded machine is not turned into a -9."""
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
