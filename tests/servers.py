@@ -185,9 +185,18 @@ class ServiceProcess:
             time.sleep(0.02)
         return log
 
-    def stop(self, timeout: float = 30.0) -> int | None:
+    def terminate(self) -> None:
+        """SIGTERM without waiting: ``stop()`` then waits. Several services
+        drain at once (about a second each) rather than one after another."""
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout``: longer than the service's own
+        limit on its drain (``--shutdown-timeout``, 30 s by default), so that a
+        slow but orderly exit on a loaded machine is not turned into a -9."""
+        if self.process and self.process.poll() is None:
+            self.terminate()
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -4,6 +4,8 @@ service, and has none of the server's dependencies."""
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import re
 import subprocess
@@ -18,16 +20,43 @@ from tests.servers import ROOT
 SERVER_ONLY = ("app", "falcon", "redis", "waitress", "jsonschema", "prometheus_client")
 
 
-@pytest.fixture(scope="module")
+def _source_hash() -> str:
+    """What the venv is made from: the client's sources and this Python."""
+    digest = hashlib.sha256(sys.executable.encode())
+    for path in sorted((ROOT / "client").rglob("*")):
+        if path.is_file() and not any(part.endswith((".egg-info", "__pycache__", "build"))
+                                      for part in path.relative_to(ROOT / "client").parts):
+            digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@pytest.fixture(scope="session")
 def client_venv(tmp_path_factory) -> Path:
-    """A venv with pip (from ensurepip, no network) and the client's wheel."""
-    base = tmp_path_factory.mktemp("client-only")
+    """A venv with pip (from ensurepip, no network) and the client's wheel, built
+    once per test run: in the run's temporary directory (shared by the xdist
+    workers), keyed on the client's sources, under a file lock. A module
+    fixture was built again whenever the worker ran another module's test in
+    between (10-25 s each)."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's directory, above each worker's own
+    base = shared / f"client-only-{_source_hash()}"
+    base.mkdir(exist_ok=True)
+    with open(base / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        home = base / "venv"
+        if not (base / "built").exists():
+            _build(base, home)
+            (base / "built").touch()
+    return home
+
+
+def _build(base: Path, home: Path) -> None:
     wheels = base / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-index",
                     "--no-build-isolation", "--wheel-dir", str(wheels), str(ROOT / "client")],
                    check=True, timeout=300)
     [wheel] = wheels.glob("karmchari_client-*.whl")
-    home = base / "venv"
     venv.create(home, with_pip=True)
     python = home / "bin" / "python"
     # Without PYTHONPATH: a source tree on it (client/ with its egg-info) would
@@ -35,7 +64,6 @@ def client_venv(tmp_path_factory) -> Path:
     clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-index",
                     str(wheel)], check=True, timeout=300, env=clean)
-    return home
 
 
 def run(home: Path, *argv: str, **kwargs) -> subprocess.CompletedProcess:

@@ -37,17 +37,26 @@ def store(server, key_prefix):
 
 
 def script_calls(store: JobStore, commands) -> list[tuple[str, list[str]]]:
-    """(script name, KEYS) of each EVALSHA (or EVAL, after NOSCRIPT) a client sent."""
+    """(script name, KEYS) of each script call that ran: an EVALSHA, or the EVAL
+    sent again after NOSCRIPT. MONITOR also shows the EVALSHA that NOSCRIPT
+    refused (the first use of a script on a server: a pipeline of 16 calls is
+    then 32 lines); such a call ran nothing and counts once, as its EVAL."""
     by_sha = {lua.script.sha: name for name, lua in store.scripts.by_name.items()}
     by_source = {lua.source: name for name, lua in store.scripts.by_name.items()}
-    calls = []
+    calls: list[tuple[str, list[str]] | None] = []
+    unanswered: dict[tuple, list[int]] = {}  # EVALSHA calls an EVAL may yet replace
     for command in commands:
         if command.from_script or command.name not in ("EVALSHA", "EVAL"):
             continue
         names = by_sha if command.name == "EVALSHA" else by_source
-        num_keys = int(command.args[2])
-        calls.append((names[command.args[1]], list(command.args[3:3 + num_keys])))
-    return calls
+        name, rest = names[command.args[1]], command.args[2:]
+        if command.name == "EVAL" and unanswered.get((name, rest)):
+            calls[unanswered[(name, rest)].pop(0)] = None  # that EVALSHA met NOSCRIPT
+        elif command.name == "EVALSHA":
+            unanswered.setdefault((name, rest), []).append(len(calls))
+        num_keys = int(rest[0])
+        calls.append((name, list(rest[1:1 + num_keys])))
+    return [call for call in calls if call is not None]
 
 
 def slots(keys: list[str]) -> set[int]:

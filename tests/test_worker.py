@@ -88,7 +88,10 @@ def api(live_service):
 # -- examples/worker.py as a process -----------------------------------------------
 
 def test_example_worker_pauses_resumes_and_cleans_up_on_kill(run_example, api):
-    worker = run_example("--type", "teams", "--steps", "1000", "--step-seconds", "0.05")
+    # Progress and the acknowledged state travel with the heartbeats: every 0.2 s
+    # rather than the default third of the 30 s timeout (10 s per wait below).
+    worker = run_example("--type", "teams", "--steps", "1000", "--step-seconds", "0.05",
+                         "--heartbeat-interval", "0.2")
     job_id, scratch = worker.wait_for(r"job ([0-9a-f]{32}) running, scratch space (\S+)").groups()
     eventually(lambda: (api.get(job_id)["progress"] or 0) > 0)
 
