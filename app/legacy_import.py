@@ -4,7 +4,7 @@ model with the same ids, so the ids its users hold keep answering.
 The Go service kept one hash per job, ``job:<id>`` with the fields ``type``
 and ``state``, ``<id>`` being 32 lowercase hex characters (an MD5). This module
 reads them by SCAN and decides what each becomes (the rules below, also in
-docs/operations.md); ``lua/importLegacyJobs-8.lua`` writes them, one call per
+docs/operations.md); ``lua/importLegacyJobs-9.lua`` writes them, one call per
 shard and batch, and is what makes a second run import nothing twice.
 
 Rules:

@@ -145,6 +145,9 @@ def build_openapi(config: Config) -> dict[str, Any]:
                                           "pattern": label_filter_pattern(config)}}},
                     {"name": "stalled", "in": "query",
                      "schema": {"type": "string", "enum": ["true", "false"]}},
+                    {"name": "started", "in": "query", "description": "Whether the job "
+                     "has had a heartbeat; state=start&started=false: waiting for a worker",
+                     "schema": {"type": "string", "enum": ["true", "false"]}},
                     {"name": "worker", "in": "query", "description": "Jobs whose last "
                      "heartbeat named this worker",
                      "schema": {"type": "string", "minLength": 1, "maxLength": 256}},

@@ -287,13 +287,17 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
     },
     "Stats": {
         "type": "object",
-        "required": ["total", "states", "stalled", "types", "labels", "changes_per_minute",
-                     "now"],
+        "required": ["total", "states", "stalled", "waiting", "types", "labels",
+                     "changes_per_minute", "now"],
         "properties": {
             "total": {"type": "integer", "minimum": 0},
             "states": {"type": "object", "required": list(STATES),
                        "additionalProperties": {"type": "integer", "minimum": 0}},
             "stalled": {"type": "integer", "minimum": 0},
+            "waiting": {"type": "integer", "minimum": 0,
+                        "description": "Jobs waiting for a worker: state start, no heartbeat "
+                                       "yet, not stalled (GET /v1/jobs?state=start"
+                                       "&started=false&stalled=false)"},
             "types": {"type": "object", "additionalProperties": {"type": "integer"},
                       "description": "Jobs per configured type"},
             "labels": {"type": "object", "additionalProperties": {"type": "integer"},

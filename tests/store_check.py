@@ -22,6 +22,7 @@ class Indexed:
     state: str
     labels: tuple[tuple[str, str], ...] = ()
     timed: bool = False  # heartbeat_timeout > 0: in the deadline index while in start
+    heartbeated: bool = False  # has had a heartbeat: no longer waiting for a worker
 
 
 def expected_indexes(keys: KeySchema, jobs: dict[str, Indexed]) -> dict[str, set[str]]:
@@ -33,6 +34,10 @@ def expected_indexes(keys: KeySchema, jobs: dict[str, Indexed]) -> dict[str, set
             expected[index].add(job_id)
         if job.state == State.START.value and job.timed:
             expected[shard.deadlines].add(job_id)
+        if job.state == State.START.value and not job.heartbeated:
+            expected[shard.waiting].add(job_id)
+            if job.timed:
+                expected[shard.waiting_deadlines].add(job_id)
         if job.state in TERMINAL_STATES:
             expected[shard.expiries].add(job_id)
     return dict(expected)
@@ -47,7 +52,7 @@ def assert_store_holds(client: redis.Redis, keys: KeySchema, jobs: dict[str, Ind
     # The lexical indexes hold text, not ids: checked against the hashes below.
     lexical = {key for key in all_zsets if key.endswith((":idx:name", ":idx:worker"))}
     zsets = sorted(key for key in all_zsets - lexical
-                   if ":idx:" in key or key.endswith((":deadline", ":expiry")))
+                   if ":idx:" in key or key.endswith((":deadline", ":expiry", ":deadline:waiting")))
     counted = sorted(key for key in all_zsets if key.endswith(":labels"))
     hashes = set(client.scan_iter(match=pattern + ":job:*", count=1000, _type="hash"))
     lists = set(client.scan_iter(match=pattern + ":hist:*", count=1000, _type="list"))
@@ -69,10 +74,15 @@ def assert_store_holds(client: redis.Redis, keys: KeySchema, jobs: dict[str, Ind
     assert lists <= {keys.for_job(j).history(j) for j in ids}, "histories of gone jobs"
     expected = expected_indexes(keys, jobs)
     assert {k: set(v) for k, v in actual.items()} == expected
-    timed = {keys.for_job(j).deadlines for j in ids} | {keys.for_job(j).expiries for j in ids}
+    timed = {key for j in ids for key in (keys.for_job(j).deadlines, keys.for_job(j).expiries,
+                                          keys.for_job(j).waiting_deadlines)}
     for key, entries in actual.items():
         if key not in timed:
             assert entries == {j: scores[j] for j in entries}, f"scores of {key}"
+    for key, entries in actual.items():
+        if key.endswith(":deadline:waiting"):
+            deadlines = actual[key.removesuffix(":waiting")]
+            assert entries == {j: deadlines[j] for j in entries}, f"deadlines of {key}"
     expected_counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for job_id, job in jobs.items():
         for k, v in job.labels:
@@ -117,5 +127,5 @@ def indexed_from_hashes(client: redis.Redis, keys: KeySchema) -> dict[str, Index
         h = client.hgetall(key)
         found[h["id"]] = Indexed(h["type"], h["state"],
                                  tuple(sorted(json.loads(h["labels"]).items())),
-                                 int(h["heartbeat_timeout"]) > 0)
+                                 int(h["heartbeat_timeout"]) > 0, "heartbeat_at" in h)
     return found

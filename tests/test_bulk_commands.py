@@ -1,4 +1,4 @@
-"""POST /v1/jobs/commands and its script, lua/applyCommands-10.lua, against a
+"""POST /v1/jobs/commands and its script, lua/applyCommands-12.lua, against a
 real Redis: by ids and by filter, the counts, every change with its history
 entry, the same changes as applyCommand for every (state, command) pair,
 batches over all 16 shards, a walk continued from its cursor, and bulk

@@ -15,10 +15,12 @@ from app.store.scripts import load_source
 ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "redis-keys.md").read_text(encoding="utf-8")
 SCRIPTS = sorted(p.stem for p in (ROOT / "lua").glob("*-*.lua"))
-KEY_RE = re.compile(r"\{kc:s\}:([a-z]+(?::(?:all|state|type|label|name|worker|jobs))?)")
+KEY_RE = re.compile(r"\{kc:s\}:([a-z]+(?::(?:all|state|type|label|name|worker|jobs|waiting))?)")
 # Keys a script declares but only reads: applyCommands checks the filter's
-# label indexes (ZSCORE); clearOrphans reads whether the job hash is there.
-READ_ONLY = {("applyCommands", "idx:label"), ("clearOrphans", "job")}
+# label indexes (ZSCORE); clearOrphans reads whether the job hash is there;
+# indexWaiting reads the jobs and their deadlines.
+READ_ONLY = {("applyCommands", "idx:label"), ("clearOrphans", "job"), ("indexWaiting", "deadline"),
+             ("indexWaiting", "job")}
 
 
 def header(stem: str) -> str:
@@ -79,5 +81,6 @@ def test_every_publisher_is_named_with_the_channel():
 
 def test_every_key_of_the_schema_has_a_row():
     for kind in ("job", "hist", "idx:all", "idx:state", "idx:type", "idx:label", "deadline",
-                 "expiry", "labels", "changes", "idem"):
+                 "expiry", "labels", "changes", "idem", "idx:waiting", "deadline:waiting",
+                 "migrations"):
         key_row(kind)

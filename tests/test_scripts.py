@@ -79,7 +79,8 @@ def history(store: JobStore, job_id: str) -> list[dict]:
 def apply_keys(store: JobStore, job_id: str) -> list[str]:
     shard = store.keys.for_job(job_id)
     return [shard.job(job_id), shard.history(job_id), *shard.state_indexes(), shard.deadlines,
-            shard.expiries, shard.changes, shard.worker_jobs, shard.run_times]
+            shard.expiries, shard.changes, shard.worker_jobs, shard.run_times, shard.waiting,
+            shard.waiting_deadlines]
 
 
 def apply_args(store: JobStore, job_id: str, command: str, expected: str = "") -> list:
@@ -122,7 +123,8 @@ def test_register_never_overwrites_an_existing_id(store, raw, key_prefix):
     reply = store.scripts.register_job(
         [shard.job(job.id), shard.history(job.id), shard.all_jobs, shard.state_index("start"),
          shard.type_index("export"), shard.deadlines, f"{shard.tag}:idem:-",
-         shard.label_counts, shard.changes, shard.name_index],
+         shard.label_counts, shard.changes, shard.name_index, shard.waiting,
+         shard.waiting_deadlines],
         [job.id, "export", "second", "{}", 5, "", 100, 0, "", shard.channel])
 
     assert reply[0] == RegisterJobCode.EXISTS
@@ -305,7 +307,8 @@ def test_heartbeat_of_an_unknown_job_creates_nothing(store, raw, key_prefix):
     assert reply[0] == [-1]
     assert reply[1][:2] == ["start", 1]
     assert not raw.exists(shard.job(unknown))
-    assert set(snapshot(raw, key_prefix)) == set(before)
+    # The known job's first heartbeat: it no longer waits for a worker.
+    assert set(snapshot(raw, key_prefix)) == set(before) - {shard.waiting.encode()}
 
 
 def test_heartbeat_batch_answers_in_order_over_many_shards(store):

@@ -57,7 +57,7 @@ def old_name(state: str) -> str:
 
 
 def acknowledged(state: str, observed: str, reported: str | None) -> str:
-    """The observed_state a heartbeat leaves (recordHeartbeats-4.lua)."""
+    """The observed_state a heartbeat leaves (recordHeartbeats-6.lua)."""
     if reported is None:
         return observed
     if state in ("start", "pause") or (state == "kill" and reported == "kill"):
@@ -72,6 +72,7 @@ class ModelJob:
     timed: bool = False
     state: str = "start"
     observed: str = ""
+    heartbeated: bool = False  # a heartbeat was recorded (in state start or pause)
     due: bool = False  # finished with a retention that has run out
     # (command, from, to, reason) of every accepted change, registration first.
     changes: list[tuple[str, str, str, str]] = field(
@@ -82,7 +83,8 @@ class ModelJob:
         return len(self.changes)
 
     def indexed(self) -> Indexed:
-        return Indexed(self.type, self.state, tuple(sorted(self.labels.items())), self.timed)
+        return Indexed(self.type, self.state, tuple(sorted(self.labels.items())), self.timed,
+                       self.heartbeated)
 
 
 class JobApiMachine(RuleBasedStateMachine):
@@ -343,6 +345,7 @@ class JobApiMachine(RuleBasedStateMachine):
             return
         job = self.model[job_id]
         job.observed = acknowledged(job.state, job.observed, observed)
+        job.heartbeated = job.heartbeated or job.state in ("start", "pause")
         assert response.status_code == 200, response.text
         assert (response.json["state"], response.json["version"],
                 response.json["observed_state"]) == (job.state, job.version, job.observed)
@@ -366,6 +369,7 @@ class JobApiMachine(RuleBasedStateMachine):
                 continue
             job = self.model[job_id]
             job.observed = acknowledged(job.state, job.observed, observed)
+            job.heartbeated = job.heartbeated or job.state in ("start", "pause")
             assert (result["found"], result["state"], result["version"],
                     result["observed_state"]) == (True, job.state, job.version, job.observed)
 
@@ -383,6 +387,22 @@ class JobApiMachine(RuleBasedStateMachine):
             return
         assert self.known(job_id)
         assert changed == (self.apply(job_id, command, "", due=False) == "changed")
+
+    @rule()
+    def waiting_for_a_worker(self):
+        """The overview's count of jobs waiting for a worker and the listing
+        its link shows are the model's jobs in start with no heartbeat (none
+        stall here: timeouts are 0 or an hour)."""
+        waiting = {j for j, job in self.live().items()
+                   if job.state == "start" and not job.heartbeated}
+        stats = self.client.simulate_get("/v1/stats")
+        assert stats.status_code == 200, stats.text
+        assert stats.json["waiting"] == len(waiting)
+        listed = self.client.simulate_get(
+            "/v1/jobs", params={"state": "start", "started": "false", "stalled": "false",
+                                "limit": "500"})
+        assert listed.status_code == 200, listed.text
+        assert {j["id"] for j in listed.json["jobs"]} == waiting
 
     @rule()
     def sweep(self):

@@ -35,10 +35,17 @@ _NUMBER_RE = re.compile(r"[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?\Z")
 
 # The query parameters of GET /v1/jobs: any other is refused, so that a typo
 # (?stat=done) does not list every job.
-LIST_PARAMS = frozenset({"state", "type", "label", "stalled", "worker", "name_prefix", "limit",
-                         "cursor"})
+LIST_PARAMS = frozenset({"state", "type", "label", "stalled", "started", "worker",
+                         "name_prefix", "limit", "cursor"})
 MAX_WORKER_CHARS = 256          # as the heartbeat's "worker"
 MAX_NAME_PREFIX_CHARS = 200
+
+
+def flag_param(req: falcon.Request, name: str) -> bool | None:
+    raw = single_param(req, name)
+    if raw not in (None, "true", "false"):
+        raise bad_request("invalid_parameter", f"{name} must be true or false")
+    return None if raw is None else raw == "true"
 
 
 def refuse_unknown_params(req: falcon.Request, known: frozenset[str]) -> None:
@@ -111,10 +118,7 @@ class JobCollection:
         if len(labels) > self._config.max_labels:
             raise bad_request("invalid_parameter",
                               f"at most {self._config.max_labels} label filters")
-        stalled_raw = single_param(req, "stalled")
-        if stalled_raw not in (None, "true", "false"):
-            raise bad_request("invalid_parameter", "stalled must be true or false")
-        stalled = None if stalled_raw is None else stalled_raw == "true"
+        stalled, started = flag_param(req, "stalled"), flag_param(req, "started")
         limit = int_param(req, "limit", minimum=1, maximum=self._config.max_list_limit,
                           default=50)
         cursor = single_param(req, "cursor")
@@ -127,7 +131,7 @@ class JobCollection:
             raise bad_request("invalid_parameter",
                               f"name_prefix must be 1 to {MAX_NAME_PREFIX_CHARS} characters")
         where = JobFilter(state=state, type=job_type, labels=tuple(labels), stalled=stalled,
-                          worker=worker, name_prefix=name_prefix)
+                          started=started, worker=worker, name_prefix=name_prefix)
         try:
             if cursor is not None and not matches(CURSOR_PATTERN, cursor):
                 raise ValueError(cursor)

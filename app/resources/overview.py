@@ -106,7 +106,7 @@ class Stats:
         stats = self._store.stats(self._config.job_types)
         resp.media = {
             "total": stats.total, "states": stats.states, "stalled": stats.stalled,
-            "types": stats.types, "labels": stats.labels,
+            "waiting": stats.waiting, "types": stats.types, "labels": stats.labels,
             "changes_per_minute": [{"minute": format_time(ms), "count": count}
                                    for ms, count in stats.changes_per_minute],
             "now": format_time(stats.now_ms),

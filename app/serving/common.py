@@ -111,8 +111,20 @@ def check_store(store: JobStore, wait_seconds: float = 30.0, where: str = "") ->
 def start_sweeper(store: JobStore, interval: float, stopping: threading.Event,
                   job_types: Sequence[str] = ()) -> None:
     """Deletes terminal jobs past their retention, with their index entries
-    (and clears the entries of jobs that are gone, in ``job_types``' indexes too)."""
+    (and clears the entries of jobs that are gone, in ``job_types``' indexes too),
+    after upgrading data an earlier release wrote (app/store/migrations.py)."""
     def sweep() -> None:
+        upgraded = False
+        while not upgraded and not stopping.is_set():
+            try:
+                if store.upgrade():
+                    log.info("upgraded the data of an earlier release")
+                upgraded = True
+            except StoreUnavailable:
+                stopping.wait(1)
+            except Exception:  # noqa: BLE001 - the sweeper must outlive any one failure
+                log.exception("upgrade of stored data failed")
+                upgraded = True
         while not stopping.wait(interval):
             try:
                 while store.sweep_expired(job_types=job_types) and not stopping.is_set():

@@ -16,6 +16,7 @@ the rooms below, one per concern.
 - ``retention``: the sweep of finished jobs, and of silent workers
 - ``stats``: counts for an overview (``run_times``: run times by type)
 - ``health``: readiness and the server's flavor
+- ``migrations``: upgrades of data written by earlier releases
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from app.store.bulk_delete import BulkDeleteStore, DeleteResult
 from app.store.connection import connect, is_transient
 from app.store.health import HealthStore
 from app.store.listing import JobFilter, Page
+from app.store.migrations import MigrationsStore
 from app.store.rerun import RerunStore
 from app.store.retention import RetentionStore
 from app.store.run_times import RunTimes
@@ -38,6 +40,7 @@ __all__ = ["JobStore", "JobFilter", "HeartbeatAnswer", "HeartbeatReport", "Page"
            "heartbeat_args", "is_transient", "StoreUnavailable"]
 
 
-class JobStore(RetentionStore, BulkDeleteStore, RerunStore, StatsStore, HealthStore):
+class JobStore(RetentionStore, BulkDeleteStore, RerunStore, StatsStore, HealthStore,
+               MigrationsStore):
     """Every room of the store on one client; constructed as ``StoreCore``
     (client, history_cap, retention_seconds, idempotency_ttl, keys)."""

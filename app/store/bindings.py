@@ -69,7 +69,7 @@ class _Binding:
 
 
 class RegisterJob(_Binding):
-    """lua/registerJob-10.lua"""
+    """lua/registerJob-12.lua"""
 
     def call(self, shard: ShardKeys, job_id: str, job_type: str, *, name: str,
              labels: dict[str, str], heartbeat_timeout: int, actor: str, history_cap: int,
@@ -81,7 +81,8 @@ class RegisterJob(_Binding):
             idem_key, idem_ttl = shard.idempotency(actor, idempotency_key), idempotency_ttl
         keys = [shard.job(job_id), shard.history(job_id), shard.all_jobs,
                 shard.state_index("start"), shard.type_index(job_type), shard.deadlines, idem_key,
-                shard.label_counts, shard.changes, shard.name_index,
+                shard.label_counts, shard.changes, shard.name_index, shard.waiting,
+                shard.waiting_deadlines,
                 *(shard.label_index(k, v) for k, v in sorted(labels.items()))]
         args: list[Any] = [job_id, job_type, name, labels_json(labels), heartbeat_timeout, actor,
                            history_cap, idem_ttl, fingerprint, shard.channel, owner]
@@ -95,7 +96,7 @@ class RegisterJob(_Binding):
 
 
 class ApplyCommand(_Binding):
-    """lua/applyCommand-12.lua"""
+    """lua/applyCommand-14.lua"""
 
     def call(self, job_id: str, command: str, *, actor: str, reason: str,
              expected_version: int | None, history_cap: int, retention_seconds: int,
@@ -103,7 +104,7 @@ class ApplyCommand(_Binding):
         shard = self.keys.for_job(job_id)
         keys = [shard.job(job_id), shard.history(job_id), *shard.state_indexes(),
                 shard.deadlines, shard.expiries, shard.changes, shard.worker_jobs,
-                shard.run_times]
+                shard.run_times, shard.waiting, shard.waiting_deadlines]
         args: list[Any] = [command, actor, reason,
                            "" if expected_version is None else expected_version, history_cap,
                            retention_seconds, shard.channel, operation, owner]
@@ -118,14 +119,15 @@ class ApplyCommand(_Binding):
 
 
 class ApplyCommands(_Binding):
-    """lua/applyCommands-10.lua: ids of one shard, distinct."""
+    """lua/applyCommands-12.lua: ids of one shard, distinct."""
 
     def call(self, shard: ShardKeys, job_ids: Sequence[str], command: str, *, actor: str,
              reason: str, history_cap: int, retention_seconds: int, operation: str,
              state: str | None = None, job_type: str | None = None,
              labels: tuple[tuple[str, str], ...] = (), stalled: bool | None = None) -> Call:
         keys = [*shard.state_indexes(), shard.deadlines, shard.expiries, shard.changes,
-                shard.worker_jobs, shard.run_times, *(shard.label_index(k, v) for k, v in labels)]
+                shard.worker_jobs, shard.run_times, shard.waiting, shard.waiting_deadlines,
+                *(shard.label_index(k, v) for k, v in labels)]
         for job_id in job_ids:
             keys += [shard.job(job_id), shard.history(job_id)]
         args: list[Any] = [command, actor, reason, history_cap, retention_seconds,
@@ -179,7 +181,7 @@ class ReadJob(_Binding):
 
 
 class RecordHeartbeats(_Binding):
-    """lua/recordHeartbeats-4.lua: jobs of one shard."""
+    """lua/recordHeartbeats-6.lua: jobs of one shard."""
 
     def call(self, shard: ShardKeys, job_ids: Sequence[str],
              job_args: Sequence[Sequence[str]], owner: str) -> Call:
@@ -198,7 +200,7 @@ class RecordHeartbeats(_Binding):
 
 
 class RerunJob(_Binding):
-    """lua/rerunJob-11.lua: the new id is drawn in the old job's shard; the
+    """lua/rerunJob-13.lua: the new id is drawn in the old job's shard; the
     label index keys come from the type and labels the caller read, which the
     script checks again (STALE_READ)."""
 
@@ -213,8 +215,8 @@ class RerunJob(_Binding):
             idem_ttl = idempotency_ttl
         keys = [shard.job(old_id), shard.job(new_id), shard.history(new_id), shard.all_jobs,
                 shard.state_index("start"), shard.type_index(job_type), shard.deadlines,
-                idem_key, shard.label_counts, shard.changes, shard.name_index,
-                *(shard.label_index(k, v) for k, v in sorted(json.loads(labels).items()))]
+                idem_key, shard.label_counts, shard.changes, shard.name_index, shard.waiting,
+                shard.waiting_deadlines, *(shard.label_index(k, v) for k, v in sorted(json.loads(labels).items()))]
         args: list[Any] = [new_id, job_type, labels, actor, history_cap, idem_ttl, "rerun",
                            shard.channel, owner, kept_reruns]
         return Call(self.script, keys, args)
@@ -247,11 +249,11 @@ class DropWorkers(_Binding):
 
 
 class ClearOrphans(_Binding):
-    """lua/clearOrphans-8.lua: due expiry entries of one shard."""
+    """lua/clearOrphans-10.lua: due expiry entries of one shard."""
 
     def call(self, shard: ShardKeys, job_ids: Sequence[str], job_types: Sequence[str]) -> Call:
         keys = [shard.expiries, shard.all_jobs, *shard.state_indexes(), shard.deadlines,
-                *(shard.type_index(t) for t in job_types),
+                shard.waiting, shard.waiting_deadlines, *(shard.type_index(t) for t in job_types),
                 *(key for job_id in job_ids for key in (shard.job(job_id), shard.history(job_id)))]
         return Call(self.script, keys, [len(job_types), *job_ids])
 
@@ -261,12 +263,13 @@ class ClearOrphans(_Binding):
 
 
 class ImportLegacyJobs(_Binding):
-    """lua/importLegacyJobs-8.lua: jobs of one shard, as (id, type, state here,
+    """lua/importLegacyJobs-9.lua: jobs of one shard, as (id, type, state here,
     state in the source)."""
 
     def call(self, shard: ShardKeys, jobs: Sequence[tuple[str, str, str, str]], *, actor: str,
              history_cap: int, retention_seconds: int) -> Call:
-        keys = [shard.all_jobs, *shard.state_indexes(), shard.expiries, shard.changes]
+        keys = [shard.all_jobs, *shard.state_indexes(), shard.expiries, shard.changes,
+                shard.waiting]
         args: list[Any] = [actor, history_cap, retention_seconds, shard.channel]
         for job_id, job_type, state, source_state in jobs:
             keys += [shard.job(job_id), shard.history(job_id), shard.type_index(job_type)]
@@ -290,6 +293,20 @@ class DeleteLegacyJob(_Binding):
         return DeleteLegacyJobCode(int(reply))
 
 
+class IndexWaiting(_Binding):
+    """lua/indexWaiting-4.lua: jobs of one shard read from its index of state start."""
+
+    def call(self, shard: ShardKeys, job_ids: Sequence[str], *, last: bool) -> Call:
+        keys = [shard.deadlines, shard.waiting, shard.waiting_deadlines, shard.migrations,
+                *(shard.job(job_id) for job_id in job_ids)]
+        return Call(self.script, keys, ["1" if last else "0", *job_ids])
+
+    @staticmethod
+    def decode(reply: Reply) -> int:
+        """How many jobs were put into the waiting index."""
+        return int(reply[0])
+
+
 class Bindings:
     """Every script's binding, for one client's ``Scripts``."""
 
@@ -306,6 +323,8 @@ class Bindings:
         self.delete_legacy_job = DeleteLegacyJob(scripts.delete_legacy_job, keys)
         self.rerun_job = RerunJob(scripts.rerun_job, keys)
         self.drop_workers = DropWorkers(scripts.drop_workers, keys)
+        self.index_waiting = IndexWaiting(scripts.index_waiting, keys)
 
     def run_pipeline(self, calls: Sequence[Call]) -> list[Reply]:
         return run_pipeline(self.scripts, calls)
+

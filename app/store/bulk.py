@@ -2,7 +2,7 @@
 
 Python only chooses the jobs: ids given by the caller, or entries read from
 the indexes, newest first, shard by shard. Every batch is one call of
-``lua/applyCommands-10.lua`` per shard, which checks each job against the
+``lua/applyCommands-12.lua`` per shard, which checks each job against the
 filter again and changes it as ``applyCommand`` would, atomically.
 """
 

@@ -90,13 +90,31 @@ class ShardKeys:
         return f"{self.tag}:workers:jobs"
 
     @property
+    def waiting(self) -> str:
+        """Jobs in state start with no heartbeat yet ("waiting for a worker"),
+        scored like idx:all."""
+        return f"{self.tag}:idx:waiting"
+
+    @property
+    def waiting_deadlines(self) -> str:
+        """The heartbeat deadlines of the jobs of idx:waiting that have a timeout:
+        how many of them are stalled."""
+        return f"{self.tag}:deadline:waiting"
+
+    @property
+    def migrations(self) -> str:
+        """Set: the upgrades done in this shard (app/store/migrations.py)."""
+        return f"{self.tag}:migrations"
+
+    @property
     def run_times(self) -> str:
         """Histogram of run times per minute and type (app/store/run_times.py)."""
         return f"{self.tag}:runtimes"
 
     def heartbeat_keys(self) -> list[str]:
-        """The fixed KEYS of recordHeartbeats-4, before the job hashes."""
-        return [self.deadlines, self.worker_index, self.workers, self.worker_jobs]
+        """The fixed KEYS of recordHeartbeats-6, before the job hashes."""
+        return [self.deadlines, self.worker_index, self.workers, self.worker_jobs,
+                self.waiting, self.waiting_deadlines]
 
     def rerun_idempotency(self, scope: str, job_id: str, key: str) -> str:
         """An Idempotency-Key of a rerun: scoped to the caller and the old job."""

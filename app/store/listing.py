@@ -23,6 +23,7 @@ class JobFilter:
     type: str | None = None
     labels: tuple[tuple[str, str], ...] = ()
     stalled: bool | None = None
+    started: bool | None = None      # has had a heartbeat
     worker: str | None = None        # the worker of the job's last heartbeat
     name_prefix: str | None = None
 
@@ -31,6 +32,7 @@ class JobFilter:
                 and (self.type is None or job.type == self.type)
                 and all(job.labels.get(k) == v for k, v in self.labels)
                 and (self.stalled is None or job.stalled(now_ms) == self.stalled)
+                and (self.started is None or (job.heartbeat_at is not None) == self.started)
                 and (self.worker is None or job.worker == self.worker)
                 and (self.name_prefix is None or job.name.startswith(self.name_prefix)))
 
@@ -135,17 +137,22 @@ class ListingStore(StoreCore):
         return lambda position, count: self._merged_entries(index, position, upper, count)
 
     def _index_for(self, where: JobFilter) -> IndexOf:
-        """The deadlines for stalled jobs; else the smallest index the filter
-        names, so a selective condition is not checked on a page's worth of
+        """The deadlines for stalled jobs (of the waiting jobs for those with no
+        heartbeat yet); else the smallest index the filter names (idx:waiting
+        for state=start&started=false), so a selective condition is not checked on a page's worth of
         jobs that fail it. Those indexes share one score (the time of
         registration): a cursor stays valid whichever of them is read."""
         if where.stalled:
+            if where.started is False:
+                return lambda shard: shard.waiting_deadlines
             return lambda shard: shard.deadlines
         candidates: list[IndexOf] = [_label_index_of(k, v) for k, v in where.labels]
         job_type, state = where.type, where.state
         if job_type:
             candidates.append(lambda shard: shard.type_index(job_type))
-        if state:
+        if state == "start" and where.started is False:
+            candidates.append(lambda shard: shard.waiting)  # a part of state start's
+        elif state:
             candidates.append(lambda shard: shard.state_index(state))
         if len(candidates) < 2:
             return candidates[0] if candidates else lambda shard: shard.all_jobs

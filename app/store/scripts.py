@@ -242,6 +242,7 @@ class Scripts:
     delete_legacy_job: LuaScript
     rerun_job: LuaScript
     drop_workers: LuaScript
+    index_waiting: LuaScript
 
     def __init__(self, client: StoreClient) -> None:
         self._client = client
@@ -266,6 +267,7 @@ class Scripts:
         self.delete_legacy_job = self._named("deleteLegacyJob")
         self.rerun_job = self._named("rerunJob")
         self.drop_workers = self._named("dropWorkers")
+        self.index_waiting = self._named("indexWaiting")
 
     def _named(self, name: str) -> LuaScript:
         try:

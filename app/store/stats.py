@@ -19,6 +19,7 @@ class Stats:
     total: int = 0
     states: dict[str, int] = field(default_factory=dict)
     stalled: int = 0
+    waiting: int = 0      # state start, no heartbeat yet, not stalled
     types: dict[str, int] = field(default_factory=dict)
     labels: dict[str, int] = field(default_factory=dict)     # "key:value": jobs, largest first
     changes_per_minute: list[tuple[int, int]] = field(default_factory=list)  # (ms, count)
@@ -51,6 +52,8 @@ class StatsStore(StoreCore):
                 for state in STATES:
                     pipe.zcard(shard.state_index(state))
                 pipe.zcount(shard.deadlines, "-inf", f"({now_ms}")
+                pipe.zcard(shard.waiting)
+                pipe.zcount(shard.waiting_deadlines, "-inf", f"({now_ms}")
                 for job_type in job_types:
                     pipe.zcard(shard.type_index(job_type))
                 pipe.hgetall(shard.changes)
@@ -63,6 +66,7 @@ class StatsStore(StoreCore):
             for state in STATES:
                 result.states[state] += next(replies)
             result.stalled += next(replies)
+            result.waiting += next(replies) - next(replies)
             for job_type in job_types:
                 result.types[job_type] += next(replies)
             for minute, count in next(replies).items():

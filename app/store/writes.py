@@ -164,7 +164,7 @@ class WritesStore(StoreCore):
                           owner: str = "") -> list[Reply]:
         """``heartbeats`` without an object per job (the batch's hot path):
         ``job_args`` are each job's ``heartbeat_args``; the answer is the
-        script's entry for each job, in order (see lua/recordHeartbeats-4.lua)."""
+        script's entry for each job, in order (see lua/recordHeartbeats-6.lua)."""
         by_shard: dict[str, list[int]] = {}
         for index, job_id in enumerate(job_ids):
             name = shard_of(job_id)

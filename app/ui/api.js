@@ -65,6 +65,7 @@ export function filterQuery(filter) {
   if (filter.type) query.set("type", filter.type);
   for (const label of filter.labels || []) query.append("label", label);
   if (filter.stalled) query.set("stalled", filter.stalled);  // "true" or "false"
+  if (filter.started) query.set("started", filter.started);  // "true" or "false"
   if (filter.worker) query.set("worker", filter.worker);
   if (filter.name_prefix) query.set("name_prefix", filter.name_prefix);
   return query;
@@ -88,5 +89,6 @@ export function whereOf(filter) {
   // never a command on more jobs than the filter shows.
   if (filter.worker) where.worker = filter.worker;
   if (filter.name_prefix) where.name_prefix = filter.name_prefix;
+  if (filter.started) where.started = filter.started === "true";
   return where;
 }

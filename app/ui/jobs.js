@@ -32,6 +32,7 @@ export function filterFromQuery(query) {
     type: query.get("type") || "",
     labels: query.getAll("label").filter(Boolean),
     stalled: ["true", "false"].includes(query.get("stalled")) ? query.get("stalled") : "",
+    started: ["true", "false"].includes(query.get("started")) ? query.get("started") : "",
     worker: query.get("worker") || "",
     name_prefix: query.get("name_prefix") || "",
   };
@@ -43,6 +44,7 @@ function describe(filter) {
   if (filter.type) parts.push(`type ${filter.type}`);
   for (const label of filter.labels) parts.push(`label ${label}`);
   if (filter.stalled) parts.push(filter.stalled === "true" ? "stalled" : "not stalled");
+  if (filter.started) parts.push(filter.started === "true" ? "a heartbeat" : "no heartbeat yet");
   if (filter.worker) parts.push(`worker ${filter.worker}`);
   if (filter.name_prefix) parts.push(`a name starting with "${filter.name_prefix}"`);
   return parts.length ? `Every job with ${parts.join(", ")}` : "Every job";
@@ -134,11 +136,12 @@ function showSelection() {
   }
   document.getElementById("delete-selected").disabled = view.selected.size === 0;
   // A bulk command's "where" takes state, type, label and stalled: a filter on
-  // a worker or a name prefix is not offered one (it would be refused).
-  const whole = !view.filter.worker && !view.filter.name_prefix;
+  // a worker, a name prefix or a first heartbeat is not offered one (it would
+  // be refused).
+  const whole = !view.filter.worker && !view.filter.name_prefix && !view.filter.started;
   for (const b of document.querySelectorAll("[data-scope=filter]")) {
     b.disabled = !whole;
-    b.title = whole ? "" : "Not with a worker or name filter: select the rows instead";
+    b.title = whole ? "" : "Not with a worker, name or heartbeat filter: select the rows instead";
   }
   document.getElementById("delete-matching").disabled = !whole || !filterIsFinal(view.filter);
 }
@@ -218,6 +221,7 @@ export function showFilter(filter, prefetched = null) {
   typeSelect.value = filter.type;
   form.elements.label.value = filter.labels.join(" ");  // one label in the form
   form.elements.stalled.value = filter.stalled;
+  form.elements.started.value = filter.started;
   form.elements.worker.value = filter.worker;
   form.elements.name_prefix.value = filter.name_prefix;
   return loadPage(prefetched);
@@ -271,7 +275,7 @@ export function setUp(navigate) {
     const filter = {
       state: form.state.value, type: form.type.value,
       labels: form.label.value.trim() ? [form.label.value.trim()] : [],
-      stalled: form.stalled.value,
+      stalled: form.stalled.value, started: form.started.value,
       worker: form.worker.value.trim(), name_prefix: form.name_prefix.value.trim(),
     };
     navigate(`#/?${filterQuery(filter)}`);

@@ -56,17 +56,21 @@ export function status(job) {
 }
 
 // The overview's counts, in the same words, each with the filter whose rows it
-// counts. /v1/stats counts requested states and stalled jobs; it cannot tell a
-// job with no heartbeat yet from a running one, so those share one count, and
-// their rows tell them apart. The counts add up to the total.
+// counts. /v1/stats counts requested states, stalled jobs and the jobs waiting
+// for a worker (requested start, no heartbeat yet, not stalled); running is
+// the rest of requested start. The counts add up to the total.
 export function overviewCounts(stats) {
   const states = stats.states;
+  const waiting = stats.waiting || 0;
   return [
-    { name: `${WORDS.waiting} or ${WORDS.running}`, key: "active",
-      count: (states.start || 0) - stats.stalled,
-      title: "requested start, not stalled: rows say waiting for a worker (no heartbeat yet), "
-        + "running or resuming…",
-      filter: { state: "start", stalled: "false" } },
+    { name: WORDS.waiting, key: "waiting", count: waiting,
+      title: "requested start, no heartbeat yet, not stalled",
+      filter: { state: "start", started: "false", stalled: "false" } },
+    { name: WORDS.running, key: "running",
+      count: Math.max(0, (states.start || 0) - stats.stalled - waiting),
+      title: "requested start, heard from within the heartbeat timeout: rows say running "
+        + "or resuming…",
+      filter: { state: "start", started: "true", stalled: "false" } },
     { name: WORDS.stalled, key: "stalled", count: stats.stalled,
       title: "requested start, and no heartbeat within the job's heartbeat timeout",
       filter: { stalled: "true" } },

@@ -66,9 +66,14 @@ def _get_many(args: argparse.Namespace, client: Client, ids: list[str]) -> list[
 
 def list_filters(args: argparse.Namespace) -> dict[str, Any]:
     """``karmchari list``'s options, as ``Client.list`` takes them."""
-    return {"state": args.state, "type": args.type, "labels": labels(args.label),
-            "stalled": args.stalled, "worker": args.worker, "name_prefix": args.name_prefix,
-            "limit": args.limit}
+    state, stalled, started = args.state, args.stalled, args.started
+    if args.waiting:
+        if state not in (None, "start") or stalled:
+            raise BadInput("--waiting lists jobs in state start that are not stalled")
+        state, stalled, started = "start", False, False
+    return {"state": state, "type": args.type, "labels": labels(args.label),
+            "stalled": stalled, "started": started, "worker": args.worker,
+            "name_prefix": args.name_prefix, "limit": args.limit}
 
 
 def run_list(args: argparse.Namespace, client: Client) -> int:

@@ -108,6 +108,14 @@ def add_client_commands(commands: Subcommands) -> None:
     stalled.add_argument("--stalled", action="store_true", default=None,
                          help="only running jobs whose heartbeat is overdue")
     stalled.add_argument("--not-stalled", dest="stalled", action="store_false")
+    started = listing.add_mutually_exclusive_group()
+    started.add_argument("--started", action="store_true", default=None,
+                         help="only jobs that have had a heartbeat")
+    started.add_argument("--not-started", dest="started", action="store_false",
+                         help="only jobs with no heartbeat yet")
+    started.add_argument("--waiting", action="store_true",
+                         help="only jobs waiting for a worker: --state start --not-started "
+                              "--not-stalled")
     listing.add_argument("--worker", metavar="NAME",
                          help="only jobs whose last heartbeat named this worker")
     listing.add_argument("--name-prefix", metavar="TEXT",

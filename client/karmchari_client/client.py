@@ -149,14 +149,17 @@ class Client:
 
     def list(self, *, state: str | None = None, type: str | None = None,
              labels: dict[str, str] | None = None, stalled: bool | None = None,
-             worker: str | None = None, name_prefix: str | None = None,
-             limit: int | None = None, cursor: str | None = None) -> Json:
+             started: bool | None = None, worker: str | None = None,
+             name_prefix: str | None = None, limit: int | None = None,
+             cursor: str | None = None) -> Json:
         """A page of jobs, newest first; ``{"jobs": [...], "next_cursor": ...}``.
+        ``started``: whether the job has had a heartbeat (``state="start",
+        started=False, stalled=False``: the jobs waiting for a worker);
         ``worker``: jobs whose last heartbeat named it; ``name_prefix``: jobs
         whose name starts with it."""
         return self._json("GET", "/v1/jobs", query=listing_query(
-            state=state, type=type, labels=labels, stalled=stalled, worker=worker,
-            name_prefix=name_prefix, limit=limit, cursor=cursor))
+            state=state, type=type, labels=labels, stalled=stalled, started=started,
+            worker=worker, name_prefix=name_prefix, limit=limit, cursor=cursor))
 
     def workers(self, *, limit: int | None = None, cursor: str | None = None) -> Json:
         """Every worker seen in heartbeats, with its jobs by state:
@@ -313,12 +316,14 @@ def new_idempotency_key() -> str:
 
 
 def listing_query(*, labels: dict[str, str] | None = None, stalled: bool | None = None,
+                  started: bool | None = None,
                   **filters: str | int | None) -> list[tuple[str, str]]:
     """The query string of a listing: the filters given (None: not given),
-    ``stalled`` as true or false, each label as ``label=key:value``."""
+    ``stalled`` and ``started`` as true or false, each label as ``label=key:value``."""
     query = [(name, str(value)) for name, value in filters.items() if value is not None]
-    if stalled is not None:
-        query.append(("stalled", "true" if stalled else "false"))
+    for flag, value in (("stalled", stalled), ("started", started)):
+        if value is not None:
+            query.append((flag, "true" if value else "false"))
     return query + [("label", f"{k}:{v}") for k, v in (labels or {}).items()]
 
 

@@ -1,13 +1,15 @@
 --[[
   Register a new job in state "start" (version 1): registerJob for a new
   request, rerunJob for an ended job run again. The hash, the indexes (all,
-  state start, type, labels, name), the label counts, the heartbeat deadline,
+  state start, type, labels, name, waiting), the label counts, the heartbeat
+  deadline (and the waiting jobs' one),
   the first history entry, the idempotency record, the change message and
   the count of changes.
 
   KEYS from first on: job hash, history, all jobs, state start, type,
   heartbeat deadlines, idempotency record, label counts, changes per minute,
-  name index; then the label indexes, to the end of KEYS.
+  name index, waiting jobs, their deadlines; then the label indexes, to the
+  end of KEYS.
 ]]
 --- @include "countChanges"
 --- @include "historyEntry"
@@ -45,23 +47,26 @@ local function writeNewJob(first, j, nowMs, t)
     "id", j.id, "type", j.type, "state", "start", "version", 1,
     "created_at", nowMs, "updated_at", nowMs, "name", j.name, "labels", j.labels,
     "heartbeat_timeout", j.timeout, "score", score, "owner", j.owner, unpack(j.fields))
+  -- all, state start, type; waiting (no heartbeat yet); the labels'.
   for i = first + 2, first + 4 do
     redis.call("ZADD", KEYS[i], score, j.id)
   end
-  for i = first + 10, #KEYS do
+  redis.call("ZADD", KEYS[first + 10], score, j.id)
+  for i = first + 12, #KEYS do
     redis.call("ZADD", KEYS[i], score, j.id)
   end
   -- GET /v1/jobs?name_prefix= reads the name index; an unnamed job is not in it.
   if j.name ~= "" then
     redis.call("ZADD", KEYS[first + 9], 0, lexicalEntry(j.name, score, j.id))
   end
-  if #KEYS >= first + 10 then
+  if #KEYS >= first + 12 then
     for key, value in pairs(cjson.decode(j.labels)) do
       redis.call("ZINCRBY", KEYS[first + 7], 1, key .. ":" .. value)
     end
   end
   if j.timeout > 0 then
     redis.call("ZADD", KEYS[first + 5], nowMs + j.timeout * 1000, j.id)
+    redis.call("ZADD", KEYS[first + 11], nowMs + j.timeout * 1000, j.id)
   end
   historyEntry(KEYS[first + 1], j.cap, 1, nowMs, j.command, "", "start", j.actor, j.reason)
   if j.idemTtl > 0 then

@@ -2,12 +2,13 @@
   Move one job to the command's target state, as applyCommand does for one
   job and applyCommands for each job of a batch: the hash (state, version,
   updated_at, the ids of its last changes), the state indexes, the heartbeat
-  deadline, the retention deadline, the counts of its worker by state, on a
+  deadline, the retention deadline, the waiting jobs (state start with no
+  heartbeat yet) and their deadlines, the counts of its worker by state, on a
   final state the run time, a history entry and the change message.
   Checks are the caller's, all made before its first write.
 
     c: what the call's jobs share: stateIndex (state -> index key), deadlines,
-       expiries, workerJobs, runTimes (keys), command, target, actor, reason,
+       expiries, workerJobs, runTimes, waiting, waitingDeadlines (keys), command, target, actor, reason,
        cap (history entries), retention (seconds), channel, op (operation id,
        "" for none)
     job: readJob's answer (HMGET of JOB_FIELDS)
@@ -47,6 +48,18 @@ local function transition(c, jobKey, histKey, job, nowMs)
     redis.call("ZADD", c.deadlines, nowMs + timeout * 1000, id)
   else
     redis.call("ZREM", c.deadlines, id)
+  end
+  -- Waiting for a worker: in state start and never heard from (started_at is
+  -- set with the first heartbeat; heartbeat_at for jobs older than started_at).
+  if state == "start" then
+    redis.call("ZREM", c.waiting, id)
+    redis.call("ZREM", c.waitingDeadlines, id)
+  elseif target == "start" and not job[8]
+      and redis.call("HEXISTS", jobKey, "heartbeat_at") == 0 then
+    redis.call("ZADD", c.waiting, job[4], id)
+    if timeout > 0 then
+      redis.call("ZADD", c.waitingDeadlines, nowMs + timeout * 1000, id)
+    end
   end
   if TERMINAL[target] then
     redis.call("HSET", jobKey, "ended_at", nowMs)

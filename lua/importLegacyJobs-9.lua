@@ -21,6 +21,7 @@
     KEYS[6]  index of state failed {kc:s}:idx:state:failed
     KEYS[7]  retention expiries    {kc:s}:expiry
     KEYS[8]  changes per minute    {kc:s}:changes
+    KEYS[9]  waiting jobs          {kc:s}:idx:waiting   (start, no heartbeat yet)
     then three per job, in the order of the jobs in ARGV:
       job hash                     {kc:s}:job:<id>
       history list                 {kc:s}:hist:<id>
@@ -54,7 +55,7 @@
 --- @include "historyEntry"
 --- @include "stateMachine"
 local rcall = redis.call
-local FIXED = 8
+local FIXED = 9
 local STATE_INDEX = {}  -- KEYS[2..6], in STATES' order
 for i, s in ipairs(STATES) do STATE_INDEX[s] = 1 + i end
 local actor, cap, retentionMs = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]) * 1000
@@ -96,7 +97,7 @@ for j = 1, count do
   local jobKey, histKey, typeKey = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
   local id, jobType, target, raw = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   local have = rcall("HMGET", jobKey, "state", "legacy_state", "import_version", "version",
-    "score")
+    "score", "heartbeat_at")
   if not have[1] then
     -- A score of its own per job of the batch, so the listing order is stable.
     local score = string.format("%.0f", nowUs + j - 1)
@@ -108,6 +109,10 @@ for j = 1, count do
     rcall("ZADD", KEYS[1], score, id)
     rcall("ZADD", KEYS[STATE_INDEX[target]], score, id)
     rcall("ZADD", typeKey, score, id)
+    if target == "start" then
+      -- No heartbeat yet (and no timeout: it never stalls).
+      rcall("ZADD", KEYS[9], score, id)
+    end
     if TERMINAL[target] then
       rcall("HSET", jobKey, "ended_at", nowMs)
       rcall("ZADD", KEYS[7], nowMs + retentionMs, id)
@@ -132,6 +137,11 @@ for j = 1, count do
       "legacy_state", raw, "import_version", version)
     rcall("ZREM", KEYS[STATE_INDEX[from]], id)
     rcall("ZADD", KEYS[STATE_INDEX[target]], have[5], id)
+    if target == "start" and not have[6] then
+      rcall("ZADD", KEYS[9], have[5], id)
+    else
+      rcall("ZREM", KEYS[9], id)
+    end
     if TERMINAL[target] then
       rcall("HSET", jobKey, "ended_at", nowMs)
       rcall("ZADD", KEYS[7], nowMs + retentionMs, id)

@@ -5,7 +5,8 @@
   Heartbeats never change the state or the version.
 
   It also keeps the worker index (GET /v1/workers, GET /v1/jobs?worker=):
-  the job's first heartbeat sets started_at; a heartbeat naming another
+  the job's first heartbeat sets started_at and takes the job out of the
+  waiting jobs (state start, no heartbeat yet) and their deadlines; a heartbeat naming another
   worker than the job's last one moves the job between the workers' entries
   in {kc:s}:idx:worker and their counts by state; every recorded heartbeat
   with a worker sets that worker's last heartbeat in {kc:s}:workers (one ZADD
@@ -16,16 +17,18 @@
     KEYS[2]     worker index (lexical) {kc:s}:idx:worker   members "<worker>\0<score, 20 digits><id>"
     KEYS[3]     workers                {kc:s}:workers      member worker, score last heartbeat (ms)
     KEYS[4]     jobs per worker        {kc:s}:workers:jobs field "<state> <worker>", value count
-    KEYS[5..n]  job hashes            {kc:s}:job:<id>
+    KEYS[5]     waiting jobs           {kc:s}:idx:waiting  start, no heartbeat yet
+    KEYS[6]     their deadlines        {kc:s}:deadline:waiting
+    KEYS[7..n]  job hashes             {kc:s}:job:<id>
 
     ARGV[1]     required owner: "" for a caller who may heartbeat any job; else the
                 caller's name, which must be each job's owner (a worker token)
-    then ARGV, five per job, in the order of KEYS[5..n]:
+    then ARGV, five per job, in the order of KEYS[7..n]:
       mask            which of the next four were sent: 1 worker, 2 progress,
                       4 message, 8 observed_state
       worker, progress, message, observed_state   ("" when not sent)
 
-  Output: one entry per job, in the order of KEYS[5..n]
+  Output: one entry per job, in the order of KEYS[7..n]
   (app/store/scripts.py RecordHeartbeatsCode):
     { state, version, observed_state, heartbeat_timeout }   recorded
     { -1 }                                                   JOB_NOT_FOUND
@@ -41,7 +44,7 @@ local rcall = redis.call
 local fields = { "worker", "progress", "message", "observed_state" }
 local bits = { 1, 2, 4, 8 }
 local requiredOwner = ARGV[1]
-local first = 5
+local first = 7
 -- A job's id is the end of its key, "<tag>:job:<id>", whose tag is the one of
 -- KEYS[1], "<tag>:deadline": the hash's own id field need not be read.
 local idStart = #KEYS[1] - #":deadline" + #":job:" + 1
@@ -88,6 +91,8 @@ for i = first, #KEYS do
       end
       if not job[7] then
         rcall("HSET", KEYS[i], "started_at", nowMs)
+        rcall("ZREM", KEYS[5], id)
+        rcall("ZREM", KEYS[6], id)
       end
       if state == "start" and timeout > 0 then
         rcall("ZADD", KEYS[1], nowMs + timeout * 1000, id)

@@ -2,7 +2,7 @@
 --[[
   Apply a command (start, pause, kill, done, fail) to a job.
 
-  lua/applyCommands-10.lua applies the same change to many jobs: both move a
+  lua/applyCommands-12.lua applies the same change to many jobs: both move a
   job with lua/includes/transition.lua (tests/test_bulk_commands.py compares
   them).
 
@@ -19,6 +19,8 @@
     KEYS[10] changes per minute    {kc:s}:changes
     KEYS[11] jobs per worker       {kc:s}:workers:jobs  (field "<state> <worker>")
     KEYS[12] run times             {kc:s}:runtimes      (histogram, lua/includes/runTime.lua)
+    KEYS[13] waiting jobs          {kc:s}:idx:waiting   (start, no heartbeat yet)
+    KEYS[14] their deadlines       {kc:s}:deadline:waiting
 
     ARGV[1]  command
     ARGV[2]  actor
@@ -85,7 +87,8 @@ if TERMINAL[state] then
 end
 
 transition({ stateIndex = stateIndexes(3), deadlines = KEYS[8], expiries = KEYS[9],
-             workerJobs = KEYS[11], runTimes = KEYS[12],
+             workerJobs = KEYS[11], runTimes = KEYS[12], waiting = KEYS[13],
+             waitingDeadlines = KEYS[14],
              command = ARGV[1], target = target, actor = ARGV[2], reason = ARGV[3],
              cap = tonumber(ARGV[5]), retention = tonumber(ARGV[6]), channel = ARGV[7],
              op = op }, jobKey, histKey, job, nowMs)

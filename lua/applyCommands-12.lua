@@ -2,7 +2,7 @@
 --[[
   Apply one command (start, pause, kill, done, fail) to many jobs of one shard:
   POST /v1/jobs/commands, one call per shard and batch. Each job that matches
-  changes exactly as lua/applyCommand-12.lua changes one: both move a job with
+  changes exactly as lua/applyCommand-14.lua changes one: both move a job with
   lua/includes/transition.lua (tests/test_bulk_commands.py compares them).
 
   Input:
@@ -16,8 +16,10 @@
     KEYS[8]  changes per minute    {kc:s}:changes
     KEYS[9]  jobs per worker       {kc:s}:workers:jobs  (field "<state> <worker>")
     KEYS[10] run times             {kc:s}:runtimes      (histogram, lua/includes/runTime.lua)
-    KEYS[11 .. 10+L] label indexes of the filter   {kc:s}:idx:label:<sha1>
-    KEYS[11+L ..]     per job, two keys: job hash {kc:s}:job:<id>, history {kc:s}:hist:<id>
+    KEYS[11] waiting jobs          {kc:s}:idx:waiting   (start, no heartbeat yet)
+    KEYS[12] their deadlines       {kc:s}:deadline:waiting
+    KEYS[13 .. 12+L] label indexes of the filter   {kc:s}:idx:label:<sha1>
+    KEYS[13+L ..]     per job, two keys: job hash {kc:s}:job:<id>, history {kc:s}:hist:<id>
                      (distinct jobs: a job named twice would change twice)
 
     ARGV[1]  command
@@ -48,7 +50,7 @@ local target = TARGET[ARGV[1]]
 local op = ARGV[7]
 local wantState, wantType, wantStalled = ARGV[8], ARGV[9], ARGV[10]
 local labels = tonumber(ARGV[11])
-local first = 11 + labels
+local first = 13 + labels
 
 if not target then
   return { -2 }
@@ -69,7 +71,7 @@ for k = first, #KEYS, 2 do
   else
     local matches = (wantState == "" or state == wantState)
       and (wantType == "" or job[10] == wantType)
-    for i = 11, first - 1 do
+    for i = 13, first - 1 do
       matches = matches and rcall("ZSCORE", KEYS[i], id) ~= false
     end
     if matches and wantStalled ~= "" then
@@ -91,9 +93,10 @@ for k = first, #KEYS, 2 do
   counts[outcome] = counts[outcome] + 1
 end
 
--- Each change as in applyCommand-12.lua.
+-- Each change as in applyCommand-14.lua.
 local c = { stateIndex = stateIndexes(1), deadlines = KEYS[6], expiries = KEYS[7],
-            workerJobs = KEYS[9], runTimes = KEYS[10],
+            workerJobs = KEYS[9], runTimes = KEYS[10], waiting = KEYS[11],
+            waitingDeadlines = KEYS[12],
             command = ARGV[1], target = target, actor = ARGV[2], reason = ARGV[3],
             cap = tonumber(ARGV[4]), retention = tonumber(ARGV[5]), channel = ARGV[6], op = op }
 for _, entry in ipairs(todo) do

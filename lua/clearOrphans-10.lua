@@ -12,7 +12,9 @@
     KEYS[2]    index of all jobs      {kc:s}:idx:all
     KEYS[3..7] indexes of the states  {kc:s}:idx:state:start, pause, kill, done, failed
     KEYS[8]    heartbeat deadlines    {kc:s}:deadline
-    KEYS[9..8+T]  type indexes        {kc:s}:idx:type:<type>, one per configured type
+    KEYS[9]    waiting jobs           {kc:s}:idx:waiting
+    KEYS[10]   their deadlines        {kc:s}:deadline:waiting
+    KEYS[11..10+T]  type indexes      {kc:s}:idx:type:<type>, one per configured type
     then two per job: job hash, history list   {kc:s}:job:<id>, {kc:s}:hist:<id>
 
     ARGV[1]    T, the number of type indexes
@@ -27,7 +29,7 @@
 ]]
 --- @include "stateMachine"
 local rcall = redis.call
-local firstJob = 9 + tonumber(ARGV[1])
+local firstJob = 11 + tonumber(ARGV[1])
 
 local codes = {}
 for i = 2, #ARGV do

@@ -6,7 +6,7 @@
   "reruns". The new id has the old job's shard (its first hex digit), so both
   jobs and every index entry are in one slot.
 
-  The registration is the one of registerJob-10.lua (same fields, indexes,
+  The registration is the one of registerJob-12.lua (same fields, indexes,
   history entry, change notice and counters): both write the job with
   lua/includes/newJob.lua.
 
@@ -23,7 +23,9 @@
     KEYS[9]  label counts          {kc:s}:labels
     KEYS[10] changes per minute    {kc:s}:changes
     KEYS[11] name index (lexical)  {kc:s}:idx:name
-    KEYS[12..] label indexes       {kc:s}:idx:label:<sha1 of key=value>
+    KEYS[12] waiting jobs          {kc:s}:idx:waiting   (start, no heartbeat yet)
+    KEYS[13] their deadlines       {kc:s}:deadline:waiting
+    KEYS[14..] label indexes       {kc:s}:idx:label:<sha1 of key=value>
 
     ARGV[1]  new job id (32 lowercase hex, same first digit as the old one)
     ARGV[2]  type the caller read (the type index key was built from it)
