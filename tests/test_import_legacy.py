@@ -22,6 +22,7 @@ from app.store import JobStore, connect
 from app.store.keys import KeySchema
 from tests.http_calls import call
 from tests.servers import ROOT, RedisProcess, karmchari_command
+from tests.store_check import assert_store_holds, indexed_from_hashes
 from tests.waiting import eventually
 
 
@@ -128,6 +129,10 @@ def test_jobs_keep_their_ids_and_states(source, run_import, live_service, redis_
             stats["states"]["kill"]) == (4, 2, 1, 1)
     assert stats["types"]["teams"] == 2
     assert sum(minute["count"] for minute in stats["changes_per_minute"]) == 4
+    # The two in start have had no heartbeat here: waiting for a worker.
+    assert stats["waiting"] == 2
+    keys = KeySchema(key_prefix)
+    assert_store_holds(redis_client, keys, indexed_from_hashes(redis_client, keys))
 
     # The indexes hold them: listing by state and type, and commands work on.
     listed = call(url, "GET", "/v1/jobs?state=pause&type=upload").json()["jobs"]
@@ -196,8 +201,8 @@ def test_a_second_run_imports_nothing_twice(source, run_import, live_service):
         assert call(live_service.url, "GET", f"/v1/jobs/{job_id}").json()["version"] == 1
 
 
-def test_changes_at_the_source_after_an_import_are_brought_over(source, run_import,
-                                                                live_service):
+def test_changes_at_the_source_after_an_import_are_brought_over(source, run_import, live_service,
+                                                               redis_client, key_prefix):
     """Running side by side: the Go service still takes commands after a first
     import; a second run brings those over, unless the job changed here too."""
     followed, changed_here = go_register(source, "teams"), go_register(source, "teams")
@@ -218,6 +223,8 @@ def test_changes_at_the_source_after_an_import_are_brought_over(source, run_impo
     assert run_import()["updated"] == 1
     assert call(url, "GET", f"/v1/jobs/{followed}").json()["ended_at"] is not None
     assert run_import()["updated"] == 0
+    keys = KeySchema(key_prefix)
+    assert_store_holds(redis_client, keys, indexed_from_hashes(redis_client, keys))
 
 
 def test_a_job_that_exists_here_is_left_alone(source, run_import, live_service):

@@ -216,7 +216,8 @@ class RerunJob(_Binding):
         keys = [shard.job(old_id), shard.job(new_id), shard.history(new_id), shard.all_jobs,
                 shard.state_index("start"), shard.type_index(job_type), shard.deadlines,
                 idem_key, shard.label_counts, shard.changes, shard.name_index, shard.waiting,
-                shard.waiting_deadlines, *(shard.label_index(k, v) for k, v in sorted(json.loads(labels).items()))]
+                shard.waiting_deadlines,
+                *(shard.label_index(k, v) for k, v in sorted(json.loads(labels).items()))]
         args: list[Any] = [new_id, job_type, labels, actor, history_cap, idem_ttl, "rerun",
                            shard.channel, owner, kept_reruns]
         return Call(self.script, keys, args)

@@ -39,7 +39,7 @@ class MigrationsStore(StoreCore):
             with unavailable_on_redis_errors():
                 cursor, entries = self.client.zscan(shard.state_index("start"), cursor,
                                                     count=batch)
-                reply = index.call(shard, [job_id for job_id, _ in entries],
+                reply = index.call(shard, [str(job_id) for job_id, _ in entries],
                                    last=cursor == 0)
                 added += index.decode(self.bindings.run_pipeline([reply])[0])
             if cursor == 0:
