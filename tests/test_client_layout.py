@@ -15,6 +15,7 @@ from app import model
 from app.cli import build_parser as server_parser
 from karmchari_client import states
 from karmchari_client.cli import build_parser
+from karmchari_client.cli_common import BadInput
 from karmchari_client.cli_jobs import list_filters, worker_row
 from karmchari_client.cli_output import local_time
 from karmchari_client.client import listing_query
@@ -78,8 +79,20 @@ def parse(*argv: str):
 def test_list_takes_the_worker_and_name_prefix_filters():
     args = parse("list", "--worker", "host-7", "--name-prefix", "nightly", "-o", "json")
     assert list_filters(args) == {"state": None, "type": None, "labels": {}, "stalled": None,
-                                  "worker": "host-7", "name_prefix": "nightly", "limit": None}
+                                  "started": None, "worker": "host-7", "name_prefix": "nightly",
+                                  "limit": None}
     assert args.output == "json"
+
+
+def test_list_waiting_is_start_not_started_not_stalled():
+    assert {k: v for k, v in list_filters(parse("list", "--waiting")).items()
+            if v not in (None, {})} == {"state": "start", "started": False, "stalled": False}
+    assert list_filters(parse("list", "--not-started"))["started"] is False
+    assert list_filters(parse("list", "--started"))["started"] is True
+    with pytest.raises(BadInput):
+        list_filters(parse("list", "--waiting", "--state", "pause"))
+    with pytest.raises(SystemExit):   # one of --started, --not-started, --waiting
+        parse("list", "--waiting", "--started")
 
 
 def test_rerun_and_workers_take_the_output_option():

@@ -6,6 +6,7 @@ POST /v1/jobs/{id}/rerun, bulk delete of ended jobs), against a live
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 
@@ -120,3 +121,17 @@ def test_delete_jobs_by_a_filter_that_may_match_running_jobs_is_refused(api):
         api.delete_jobs(where={"type": "export"})
     assert (refused.value.status, refused.value.code) == (400, "filter_not_final")
     assert api.delete_jobs(where={"state": "kill"})["deleted"] >= 0
+
+
+# -- waiting for a worker ---------------------------------------------------------------
+
+def test_list_waiting_shows_the_jobs_no_worker_has_picked_up(url, api):
+    tag = uuid.uuid4().hex[:8]
+    waiting = api.register("export", name=f"waiting-{tag}")["id"]
+    picked = api.register("export", name=f"picked-{tag}")["id"]
+    api.heartbeat(picked, worker="host-7")
+    ids = {j["id"] for j in api.list(state="start", started=False, stalled=False,
+                                     name_prefix=f"waiting-{tag}")["jobs"]}
+    assert ids == {waiting}
+    shown = ok(karmchari("list", "--waiting", "--limit", "500", url=url))
+    assert waiting in shown and picked not in shown

@@ -204,9 +204,8 @@ def test_overview_shows_the_counts(browser, counted_service):
     page.reload()
     count = lambda card, name: page.locator(f'#{card} li[data-name="{name}"] .count')  # noqa: E731
     expect(page.locator("#total-count")).to_have_text("7", timeout=WAIT_MS)
-    active = "waiting for a worker or running"
-    expected = [(active, 3), ("stalled", 1), ("paused", 2), ("killed", 1), ("done", 0),
-                ("failed", 0)]
+    expected = [("waiting for a worker", 2), ("running", 1), ("stalled", 1), ("paused", 2),
+                ("killed", 1), ("done", 0), ("failed", 0)]
     for name, number in expected:
         expect(count("state-counts", name)).to_have_text(str(number))
     assert sum(n for _, n in expected) == 7  # the counts add up to the total
@@ -222,11 +221,14 @@ def test_overview_shows_the_counts(browser, counted_service):
     expect(page.locator("#chart svg")).to_have_attribute(
         "aria-label", re.compile(rf"^{changes} changes "))
     # Each count links to the rows it counts, which use the same words.
-    statuses = {active: {"waiting for a worker", "running"}, "stalled": {"stalled"},
-                "paused": {"paused"}, "killed": {"killed"}}
+    statuses = {"waiting for a worker": {"waiting for a worker"}, "running": {"running"},
+                "stalled": {"stalled"}, "paused": {"paused"}, "killed": {"killed"}}
     for name, number in expected:
         page.goto(f"{counted_service.url}/ui/#/")
         count("state-counts", name).locator("xpath=..").get_by_role("link").click()
+        if name in ("waiting for a worker", "running"):   # the filter form shows it
+            expect(page.locator("#filter-started")).to_have_value(
+                "false" if name.startswith("waiting") else "true", timeout=WAIT_MS)
         if number:
             expect(rows(page)).to_have_count(number, timeout=WAIT_MS)
             shown = page.locator("#job-rows td.status").all_inner_texts()
