@@ -19,7 +19,7 @@ RUN_TIMES_SCHEMA: dict[str, Any] = {
 
 WORKER_LIST_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "required": ["workers", "next_cursor"],
+    "required": ["workers", "next_cursor", "stalled_exact"],
     "properties": {
         "workers": {"type": "array", "items": {
             "type": "object",
@@ -34,5 +34,8 @@ WORKER_LIST_SCHEMA: dict[str, Any] = {
                             "description": "Of its running jobs, those stalled"},
                 "jobs_url": {"type": "string"}}}},
         "next_cursor": {"type": ["string", "null"]},
+        "stalled_exact": {"type": "boolean", "description": "false: a shard holds more "
+                          "than 1,000 stalled jobs, and each worker's stalled count is a "
+                          "lower bound (the count reads at most 1,000 per shard)"},
     },
 }

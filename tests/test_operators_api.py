@@ -15,7 +15,9 @@ from app.config import Config
 from app.errors import JobNotFound, NotEnded
 from app.store import HeartbeatReport, JobFilter, JobStore, connect, lexical
 from app.store.keys import KeySchema
+from app.store import workers as workers_module
 from tests.store_check import assert_lexical_indexes
+from tests.waiting import eventually
 
 PROBLEM = "application/problem+json"
 
@@ -171,6 +173,24 @@ def test_workers_count_their_stalled_jobs(client):
     time.sleep(1.3)
     [slow] = [w for w in workers_of(client) if w["name"] == "slow"]
     assert (slow["jobs"]["running"], slow["stalled"]) == (1, 1)
+
+
+def test_stalled_counts_past_the_read_limit_say_they_are_lower_bounds(client, store,
+                                                                    monkeypatch):
+    """At most STALLED_READ stalled jobs per shard are read: with more, each
+    count is a lower bound and the page says so (60 jobs in 16 shards: some
+    shard holds at least 4, more than a limit of 3)."""
+    jobs = [new_job(client, heartbeat_timeout=1) for _ in range(60)]
+    store.heartbeats([HeartbeatReport(job["id"], worker="slow") for job in jobs])
+    eventually(lambda: client.simulate_get("/v1/stats").json["stalled"] == 60)
+    body = client.simulate_get("/v1/workers").json
+    assert body["stalled_exact"] is True
+    assert [w["stalled"] for w in body["workers"] if w["name"] == "slow"] == [60]
+    # The store in this process, with a smaller limit (the service's is 1,000).
+    monkeypatch.setattr(workers_module, "STALLED_READ", 3)
+    [slow] = [w for w in store.workers()[0] if w.name == "slow"]
+    assert slow.stalled_exact is False
+    assert 3 <= slow.stalled < 60
 
 
 def test_workers_page_without_repeats_when_they_span_shards(client, store):

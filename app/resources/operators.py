@@ -63,4 +63,5 @@ class WorkerCollection:
             {"name": w.name, "last_heartbeat_at": format_time(w.last_heartbeat_at),
              "jobs": w.jobs, "stalled": w.stalled,
              "jobs_url": f"/v1/jobs?worker={quote(w.name, safe='')}"}
-            for w in workers], "next_cursor": next_cursor}
+            for w in workers], "next_cursor": next_cursor,
+            "stalled_exact": all(w.stalled_exact for w in workers)}

@@ -12,8 +12,9 @@ cursor down and merged; a worker appears in several shards, and is listed at
 the place of its latest heartbeat only (ZMSCORE over every shard tells which
 that is), so paging never repeats nor skips one. Stalled jobs are counted
 from the ``deadline`` index: the most recently due ``STALLED_READ`` per shard,
-whose ``worker`` field is read (an exact count while a shard has no more
-stalled jobs than that).
+whose ``worker`` field is read: an exact count while no shard has more
+stalled jobs than that (16,000 in all), else a lower bound, which
+``stalled_exact`` says (it keeps a page's cost bounded at any number of jobs).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class WorkerInfo:
     last_heartbeat_at: int
     jobs: dict[str, int] = field(default_factory=dict)
     stalled: int = 0
+    stalled_exact: bool = True   # False: ``stalled`` is a lower bound (see above)
 
 
 def encode_cursor(position: Position) -> str:
@@ -148,6 +150,9 @@ def _count_jobs(store: StoreCore, shards: Sequence[ShardKeys], workers: list[Wor
                                   num=STALLED_READ)
         replies = pipe.execute()
     counts, stalled_ids = replies[:len(shards)], replies[len(shards):]
+    if any(len(ids) == STALLED_READ for ids in stalled_ids):
+        for worker in workers:
+            worker.stalled_exact = False
     for i, worker in enumerate(workers):
         for j, state in enumerate(STATES):
             total = sum(int(shard_counts[i * len(STATES) + j] or 0) for shard_counts in counts)

@@ -19,13 +19,16 @@ function jobCounts(jobs) {
   return parts.length ? parts.join(", ") : el("span", { class: "muted" }, "none");
 }
 
-function workerRow(worker) {
+// exact: false when the service counted at most 1,000 stalled jobs per shard
+// and found that many: each count is then a lower bound.
+function workerRow(worker, exact) {
   return el("tr", { dataset: { worker: worker.name } },
     el("td", { class: "name" }, el("a", { href: workerLink(worker.name),
       title: `Jobs whose last heartbeat came from ${worker.name}` }, worker.name)),
     el("td", { class: "jobs-by-state" }, jobCounts(worker.jobs)),
-    el("td", { class: `stalled${worker.stalled ? " warn" : ""}` },
-      String(worker.stalled || 0)),
+    el("td", { class: `stalled${worker.stalled ? " warn" : ""}`,
+      title: exact ? "" : "at least: more jobs are stalled than the service counts per request" },
+      `${exact ? "" : "≥ "}${(worker.stalled || 0).toLocaleString("en")}`),
     el("td", { class: "last" }, time(worker.last_heartbeat_at),
       el("span", { class: "muted" }, ` (${age(worker.last_heartbeat_at)})`)));
 }
@@ -51,7 +54,8 @@ async function load() {
   }
   if (request !== view.request) return;
   view.next = page.next_cursor;
-  clear(document.getElementById("worker-rows")).append(...page.workers.map(workerRow));
+  clear(document.getElementById("worker-rows")).append(...page.workers.map(
+    (worker) => workerRow(worker, page.stalled_exact !== false)));
   status.textContent = page.workers.length ? "" : "No worker has sent a heartbeat yet.";
   status.hidden = page.workers.length > 0;
   const one = view.cursors.length === 1 && !page.next_cursor;

@@ -147,27 +147,31 @@ def run_rerun(args: argparse.Namespace, client: Client) -> int:
 WORKER_HEADERS = ["NAME", "LAST HEARTBEAT", "STALLED", "JOBS"]
 
 
-def worker_row(worker: Json) -> list[str]:
+def worker_row(worker: Json, stalled_exact: bool = True) -> list[str]:
+    """One line of ``karmchari workers``; a stalled count the service could
+    not finish counting (``stalled_exact`` false) is shown as ``N+``."""
     jobs = ", ".join(f"{state} {count}" for state, count in worker.get("jobs", {}).items()
                      if count)
-    return [worker["name"], local_time(worker.get("last_heartbeat_at")),
-            str(worker.get("stalled", 0)), jobs]
+    stalled = str(worker.get("stalled", 0)) + ("" if stalled_exact else "+")
+    return [worker["name"], local_time(worker.get("last_heartbeat_at")), stalled, jobs]
 
 
 def run_workers(args: argparse.Namespace, client: Client) -> int:
     workers: list[Json] = []
+    exact = True
     cursor = args.cursor
     while True:
         page = client.workers(limit=args.limit, cursor=cursor)
         workers += page["workers"]
+        exact = exact and page.get("stalled_exact", True)
         cursor = page["next_cursor"]
         if not args.all or cursor is None:
             break
     if args.json:
-        print_json({"workers": workers, "next_cursor": cursor})
+        print_json({"workers": workers, "next_cursor": cursor, "stalled_exact": exact})
         return EXIT_OK
     if workers:
-        print(table(WORKER_HEADERS, [worker_row(worker) for worker in workers]))
+        print(table(WORKER_HEADERS, [worker_row(worker, exact) for worker in workers]))
     else:
         print("no workers", file=sys.stderr)
     if cursor is not None:
