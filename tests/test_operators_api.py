@@ -14,8 +14,8 @@ from app.app import create_app
 from app.config import Config
 from app.errors import JobNotFound, NotEnded
 from app.store import HeartbeatReport, JobFilter, JobStore, connect, lexical
-from app.store.keys import KeySchema
 from app.store import workers as workers_module
+from app.store.keys import KeySchema
 from tests.store_check import assert_lexical_indexes
 from tests.waiting import eventually
 
