@@ -102,6 +102,8 @@ def request_schemas(config: Config) -> dict[str, dict[str, Any]]:
                                   "items": {"type": "string",
                                             "pattern": label_filter_pattern(config)}},
                         "stalled": {"type": "boolean"},
+                        "started": {"type": "boolean",
+                                    "description": "whether the job has had a heartbeat"},
                     },
                 },
                 "cursor": {"type": "string", "pattern": BULK_CURSOR_PATTERN,

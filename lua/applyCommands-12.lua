@@ -34,6 +34,8 @@
     ARGV[9]  filter: type ("" for any)
     ARGV[10] filter: stalled ("1" stalled only, "0" not stalled only, "" any)
     ARGV[11] L, the number of label indexes: the job must be in all of them
+    ARGV[12] filter: started, whether the job has had a heartbeat ("1" yes,
+             "0" no, "" or absent: any)
 
   Output (app/store/scripts.py ApplyCommandsCode):
     { changed, unchanged, refused, not_found, unmatched }   counts of the jobs:
@@ -49,6 +51,7 @@ local rcall = redis.call
 local target = TARGET[ARGV[1]]
 local op = ARGV[7]
 local wantState, wantType, wantStalled = ARGV[8], ARGV[9], ARGV[10]
+local wantStarted = ARGV[12] or ""
 local labels = tonumber(ARGV[11])
 local first = 13 + labels
 
@@ -78,6 +81,11 @@ for k = first, #KEYS, 2 do
       local due = rcall("ZSCORE", KEYS[6], id)
       local stalled = due ~= false and tonumber(due) < nowMs
       matches = stalled == (wantStalled == "1")
+    end
+    if matches and wantStarted ~= "" then
+      -- started_at since the first heartbeat; heartbeat_at alone before it existed.
+      local started = job[8] ~= false or rcall("HEXISTS", KEYS[k], "heartbeat_at") == 1
+      matches = started == (wantStarted == "1")
     end
     if not matches then
       outcome = 5

@@ -135,3 +135,13 @@ def test_list_waiting_shows_the_jobs_no_worker_has_picked_up(url, api):
     assert ids == {waiting}
     shown = ok(karmchari("list", "--waiting", "--limit", "500", url=url))
     assert waiting in shown and picked not in shown
+
+
+def test_kill_the_jobs_no_worker_picked_up(url, api):
+    tag = uuid.uuid4().hex[:8]
+    waiting = api.register("export", labels={"run": tag})["id"]
+    picked = api.register("export", labels={"run": tag})["id"]
+    api.heartbeat(picked, worker="host-7")
+    ok(karmchari("kill", "--state", "start", "--not-started", "--label", f"run:{tag}", "-y",
+                 url=url))
+    assert (api.get(waiting)["state"], api.get(picked)["state"]) == ("kill", "start")

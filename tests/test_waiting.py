@@ -178,3 +178,30 @@ def test_every_state_is_counted_once(client, store):
             store.apply_command(job.id, {"failed": "fail"}.get(state, state))
     body = stats(client)
     assert body["waiting"] == 1 and body["total"] == len(STATES)
+
+
+def test_a_bulk_command_reaches_only_the_jobs_no_worker_picked_up(client, store):
+    ids = [store.register("export", heartbeat_timeout=3600)[0].id for _ in range(12)]
+    store.heartbeats([HeartbeatReport(j, progress=1.0) for j in ids[:4]])
+    response = client.simulate_post("/v1/jobs/commands", json={
+        "command": "kill", "reason": "never picked up",
+        "where": {"state": "start", "started": False}})
+    assert response.status_code == 200, response.text
+    assert response.json["changed"] == 8
+    assert {j: store.get(j).state for j in ids} == \
+        {j: "start" if i < 4 else "kill" for i, j in enumerate(ids)}
+    assert stats(client)["waiting"] == 0
+    holds(store)
+
+
+def test_the_script_checks_started_again(store):
+    """A job listed while waiting that has its first heartbeat before the
+    batch arrives no longer matches: unmatched, not changed."""
+    job, _ = store.register("export")
+    shard = store.keys.for_job(job.id)
+    call = store.bindings.apply_commands.call(
+        shard, [job.id], "pause", actor="t", reason="", history_cap=10, retention_seconds=60,
+        operation="op1", state="start", started=False)
+    store.heartbeat(HeartbeatReport(job.id, progress=1.0))
+    assert store.scripts.apply_commands(call.keys, call.args) == [0, 0, 0, 0, 1]
+    assert store.get(job.id).state == "start"

@@ -92,7 +92,7 @@ class BulkCommands:
 def _filter_of(where: dict[str, Any]) -> JobFilter:
     labels = tuple(item.partition(":")[::2] for item in where.get("label", []))
     return JobFilter(state=where.get("state"), type=where.get("type"), labels=labels,
-                     stalled=where.get("stalled"))
+                     stalled=where.get("stalled"), started=where.get("started"))
 
 
 class Stats:

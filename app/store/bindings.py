@@ -62,6 +62,11 @@ def run_pipeline(scripts: Scripts, calls: Sequence[Call]) -> list[Reply]:
     return scripts.run_pipeline([c.as_tuple() for c in calls])
 
 
+def _flag(value: bool | None) -> str:
+    """A filter's yes/no/any as a script argument: "1", "0" or ""."""
+    return "" if value is None else "1" if value else "0"
+
+
 class _Binding:
     def __init__(self, script: LuaScript, keys: KeySchema) -> None:
         self.script = script
@@ -124,7 +129,8 @@ class ApplyCommands(_Binding):
     def call(self, shard: ShardKeys, job_ids: Sequence[str], command: str, *, actor: str,
              reason: str, history_cap: int, retention_seconds: int, operation: str,
              state: str | None = None, job_type: str | None = None,
-             labels: tuple[tuple[str, str], ...] = (), stalled: bool | None = None) -> Call:
+             labels: tuple[tuple[str, str], ...] = (), stalled: bool | None = None,
+             started: bool | None = None) -> Call:
         keys = [*shard.state_indexes(), shard.deadlines, shard.expiries, shard.changes,
                 shard.worker_jobs, shard.run_times, shard.waiting, shard.waiting_deadlines,
                 *(shard.label_index(k, v) for k, v in labels)]
@@ -132,7 +138,7 @@ class ApplyCommands(_Binding):
             keys += [shard.job(job_id), shard.history(job_id)]
         args: list[Any] = [command, actor, reason, history_cap, retention_seconds,
                            shard.channel, operation, state or "", job_type or "",
-                           "" if stalled is None else "1" if stalled else "0", len(labels)]
+                           _flag(stalled), len(labels), _flag(started)]
         return Call(self.script, keys, args)
 
     @staticmethod

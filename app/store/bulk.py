@@ -234,7 +234,8 @@ class BulkStore(ListingStore):
         return self.bindings.apply_commands.call(
             shard, job_ids, command, actor=actor, reason=reason, history_cap=self.history_cap,
             retention_seconds=self.retention_seconds, operation=secrets.token_hex(6),
-            state=where.state, job_type=where.type, labels=where.labels, stalled=where.stalled)
+            state=where.state, job_type=where.type, labels=where.labels, stalled=where.stalled,
+            started=where.started)
 
     def _bulk_round(self, result: BulkResult, calls: list[Call], filtered: bool = False) -> None:
         if not calls:

@@ -135,13 +135,12 @@ function showSelection() {
     b.disabled = view.selected.size === 0;
   }
   document.getElementById("delete-selected").disabled = view.selected.size === 0;
-  // A bulk command's "where" takes state, type, label and stalled: a filter on
-  // a worker, a name prefix or a first heartbeat is not offered one (it would
-  // be refused).
-  const whole = !view.filter.worker && !view.filter.name_prefix && !view.filter.started;
+  // A bulk command's "where" takes state, type, label, stalled and started: a
+  // filter on a worker or a name prefix is not offered one (it would be refused).
+  const whole = !view.filter.worker && !view.filter.name_prefix;
   for (const b of document.querySelectorAll("[data-scope=filter]")) {
     b.disabled = !whole;
-    b.title = whole ? "" : "Not with a worker, name or heartbeat filter: select the rows instead";
+    b.title = whole ? "" : "Not with a worker or name filter: select the rows instead";
   }
   document.getElementById("delete-matching").disabled = !whole || !filterIsFinal(view.filter);
 }

@@ -17,6 +17,8 @@ from karmchari_client.cli_common import (
 from karmchari_client.cli_output import print_json
 from karmchari_client.client import Client, Json
 
+FILTER_OPTIONS = "--label, --state, --type, --stalled, --started"
+
 
 def _where(args: argparse.Namespace) -> Json:
     """The filter options of a state command, as POST /v1/jobs/commands takes them."""
@@ -29,6 +31,8 @@ def _where(args: argparse.Namespace) -> Json:
         where["label"] = [f"{k}:{v}" for k, v in labels(args.label).items()]
     if args.stalled is not None:
         where["stalled"] = args.stalled
+    if args.started is not None:
+        where["started"] = args.started
     return where
 
 
@@ -36,7 +40,8 @@ def _describe(where: Json) -> str:
     parts = [f"state {where['state']}" if "state" in where else "",
              f"type {where['type']}" if "type" in where else "",
              *(f"label {label}" for label in where.get("label", [])),
-             {True: "stalled", False: "not stalled", None: ""}[where.get("stalled")]]
+             {True: "stalled", False: "not stalled", None: ""}[where.get("stalled")],
+             {True: "a heartbeat", False: "no heartbeat yet", None: ""}[where.get("started")]]
     return ", ".join(p for p in parts if p)
 
 
@@ -51,7 +56,8 @@ def _count_matching(client: Client, where: Json) -> tuple[int, bool]:
     count, cursor = 0, None
     for _ in range(COUNT_PAGES):
         page = client.list(state=where.get("state"), type=where.get("type"), labels=labels,
-                           stalled=where.get("stalled"), limit=500, cursor=cursor)
+                           stalled=where.get("stalled"), started=where.get("started"),
+                           limit=500, cursor=cursor)
         count += len(page["jobs"])
         cursor = page["next_cursor"]
         if cursor is None:
@@ -76,10 +82,9 @@ def run_command(args: argparse.Namespace, client: Client) -> int:
         args.job_id = args.job_ids[0]
         return run_one_command(args, client)
     if args.job_ids and where:
-        raise BadInput("give job ids or filter options (--label, --state, --type, --stalled), "
-                       "not both")
+        raise BadInput(f"give job ids or filter options ({FILTER_OPTIONS}), not both")
     if not args.job_ids and not where:
-        raise BadInput("give job ids or filter options (--label, --state, --type, --stalled)")
+        raise BadInput(f"give job ids or filter options ({FILTER_OPTIONS})")
     if args.if_match is not None:
         raise BadInput("--if-match applies to one job only")
     command = STATE_COMMANDS[args.command]

@@ -96,6 +96,12 @@ def add_client_commands(commands: Subcommands) -> None:
         stalled.add_argument("--stalled", action="store_true", default=None,
                              help="running jobs whose heartbeat is overdue")
         stalled.add_argument("--not-stalled", dest="stalled", action="store_false")
+        started = matching.add_mutually_exclusive_group()
+        started.add_argument("--started", action="store_true", default=None,
+                             help="jobs that have had a heartbeat")
+        started.add_argument("--not-started", dest="started", action="store_false",
+                             help="jobs with no heartbeat yet (with --state start: waiting "
+                                  "for a worker)")
         state.add_argument("-y", "--yes", action="store_true",
                            help="do not ask for confirmation")
 
