@@ -23,6 +23,7 @@ from app.app import create_app
 from app.config import Config
 from app.store import JobStore, connect
 from app.store.keys import KeySchema
+from karmchari_client import Client
 from tests.live import SERVERS, LiveClient
 from tests.servers import RedisProcess, ServiceProcess, forbid_the_default_port
 
@@ -167,6 +168,20 @@ def live_service(redis_url, key_prefix):
                              env={"KARMCHARI_KEY_PREFIX": key_prefix}).start()
     yield service
     service.stop()
+
+
+@pytest.fixture
+def url(live_service):
+    """The base URL of ``live_service``, for the ``karmchari`` command's ``--url``."""
+    return live_service.url
+
+
+@pytest.fixture
+def api(url):
+    """The client library's ``Client`` on ``live_service``."""
+    client = Client(url)
+    yield client
+    client.close()
 
 
 @pytest.fixture(scope="session")

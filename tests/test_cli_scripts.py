@@ -25,18 +25,6 @@ from tests.waiting import eventually, long_polls_waiting
 BASH_WORKER = ROOT / "examples" / "worker.sh"
 
 
-@pytest.fixture
-def url(live_service):
-    return live_service.url
-
-
-@pytest.fixture
-def api(url):
-    client = Client(url)
-    yield client
-    client.close()
-
-
 def test_heartbeat_prints_the_state_and_exits_with_its_code(url, api):
     job_id = api.register("teams")["id"]
     beat = karmchari("heartbeat", job_id, "--progress", "40", "--message", "table 2 of 5",

@@ -15,18 +15,6 @@ from karmchari_client.cli import EXIT_REFUSED
 from tests.test_cli import karmchari, ok
 
 
-@pytest.fixture
-def url(live_service):
-    return live_service.url
-
-
-@pytest.fixture
-def api(url):
-    client = Client(url)
-    yield client
-    client.close()
-
-
 def ended_job(api: Client, **fields) -> str:
     job_id = api.register("export", **fields)["id"]
     api.command(job_id, "kill")

@@ -15,6 +15,7 @@ from app.store.connection import unavailable_on_redis_errors
 from app.store.core import StoreCore
 from app.store.keys import ShardKeys
 from app.store.lexical import prefix_entries, text_entries
+from app.store.paging import entries_below
 
 
 @dataclass(frozen=True)
@@ -172,30 +173,9 @@ class ListingStore(StoreCore):
 
         Entries tied with the cursor's score are read in full, then at most
         ``count`` below it per shard: any number of ties pages correctly."""
-        tied = position if position is not None and (upper is None or position.score <= upper) \
-            else None
-        if tied is not None:
-            below: int | str = f"({tied.score}"
-        elif upper is not None:
-            below = upper
-        else:
-            below = "+inf"
-        with unavailable_on_redis_errors():
-            pipe = self.client.pipeline(transaction=False)
-            for shard in self.keys.shards.values():
-                if tied is not None:
-                    pipe.zrevrangebyscore(index(shard), tied.score, tied.score, withscores=True)
-                pipe.zrevrangebyscore(index(shard), below, "-inf", start=0, num=count,
-                                      withscores=True)
-            replies = pipe.execute()
-        if tied is not None:
-            replies = [replies[i] + replies[i + 1] for i in range(0, len(replies), 2)]
-        streams = []
-        for entries in replies:
-            rows = [(int(score), job_id) for job_id, score in entries]
-            if tied is not None:
-                rows = [r for r in rows if r < (tied.score, tied.job_id)]
-            streams.append(sorted(rows, reverse=True))
+        at = None if position is None else (position.score, position.job_id)
+        keys = [index(shard) for shard in self.keys.shards.values()]
+        streams = entries_below(self.client, keys, at, count, upper)
         merged = heapq.merge(*streams, reverse=True)
         return list(itertools.islice(merged, count))
 

@@ -29,6 +29,7 @@ from app.model import STATES
 from app.store.connection import unavailable_on_redis_errors
 from app.store.core import StoreCore
 from app.store.keys import ShardKeys
+from app.store.paging import entries_below
 
 # The words of the dashboard's vocabulary, per state.
 STATE_WORDS = {"start": "running", "pause": "paused", "kill": "killed", "done": "done",
@@ -66,29 +67,6 @@ def decode_cursor(cursor: str) -> Position:
     raise ValueError("invalid cursor")
 
 
-def _heads(store: StoreCore, shards: Sequence[ShardKeys], position: Position | None,
-           count: int) -> list[list[Position]]:
-    """Each shard's next ``count`` workers below ``position`` (ties in full)."""
-    with unavailable_on_redis_errors():
-        pipe = store.client.pipeline(transaction=False)
-        for shard in shards:
-            if position is not None:
-                pipe.zrevrangebyscore(shard.workers, position[0], position[0], withscores=True)
-                pipe.zrevrangebyscore(shard.workers, f"({position[0]}", "-inf", start=0,
-                                      num=count, withscores=True)
-            else:
-                pipe.zrevrangebyscore(shard.workers, "+inf", "-inf", start=0, num=count,
-                                      withscores=True)
-        replies = pipe.execute()
-    if position is not None:
-        replies = [replies[i] + replies[i + 1] for i in range(0, len(replies), 2)]
-    heads = []
-    for reply in replies:
-        rows = sorted(((int(score), name) for name, score in reply), reverse=True)
-        heads.append([r for r in rows if position is None or r < position][:count])
-    return heads
-
-
 def list_workers(store: StoreCore, *, limit: int = 50, cursor: str | None = None
                  ) -> tuple[list[WorkerInfo], str | None, int]:
     """A page of workers, newest heartbeat first; the next cursor (None at the
@@ -99,7 +77,8 @@ def list_workers(store: StoreCore, *, limit: int = 50, cursor: str | None = None
     page: list[Position] = []
     exhausted = False
     for _ in range(_MAX_ROUNDS):
-        heads = _heads(store, shards, position, limit)
+        heads = entries_below(store.client, [shard.workers for shard in shards], position,
+                              limit)
         merged = list(heapq.merge(*heads, reverse=True))
         # A shard whose head is full may hold more entries just below its last
         # one: the merge is complete only down to the largest such last entry.

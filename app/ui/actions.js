@@ -2,6 +2,7 @@
 // reason (kept in the job's history) and, for a kill, for confirmation.
 
 import { post } from "./api.js";
+import { confirmDialog } from "./confirm.js";
 import { plural } from "./dom.js";
 
 const VERBS = { pause: "Pause", start: "Resume", kill: "Kill" };
@@ -19,45 +20,17 @@ export function canCommand() {
   return can("command");
 }
 
-// Shows the dialog; resolves to the reason, or null when cancelled.
+// Shows the dialog; resolves to run()'s answer, or null when cancelled.
 function ask(command, target, run) {
-  const dialog = document.getElementById("command-dialog");
-  const form = document.getElementById("command-form");
   const reason = document.getElementById("command-reason");
-  const error = document.getElementById("command-error");
-  const confirm = document.getElementById("command-confirm");
-  document.getElementById("command-title").textContent = `${VERBS[command]} ${target.title}`;
   document.getElementById("command-target").textContent = target.detail;
   document.getElementById("command-warning").textContent = command === "kill"
     ? "A kill cannot be undone: the worker stops and the job ends." : "";
-  confirm.textContent = command === "kill" ? "Yes, kill" : VERBS[command];
-  confirm.className = command === "kill" ? "danger" : "";
+  document.getElementById("command-confirm").className = command === "kill" ? "danger" : "";
   reason.value = "";
-  error.textContent = "";
-  return new Promise((resolve) => {
-    const done = (value) => {
-      form.onsubmit = null;
-      document.getElementById("command-cancel").onclick = null;
-      dialog.onclose = null;
-      if (dialog.open) dialog.close();
-      resolve(value);
-    };
-    form.onsubmit = async (event) => {
-      event.preventDefault();
-      confirm.disabled = true;
-      try {
-        done(await run(reason.value.trim()));
-      } catch (e) {
-        error.textContent = e.message;
-      } finally {
-        confirm.disabled = false;
-      }
-    };
-    document.getElementById("command-cancel").onclick = () => done(null);
-    dialog.onclose = () => done(null);
-    dialog.showModal();
-    reason.focus();
-  });
+  return confirmDialog("command", { title: `${VERBS[command]} ${target.title}`,
+    button: command === "kill" ? "Yes, kill" : VERBS[command], focus: reason },
+  () => run(reason.value.trim()));
 }
 
 function body(command, reason) {

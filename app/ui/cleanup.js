@@ -4,6 +4,7 @@
 
 import { can } from "./actions.js";
 import { call, get, jobsQuery, post } from "./api.js";
+import { confirmDialog } from "./confirm.js";
 import { plural } from "./dom.js";
 import { FINAL_STATES } from "./status.js";
 
@@ -21,36 +22,9 @@ export function filterIsFinal(filter) {
 
 // Resolves to run()'s answer, or null when cancelled.
 function confirmDelete(title, text, run) {
-  const dialog = document.getElementById("confirm-dialog");
-  const form = document.getElementById("confirm-form");
-  const ok = document.getElementById("confirm-ok");
-  const error = document.getElementById("confirm-error");
-  document.getElementById("confirm-title").textContent = title;
   document.getElementById("confirm-text").textContent = text;
-  ok.textContent = "Yes, delete";
-  error.textContent = "";
-  return new Promise((resolve) => {
-    const done = (value) => {
-      dialog.onclose = null;
-      if (dialog.open) dialog.close();
-      resolve(value);
-    };
-    form.onsubmit = async (event) => {
-      event.preventDefault();
-      ok.disabled = true;
-      try {
-        done(await run((progress) => { error.textContent = progress; }));
-      } catch (e) {
-        error.textContent = e.message;
-      } finally {
-        ok.disabled = false;
-      }
-    };
-    document.getElementById("confirm-cancel").onclick = () => done(null);
-    dialog.onclose = () => done(null);
-    dialog.showModal();
-    document.getElementById("confirm-cancel").focus();  // the safe choice first
-  });
+  // The Cancel button has the focus: the safe choice first.
+  return confirmDialog("confirm", { title, button: "Yes, delete" }, run);
 }
 
 export function deleteJob(job) {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from karmchari_client.cli_common import EXIT_ERROR, EXIT_OK, STATE_EXIT, BadInput, labels
@@ -88,23 +89,36 @@ def run_list(args: argparse.Namespace, client: Client) -> int:
             return client.list(**list_filters(args), cursor=args.cursor)
         return watch_listing(args, client, read_page, lambda jobs: table(
             JOB_HEADERS, [job_row(job) for job in jobs]))
-    jobs: list[Json] = []
+    filters = list_filters(args)
+    return print_pages(args, lambda cursor: client.list(**filters, cursor=cursor), "jobs",
+                       JOB_HEADERS, job_row)
+
+
+def print_pages(args: argparse.Namespace, read_page: Callable[[str | None], Json], what: str,
+                headers: list[str], row: Callable[[Json], list[str]],
+                also: Callable[[], Json] | None = None) -> int:
+    """A listing's page from ``--cursor`` on (every page after it with
+    ``--all``), read with ``read_page(cursor)``: ``what`` names the answer's
+    list ("jobs", "workers"). Printed as JSON, or as a table with the next
+    page's cursor on stderr; ``also()``: more fields of the JSON, once every
+    page is read."""
+    items: list[Json] = []
     cursor = args.cursor
     while True:
-        page = client.list(**list_filters(args), cursor=cursor)
-        jobs += page["jobs"]
+        page = read_page(cursor)
+        items += page[what]
         cursor = page["next_cursor"]
         if not args.all or cursor is None:
             break
     if args.json:
-        print_json({"jobs": jobs, "next_cursor": cursor})
+        print_json({what: items, "next_cursor": cursor, **(also() if also else {})})
         return EXIT_OK
-    if jobs:
-        print(table(JOB_HEADERS, [job_row(job) for job in jobs]))
+    if items:
+        print(table(headers, [row(item) for item in items]))
     else:
-        print("no jobs", file=sys.stderr)
+        print(f"no {what}", file=sys.stderr)
     if cursor is not None:
-        print(f"more jobs: add --cursor {cursor}", file=sys.stderr)
+        print(f"more {what}: add --cursor {cursor}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -157,23 +171,13 @@ def worker_row(worker: Json, stalled_exact: bool = True) -> list[str]:
 
 
 def run_workers(args: argparse.Namespace, client: Client) -> int:
-    workers: list[Json] = []
-    exact = True
-    cursor = args.cursor
-    while True:
+    exact = True   # every page's stalled counts were complete
+
+    def read_page(cursor: str | None) -> Json:
+        nonlocal exact
         page = client.workers(limit=args.limit, cursor=cursor)
-        workers += page["workers"]
         exact = exact and page.get("stalled_exact", True)
-        cursor = page["next_cursor"]
-        if not args.all or cursor is None:
-            break
-    if args.json:
-        print_json({"workers": workers, "next_cursor": cursor, "stalled_exact": exact})
-        return EXIT_OK
-    if workers:
-        print(table(WORKER_HEADERS, [worker_row(worker, exact) for worker in workers]))
-    else:
-        print("no workers", file=sys.stderr)
-    if cursor is not None:
-        print(f"more workers: add --cursor {cursor}", file=sys.stderr)
-    return EXIT_OK
+        return page
+    return print_pages(args, read_page, "workers", WORKER_HEADERS,
+                       lambda worker: worker_row(worker, exact),
+                       also=lambda: {"stalled_exact": exact})
