@@ -245,7 +245,8 @@ def auth_app(request, redis_url, module_prefix, tokens_file):
 
 def key_contents(client: redis.Redis, prefix: str) -> dict:
     read = {"hash": client.hgetall, "list": lambda k: client.lrange(k, 0, -1),
-            "zset": lambda k: client.zrange(k, 0, -1, withscores=True), "string": client.get}
+            "zset": lambda k: client.zrange(k, 0, -1, withscores=True), "string": client.get,
+            "set": client.smembers}
     return {key: read[client.type(key)](key)
             for key in client.scan_iter(match=f"{{{prefix}:*", count=1000)}
 
