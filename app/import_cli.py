@@ -115,7 +115,8 @@ def run_import(args: argparse.Namespace) -> int:
     config.redis_socket_timeout = timeout
     try:
         store = build_store(config, config.store_url)
-        check_store(store, wait_seconds=5)
+        # A dry run writes nothing, not even the upgrade of earlier data.
+        check_store(store, wait_seconds=5, upgrade=not args.dry_run)
         if args.from_url:
             source = connect(args.from_url, max_connections=4, socket_timeout=timeout,
                              decode_responses=False)

@@ -73,10 +73,13 @@ def check_version(flavor: str, version: str | None) -> None:
                            f"needs {name} {minimum[0]}.{minimum[1]} or newer")
 
 
-def check_store(store: JobStore, wait_seconds: float = 30.0, where: str = "") -> None:
-    """Wait for Redis, refuse one that is too old, warn about eviction. While it
-    waits: one line per try, tries further and further apart, and one final error
-    naming the store and the option that sets the wait (not a line per second)."""
+def check_store(store: JobStore, wait_seconds: float = 30.0, where: str = "",
+                upgrade: bool = True) -> None:
+    """Wait for Redis, refuse one that is too old, warn about eviction, load the
+    scripts and (``upgrade``) bring data an earlier release wrote up to date.
+    While it waits: one line per try, tries further and further apart, and one
+    final error naming the store and the option that sets the wait (not a line
+    per second)."""
     deadline = time.monotonic() + wait_seconds
     delay = 1.0
     quiet = logging.getLogger("app.store.connection")
@@ -106,25 +109,22 @@ def check_store(store: JobStore, wait_seconds: float = 30.0, where: str = "") ->
         log.warning("Redis maxmemory-policy is %s, not noeviction: Redis may evict jobs "
                     "under memory pressure", info["maxmemory_policy"])
     store.scripts.load_all()
+    # Before serving: data an earlier release wrote is brought up to date once
+    # (app/store/migrations.py); afterwards this reads one set per shard.
+    if not upgrade:
+        return
+    try:
+        if changed := store.upgrade():
+            log.info("upgraded the data of an earlier release: %d jobs indexed", changed)
+    except StoreUnavailable as error:
+        raise StartupError(f"Redis failed during the upgrade of stored data: {error}") from None
 
 
 def start_sweeper(store: JobStore, interval: float, stopping: threading.Event,
                   job_types: Sequence[str] = ()) -> None:
     """Deletes terminal jobs past their retention, with their index entries
-    (and clears the entries of jobs that are gone, in ``job_types``' indexes too),
-    after upgrading data an earlier release wrote (app/store/migrations.py)."""
+    (and clears the entries of jobs that are gone, in ``job_types``' indexes too)."""
     def sweep() -> None:
-        upgraded = False
-        while not upgraded and not stopping.is_set():
-            try:
-                if store.upgrade():
-                    log.info("upgraded the data of an earlier release")
-                upgraded = True
-            except StoreUnavailable:
-                stopping.wait(1)
-            except Exception:  # noqa: BLE001 - the sweeper must outlive any one failure
-                log.exception("upgrade of stored data failed")
-                upgraded = True
         while not stopping.wait(interval):
             try:
                 while store.sweep_expired(job_types=job_types) and not stopping.is_set():

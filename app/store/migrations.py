@@ -1,7 +1,7 @@
-"""Upgrades of data written by earlier releases, run once per shard by every
-process at start-up (the sweeper's thread, app/serving/common.py): each shard
-records the upgrades done in ``{P:<s>}:migrations``, so a later start reads
-one set per shard and writes nothing.
+"""Upgrades of data written by earlier releases, run by each process at
+start-up before it serves (check_store, app/serving/common.py; also before
+import-legacy): each shard records the upgrades done in ``{P:<s>}:migrations``,
+so a later start reads one set per shard and writes nothing.
 
 - ``waiting-index``: the jobs waiting for a worker (state start, no heartbeat
   yet) registered before ``idx:waiting`` existed are put into it, in batches
