@@ -369,11 +369,16 @@ def main(argv: list[str] | None = None) -> int:
     services: list[BenchService] = []
     sides: list[Side] = []
     rows: list[dict] = []
+    stores: list[JobStore] = []
     try:
         for jobs in args.sizes:
             redis_server, store, row = load_side(jobs, log)
             servers.append(redis_server)
+            stores.append(store)
             rows.append(row)
+        # Started once both are loaded: an idle keep-alive connection would be
+        # closed by the server (waitress's channel timeout) while the other loads.
+        for jobs, redis_server, store in zip(args.sizes, servers, stores, strict=True):
             service = BenchService(redis_server.url, log_dir=redis_server.dir).start()
             services.append(service)
             sides.append(Side(jobs, redis_server, store, service))
@@ -390,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for side in sides:
             side.close()
-            side.store.client.close()
+        for store in stores:
+            store.client.close()
         for service in services:
             service.stop()
         for redis_server in servers:
