@@ -321,7 +321,10 @@ def ratios(rows: list[dict]) -> dict[str, dict[str, float]]:
 
 def markdown(rows: list[dict], found: dict[str, dict[str, float]]) -> str:
     small, large = rows
-    lines = [f"| query | p50 ms {small['jobs']:,} / {large['jobs']:,} | "
+    lines = ["| jobs stored | load jobs/s | memory/job (bytes) |", "|---:|---:|---:|"]
+    lines += [f"| {row['jobs']:,} | {row['load_jobs_per_s']:,} | {row['memory_per_job_bytes']:,} |"
+              for row in rows]
+    lines += ["", f"| query | p50 ms {small['jobs']:,} / {large['jobs']:,} | "
              f"p99 ms {small['jobs']:,} / {large['jobs']:,} | "
              "service CPU µs/req | Redis µs/req (commands) | "
              "p50 ratio | p99 ratio | CPU ratio |",
