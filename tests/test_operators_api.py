@@ -428,3 +428,20 @@ def test_workers_with_long_names_page_with_their_cursor(client):
     for name in names:
         heartbeat(client, new_job(client)["id"], worker=name)
     assert sorted(w["name"] for w in workers_of(client, limit=1)) == sorted(names)
+
+
+def test_worker_listing_pages_newest_first_across_shards(store):
+    # text_entries merges the shards' raw members: their order must be the
+    # entries' (score, id) order, page after page.
+    jobs = [store.register("teams")[0] for _ in range(40)]
+    store.heartbeats([HeartbeatReport(job.id, worker="w") for job in jobs])
+    expected = [j.id for j in store.list_jobs(JobFilter(), limit=100).jobs]
+    for limit in (1, 3, 7, 50):
+        seen, cursor = [], None
+        while True:
+            page = store.list_jobs(JobFilter(worker="w"), limit=limit, cursor=cursor)
+            seen += [j.id for j in page.jobs]
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        assert seen == expected, limit

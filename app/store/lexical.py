@@ -57,15 +57,20 @@ def text_entries(client: StoreClient, shards: Sequence[ShardKeys],
                  key_of: Callable[[ShardKeys], str], text: str, position: Entry | None,
                  count: int) -> list[Entry]:
     """The next ``count`` entries of exactly ``text`` after ``position``, newest
-    first, over all shards: one ZREVRANGEBYLEX per shard, in one pipeline."""
+    first, over all shards: one ZREVRANGEBYLEX per shard, in one pipeline.
+
+    Every member read starts with the same ``<text>\\0`` and then the
+    zero-padded score and the id, so the members sort as their entries do:
+    the shards' replies are merged as they come and only the ``count`` kept
+    are parsed (up to 16 × ``count`` are read)."""
     raw = text.encode()
     lowest = b"[" + raw + b"\0"
     highest = (b"(" + member(text, *position)) if position else b"(" + raw + b"\x01"
     pipe = client.pipeline(transaction=False)
     for shard in shards:
         pipe.zrevrangebylex(key_of(shard), highest, lowest, start=0, num=count)
-    streams = [[entry_of(m) for m in reply] for reply in pipe.execute()]
-    return list(itertools.islice(heapq.merge(*streams, reverse=True), count))
+    merged = heapq.merge(*pipe.execute(), reverse=True)
+    return [entry_of(m) for m in itertools.islice(merged, count)]
 
 
 def prefix_entries(client: StoreClient, shards: Sequence[ShardKeys],
