@@ -15,7 +15,7 @@ from app.store.connection import unavailable_on_redis_errors
 from app.store.core import StoreCore
 from app.store.keys import ShardKeys
 from app.store.lexical import prefix_entries, text_entries
-from app.store.paging import entries_below
+from app.store.paging import entries_below_each
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,16 @@ class _Position:
 IndexOf = Callable[[ShardKeys], str]
 # The next entries after a position, newest first, at most that many.
 EntrySource = Callable[[_Position | None, int], list[tuple[int, str]]]
+
+
+# A shard's first read of a listing: its even share of the page plus a margin
+# (a page of 50 over 16 shards: 10 entries; one page in about 70 then reads
+# one shard again).
+_HEAD_MARGIN = 6
+
+
+def _head_size(count: int, shards: int) -> int:
+    return min(count, -(-count // shards) + _HEAD_MARGIN)
 
 
 def _label_index_of(key: str, value: str) -> IndexOf:
@@ -171,13 +181,37 @@ class ListingStore(StoreCore):
                         count: int) -> list[tuple[int, str]]:
         """The next ``count`` entries after ``position`` over all shards.
 
-        Entries tied with the cursor's score are read in full, then at most
-        ``count`` below it per shard: any number of ties pages correctly."""
+        Entries tied with the cursor's score are read in full, then a head of
+        about count/shards (``_head_size``) below it per shard, and merged. A
+        shard that returned all it was asked for and whose last entry is
+        above the merge's ``count``-th may hold more entries of the page: only
+        those shards are read again, below their last entry, for as many as
+        could still be in the page; then the page is complete (every shard is
+        exhausted or its unread entries are below the page's last)."""
         at = None if position is None else (position.score, position.job_id)
         keys = [index(shard) for shard in self.keys.shards.values()]
-        streams = entries_below(self.client, keys, at, count, upper)
-        merged = heapq.merge(*streams, reverse=True)
-        return list(itertools.islice(merged, count))
+        streams: list[list[tuple[int, str]]] = [[] for _ in keys]
+        reads = [(i, at, _head_size(count, len(keys))) for i in range(len(keys))]
+        page: list[tuple[int, str]] = []
+        while reads:
+            answers = entries_below_each(
+                self.client, [(keys[i], start, asked) for i, start, asked in reads], upper)
+            more = []   # the shards that may hold entries below those read
+            for (i, _, asked), answer in zip(reads, answers, strict=True):
+                streams[i].extend(answer)
+                if len(answer) == asked:
+                    more.append(i)
+            page = list(itertools.islice(heapq.merge(*streams, reverse=True), count))
+            cut = page[-1] if len(page) == count else None
+            reads = []
+            for i in more:
+                last = streams[i][-1]
+                if cut is not None and last <= cut:
+                    continue
+                # The page's entries at or above ``last`` are known; the rest
+                # of it may come from this shard, below ``last``.
+                reads.append((i, last, count - sum(1 for entry in page if entry >= last)))
+        return page
 
     def _read_jobs(self, job_ids: list[str]) -> list[Job | None]:
         if not job_ids:

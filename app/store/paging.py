@@ -26,25 +26,33 @@ def entries_below(client: StoreClient, keys: Sequence[str], position: Entry | No
 
     ``upper``: only scores up to it are read; a position above it reads from
     ``upper`` down, as if there were none."""
-    tied = position if position is not None and (upper is None or position[0] <= upper) \
-        else None
-    if tied is not None:
-        below: int | str = f"({tied[0]}"
-    elif upper is not None:
-        below = upper
-    else:
-        below = "+inf"
+    return entries_below_each(client, [(key, position, count) for key in keys], upper)
+
+
+def entries_below_each(client: StoreClient, reads: Sequence[tuple[str, Entry | None, int]],
+                       upper: int | None = None) -> list[list[Entry]]:
+    """As ``entries_below``, each key with its own position and count:
+    ``reads`` is (key, position, count) per key. A key's answer is shorter
+    than its count only if it holds no more entries below its position."""
     with unavailable_on_redis_errors():
         pipe = client.pipeline(transaction=False)
-        for key in keys:
+        tied_at: list[Entry | None] = []
+        for key, position, count in reads:
+            tied = position if position is not None and (upper is None or position[0] <= upper) \
+                else None
+            tied_at.append(tied)
             if tied is not None:
+                below: int | str = f"({tied[0]}"
                 pipe.zrevrangebyscore(key, tied[0], tied[0], withscores=True)
+            elif upper is not None:
+                below = upper
+            else:
+                below = "+inf"
             pipe.zrevrangebyscore(key, below, "-inf", start=0, num=count, withscores=True)
-        replies = pipe.execute()
-    if tied is not None:
-        replies = [replies[i] + replies[i + 1] for i in range(0, len(replies), 2)]
+        replies = iter(pipe.execute())
     heads = []
-    for reply in replies:
+    for (_, _, count), tied in zip(reads, tied_at, strict=True):
+        reply = next(replies) + next(replies) if tied is not None else next(replies)
         rows = sorted(((int(score), member) for member, score in reply), reverse=True)
         heads.append([row for row in rows if tied is None or row < tied][:count])
     return heads
