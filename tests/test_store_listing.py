@@ -9,7 +9,8 @@ import time
 import pytest
 
 from app.model import Job
-from app.store import JobFilter, JobStore
+from app.store import JobFilter, JobStore, listing
+from tests.bulk_load import register_many
 
 TYPES = ("upload", "export", "teams")
 
@@ -163,3 +164,39 @@ def test_a_cursor_this_store_gave_is_valid(store, jobs):
     cursor = store.list_jobs(JobFilter(), limit=2).next_cursor
     assert cursor and cursor.isascii()
     assert len(store.list_jobs(JobFilter(), limit=2, cursor=cursor).jobs) == 2
+
+
+def test_a_skewed_spread_over_shards_pages_every_job_once_in_order(store, redis_client,
+                                                                   monkeypatch):
+    """A shard first reads about its share of a page (limit/16 and a margin),
+    then only the shards that may hold more are read again: a page whose
+    newest jobs all sit in one shard, and ties across the cursor's score and
+    across the page's cut, still list every job exactly once, in order."""
+    ids = register_many(store, "teams", 1600)
+    read = []
+    real = listing.entries_below_each
+
+    def counting(client, reads, upper=None):
+        answers = real(client, reads, upper)
+        read.append(sum(map(len, answers)))
+        return answers
+    monkeypatch.setattr(listing, "entries_below_each", counting)
+    assert len(store.list_jobs(JobFilter(), limit=50).jobs) == 50
+    assert sum(read) <= 16 * 10 + 50     # evenly spread: about 10 a shard, not 50
+    by_shard: dict[str, list[str]] = {}
+    for job_id in sorted(ids):
+        by_shard.setdefault(job_id[0], []).append(job_id)
+    hot = max(by_shard.values(), key=len)
+    rest = [job_id for job_id in sorted(ids) if job_id not in set(hot)]
+    scores = {job_id: 1_000_000 - n for n, job_id in enumerate(hot[:-20])}   # the newest
+    scores |= {job_id: 500_000 for job_id in hot[-20:] + rest[:100]}         # one tie
+    scores |= {job_id: 1000 + n // 30 for n, job_id in enumerate(rest[100:])}  # ties of 30
+    for job_id, score in scores.items():
+        redis_client.zadd(store.keys.for_job(job_id).all_jobs, {job_id: score})
+    expected = [job_id for _, job_id in sorted(((s, i) for i, s in scores.items()),
+                                               reverse=True)]
+    for limit in (1, 7, 50, 120):
+        read.clear()
+        pages = all_pages(store, JobFilter(), limit)
+        assert [job_id for page in pages for job_id in page] == expected
+        assert all(len(page) == limit for page in pages[:-1])

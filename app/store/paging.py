@@ -4,7 +4,9 @@ a (score, member) position, newest first.
 Listings (job ids) and the workers' list (worker names) page this way: a
 position's score may be shared by any number of members, so the entries tied
 with it are read in full and those below it at most ``count`` per shard, two
-ZREVRANGEBYSCOREs per shard in one pipeline."""
+ZREVRANGEBYSCOREs per shard in one pipeline. ``entries_below_each`` gives
+each shard its own position and count (listings read a small head of every
+shard, then more of only some)."""
 
 from __future__ import annotations
 
