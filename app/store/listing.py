@@ -188,6 +188,8 @@ class ListingStore(StoreCore):
         those shards are read again, below their last entry, for as many as
         could still be in the page; then the page is complete (every shard is
         exhausted or its unread entries are below the page's last)."""
+        if count <= 0:
+            return []
         at = None if position is None else (position.score, position.job_id)
         keys = [index(shard) for shard in self.keys.shards.values()]
         streams: list[list[tuple[int, str]]] = [[] for _ in keys]
