@@ -150,8 +150,8 @@ class ListingStore(StoreCore):
     def _index_for(self, where: JobFilter) -> IndexOf:
         """The deadlines for stalled jobs (of the waiting jobs for those with no
         heartbeat yet); else the smallest index the filter names (idx:waiting
-        for state=start&started=false), so a selective condition is not checked on a page's worth of
-        jobs that fail it. Those indexes share one score (the time of
+        for state=start&started=false), so a selective condition is not
+        checked on a page's worth of jobs that fail it. Those indexes share one score (the time of
         registration): a cursor stays valid whichever of them is read."""
         if where.stalled:
             if where.started is False:

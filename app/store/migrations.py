@@ -23,13 +23,14 @@ WAITING_INDEX = "waiting-index"
 class MigrationsStore(StoreCore):
     def upgrade(self, batch: int = 500) -> int:
         """Run the upgrades not yet done; returns how many jobs they changed."""
-        changed = 0
-        for shard in self.keys.shards.values():
-            with unavailable_on_redis_errors():
-                done = self.client.sismember(shard.migrations, WAITING_INDEX)
-            if not done:
-                changed += self._index_waiting(shard, batch)
-        return changed
+        shards = list(self.keys.shards.values())
+        with unavailable_on_redis_errors():   # one round trip when all is done
+            pipe = self.client.pipeline(transaction=False)
+            for shard in shards:
+                pipe.sismember(shard.migrations, WAITING_INDEX)
+            done = pipe.execute()
+        return sum(self._index_waiting(shard, batch)
+                   for shard, finished in zip(shards, done, strict=True) if not finished)
 
     def _index_waiting(self, shard: ShardKeys, batch: int) -> int:
         index = self.bindings.index_waiting
